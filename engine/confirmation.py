@@ -1,0 +1,70 @@
+"""Export confirmation: an exported value is unconfirmed until an import shows it (invariant 6)."""
+
+from __future__ import annotations
+
+from engine.values import dn_key, same_values
+from schemas.records import Attrs, ErrorRecord, ExportConfirmed
+from schemas.state import TargetState
+
+DN_KEY = "__dn__"
+DELETED_KEY = "__deleted__"
+
+
+def casefold_keys(attrs: Attrs) -> Attrs:
+    """Directories answer attribute names in their own case: compare names case-insensitively."""
+    return {k.casefold(): v for k, v in attrs.items()}
+
+
+def confirm_import(
+    target: TargetState, connector: str, mv_id: str, image: Attrs, dn: str | None, ts_ms: int
+) -> tuple[list[ExportConfirmed], list[ErrorRecord]]:
+    """Compare applied, unconfirmed exports with an imported image. Mutates ``target``.
+
+    A value that differs is reported as ``exported-change-not-reimported`` with both values and dropped
+    from the ledger, so the next outbound evaluation exports it again.
+    """
+    folded = casefold_keys(image)
+    errors: list[ErrorRecord] = []
+    applied_ids = {e.export_id for e in target.ledger.values() if e.applied}
+    for attr, entry in list(target.ledger.items()):
+        if not entry.applied or attr == DELETED_KEY:
+            continue
+        if attr == DN_KEY:
+            seen = [dn] if dn else []
+            ok = bool(seen) and dn_key(seen[0]) == dn_key(entry.values[0])
+        else:
+            seen = folded.get(attr.casefold(), [])
+            ok = same_values(seen, entry.values)
+        if not ok:
+            errors.append(
+                ErrorRecord(
+                    step_id="metaverse.confirm",
+                    error_type="exported-change-not-reimported",
+                    algorithm_step="export-confirmation",
+                    connector=connector,
+                    anchor=target.anchor,
+                    mv_id=mv_id,
+                    message=(
+                        f"{connector} {dn or target.dn}: exported {attr}={entry.values!r} "
+                        f"but the import shows {seen!r}"
+                    ),
+                    ts_ms=ts_ms,
+                )
+            )
+        del target.ledger[attr]
+    if target.pending_dn is not None and DN_KEY not in target.ledger:
+        target.pending_dn = None
+    remaining = {e.export_id for e in target.ledger.values()}
+    confirmed = sorted(applied_ids - remaining)
+    return (
+        [ExportConfirmed(connector=connector, mv_id=mv_id, export_id=x, ts_ms=ts_ms) for x in confirmed],
+        errors,
+    )
+
+
+def confirm_delete(target: TargetState, connector: str, mv_id: str, ts_ms: int) -> list[ExportConfirmed]:
+    """The target object's deletion was imported: an applied delete export is confirmed."""
+    entry = target.ledger.pop(DELETED_KEY, None)
+    if entry is None or not entry.applied:
+        return []
+    return [ExportConfirmed(connector=connector, mv_id=mv_id, export_id=entry.export_id, ts_ms=ts_ms)]

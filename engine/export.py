@@ -1,0 +1,203 @@
+"""Outbound sync: turn the difference between what a target should hold and what it holds into
+pending exports, and record export results."""
+
+from __future__ import annotations
+
+from engine.confirmation import DELETED_KEY, DN_KEY, casefold_keys
+from engine.provisioning import Desired, desired, moved_dn
+from engine.values import dn_key, same_values, split_dn
+from schemas.config import OutboundRuleConfig
+from schemas.records import AttrChange, Attrs, CSLink, ErrorRecord, ExportResult, PendingExport
+from schemas.state import LedgerEntry, MVObject, TargetState
+
+OutboundOutput = PendingExport | ErrorRecord | CSLink
+
+
+def _view(target: TargetState, image: Attrs | None) -> Attrs:
+    """What the target holds as far as we know: the last import overlaid with unconfirmed exports."""
+    view = casefold_keys(image or {})
+    for attr, entry in target.ledger.items():
+        if attr not in (DN_KEY, DELETED_KEY):
+            view[attr.casefold()] = entry.values
+    return view
+
+
+def _emit(
+    mv: MVObject,
+    rule: OutboundRuleConfig,
+    target: TargetState,
+    op: str,
+    dn: str,
+    attributes: dict[str, AttrChange],
+    old: Attrs,
+    ts_ms: int,
+    new_dn: str | None = None,
+) -> PendingExport:
+    target.seq += 1
+    export_id = f"{mv.mv_id}:{rule.connector}:{target.seq}"
+    for attr, change in attributes.items():
+        target.ledger[attr] = LedgerEntry(values=change.values, export_id=export_id)
+    if op in ("add", "rename"):
+        target.pending_dn = new_dn or dn
+        target.ledger[DN_KEY] = LedgerEntry(values=[new_dn or dn], export_id=export_id)
+    if op == "delete":
+        target.ledger = {DELETED_KEY: LedgerEntry(values=[], export_id=export_id)}
+    return PendingExport(
+        export_id=export_id,
+        seq=target.seq,
+        connector=rule.connector,
+        mv_id=mv.mv_id,
+        op=op,
+        object_type=rule.object_type,
+        anchor=target.anchor,
+        dn=dn,
+        new_dn=new_dn,
+        attributes=attributes,
+        old=old,
+        ts_ms=ts_ms,
+    )
+
+
+def _provision(
+    mv: MVObject, rule: OutboundRuleConfig, target: TargetState, want: Desired, ts_ms: int
+) -> list[OutboundOutput]:
+    if want.dn is None:
+        return [
+            ErrorRecord(
+                step_id="metaverse.outbound",
+                error_type="provisioning-missing-dn-attribute",
+                algorithm_step="provisioning",
+                connector=rule.connector,
+                mv_id=mv.mv_id,
+                message=(
+                    f"cannot provision into {rule.connector}: DN template {rule.dn!r} has an empty attribute"
+                ),
+                ts_ms=ts_ms,
+            )
+        ]
+    attrs = {k: AttrChange(op="replace", values=v) for k, v in sorted(want.attributes.items()) if v}
+    target.status = "pending-add"
+    target.dn = want.dn
+    target.disabled = False
+    return [_emit(mv, rule, target, "add", want.dn, attrs, {}, ts_ms)]
+
+
+def _update(
+    mv: MVObject,
+    rule: OutboundRuleConfig,
+    target: TargetState,
+    want: Desired,
+    image: Attrs | None,
+    ts_ms: int,
+) -> list[OutboundOutput]:
+    view = _view(target, image)
+    changes: dict[str, AttrChange] = {}
+    old: Attrs = {}
+    for attr, values in sorted(want.attributes.items()):
+        have = view.get(attr.casefold(), [])
+        if not same_values(have, values):
+            changes[attr] = AttrChange(op="replace", values=values)
+            old[attr] = have
+    current_dn = target.pending_dn or target.dn or want.dn
+    new_dn = want.dn
+    if target.disabled and rule.deprovision.disable is not None:
+        # Back in scope: undo what disabling set.
+        for attr in rule.deprovision.disable.set:
+            if attr not in want.attributes and view.get(attr.casefold()):
+                changes[attr] = AttrChange(op="replace", values=[])
+                old[attr] = view.get(attr.casefold(), [])
+        target.disabled = False
+    if current_dn is None:
+        return []
+    renamed = new_dn is not None and dn_key(new_dn) != dn_key(current_dn)
+    if renamed:
+        return [_emit(mv, rule, target, "rename", current_dn, changes, old, ts_ms, new_dn=new_dn)]
+    if changes:
+        return [_emit(mv, rule, target, "update", current_dn, changes, old, ts_ms)]
+    return []
+
+
+def _deprovision(
+    mv: MVObject, rule: OutboundRuleConfig, target: TargetState, image: Attrs | None, ts_ms: int
+) -> list[OutboundOutput]:
+    dn = target.pending_dn or target.dn
+    if dn is None:
+        target.status = "none"
+        return []
+    action = rule.deprovision.action
+    if action == "delete":
+        target.status = "pending-delete"
+        return [_emit(mv, rule, target, "delete", dn, {}, {}, ts_ms)]
+    if action == "disconnect":
+        target.status = "disconnected"
+        target.ledger = {}
+        link = mv.links.pop(rule.connector, None)
+        if link is None:
+            return []
+        return [
+            CSLink(
+                connector=rule.connector, anchor=link.anchor, mv_id=None, outcome="disconnected", ts_ms=ts_ms
+            )
+        ]
+    disable = rule.deprovision.disable
+    if target.disabled or disable is None:
+        return []
+    target.disabled = True
+    view = _view(target, image)
+    changes = {
+        attr: AttrChange(op="replace", values=values)
+        for attr, values in sorted(disable.set.items())
+        if not same_values(view.get(attr.casefold()), values)
+    }
+    old = {attr: view.get(attr.casefold(), []) for attr in changes}
+    if disable.move_to and dn_key(",".join(split_dn(dn)[1:])) != dn_key(disable.move_to):
+        return [
+            _emit(mv, rule, target, "rename", dn, changes, old, ts_ms, new_dn=moved_dn(dn, disable.move_to))
+        ]
+    if changes:
+        return [_emit(mv, rule, target, "update", dn, changes, old, ts_ms)]
+    return []
+
+
+def plan_exports(mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[OutboundOutput]:
+    """Outbound sync of one metaverse object against one outbound rule. Mutates ``mv.targets``."""
+    target = mv.targets.setdefault(rule.connector, TargetState())
+    if target.status == "disconnected":
+        return []
+    link = mv.links.get(rule.connector)
+    image = link.image if link is not None else None
+    want = desired(rule, mv)
+    if want.in_scope:
+        if target.status in ("none", "pending-delete"):
+            return _provision(mv, rule, target, want, ts_ms)
+        return _update(mv, rule, target, want, image, ts_ms)
+    if target.status in ("pending-add", "exists"):
+        return _deprovision(mv, rule, target, image, ts_ms)
+    return []
+
+
+def record_result(target: TargetState, result: ExportResult) -> None:
+    """Record what an export worker did. Mutates ``target``."""
+    entries = [e for e in target.ledger.values() if e.export_id == result.export_id]
+    if result.status == "failed":
+        target.error = f"{result.error_type}: {result.message}"
+        for attr, entry in list(target.ledger.items()):
+            if entry.export_id == result.export_id:
+                del target.ledger[attr]
+        if result.op == "add":
+            # Not created: provisioning is tried again at the object's next change.
+            target.status = "none"
+            target.pending_dn = None
+        elif result.op == "rename":
+            target.pending_dn = None
+        return
+    target.error = None
+    for entry in entries:
+        entry.applied = True
+        entry.applied_ts_ms = result.ts_ms
+    if result.anchor is not None:
+        target.anchor = result.anchor
+    if result.op == "add":
+        target.status = "exists" if target.status == "pending-add" else target.status
+    if result.op in ("add", "rename") and result.dn is not None:
+        target.dn = result.dn

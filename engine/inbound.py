@@ -1,0 +1,116 @@
+"""Inbound routing after staging: connector filter, then a join request (disconnector), a contribution
+(connector) or a disconnect (deleted / filtered)."""
+
+from __future__ import annotations
+
+from engine.flow import import_flows
+from engine.join import join_route
+from engine.rules import Rules
+from engine.staging import Staged, apply_link
+from engine.values import any_group_holds
+from schemas.records import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
+from schemas.state import ConnectorState, CSObject
+
+InboundOutput = JoinRequest | JoinIndexUpdate | MVContribution | MVDisconnect
+
+
+def _leave(cs: CSObject, reason: str, ts_ms: int) -> list[InboundOutput]:
+    """A connector-space object leaves: its metaverse object, or the join index if it was waiting."""
+    if cs.mv_id is not None:
+        return [
+            MVDisconnect(
+                mv_id=cs.mv_id,
+                connector=cs.connector,
+                anchor=cs.anchor,
+                reason=reason,
+                cs_version=cs.version,
+                event_id=cs.event_id,
+                ts_ms=ts_ms,
+            )
+        ]
+    if cs.join_route is not None:
+        return [JoinIndexUpdate(route=cs.join_route, connector=cs.connector, anchor=cs.anchor, ts_ms=ts_ms)]
+    return []
+
+
+def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, list[InboundOutput]]:
+    """Decide where a staged change goes. Returns the connector-space object to store."""
+    if staged.skipped or staged.pending == "none":
+        return staged.after, []
+    outputs: list[InboundOutput] = []
+    cs = staged.after
+    if staged.pending in ("delete", "delete-add") and staged.before is not None:
+        outputs.extend(_leave(staged.before, "deleted", ts_ms))
+        if cs is not None:
+            cs = cs.model_copy(
+                update={"mv_id": None, "join_route": None, "state": ConnectorState.DISCONNECTOR}
+            )
+    if cs is None:
+        return None, outputs
+    return _evaluate(rules, cs, ts_ms, outputs)
+
+
+def _evaluate(
+    rules: Rules, cs: CSObject, ts_ms: int, outputs: list[InboundOutput]
+) -> tuple[CSObject, list[InboundOutput]]:
+    rule = rules.inbound_rule(cs.connector, cs.object_type)
+    if rule is None:
+        return cs, outputs
+    if rule.filter and any_group_holds(rule.filter, cs.attributes):
+        if cs.state != ConnectorState.EXPLICIT_CONNECTOR:
+            outputs.extend(_leave(cs, "filtered", ts_ms))
+            cs = cs.model_copy(
+                update={"mv_id": None, "join_route": None, "state": ConnectorState.FILTERED_DISCONNECTOR}
+            )
+            return cs, outputs
+    elif cs.state == ConnectorState.FILTERED_DISCONNECTOR:
+        cs = cs.model_copy(update={"state": ConnectorState.DISCONNECTOR})
+    if cs.state == ConnectorState.EXPLICIT_DISCONNECTOR:
+        return cs, outputs
+    flows = import_flows(rule.flows, cs.attributes)
+    image = dict(cs.attributes) if cs.connector in rules.targets else None
+    if cs.mv_id is not None:
+        outputs.append(
+            MVContribution(
+                mv_id=cs.mv_id,
+                mv_type=rule.mv_type,
+                connector=cs.connector,
+                anchor=cs.anchor,
+                dn=cs.dn,
+                cs_version=cs.version,
+                event_id=cs.event_id,
+                flows=flows,
+                image=image,
+                route=cs.join_route,
+                ts_ms=ts_ms,
+            )
+        )
+        return cs, outputs
+    key = cs.join_route or join_route(rule, cs)
+    if key is None:
+        return cs, outputs
+    cs = cs.model_copy(update={"join_route": key})
+    outputs.append(
+        JoinRequest(
+            route=key,
+            mv_type=rule.mv_type,
+            connector=cs.connector,
+            anchor=cs.anchor,
+            dn=cs.dn,
+            cs_version=cs.version,
+            event_id=cs.event_id,
+            project=rule.project,
+            flows=flows,
+            image=image,
+            ts_ms=ts_ms,
+        )
+    )
+    return cs, outputs
+
+
+def on_link(rules: Rules, cs: CSObject, link: CSLink) -> tuple[CSObject, list[InboundOutput]]:
+    """The join step's answer arrived. ``unlinked`` (metaverse object gone) joins again at once."""
+    cs = apply_link(cs, link.mv_id, link.outcome)
+    if link.outcome == "unlinked":
+        return _evaluate(rules, cs, link.ts_ms, [])
+    return cs, []

@@ -1,0 +1,122 @@
+"""Staging: a change record against the connector-space object -> pending import type and new hologram."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.values import dn_key, same_values
+from schemas.records import Attrs, ChangeRecord
+from schemas.state import ConnectorState, CSObject
+
+PendingImport = Literal["none", "add", "update", "rename", "delete", "delete-add", "stale", "duplicate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    """Result of staging one record. ``after`` None means the object is gone from the connector space."""
+
+    pending: PendingImport
+    before: CSObject | None
+    after: CSObject | None
+    changed: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def skipped(self) -> bool:
+        return self.pending in ("stale", "duplicate")
+
+
+def changed_attributes(old: Attrs, new: Attrs) -> frozenset[str]:
+    """Names of attributes whose value sets differ."""
+    return frozenset(k for k in old.keys() | new.keys() if not same_values(old.get(k), new.get(k)))
+
+
+def stage(current: CSObject | None, record: ChangeRecord) -> Staged:
+    """Stage one change record (MIM import step). Stale and duplicate records change nothing."""
+    src = record.source
+    if current is not None:
+        if src.version < current.version:
+            return Staged("stale", current, current)
+        if src.event_id == current.event_id:
+            return Staged("duplicate", current, current)
+    if record.op == "d":
+        if current is None:
+            return Staged("none", None, None)
+        return Staged("delete", current, None, frozenset(current.attributes))
+    image: Attrs = dict(record.after or {})
+    if record.changes is not None and record.op == "u" and current is not None:
+        # A delta carrying only changed attributes: overlay it on the hologram.
+        merged = dict(current.attributes)
+        for name in record.changes:
+            merged[name] = image.get(name, [])
+        image = {k: v for k, v in merged.items() if v}
+    image = {k: v for k, v in image.items() if v}
+    if current is None:
+        new = CSObject(
+            connector=src.connector,
+            anchor=record.anchor,
+            object_type=record.object_type,
+            dn=src.dn,
+            attributes=image,
+            version=src.version,
+            event_id=src.event_id,
+            last_run=src.run_id,
+            locator=src.locator,
+        )
+        return Staged("add", None, new, frozenset(image))
+    if current.object_type != record.object_type:
+        new = CSObject(
+            connector=src.connector,
+            anchor=record.anchor,
+            object_type=record.object_type,
+            dn=src.dn,
+            attributes=image,
+            version=src.version,
+            event_id=src.event_id,
+            last_run=src.run_id,
+            locator=src.locator,
+        )
+        return Staged("delete-add", current, new, frozenset(image) | frozenset(current.attributes))
+    changed = changed_attributes(current.attributes, image)
+    renamed = src.dn is not None and dn_key(src.dn) != dn_key(current.dn)
+    new = current.model_copy(
+        update={
+            "attributes": image,
+            "dn": src.dn if src.dn is not None else current.dn,
+            "version": src.version,
+            "event_id": src.event_id,
+            "last_run": src.run_id or current.last_run,
+            "locator": src.locator or current.locator,
+        }
+    )
+    if renamed:
+        return Staged("rename", current, new, changed)
+    return Staged("update" if changed else "none", current, new, changed)
+
+
+def stage_absent(current: CSObject, run_id: str, version: int) -> Staged | None:
+    """At the end of a full import, an object the run did not see is deleted; None if it was seen."""
+    if current.last_run == run_id:
+        return None
+    if current.version > version:
+        # Changed after the run started (a delta raced the full import): newer than the snapshot.
+        return None
+    return Staged("delete", current, None, frozenset(current.attributes))
+
+
+def apply_link(current: CSObject, mv_id: str | None, outcome: str) -> CSObject:
+    """Record the join step's decision on the connector-space object."""
+    if outcome in ("joined", "projected"):
+        state = (
+            current.state if current.state == ConnectorState.EXPLICIT_CONNECTOR else ConnectorState.CONNECTOR
+        )
+        return current.model_copy(update={"mv_id": mv_id, "state": state})
+    if outcome == "disconnected":
+        return current.model_copy(
+            update={"mv_id": None, "join_route": None, "state": ConnectorState.EXPLICIT_DISCONNECTOR}
+        )
+    # ambiguous: stays a disconnector on its route; unlinked: metaverse object gone, route again.
+    route = current.join_route if outcome == "ambiguous" else None
+    return current.model_copy(
+        update={"mv_id": None, "join_route": route, "state": ConnectorState.DISCONNECTOR}
+    )

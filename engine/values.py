@@ -1,0 +1,128 @@
+"""Value helpers shared by the stages: normalization, conditions, templates, DN escaping."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Sequence
+
+from schemas.config import ConditionConfig
+from schemas.records import Attrs
+
+
+def normalize(value: str, ops: Iterable[str]) -> str:
+    """Normalize a join value: ``trim`` (and fold inner whitespace), ``lower``, ``nfc``."""
+    for op in ops:
+        if op == "trim":
+            value = " ".join(value.split())
+        elif op == "lower":
+            value = value.casefold()
+        elif op == "nfc":
+            value = unicodedata.normalize("NFC", value)
+    return value
+
+
+def first(attrs: Attrs, name: str) -> str | None:
+    """The first non-empty value of an attribute, or None."""
+    for v in attrs.get(name, ()):
+        if v != "":
+            return v
+    return None
+
+
+def same_values(a: Sequence[str] | None, b: Sequence[str] | None) -> bool:
+    """Equal as value sets (directories do not keep the order of multi-valued attributes)."""
+    return sorted(a or ()) == sorted(b or ())
+
+
+def condition_holds(cond: ConditionConfig, attrs: Attrs) -> bool:
+    """Evaluate one filter clause against an object's attributes (any value may satisfy it)."""
+    values = [v for v in attrs.get(cond.attribute, ()) if v != ""]
+    op = cond.operator
+    if op == "isnull":
+        return not values
+    if op == "isnotnull":
+        return bool(values)
+    want = cond.value
+    if op in ("isin", "isnotin"):
+        options = {w.casefold() for w in (want if isinstance(want, list) else [want or ""])}
+        hit = any(v.casefold() in options for v in values)
+        return hit if op == "isin" else not hit
+    target = (want if isinstance(want, str) else "").casefold()
+    folded = [v.casefold() for v in values]
+    if op == "equal":
+        return target in folded
+    if op == "notequal":
+        return target not in folded
+    if op == "startswith":
+        return any(v.startswith(target) for v in folded)
+    if op == "endswith":
+        return any(v.endswith(target) for v in folded)
+    if op == "contains":
+        return any(target in v for v in folded)
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def any_group_holds(groups: Sequence[Sequence[ConditionConfig]], attrs: Attrs) -> bool:
+    """OR of AND-ed clause groups; no groups -> False."""
+    return any(all(condition_holds(c, attrs) for c in group) for group in groups)
+
+
+def render(template: str, attrs: Attrs, escape: bool = False) -> str | None:
+    """Fill ``{attr}`` placeholders with first values; None when one is missing."""
+    out: list[str] = []
+    i = 0
+    while i < len(template):
+        ch = template[i]
+        if ch == "{":
+            end = template.index("}", i)
+            value = first(attrs, template[i + 1 : end])
+            if value is None:
+                return None
+            out.append(escape_rdn_value(value) if escape else value)
+            i = end + 1
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def escape_rdn_value(value: str) -> str:
+    """Escape an attribute value for use in a DN (RFC 4514 section 2.4)."""
+    out = []
+    for i, ch in enumerate(value):
+        if ch in ',+"\\<>;=' or (ch == "#" and i == 0) or (ch == " " and i in (0, len(value) - 1)):
+            out.append("\\" + ch)
+        elif ch == "\x00":
+            out.append("\\00")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def split_dn(dn: str) -> list[str]:
+    """Split a DN into its RDN strings, honouring backslash escapes."""
+    parts: list[str] = []
+    cur: list[str] = []
+    escaped = False
+    for ch in dn:
+        if escaped:
+            cur.append(ch)
+            escaped = False
+        elif ch == "\\":
+            cur.append(ch)
+            escaped = True
+        elif ch == ",":
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if cur or parts:
+        parts.append("".join(cur).strip())
+    return parts
+
+
+def dn_key(dn: str | None) -> str:
+    """A comparison key for DNs: case-insensitive, spaces around separators ignored."""
+    if dn is None:
+        return ""
+    return ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))

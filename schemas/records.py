@@ -1,0 +1,246 @@
+"""Topic contracts: what flows between connectors and stages.
+
+Attribute values are always lists of strings (``Attrs``): single-valued attributes are one-element lists,
+an empty list is null. Binary values are base64 text, prefixed by the connector's schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Attrs = dict[str, list[str]]
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Contract):
+    """Where a change record came from."""
+
+    connector: str
+    dn: str | None = None
+    #: Connector-native position (LDAP cookie / CSN, SQL watermark, file checksum); opaque to the engine.
+    watermark: str = ""
+    #: Monotone per object within a connector: a record with a lower version is stale.
+    version: int
+    #: Unique per emitted change; a record with the event id already applied is a duplicate.
+    event_id: str
+    run_id: str | None = None
+    ts_ms: int
+    #: Where a human finds the object in the source: "hr.csv:42", a DN, a primary key.
+    locator: str | None = None
+
+
+class ChangeRecord(_Contract):
+    """One object's change, Debezium-like: ``op`` c/u/d, or r for a full-import (snapshot) read."""
+
+    version: Literal[1] = 1
+    op: Literal["c", "u", "d", "r"]
+    anchor: str = Field(min_length=1)
+    object_type: str
+    before: Attrs | None = None
+    #: Full image after the change (None for deletes).
+    after: Attrs | None = None
+    #: Names of changed attributes when the connector knows them; None means "compare the full image".
+    changes: list[str] | None = None
+    source: Source
+
+
+class RunMarker(_Contract):
+    """Brackets a full import on every partition of ``import.<connector>``."""
+
+    version: Literal[1] = 1
+    op: Literal["run-start", "run-end"]
+    run_id: str
+    connector: str
+    kind: Literal["full", "delta"] = "full"
+    partition: int
+    #: The run's version (its records carry it): objects changed after it are newer than the snapshot.
+    run_version: int
+    ts_ms: int
+    #: Objects the connector emitted in the whole run (on run-end); for reporting.
+    count: int | None = None
+
+
+ImportMessage = Annotated[ChangeRecord | RunMarker, Field(discriminator="op")]
+
+
+class JoinRequest(_Contract):
+    """A disconnector asking the join index (keyed by its join route) for a metaverse object."""
+
+    kind: Literal["join"] = "join"
+    route: str
+    mv_type: str
+    connector: str
+    anchor: str
+    dn: str | None
+    cs_version: int
+    event_id: str
+    #: Whether this object may project a new metaverse object when nothing matches.
+    project: bool
+    flows: Attrs
+    image: Attrs | None = None
+    ts_ms: int
+
+
+class JoinIndexUpdate(_Contract):
+    """The metaverse step telling the join index that a member left or its metaverse object is gone."""
+
+    kind: Literal["index"] = "index"
+    route: str
+    #: None when a waiting disconnector withdraws (deleted before any metaverse object matched).
+    mv_id: str | None = None
+    connector: str | None = None
+    anchor: str | None = None
+    mv_deleted: bool = False
+    ts_ms: int
+
+
+JoinMessage = Annotated[JoinRequest | JoinIndexUpdate, Field(discriminator="kind")]
+
+
+class CSLink(_Contract):
+    """The join step telling staging which metaverse object a connector-space object joined (or not)."""
+
+    kind: Literal["link"] = "link"
+    connector: str
+    anchor: str
+    mv_id: str | None
+    #: joined / projected: now a connector; ambiguous: stays a disconnector; unlinked: its metaverse
+    #: object is gone (join again); disconnected: deprovisioned by disconnect (explicit disconnector).
+    outcome: Literal["joined", "projected", "ambiguous", "unlinked", "disconnected"]
+    ts_ms: int
+
+
+class MVContribution(_Contract):
+    """A connector-space object's current view, routed to its metaverse object (keyed by mv_id)."""
+
+    kind: Literal["contribute"] = "contribute"
+    mv_id: str
+    mv_type: str
+    connector: str
+    anchor: str
+    dn: str | None
+    cs_version: int
+    event_id: str
+    #: Values of the inbound attribute flows (empty list = null contributed).
+    flows: Attrs
+    #: Hologram, sent for connectors that are export targets (confirmation needs it).
+    image: Attrs | None = None
+    #: True when this contribution came through projection (the object created the MV object).
+    projected: bool = False
+    #: Join route that linked it (the metaverse step reports deletions back to that index entry).
+    route: str | None = None
+    ts_ms: int
+
+
+class MVDisconnect(_Contract):
+    """A connector-space object left its metaverse object (deleted, filtered, or disconnected)."""
+
+    kind: Literal["disconnect"] = "disconnect"
+    mv_id: str
+    connector: str
+    anchor: str
+    reason: Literal["deleted", "filtered", "explicit"]
+    cs_version: int
+    event_id: str
+    ts_ms: int
+
+
+class ExportResult(_Contract):
+    """What an export worker did with a pending export; routed back to the metaverse step."""
+
+    kind: Literal["export-result"] = "export-result"
+    mv_id: str
+    connector: str
+    export_id: str
+    seq: int
+    status: Literal["applied", "failed"]
+    op: Literal["add", "update", "rename", "delete"]
+    anchor: str | None = None
+    dn: str | None = None
+    error_type: str | None = None
+    message: str | None = None
+    ts_ms: int
+
+
+MVInbound = Annotated[MVContribution | MVDisconnect | ExportResult, Field(discriminator="kind")]
+
+
+class AttrChange(_Contract):
+    """An attribute-level export change."""
+
+    op: Literal["replace", "add", "delete"]
+    values: list[str]
+
+
+class PendingExport(_Contract):
+    """One change to apply to a connected system (``export.<connector>``, keyed by mv_id)."""
+
+    version: Literal[1] = 1
+    export_id: str
+    #: Per (mv_id, connector) sequence; the worker applies them in order and skips ones already applied.
+    seq: int
+    connector: str
+    mv_id: str
+    op: Literal["add", "update", "rename", "delete"]
+    object_type: str
+    anchor: str | None = None
+    dn: str
+    new_dn: str | None = None
+    attributes: dict[str, AttrChange] = Field(default_factory=dict)
+    #: Old values per attribute, for previews and for `exported-change-not-reimported` reports.
+    old: Attrs = Field(default_factory=dict)
+    ts_ms: int
+
+
+class ErrorRecord(_Contract):
+    """A per-object error: what went wrong and where (step, algorithm step), enough to find the object."""
+
+    version: Literal[1] = 1
+    step_id: str
+    error_type: str
+    algorithm_step: str
+    connector: str | None = None
+    anchor: str | None = None
+    locator: str | None = None
+    mv_id: str | None = None
+    message: str
+    detail: str | None = None
+    #: Offending record (secrets redacted), for the dead-letter queue.
+    record: str | None = None
+    topic: str | None = None
+    partition: int | None = None
+    offset: int | None = None
+    ts_ms: int
+
+
+class MVChange(_Contract):
+    """A metaverse change: the public ``mv.changes`` feed for downstream systems (JSON Schema published)."""
+
+    version: Literal[1] = 1
+    op: Literal["create", "update", "delete"]
+    mv_id: str
+    object_type: str
+    #: Full image after the change (empty for deletes).
+    attributes: Attrs
+    #: Attributes whose values changed in this event.
+    changed: list[str]
+    #: Connectors joined to the object after the change.
+    connectors: list[str]
+    #: The connector whose change caused this one.
+    cause: str | None = None
+    ts_ms: int
+
+
+class ExportConfirmed(_Contract):
+    """An export whose values the following import showed (or a divergence reported)."""
+
+    kind: Literal["confirmed"] = "confirmed"
+    connector: str
+    mv_id: str
+    export_id: str
+    ts_ms: int

@@ -1,0 +1,114 @@
+"""State contracts: connector-space objects (staging tables) and metaverse objects (metaverse table)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.records import Attrs, JoinRequest
+
+
+class ConnectorState(StrEnum):
+    """The MIM connector state of a connector-space object."""
+
+    DISCONNECTOR = "disconnector"
+    CONNECTOR = "connector"
+    FILTERED_DISCONNECTOR = "filtered-disconnector"
+    EXPLICIT_CONNECTOR = "explicit-connector"
+    EXPLICIT_DISCONNECTOR = "explicit-disconnector"
+
+
+class _State(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CSObject(_State):
+    """A connector-space object: the hologram of a connected-system object, keyed by its anchor."""
+
+    connector: str
+    anchor: str
+    object_type: str
+    dn: str | None = None
+    attributes: Attrs = Field(default_factory=dict)
+    version: int = 0
+    event_id: str = ""
+    #: Id of the last full-import run that saw this object (delete inference at run end).
+    last_run: str | None = None
+    state: ConnectorState = ConnectorState.DISCONNECTOR
+    mv_id: str | None = None
+    #: The join-index key this object was routed by while its join was pending (keeps one route).
+    join_route: str | None = None
+    locator: str | None = None
+
+
+class ConnectorLink(_State):
+    """A connector-space object joined to a metaverse object, as the metaverse step sees it."""
+
+    anchor: str
+    dn: str | None = None
+    cs_version: int = 0
+    #: Values this connector contributes through inbound flows.
+    flows: Attrs = Field(default_factory=dict)
+    #: Last imported image, for export targets (confirmation compares with it).
+    image: Attrs | None = None
+    #: Join route it came through; its index entry is told when it leaves.
+    route: str | None = None
+    ts_ms: int = 0
+
+
+class LedgerEntry(_State):
+    """An exported value waiting for the confirming import."""
+
+    values: list[str]
+    export_id: str
+    applied: bool = False
+    applied_ts_ms: int | None = None
+
+
+class TargetState(_State):
+    """Outbound state of one metaverse object towards one target connector."""
+
+    #: none | pending-add | exists | pending-delete | disconnected
+    status: str = "none"
+    anchor: str | None = None
+    #: DN the target holds (from the last import or applied export).
+    dn: str | None = None
+    #: DN the last emitted export gives it (rename in flight until confirmed).
+    pending_dn: str | None = None
+    #: Sequence of the last export emitted for this object to this target.
+    seq: int = 0
+    #: Exported values awaiting the confirming import, per attribute ("__dn__" and "__deleted__" too).
+    ledger: dict[str, LedgerEntry] = Field(default_factory=dict)
+    disabled: bool = False
+    #: Last export error, cleared by the next successful export.
+    error: str | None = None
+
+
+class MVObject(_State):
+    """A metaverse object: the merged identity, keyed by a stable mv_id."""
+
+    mv_id: str
+    object_type: str
+    attributes: Attrs = Field(default_factory=dict)
+    #: attribute -> connector whose value won precedence
+    contributors: dict[str, str] = Field(default_factory=dict)
+    links: dict[str, ConnectorLink] = Field(default_factory=dict)
+    targets: dict[str, TargetState] = Field(default_factory=dict)
+    #: Join routes that point at this object in the join index.
+    routes: list[str] = Field(default_factory=list)
+    deleted: bool = False
+    version: int = 0
+
+
+class JoinEntry(_State):
+    """One join-index entry (keyed by route = metaverse type + normalized join value)."""
+
+    mv_id: str | None = None
+    #: Bumped when the metaverse object is deleted, so a new projection gets a new mv_id.
+    generation: int = 0
+    #: "connector|anchor" of the connector-space objects joined through this entry.
+    members: list[str] = Field(default_factory=list)
+    #: Disconnectors that may not project, waiting for a metaverse object with this value (invariant 3):
+    #: "connector|anchor" -> their latest join request, replayed when a metaverse object appears.
+    waiting: dict[str, JoinRequest] = Field(default_factory=dict)

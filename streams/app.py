@@ -1,0 +1,127 @@
+"""The app factory: builds the faust app, its topics and the stage agents for one configuration.
+
+No global app: the caller builds it (``create_app``) and runs it. faust owns the app, the agents, the
+topics and the consumer group; each agent hands whole micro-batches to a batched stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from connectors.base import Connector, Export
+from schemas.config import IdsyncConfig
+from streams.connectors import build_connector
+from streams.runtime import Runtime, Settings
+from streams.stages.export import ExportWorker
+from streams.stages.join import JoinStage
+from streams.stages.metaverse import MetaverseStage
+from streams.stages.staging import StagingStage
+
+log = logging.getLogger("idsync")
+
+
+class Pipeline:
+    """The built app with everything its agents use."""
+
+    def __init__(self, app: faust.App, rt: Runtime, connectors: dict[str, Connector]) -> None:
+        self.app = app
+        self.rt = rt
+        self.connectors = connectors
+        self.export_workers: list[ExportWorker] = []
+
+    def close(self) -> None:
+        for w in self.export_workers:
+            w.close()
+        for c in self.connectors.values():
+            c.close()
+
+
+def _agent(process: Callable[[list[Any]], Any], size: int, window: float) -> Callable[[Any], Any]:
+    async def agent(stream: Any) -> None:
+        async for events in stream.take_events(size, within=window):
+            # Returning normally acks the batch; process() never raises on bad data (invariant 8).
+            await process(events)
+
+    return agent
+
+
+def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -> Pipeline:
+    """Build the faust app and the stage agents for ``config``."""
+    rt = Runtime(settings, config)
+    n = rt.names
+    app = faust.App(
+        n.group_id(),
+        broker=f"kafka://{settings.bootstrap_servers}",
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        web_enabled=False,
+        topic_partitions=rt.partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_interval=0.5,
+        producer_acks=1,
+        stream_wait_empty=False,
+    )
+
+    def topic(*names: str) -> Any:
+        return app.topic(*names, key_serializer="raw", value_serializer="raw", partitions=rt.partitions)
+
+    size, window = settings.batch_size, settings.batch_window_s
+    staging = StagingStage(rt)
+    imports = [n.import_topic(c) for c in config.connectors]
+    app.agent(topic(*imports, n.links_topic()), name="staging")(_agent(staging.process, size, window))
+    join = JoinStage(rt)
+    app.agent(topic(n.join_topic()), name="join")(_agent(join.process, size, window))
+    mv = MetaverseStage(rt)
+    app.agent(topic(n.mv_topic()), name="metaverse")(_agent(mv.process, size, window))
+
+    connectors = {name: build_connector(name, cfg) for name, cfg in config.connectors.items()}
+    pipeline = Pipeline(app, rt, connectors)
+    if exports:
+        for target in sorted(rt.rules.targets):
+            conn = connectors[target]
+            if not isinstance(conn, Export):
+                raise TypeError(f"connector {target!r} is an export target but cannot export")
+            worker = ExportWorker(rt, target, conn)
+            pipeline.export_workers.append(worker)
+            app.agent(topic(n.export_topic(target)), name=f"export-{target}")(
+                _agent(worker.process, 200, window)
+            )
+    return pipeline
+
+
+async def ensure_topics(rt: Runtime) -> None:
+    """Create every topic with the configured partition count (co-partitioning depends on it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=rt.settings.bootstrap_servers, client_id="idsync-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name=t, num_partitions=p, replication_factor=1)
+            for t, p in rt.topic_partitions().items()
+            if t not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+        described = await admin.describe_topics(list(rt.topic_partitions()))
+        for d in described:
+            count = len(d.get("partitions", []))
+            if count and count != rt.partitions:
+                raise RuntimeError(
+                    f"topic {d['topic']} has {count} partitions, the configuration says {rt.partitions}; "
+                    "co-partitioned stages need the same count"
+                )
+    finally:
+        await admin.close()

@@ -1,0 +1,131 @@
+"""What every stage shares: settings, names, rules, stores, the output producer and the counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from engine.rules import Rules, compile_rules
+from schemas.config import IdsyncConfig
+from schemas.records import ErrorRecord
+from streams.output import Outputs
+from streams.store import Store
+from streams.topics import Names
+
+log = logging.getLogger("idsync")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How this process runs (not what it syncs: that is the config file)."""
+
+    bootstrap_servers: str
+    data_dir: Path
+    batch_size: int = 2000
+    batch_window_s: float = 0.02
+    #: Consumer-group timeouts; short for the embedded broker, whose group joins are slow otherwise.
+    session_timeout_s: float = 10.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 10.0
+
+
+@dataclass
+class Counters:
+    """Run counters in MIM's vocabulary, plus produced/consumed per topic for drain detection."""
+
+    produced: Counter[str] = field(default_factory=Counter)
+    consumed: Counter[str] = field(default_factory=Counter)
+    steps: Counter[str] = field(default_factory=Counter)
+    last_activity: float = field(default_factory=time.monotonic)
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.steps[name] += n
+
+
+class Runtime:
+    """Shared by the stages of one worker process."""
+
+    def __init__(self, settings: Settings, config: IdsyncConfig) -> None:
+        self.settings = settings
+        self.config = config
+        self.rules: Rules = compile_rules(config)
+        self.names = Names(config.name)
+        self.partitions = config.pipeline.partitions
+        self.counters = Counters()
+        self.errors: list[ErrorRecord] = []
+        self._stores: dict[str, Store] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._producer_lock = asyncio.Lock()
+
+    # ---- topics
+    def topic_partitions(self) -> dict[str, int]:
+        n = self.names
+        topics = [n.join_topic(), n.links_topic(), n.mv_topic(), n.mv_changes_topic(), n.errors_topic()]
+        topics.append(n.confirmations_topic())
+        topics += [n.import_topic(c) for c in self.config.connectors]
+        topics += [n.export_topic(c) for c in self.rules.targets]
+        return dict.fromkeys(topics, self.partitions)
+
+    # ---- state
+    def store(self, stage: str) -> Store:
+        name = self.names.store(stage)
+        if name not in self._stores:
+            self._stores[name] = Store(self.settings.data_dir / "state", name)
+        return self._stores[name]
+
+    def close_stores(self) -> None:
+        for s in self._stores.values():
+            s.close()
+
+    # ---- producing
+    async def producer(self) -> AIOKafkaProducer:
+        async with self._producer_lock:
+            if self._producer is None:
+                self._producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.bootstrap_servers,
+                    acks=1,
+                    linger_ms=5,
+                    max_batch_size=1 << 20,
+                    enable_idempotence=False,
+                    client_id=f"idsync-{self.config.name}-out",
+                )
+                await self._producer.start()
+            return self._producer
+
+    async def outputs(self) -> Outputs:
+        return Outputs(await self.producer(), self.topic_partitions(), self.counters.produced)
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        self.close_stores()
+
+    # ---- errors
+    def record_error(self, err: ErrorRecord, outputs: Outputs) -> None:
+        self.errors.append(err)
+        del self.errors[:-1000]
+        self.counters.count("errors")
+        key = f"{err.connector or err.step_id}|{err.anchor or err.locator or ''}".encode()
+        outputs.add(self.names.errors_topic(), key, err.model_dump_json().encode())
+        where = err.locator or err.anchor or err.mv_id or ""
+        log.warning("%s %s [%s] %s: %s", err.step_id, err.connector or "", where, err.error_type, err.message)
+
+    def fatal(self, message: str) -> None:
+        """Stop the process now without acking what is in flight (it is re-delivered after restart)."""
+        log.critical("fatal: %s", message)
+        sys.stderr.write(f"idsync: fatal: {message}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,1 @@
+"""Stage agents: thin batched wrappers around the pure engine (decode, load, call, save, emit, ack)."""

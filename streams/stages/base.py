@@ -1,0 +1,170 @@
+"""The batched stage: one call per micro-batch instead of per event.
+
+For each batch: group events by partition, multi-get their state, call the engine per event (an
+exception dead-letters that event, never the batch), produce all outputs and wait for the broker,
+write state in one WriteBatch per partition, then return so faust acks the offsets. Outputs go out
+before state is written: after a crash the batch is re-delivered and recomputes the same outputs,
+which every downstream step treats idempotently (invariant 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+from abc import ABC, abstractmethod
+from collections import defaultdict
+from typing import Any, Generic, TypeVar
+
+from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ValidationError
+
+from schemas.errors import DataError
+from schemas.records import ErrorRecord
+from streams.output import Outputs
+from streams.runtime import Runtime, now_ms
+from streams.store import PartitionStore
+
+log = logging.getLogger("idsync.stage")
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Batch:
+    """State of one partition during one batch: decoded lazily, written back at the end."""
+
+    def __init__(self, store: PartitionStore, keys: list[bytes], model: type[BaseModel]) -> None:
+        self._store = store
+        self._model = model
+        raw = store.get_many(keys)
+        self._raw: dict[bytes, bytes | None] = dict(zip(keys, raw, strict=True))
+        self._cache: dict[bytes, Any] = {}
+        self.puts: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> Any:
+        if key in self._cache:
+            return self._cache[key]
+        raw = self._raw.get(key) if key in self._raw else self._store.get(key)
+        value = None if raw is None else self._model.model_validate_json(raw)
+        self._cache[key] = value
+        return value
+
+    def commit(self) -> None:
+        """Write this batch's changes to the partition store in one WriteBatch."""
+        self._store.write(self.puts)
+
+    def put(self, key: bytes, value: BaseModel | None) -> None:
+        self._cache[key] = value
+        self.puts[key] = None if value is None else value.model_dump_json(exclude_defaults=True).encode()
+
+    def scan(self, prefix: bytes) -> list[tuple[bytes, Any]]:
+        """Every stored object under a prefix, with this batch's changes applied."""
+        seen: dict[bytes, Any] = {}
+        for k, _v in self._store.scan(prefix):
+            seen[k] = self.get(k)
+        for k, v in self._cache.items():
+            if k.startswith(prefix):
+                seen[k] = v
+        return [(k, v) for k, v in sorted(seen.items()) if v is not None]
+
+
+class Stage(ABC, Generic[S]):
+    """A keyed, stateful, batched stage."""
+
+    step_id: str
+    store_name: str
+    state_model: type[S]
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.store = rt.store(self.store_name)
+
+    @abstractmethod
+    def decode(self, topic: str, value: bytes) -> Any:
+        """Decode one event's value (raise on a malformed record: it is dead-lettered)."""
+
+    @abstractmethod
+    def keys(self, topic: str, msg: Any) -> list[bytes]:
+        """State keys a decoded event needs (for the batch multi-get)."""
+
+    @abstractmethod
+    def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
+        """Process one event: read and write state through ``batch``, add outputs to ``out``."""
+
+    async def process(self, events: list[Any]) -> None:
+        """Process a batch of faust events (called from the agent; never raises on bad data)."""
+        out = await self.rt.outputs()
+        by_part: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
+        for ev in events:
+            try:
+                decoded = self.decode(ev.message.topic, ev.value)
+            except Exception as exc:
+                self._dead_letter(ev, out, exc)
+                continue
+            by_part[ev.message.partition].append((ev, decoded))
+        batches: list[Batch] = []
+        for partition, items in by_part.items():
+            keys = [k for ev, decoded in items for k in self.keys(ev.message.topic, decoded)]
+            batch = Batch(self.store.partition(partition), list(dict.fromkeys(keys)), self.state_model)
+            for ev, decoded in items:
+                try:
+                    self.handle(batch, ev.message.topic, decoded, out)
+                except Exception as exc:
+                    self._dead_letter(ev, out, exc)
+            batches.append(batch)
+        await self._flush(out)
+        for batch in batches:
+            batch.commit()
+        for ev in events:
+            self.rt.counters.consumed[ev.message.topic] += 1
+        self.rt.counters.last_activity = asyncio.get_running_loop().time()
+
+    def _dead_letter(self, ev: Any, out: Outputs, exc: Exception) -> None:
+        msg = ev.message
+        data_error = isinstance(exc, DataError | ValidationError | ValueError)
+        error_type = (
+            exc.error_type if isinstance(exc, DataError) else "data-error" if data_error else "engine-error"
+        )
+        raw = ev.value if isinstance(ev.value, bytes | bytearray) else b""
+        text = bytes(raw[:2000]).decode("utf-8", "replace")
+        # A malformed record needs no stack trace; an engine failure does (MIM shows both).
+        detail = None if data_error else traceback.format_exc()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, ValidationError):
+            message = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        self.rt.record_error(
+            ErrorRecord(
+                step_id=self.step_id,
+                error_type=getattr(exc, "error_type", error_type)
+                if isinstance(exc, DataError)
+                else error_type,
+                algorithm_step=self.step_id.split(".")[0],
+                message=f"bad record at {msg.topic}[{msg.partition}]@{msg.offset}: {message}",
+                detail=detail,
+                record=text,
+                topic=msg.topic,
+                partition=msg.partition,
+                offset=msg.offset,
+                ts_ms=now_ms(),
+            ),
+            out,
+        )
+
+    async def _flush(self, out: Outputs) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await out.flush()
+                return
+            except KafkaError as exc:
+                # The broker is unreachable: keep the batch (not acked) and retry; never drop outputs.
+                log.warning("%s: producing failed (%s), retrying in %.1fs", self.step_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+__all__ = ["Batch", "Stage", "encode"]

@@ -1,0 +1,97 @@
+"""Staging agent (keyed by anchor): import records and join outcomes -> connector space -> routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from engine.inbound import InboundOutput, on_link, route
+from engine.staging import Staged, stage, stage_absent
+from schemas.errors import DataError
+from schemas.records import ChangeRecord, CSLink, ImportMessage, JoinIndexUpdate, JoinRequest, RunMarker
+from schemas.state import CSObject
+from streams.output import Outputs
+from streams.runtime import now_ms
+from streams.stages.base import Batch, Stage, encode
+
+_IMPORT = TypeAdapter(ImportMessage)
+
+
+def cs_key(connector: str, anchor: str) -> bytes:
+    return f"{connector}\x00{anchor}".encode()
+
+
+class StagingStage(Stage[CSObject]):
+    step_id = "staging"
+    store_name = "cs"
+    state_model = CSObject
+
+    def __init__(self, rt: Any) -> None:
+        super().__init__(rt)
+        self._links = rt.names.links_topic()
+        self._topic_connector = {rt.names.import_topic(c): c for c in rt.config.connectors}
+
+    def decode(self, topic: str, value: bytes) -> Any:
+        if topic == self._links:
+            return CSLink.model_validate_json(value)
+        msg = _IMPORT.validate_json(value)
+        connector = self._topic_connector[topic]
+        got = msg.source.connector if isinstance(msg, ChangeRecord) else msg.connector
+        if got != connector:
+            raise DataError(
+                f"record of connector {got!r} on the topic of {connector!r}", error_type="wrong-topic"
+            )
+        return msg
+
+    def keys(self, topic: str, msg: Any) -> list[bytes]:
+        if isinstance(msg, ChangeRecord):
+            return [cs_key(msg.source.connector, msg.anchor)]
+        if isinstance(msg, CSLink):
+            return [cs_key(msg.connector, msg.anchor)]
+        return []
+
+    def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
+        c = self.rt.counters
+        if isinstance(msg, CSLink):
+            key = cs_key(msg.connector, msg.anchor)
+            cs = batch.get(key)
+            if cs is None:
+                return  # deleted meanwhile
+            new, outputs = on_link(self.rt.rules, cs, msg)
+            batch.put(key, new)
+            c.count(f"link-{msg.outcome}")
+            self._emit(outputs, out)
+            return
+        if isinstance(msg, RunMarker):
+            if msg.op == "run-end":
+                self._end_run(batch, msg, out)
+            return
+        key = cs_key(msg.source.connector, msg.anchor)
+        staged = stage(batch.get(key), msg)
+        self._apply(batch, key, staged, out)
+
+    def _apply(self, batch: Batch, key: bytes, staged: Staged, out: Outputs) -> None:
+        connector = (staged.after or staged.before).connector if (staged.after or staged.before) else ""
+        self.rt.counters.count(f"stage-{staged.pending}:{connector}")
+        if staged.pending in ("stale", "duplicate"):
+            return
+        cs, outputs = route(self.rt.rules, staged, now_ms())
+        batch.put(key, cs)
+        self._emit(outputs, out)
+
+    def _end_run(self, batch: Batch, marker: RunMarker, out: Outputs) -> None:
+        """Full import end on this partition: objects the run did not see are deleted."""
+        prefix = cs_key(marker.connector, "")
+        for key, cs in batch.scan(prefix):
+            staged = stage_absent(cs, marker.run_id, marker.run_version)
+            if staged is not None:
+                self._apply(batch, key, staged, out)
+
+    def _emit(self, outputs: list[InboundOutput], out: Outputs) -> None:
+        n = self.rt.names
+        for o in outputs:
+            if isinstance(o, JoinRequest | JoinIndexUpdate):
+                out.add(n.join_topic(), o.route.encode(), encode(o))
+            else:
+                out.add(n.mv_topic(), o.mv_id.encode(), encode(o))

@@ -1,0 +1,59 @@
+"""Every topic and state-store name idsync uses. Names are state: never change one casually.
+
+Nothing else in the code base builds a topic or store name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Names for one idsync instance (``name`` from the config; several instances may share a cluster)."""
+
+    instance: str
+
+    def _t(self, suffix: str) -> str:
+        return f"idsync.{self.instance}.{suffix}"
+
+    # ---- topics
+    def import_topic(self, connector: str) -> str:
+        """Change records of one connector (key: anchor)."""
+        return self._t(f"import.{connector}")
+
+    def join_topic(self) -> str:
+        """Join requests and index updates (key: join route)."""
+        return self._t("sync.join")
+
+    def links_topic(self) -> str:
+        """Join outcomes back to staging (key: anchor, partitioned like the import topics)."""
+        return self._t("sync.links")
+
+    def mv_topic(self) -> str:
+        """Contributions, disconnects and export results for the metaverse step (key: mv_id)."""
+        return self._t("sync.mv")
+
+    def mv_changes_topic(self) -> str:
+        """Public feed of metaverse changes (key: mv_id), contract ``schemas.records.MVChange``."""
+        return self._t("mv.changes")
+
+    def export_topic(self, connector: str) -> str:
+        """Pending exports of one connector (key: mv_id)."""
+        return self._t(f"export.{connector}")
+
+    def errors_topic(self) -> str:
+        """Per-object errors and dead letters (key: connector|anchor or step)."""
+        return self._t("errors")
+
+    def confirmations_topic(self) -> str:
+        """Confirmed exports (key: mv_id)."""
+        return self._t("export.confirmed")
+
+    # ---- consumer group and state stores
+    def group_id(self) -> str:
+        return f"idsync-{self.instance}"
+
+    def store(self, stage: str) -> str:
+        """Directory name of a stage's RocksDB store (``cs``, ``join``, ``mv``, ``export-ledger``)."""
+        return f"{self.instance}-{stage}"
