@@ -77,6 +77,8 @@ class Export(Protocol):
 class TestConnection(Protocol):
     """Checks that the connected system is reachable with the configured credentials."""
 
+    __test__ = False  # not a pytest test class, whatever its name says
+
     def test_connection(self) -> None: ...
 
 

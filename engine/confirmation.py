@@ -16,12 +16,19 @@ def casefold_keys(attrs: Attrs) -> Attrs:
 
 
 def confirm_import(
-    target: TargetState, connector: str, mv_id: str, image: Attrs, dn: str | None, ts_ms: int
+    target: TargetState,
+    connector: str,
+    mv_id: str,
+    image: Attrs,
+    dn: str | None,
+    ts_ms: int,
+    final: bool = True,
 ) -> tuple[list[ExportConfirmed], list[ErrorRecord]]:
     """Compare applied, unconfirmed exports with an imported image. Mutates ``target``.
 
-    A value that differs is reported as ``exported-change-not-reimported`` with both values and dropped
-    from the ledger, so the next outbound evaluation exports it again.
+    With ``final`` (an import that came after the export), a value that differs is reported as
+    ``exported-change-not-reimported`` with both values and dropped from the ledger, so the next outbound
+    evaluation exports it again. Without it (an image older than the export), only matches count.
     """
     folded = casefold_keys(image)
     errors: list[ErrorRecord] = []
@@ -35,6 +42,8 @@ def confirm_import(
         else:
             seen = folded.get(attr.casefold(), [])
             ok = same_values(seen, entry.values)
+        if not ok and not final:
+            continue
         if not ok:
             errors.append(
                 ErrorRecord(

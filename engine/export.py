@@ -162,7 +162,7 @@ def _deprovision(
 def plan_exports(mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[OutboundOutput]:
     """Outbound sync of one metaverse object against one outbound rule. Mutates ``mv.targets``."""
     target = mv.targets.setdefault(rule.connector, TargetState())
-    if target.status == "disconnected":
+    if target.status in ("disconnected", "joining"):
         return []
     link = mv.links.get(rule.connector)
     image = link.image if link is not None else None

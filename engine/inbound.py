@@ -35,8 +35,15 @@ def _leave(cs: CSObject, reason: str, ts_ms: int) -> list[InboundOutput]:
 
 def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, list[InboundOutput]]:
     """Decide where a staged change goes. Returns the connector-space object to store."""
-    if staged.skipped or staged.pending == "none":
+    if staged.skipped:
         return staged.after, []
+    if staged.pending == "none":
+        cs = staged.after
+        # An unchanged target object still goes to its metaverse object: that import is what confirms
+        # (or refutes) the exports made since the last one. Unchanged source objects stop here.
+        if cs is None or cs.mv_id is None or cs.connector not in rules.targets:
+            return cs, []
+        return _evaluate(rules, cs, ts_ms, [])
     outputs: list[InboundOutput] = []
     cs = staged.after
     if staged.pending in ("delete", "delete-add") and staged.before is not None:

@@ -45,7 +45,9 @@ def member_key(connector: str, anchor: str) -> str:
     return f"{connector}|{anchor}"
 
 
-def _connect(req: JoinRequest, mv_id: str, projected: bool) -> list[JoinOutput]:
+def _connect(
+    req: JoinRequest, mv_id: str, projected: bool, joining: list[str] | None = None
+) -> list[JoinOutput]:
     return [
         MVContribution(
             mv_id=mv_id,
@@ -59,6 +61,7 @@ def _connect(req: JoinRequest, mv_id: str, projected: bool) -> list[JoinOutput]:
             image=req.image,
             projected=projected,
             route=req.route,
+            joining=joining or [],
             ts_ms=req.ts_ms,
         ),
         CSLink(
@@ -126,8 +129,9 @@ def join_step(
     entry.mv_id = mv_id
     entry.members = [member]
     entry.waiting.pop(member, None)
-    outputs = _connect(msg, mv_id, projected=True)
     # A disconnector waiting for this value joins now, no full sync needed (invariant 3).
+    joins: list[JoinOutput] = []
     for key, waiting in sorted(entry.waiting.items()):
-        outputs.extend(_join_existing(entry, waiting, key))
-    return entry, outputs
+        joins.extend(_join_existing(entry, waiting, key))
+    joining = sorted({m.split("|", 1)[0] for m in entry.members if m != member})
+    return entry, _connect(msg, mv_id, projected=True, joining=joining) + joins

@@ -41,8 +41,16 @@ def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | N
     if mv is None or msg.connector not in mv.targets:
         return mv, []
     mv = mv.model_copy(deep=True)
-    record_result(mv.targets[msg.connector], msg)
-    return mv, []
+    target = mv.targets[msg.connector]
+    record_result(target, msg)
+    link = mv.links.get(msg.connector)
+    if msg.status != "applied" or link is None or link.image is None:
+        return mv, []
+    # Values the last import already shows are confirmed now; others wait for the next import.
+    confirmed, _ = confirm_import(
+        target, msg.connector, mv.mv_id, link.image, link.dn, msg.ts_ms, final=False
+    )
+    return mv, list(confirmed)
 
 
 def _contribute(
@@ -72,6 +80,10 @@ def _contribute(
                 )
             return mv, outputs
         mv = MVObject(mv_id=msg.mv_id, object_type=msg.mv_type)
+        for connector in msg.joining:
+            if connector in rules.targets:
+                # Its existing object is joining right behind this message: no provisioning meanwhile.
+                mv.targets[connector] = TargetState(status="joining")
         created = True
     else:
         mv = mv.model_copy(deep=True)
@@ -109,7 +121,7 @@ def _contribute(
     outputs = []
     if msg.connector in rules.targets and msg.image is not None:
         target = mv.targets.setdefault(msg.connector, TargetState())
-        if target.status in ("none", "pending-add"):
+        if target.status in ("none", "pending-add", "joining"):
             target.status = "exists"
         target.anchor = msg.anchor
         target.dn = msg.dn

@@ -134,6 +134,9 @@ class MVContribution(_Contract):
     projected: bool = False
     #: Join route that linked it (the metaverse step reports deletions back to that index entry).
     route: str | None = None
+    #: On a projection: connectors whose waiting objects join in the same step (their contributions
+    #: follow). The metaverse step must not provision into them meanwhile: they already hold the object.
+    joining: list[str] = Field(default_factory=list)
     ts_ms: int
 
 

@@ -69,7 +69,7 @@ class LedgerEntry(_State):
 class TargetState(_State):
     """Outbound state of one metaverse object towards one target connector."""
 
-    #: none | pending-add | exists | pending-delete | disconnected
+    #: none | joining | pending-add | exists | pending-delete | disconnected
     status: str = "none"
     anchor: str | None = None
     #: DN the target holds (from the last import or applied export).

@@ -10,6 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from schemas.errors import ConfigError, FatalError, IdsyncError
 from streams.config import load_config
@@ -34,7 +35,7 @@ def _settings(args: argparse.Namespace, embedded_bootstrap: str | None) -> Setti
 def cmd_sync(args: argparse.Namespace) -> int:
     from streams.app import create_app
     from streams.broker import EmbeddedBroker
-    from streams.sync import format_summary, run_pipeline, summary, sync_cycle
+    from streams.sync import exports_applied, format_errors, format_summary, run_pipeline, summary, sync_cycle
 
     config = load_config(Path(args.config))
     data_dir = Path(args.data_dir).resolve()
@@ -49,14 +50,22 @@ def cmd_sync(args: argparse.Namespace) -> int:
         started = time.monotonic()
 
         async def job(p: object) -> int:
+            cycles = []
             for i in range(args.cycles):
+                before = exports_applied(pipeline.rt)
                 report = await sync_cycle(pipeline)
+                cycles.append({"exports_applied": exports_applied(pipeline.rt) - before})
                 log.info("cycle %d done in %.1fs", i + 1, report.seconds)
             result.update(summary(pipeline))
+            result["cycles"] = cycles
+            result["errors"] = [e.model_dump(exclude_none=True) for e in pipeline.rt.errors]
             print(format_summary(result, time.monotonic() - started))
+            errors = format_errors(pipeline.rt)
+            if errors:
+                print(errors)
             return 0
 
-        result: dict[str, dict[str, int]] = {}
+        result: dict[str, Any] = {}
         code = run_pipeline(pipeline, job, loglevel="info" if args.verbose else "warn")
         if args.json and result:
             Path(args.json).write_text(json.dumps(result, indent=2))

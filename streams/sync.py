@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 
@@ -69,7 +70,7 @@ async def sync_cycle(p: Pipeline, confirm_rounds: int = 3) -> CycleReport:
             report.imports += await asyncio.gather(*(full_import(rt, n, importable[n]) for n in group))
             await drained(rt)
     for _ in range(confirm_rounds):
-        applied = _exports_applied(rt)
+        applied = exports_applied(rt)
         if applied == rt.counters.steps["confirm-baseline"] or not targets:
             break
         rt.counters.steps["confirm-baseline"] = applied
@@ -105,10 +106,36 @@ def summary(p: Pipeline) -> dict[str, dict[str, int]]:
     return per
 
 
-def format_summary(s: dict[str, dict[str, int]], seconds: float) -> str:
+def format_errors(rt: Runtime, limit: int = 20) -> str:
+    """The per-object errors of this run: type, where, why."""
+    if not rt.errors:
+        return ""
+    lines = [f"per-object errors ({len(rt.errors)}):"]
+    for e in rt.errors[:limit]:
+        where = e.locator or e.anchor or e.mv_id or ""
+        lines.append(f"  {e.error_type:<32} {e.step_id:<14} {where}: {e.message}")
+    if len(rt.errors) > limit:
+        lines.append(f"  ... and {len(rt.errors) - limit} more on topic {rt.names.errors_topic()}")
+    return "\n".join(lines)
+
+
+def exports_applied(rt: Runtime) -> int:
+    """Exports applied so far, every target connector."""
+    return sum(_applied(rt, name) for name in rt.rules.targets)
+
+
+def _applied(rt: Runtime, name: str) -> int:
+    return sum(rt.counters.steps[f"export-{op}:{name}"] for op in ("add", "update", "rename", "delete"))
+
+
+def format_summary(s: dict[str, Any], seconds: float) -> str:
     cols = ["cs_objects", "imported", "exports_applied", "exports_confirmed", "export_errors"]
     head = ["connector", "CS objects", "imported", "exports applied", "exports confirmed", "export errors"]
-    rows = [[name] + [str(v[c]) for c in cols] for name, v in s.items() if name != "metaverse"]
+    rows = [
+        [name] + [str(s[name][c]) for c in cols]
+        for name in s
+        if name not in ("metaverse", "cycles", "errors")
+    ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join
     out = [line(h.ljust(w) for h, w in zip(head, widths, strict=True))]
@@ -130,6 +157,7 @@ def run_pipeline(p: Pipeline, job: Callable[[Pipeline], Awaitable[int]], logleve
     asyncio.run(ensure_topics(p.rt))
     result = {"code": 1}
     worker = faust.Worker(p.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.spinner = None  # its escape codes would garble the summary
 
     async def main() -> None:
         try:

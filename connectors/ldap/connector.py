@@ -6,19 +6,21 @@ import base64
 import binascii
 import contextlib
 import functools
-import ssl
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, NONE, SUBTREE, Connection, Server, Tls
+from ldap3 import BASE, MODIFY_ADD, MODIFY_DELETE, MODIFY_REPLACE, NONE, SUBTREE, Connection, Server
 from ldap3.core import results as rc
 from ldap3.core.exceptions import (
+    LDAPCommunicationError,
     LDAPException,
     LDAPInvalidValueError,
+    LDAPMaximumRetriesError,
     LDAPOperationResult,
+    LDAPResponseTimeoutError,
     LDAPSessionTerminatedByServerError,
     LDAPSocketReceiveError,
     LDAPSocketSendError,
@@ -28,6 +30,7 @@ from ldap3.utils.conv import escape_bytes, escape_filter_chars
 from connectors.base import ExportOutcome, ImportedObject, ImportFailure
 from connectors.ldap.dn import is_within, parent_dn, rdn_str, same_dn, split_dn
 from connectors.ldap.errors import map_ldap_error
+from connectors.ldap.tls import VerifyingTls
 from schemas.config import LdapConnectorConfig
 from schemas.errors import DataError, FatalError, IdsyncError
 from schemas.records import AttrChange, Attrs, PendingExport
@@ -38,6 +41,8 @@ BINARY_PREFIX = "base64:"
 RECEIVE_TIMEOUT_S = 60  # int: ldap3 packs it into SO_RCVTIMEO with struct
 #: Errors on a connection that was fine before: the server or a firewall dropped it; reopen once.
 _STALE_CONNECTION = (LDAPSessionTerminatedByServerError, LDAPSocketReceiveError, LDAPSocketSendError)
+#: Errors after which the connection's state is unknown: it is dropped.
+_CONNECTION_LOST = (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPMaximumRetriesError)
 
 Modifications = dict[str, list[tuple[str, list[str | bytes]]]]
 
@@ -102,13 +107,9 @@ class LdapConnector:
     def _server(self) -> Server:
         cfg = self.config
         url = urlparse(cfg.uri)
-        tls: Tls | None = None
+        tls: VerifyingTls | None = None
         if url.scheme == "ldaps" or cfg.start_tls:
-            tls = Tls(
-                validate=ssl.CERT_REQUIRED if cfg.verify_tls else ssl.CERT_NONE,
-                ca_certs_file=str(cfg.ca_file) if cfg.ca_file else None,
-                sni=url.hostname,
-            )
+            tls = VerifyingTls(hostname=url.hostname, verify=cfg.verify_tls, ca_file=cfg.ca_file)
         return Server(cfg.uri, tls=tls, connect_timeout=cfg.connect_timeout_s, get_info=NONE)
 
     def _open(self, *, starting: bool) -> Connection:
@@ -164,6 +165,11 @@ class LdapConnector:
         # The socket may be gone already: nothing left to release then.
         with contextlib.suppress(LDAPException, OSError):
             conn.unbind()
+        # After a failed TLS handshake ldap3 keeps the raw socket without closing it.
+        sock = getattr(conn, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def _error(
         self, exc: LDAPException, operation: str, dn: str | None, *, starting: bool = False
@@ -196,12 +202,13 @@ class LdapConnector:
                     if exc.result in tolerate:
                         return int(exc.result)
                     raise self._error(exc, operation, dn, starting=starting) from None
-                except LDAPException as exc:
-                    if isinstance(exc, LDAPInvalidValueError):
-                        raise self._error(exc, operation, dn, starting=starting) from None
+                except _CONNECTION_LOST as exc:
                     self._drop()
                     if attempt == 0 and isinstance(exc, _STALE_CONNECTION):
                         continue
+                    raise self._error(exc, operation, dn, starting=starting) from None
+                except LDAPException as exc:
+                    # Refused client-side (malformed DN or value): the connection itself is fine.
                     raise self._error(exc, operation, dn, starting=starting) from None
         raise AssertionError("unreachable")
 
@@ -347,7 +354,7 @@ class LdapConnector:
                 except StopIteration:
                     return
                 except LDAPException as exc:
-                    if not isinstance(exc, LDAPOperationResult):
+                    if isinstance(exc, _CONNECTION_LOST):
                         self._drop()
                         if not started and isinstance(exc, _STALE_CONNECTION):
                             # An idle connection the server dropped: restart once on a fresh one.
@@ -374,7 +381,7 @@ class LdapConnector:
 
     # ================================================================== export
     def apply(self, export: PendingExport) -> ExportOutcome:
-        """Apply one pending export idempotently (see the module docstring of connectors.base.Export)."""
+        """Apply one pending export idempotently (see connectors.base.Export for the error contract)."""
         if export.op == "add":
             return self._apply_add(export)
         if export.op == "update":

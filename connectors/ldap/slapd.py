@@ -266,9 +266,12 @@ class Slapd:
                     f"slapd exited with status {code} during startup; log tail:\n{self.log_tail()}"
                 )
             try:
+                # A plain TCP probe first: ldap3 leaks the socket of a refused connection.
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
                 self.connect(timeout_s=0.5).unbind()
                 return
-            except LDAPException as exc:
+            except (OSError, LDAPException) as exc:
                 last = exc
                 time.sleep(0.05)
         self.stop()
