@@ -74,15 +74,14 @@ class Export(Protocol):
 
 
 @runtime_checkable
-class TestConnection(Protocol):
+class ConnectionCheck(Protocol):
     """Checks that the connected system is reachable with the configured credentials."""
-
-    __test__ = False  # not a pytest test class, whatever its name says
 
     def test_connection(self) -> None: ...
 
 
 __all__ = [
+    "ConnectionCheck",
     "Connector",
     "DataError",
     "Export",
@@ -92,5 +91,4 @@ __all__ = [
     "ImportFailure",
     "ImportedObject",
     "RetriableError",
-    "TestConnection",
 ]

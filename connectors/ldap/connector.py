@@ -92,7 +92,7 @@ def _same_values(a: list[str], b: list[str]) -> bool:
 
 
 class LdapConnector:
-    """Connector, FullImport, Export and TestConnection over one lazily opened ldap3 connection."""
+    """Connector, FullImport, Export and ConnectionCheck over one lazily opened ldap3 connection."""
 
     def __init__(self, name: str, config: LdapConnectorConfig) -> None:
         self.name = name

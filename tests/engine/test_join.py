@@ -63,7 +63,10 @@ def test_projection_allocates_deterministic_mv_id() -> None:
     assert contrib.route == ROUTE
     assert (contrib.connector, contrib.anchor, contrib.cs_version, contrib.ts_ms) == ("hr", "E1", 3, 42)
     assert contrib.flows == {"employeeId": ["E1"], "source": ["hr"]}
-    assert links(outputs) == [CSLink(connector="hr", anchor="E1", mv_id=expected, outcome="projected", ts_ms=42)]
+    assert contrib.joining == []
+    assert links(outputs) == [
+        CSLink(connector="hr", anchor="E1", mv_id=expected, outcome="projected", ts_ms=42)
+    ]
     # a replay of the same imports into a fresh index rebuilds the same id
     again, _ = join_step(None, req("hr", "E1", project=True, version=3, ts_ms=99))
     assert again is not None and again.mv_id == expected
@@ -110,7 +113,9 @@ def test_same_connector_same_route_is_ambiguous() -> None:
     assert entry.mv_id == mv_id
     assert entry.members == ["hr|E1"]
     assert contributions(outputs) == []
-    assert links(outputs) == [CSLink(connector="hr", anchor="E1-dup", mv_id=None, outcome="ambiguous", ts_ms=5)]
+    assert links(outputs) == [
+        CSLink(connector="hr", anchor="E1-dup", mv_id=None, outcome="ambiguous", ts_ms=5)
+    ]
     [err] = [o for o in outputs if isinstance(o, ErrorRecord)]
     assert err.error_type == "ambiguous-join"
     assert err.connector == "hr" and err.anchor == "E1-dup" and err.mv_id == mv_id
@@ -145,9 +150,15 @@ def test_waiting_disconnector_joins_when_projection_arrives() -> None:
     assert entry.waiting == {}
     assert sorted(entry.members) == ["hr|E1", "ldap|L1"]
     contribs = contributions(outputs)
-    assert [(c.connector, c.projected, c.mv_id) for c in contribs] == [("hr", True, mv_id), ("ldap", False, mv_id)]
+    assert [(c.connector, c.projected, c.mv_id) for c in contribs] == [
+        ("hr", True, mv_id),
+        ("ldap", False, mv_id),
+    ]
     # the waiting object's latest request is what is replayed
     assert contribs[1].cs_version == 7
+    # the projection tells the metaverse step who joins right behind it
+    assert contribs[0].joining == ["ldap"]
+    assert contribs[1].joining == []
     assert sorted((link.connector, link.outcome) for link in links(outputs)) == [
         ("hr", "projected"),
         ("ldap", "joined"),
@@ -227,7 +238,9 @@ def test_mv_deleted_bumps_generation_and_new_projection_gets_new_id() -> None:
 def test_mv_deleted_for_another_mv_id_is_ignored() -> None:
     entry, _ = join_step(None, req("hr", "E1", project=True))
     assert entry is not None
-    entry2, _ = join_step(entry, JoinIndexUpdate(route=ROUTE, mv_id="some-older-mv", mv_deleted=True, ts_ms=5))
+    entry2, _ = join_step(
+        entry, JoinIndexUpdate(route=ROUTE, mv_id="some-older-mv", mv_deleted=True, ts_ms=5)
+    )
     assert entry2 == entry
 
 

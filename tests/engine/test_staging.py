@@ -478,6 +478,36 @@ def test_unchanged_emits_nothing() -> None:
     assert cs is not None and cs.version == 2
 
 
+def test_unchanged_connected_target_object_still_contributes() -> None:
+    # the import of an unchanged target object is what confirms the exports made since the last one
+    attrs = {"employeeNumber": ["E1"], "cn": ["x"]}
+    current = cs_object(
+        connector="ldap",
+        object_type="person",
+        attributes=attrs,
+        state=ConnectorState.CONNECTOR,
+        mv_id=MV,
+        join_route=ROUTE,
+        dn="cn=x,dc=org",
+    )
+    staged = stage(current, record(connector="ldap", object_type="person", after=attrs, version=2))
+    assert staged.pending == "none"
+    cs, outputs = route(RULES, staged, ts_ms=7)
+    assert cs is not None and cs.version == 2
+    assert len(outputs) == 1
+    out = outputs[0]
+    assert isinstance(out, MVContribution)
+    assert out.connector == "ldap" and out.image == attrs and out.dn == "cn=x,dc=org" and out.cs_version == 2
+
+
+def test_unchanged_target_disconnector_emits_nothing() -> None:
+    attrs = {"employeeNumber": ["E1"]}
+    current = cs_object(connector="ldap", object_type="person", attributes=attrs, join_route=ROUTE)
+    staged = stage(current, record(connector="ldap", object_type="person", after=attrs, version=2))
+    assert staged.pending == "none"
+    assert route(RULES, staged, ts_ms=7)[1] == []
+
+
 @pytest.mark.parametrize("pending", ["stale", "duplicate"])
 def test_skipped_emits_nothing(pending: str) -> None:
     current = cs_object(version=1, state=ConnectorState.CONNECTOR, mv_id=MV)
