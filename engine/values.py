@@ -100,24 +100,36 @@ def escape_rdn_value(value: str) -> str:
 
 
 def split_dn(dn: str) -> list[str]:
-    """Split a DN into its RDN strings, honouring backslash escapes."""
+    """Split a DN into its RDN strings, honouring backslash escapes.
+
+    Unescaped spaces around separators are dropped; an escaped one (``\\ `` at the end of a value) stays.
+    """
     parts: list[str] = []
     cur: list[str] = []
+    keep = 0  # length of cur that must survive stripping (up to the last escaped character)
     escaped = False
+
+    def close() -> None:
+        text = "".join(cur)
+        tail = text[keep:].rstrip()
+        parts.append((text[:keep] + tail).lstrip())
+
     for ch in dn:
         if escaped:
             cur.append(ch)
+            keep = len(cur)
             escaped = False
         elif ch == "\\":
             cur.append(ch)
             escaped = True
         elif ch == ",":
-            parts.append("".join(cur).strip())
+            close()
             cur = []
+            keep = 0
         else:
             cur.append(ch)
     if cur or parts:
-        parts.append("".join(cur).strip())
+        close()
     return parts
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from engine.join import join_step, mv_id_for
 from engine.metaverse import metaverse_step
 from engine.precedence import Contributor, resolve
@@ -436,11 +434,6 @@ def test_disable_confirmed_then_back_in_scope() -> None:
     assert enable.old == {"employeeType": ["disabled"]}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: engine.values.split_dn strips an escaped trailing space, so moved_dn() leaves a dangling "
-    "backslash that escapes the comma before the new container",
-)
 def test_moved_dn_keeps_escaped_trailing_space() -> None:
     assert moved_dn(r"uid=gw\ ,ou=people,dc=example,dc=org", DISABLED) == rf"uid=gw\ ,{DISABLED}"
 
