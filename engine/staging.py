@@ -31,6 +31,21 @@ def changed_attributes(old: Attrs, new: Attrs) -> frozenset[str]:
     return frozenset(k for k in old.keys() | new.keys() if not same_values(old.get(k), new.get(k)))
 
 
+def _new_object(record: ChangeRecord, image: Attrs) -> CSObject:
+    src = record.source
+    return CSObject(
+        connector=src.connector,
+        anchor=record.anchor,
+        object_type=record.object_type,
+        dn=src.dn,
+        attributes=image,
+        version=src.version,
+        event_id=src.event_id,
+        last_run=src.run_id,
+        locator=src.locator,
+    )
+
+
 def stage(current: CSObject | None, record: ChangeRecord) -> Staged:
     """Stage one change record (MIM import step). Stale and duplicate records change nothing."""
     src = record.source
@@ -52,30 +67,10 @@ def stage(current: CSObject | None, record: ChangeRecord) -> Staged:
         image = {k: v for k, v in merged.items() if v}
     image = {k: v for k, v in image.items() if v}
     if current is None:
-        new = CSObject(
-            connector=src.connector,
-            anchor=record.anchor,
-            object_type=record.object_type,
-            dn=src.dn,
-            attributes=image,
-            version=src.version,
-            event_id=src.event_id,
-            last_run=src.run_id,
-            locator=src.locator,
-        )
+        new = _new_object(record, image)
         return Staged("add", None, new, frozenset(image))
     if current.object_type != record.object_type:
-        new = CSObject(
-            connector=src.connector,
-            anchor=record.anchor,
-            object_type=record.object_type,
-            dn=src.dn,
-            attributes=image,
-            version=src.version,
-            event_id=src.event_id,
-            last_run=src.run_id,
-            locator=src.locator,
-        )
+        new = _new_object(record, image)
         return Staged("delete-add", current, new, frozenset(image) | frozenset(current.attributes))
     changed = changed_attributes(current.attributes, image)
     renamed = src.dn is not None and dn_key(src.dn) != dn_key(current.dn)
