@@ -62,11 +62,16 @@ class Runtime:
         self.counters = Counters()
         self.errors: list[ErrorRecord] = []
         self._stores: dict[str, Store] = {}
+        self._topic_partitions = self._all_topics()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
 
     # ---- topics
     def topic_partitions(self) -> dict[str, int]:
+        """Every topic of this instance and its partition count (fixed for the life of the process)."""
+        return self._topic_partitions
+
+    def _all_topics(self) -> dict[str, int]:
         n = self.names
         topics = [n.join_topic(), n.links_topic(), n.mv_topic(), n.mv_changes_topic(), n.errors_topic()]
         topics.append(n.confirmations_topic())
