@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z][A-Za-z0-9_-]*)\}")
@@ -20,7 +28,44 @@ class _Config(BaseModel):
 
 
 # --------------------------------------------------------------------------- connectors
-class CsvConnectorConfig(_Config):
+class ConnectorConfigBase(_Config):
+    """What every connector's config model has. Each kind subclasses it with ``kind: Literal["<kind>"]``.
+
+    Built-in kinds are registered below; third-party kinds register through the ``idsync.connectors``
+    entry point (``connectors.registry``), which calls :func:`register_connector_config`.
+    """
+
+    kind: str
+
+
+_CONNECTOR_CONFIGS: dict[str, type[ConnectorConfigBase]] = {}
+
+
+def _kind_of(model: type[ConnectorConfigBase]) -> str:
+    field = model.model_fields.get("kind")
+    args: tuple[object, ...] = tuple(getattr(field.annotation, "__args__", ())) if field is not None else ()
+    kind = args[0] if len(args) == 1 else None
+    if not isinstance(kind, str):
+        raise TypeError(f"{model.__name__}.kind must be annotated Literal['<kind>']")
+    return kind
+
+
+def register_connector_config(model: type[ConnectorConfigBase]) -> str:
+    """Make a connector kind's config model known to the config loader; returns the kind."""
+    kind = _kind_of(model)
+    known = _CONNECTOR_CONFIGS.get(kind)
+    if known is not None and known is not model:
+        raise ValueError(f"connector kind {kind!r} is registered twice ({known.__name__}, {model.__name__})")
+    _CONNECTOR_CONFIGS[kind] = model
+    return kind
+
+
+def connector_config_models() -> dict[str, type[ConnectorConfigBase]]:
+    """Every registered connector kind and its config model."""
+    return dict(_CONNECTOR_CONFIGS)
+
+
+class CsvConnectorConfig(ConnectorConfigBase):
     """A CSV file (an HR feed): full import, one row per object."""
 
     kind: Literal["csv"]
@@ -48,7 +93,7 @@ class CsvConnectorConfig(_Config):
         return v
 
 
-class LdapConnectorConfig(_Config):
+class LdapConnectorConfig(ConnectorConfigBase):
     """An LDAP directory (OpenLDAP, 389-DS, ...), through ldap3."""
 
     kind: Literal["ldap"]
@@ -70,7 +115,11 @@ class LdapConnectorConfig(_Config):
     create_parents: bool = True
 
 
-ConnectorConfig = Annotated[CsvConnectorConfig | LdapConnectorConfig, Field(discriminator="kind")]
+register_connector_config(CsvConnectorConfig)
+register_connector_config(LdapConnectorConfig)
+
+#: A validated connector config: an instance of the model registered for its kind.
+ConnectorConfig = ConnectorConfigBase
 
 
 # --------------------------------------------------------------------------- metaverse
@@ -234,13 +283,27 @@ class IdsyncConfig(_Config):
     outbound: list[OutboundRuleConfig] = Field(default_factory=list)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
-    @field_validator("connectors")
+    @field_validator("connectors", mode="before")
     @classmethod
-    def _names(cls, v: dict[str, ConnectorConfig]) -> dict[str, ConnectorConfig]:
-        for name in v:
-            if not re.match(_NAME, name):
+    def _kinds(cls, v: object) -> object:
+        """Validate each connector with the model registered for its ``kind`` (errors keep their path)."""
+        if not isinstance(v, dict):
+            return v
+        out: dict[str, object] = {}
+        for name, raw in v.items():
+            if not isinstance(name, str) or not re.match(_NAME, name):
                 raise ValueError(f"connector name {name!r} must match {_NAME}")
-        return v
+            if isinstance(raw, ConnectorConfigBase):
+                out[name] = raw
+                continue
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            model = _CONNECTOR_CONFIGS.get(kind) if isinstance(kind, str) else None
+            if model is None:
+                # Let pydantic report it, so the error names connectors.<name>.kind and the known kinds.
+                kinds: Any = Literal.__getitem__(tuple(sorted(_CONNECTOR_CONFIGS)))
+                TypeAdapter(dict[str, dict[Literal["kind"], kinds]]).validate_python({name: {"kind": kind}})
+            out.update(TypeAdapter(dict[str, model]).validate_python({name: raw}))  # type: ignore[valid-type]
+        return out
 
     @model_validator(mode="after")
     def _references(self) -> IdsyncConfig:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from connectors import registry
 from schemas.config import IdsyncConfig
 from schemas.errors import ConfigError
 
@@ -46,7 +47,7 @@ def format_validation_error(exc: ValidationError) -> str:
     """One line per problem: ``connectors.hr.path: file not found``."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("csv", "ldap")))
+        loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"]
         for prefix in ("Value error, ", "Assertion failed, "):
             msg = msg.removeprefix(prefix)
@@ -58,6 +59,7 @@ def parse_config(data: Any, base: Path) -> IdsyncConfig:
     """Validate a parsed config document."""
     if not isinstance(data, dict):
         raise ConfigError("the configuration must be a mapping at top level")
+    registry.load()  # third-party connector kinds become valid config
     data = _substitute(data, "")
     _resolve_paths(data, base)
     try:

@@ -8,7 +8,11 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ldap3(\..*)?$")
     import ldap3  # noqa: F401
 
+from connectors.base import ConnectorKind
 from connectors.ldap.connector import LdapConnector
 from connectors.ldap.errors import map_ldap_error
+from schemas.config import LdapConnectorConfig
 
-__all__ = ["LdapConnector", "map_ldap_error"]
+KIND = ConnectorKind(LdapConnectorConfig, LdapConnector, "LDAP directory (ldap3): paged import, export")
+
+__all__ = ["KIND", "LdapConnector", "map_ldap_error"]
