@@ -173,6 +173,15 @@ class Export(Protocol):
 
 
 @runtime_checkable
+class BatchExport(Protocol):
+    """Optional, next to ``Export``: applies a batch at once (a file written once per batch, a bulk SQL
+    statement). Returns one result per export, in order: its outcome, or the error that export hit (the
+    others still apply). Each export keeps ``apply``'s idempotency contract."""
+
+    def apply_batch(self, exports: list[PendingExport]) -> list[ExportOutcome | IdsyncError]: ...
+
+
+@runtime_checkable
 class ConnectionCheck(Protocol):
     """Checks that the connected system is reachable with the configured credentials."""
 
@@ -197,6 +206,7 @@ CAPABILITIES: dict[str, type] = {
     "delta-import": DeltaImport,
     "follow": Follow,
     "export": Export,
+    "batch-export": BatchExport,
     "schema": SchemaDiscovery,
     "test-connection": ConnectionCheck,
     "password-set": PasswordSet,
@@ -211,6 +221,7 @@ def capabilities(connector: object) -> list[str]:
 __all__ = [
     "CAPABILITIES",
     "AttributeSchema",
+    "BatchExport",
     "Checkpoint",
     "ConnectionCheck",
     "Connector",
