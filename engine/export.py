@@ -168,9 +168,21 @@ def plan_exports(mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[Out
     image = link.image if link is not None else None
     want = desired(rule, mv)
     if want.in_scope:
+        errors: list[OutboundOutput] = [
+            ErrorRecord(
+                step_id="metaverse.outbound",
+                error_type=issue.error_type,
+                algorithm_step="export-flow",
+                connector=rule.connector,
+                mv_id=mv.mv_id,
+                message=f"export to {rule.connector}: {issue.message}",
+                ts_ms=ts_ms,
+            )
+            for issue in want.issues
+        ]
         if target.status in ("none", "pending-delete"):
-            return _provision(mv, rule, target, want, ts_ms)
-        return _update(mv, rule, target, want, image, ts_ms)
+            return errors + _provision(mv, rule, target, want, ts_ms)
+        return errors + _update(mv, rule, target, want, image, ts_ms)
     if target.status in ("pending-add", "exists"):
         return _deprovision(mv, rule, target, image, ts_ms)
     return []

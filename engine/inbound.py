@@ -3,21 +3,37 @@
 
 from __future__ import annotations
 
-from engine.flow import import_flows
-from engine.join import join_route
+from engine.flow import evaluate_import_flows
+from engine.join import join_routes
 from engine.rules import Rules
 from engine.staging import Staged, apply_link
 from engine.values import any_group_holds
-from schemas.records import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
+from schemas.config import InboundRuleConfig
+from schemas.records import (
+    CSLink,
+    ErrorRecord,
+    JoinIndexUpdate,
+    JoinRequest,
+    MVContribution,
+    MVDisconnect,
+)
 from schemas.state import ConnectorState, CSObject
 
-InboundOutput = JoinRequest | JoinIndexUpdate | MVContribution | MVDisconnect
+InboundOutput = JoinRequest | JoinIndexUpdate | MVContribution | MVDisconnect | ErrorRecord
+
+
+def pinned_routes(cs: CSObject) -> list[str]:
+    """The join routes a connector-space object was routed by (kept while it waits or is joined)."""
+    if cs.join_routes:
+        return list(cs.join_routes)
+    return [cs.join_route] if cs.join_route is not None else []
 
 
 def _leave(cs: CSObject, reason: str, ts_ms: int) -> list[InboundOutput]:
     """A connector-space object leaves: its metaverse object, or the join index if it was waiting."""
+    routes = pinned_routes(cs)
     if cs.mv_id is not None:
-        return [
+        out: list[InboundOutput] = [
             MVDisconnect(
                 mv_id=cs.mv_id,
                 connector=cs.connector,
@@ -28,9 +44,18 @@ def _leave(cs: CSObject, reason: str, ts_ms: int) -> list[InboundOutput]:
                 ts_ms=ts_ms,
             )
         ]
-    if cs.join_route is not None:
-        return [JoinIndexUpdate(route=cs.join_route, connector=cs.connector, anchor=cs.anchor, ts_ms=ts_ms)]
-    return []
+        if len(routes) > 1:
+            # Several mapping groups: its home route remembers the join; it must forget it.
+            out.append(
+                JoinIndexUpdate(route=routes[0], connector=cs.connector, anchor=cs.anchor, ts_ms=ts_ms)
+            )
+        return out
+    return [JoinIndexUpdate(route=r, connector=cs.connector, anchor=cs.anchor, ts_ms=ts_ms) for r in routes]
+
+
+def may_project(rule: InboundRuleConfig, cs: CSObject) -> bool:
+    """Projection rule: allowed for the rule, and the object meets ``project_when`` (if any)."""
+    return rule.project and (not rule.project_when or any_group_holds(rule.project_when, cs.attributes))
 
 
 def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, list[InboundOutput]]:
@@ -50,7 +75,12 @@ def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, li
         outputs.extend(_leave(staged.before, "deleted", ts_ms))
         if cs is not None:
             cs = cs.model_copy(
-                update={"mv_id": None, "join_route": None, "state": ConnectorState.DISCONNECTOR}
+                update={
+                    "mv_id": None,
+                    "join_route": None,
+                    "join_routes": [],
+                    "state": ConnectorState.DISCONNECTOR,
+                }
             )
     if cs is None:
         return None, outputs
@@ -67,14 +97,38 @@ def _evaluate(
         if cs.state != ConnectorState.EXPLICIT_CONNECTOR:
             outputs.extend(_leave(cs, "filtered", ts_ms))
             cs = cs.model_copy(
-                update={"mv_id": None, "join_route": None, "state": ConnectorState.FILTERED_DISCONNECTOR}
+                update={
+                    "mv_id": None,
+                    "join_route": None,
+                    "join_routes": [],
+                    "state": ConnectorState.FILTERED_DISCONNECTOR,
+                }
             )
             return cs, outputs
     elif cs.state == ConnectorState.FILTERED_DISCONNECTOR:
         cs = cs.model_copy(update={"state": ConnectorState.DISCONNECTOR})
     if cs.state == ConnectorState.EXPLICIT_DISCONNECTOR:
         return cs, outputs
-    flows = import_flows(rule.flows, cs.attributes)
+    flows, issues = evaluate_import_flows(
+        rule.flows, cs.attributes, cs.dn, rules.single_valued.get(rule.mv_type, frozenset())
+    )
+    if issues:
+        # Like a failed sync of the object in MIM: nothing of it reaches the metaverse until it is fixed.
+        outputs.extend(
+            ErrorRecord(
+                step_id="staging.inbound",
+                error_type=issue.error_type,
+                algorithm_step="import-flow",
+                connector=cs.connector,
+                anchor=cs.anchor,
+                locator=cs.locator,
+                mv_id=cs.mv_id,
+                message=f"{cs.connector} object {cs.anchor}: {issue.message}",
+                ts_ms=ts_ms,
+            )
+            for issue in issues
+        )
+        return cs, outputs
     image = dict(cs.attributes) if cs.connector in rules.targets else None
     if cs.mv_id is not None:
         outputs.append(
@@ -89,27 +143,35 @@ def _evaluate(
                 flows=flows,
                 image=image,
                 route=cs.join_route,
+                source_ts_ms=cs.source_ts_ms,
                 ts_ms=ts_ms,
             )
         )
         return cs, outputs
-    key = cs.join_route or join_route(rule, cs)
-    if key is None:
+    project = may_project(rule, cs)
+    routes = pinned_routes(cs) or join_routes(rule, cs, project)
+    if not routes:
         return cs, outputs
-    cs = cs.model_copy(update={"join_route": key})
+    multi = routes if len(routes) > 1 else []
+    cs = cs.model_copy(update={"join_route": routes[0], "join_routes": multi})
+    hook = rules.resolver(cs.connector, cs.object_type)
     outputs.append(
         JoinRequest(
-            route=key,
+            route=routes[0],
             mv_type=rule.mv_type,
             connector=cs.connector,
             anchor=cs.anchor,
             dn=cs.dn,
             cs_version=cs.version,
             event_id=cs.event_id,
-            project=rule.project,
+            project=project,
             flows=flows,
             image=image,
             ts_ms=ts_ms,
+            object_type=cs.object_type,
+            routes=multi,
+            cs_attributes=dict(cs.attributes) if hook is not None else None,
+            source_ts_ms=cs.source_ts_ms,
         )
     )
     return cs, outputs

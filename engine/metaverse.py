@@ -5,11 +5,13 @@ settle the export ledger."""
 from __future__ import annotations
 
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
-from engine.deletion import should_delete
+from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
 from engine.export import OutboundOutput, plan_exports, record_result
-from engine.precedence import resolve
+from engine.join import mv_join_keys
+from engine.precedence import resolve_all
 from engine.rules import Rules
 from engine.staging import changed_attributes
+from engine.values import same_values
 from schemas.records import (
     CSLink,
     ErrorRecord,
@@ -21,20 +23,40 @@ from schemas.records import (
     MVDisconnect,
     PendingExport,
 )
-from schemas.state import ConnectorLink, MVObject, TargetState
+from schemas.state import ConnectorLink, MVObject, RetainedValue, TargetState
 
 MVOutput = MVChange | PendingExport | JoinIndexUpdate | CSLink | ErrorRecord | ExportConfirmed
 
+__all__ = ["MVOutput", "due_deletions", "expire", "metaverse_step"]
+
 
 def metaverse_step(
-    rules: Rules, mv: MVObject | None, msg: MVContribution | MVDisconnect | ExportResult
+    rules: Rules,
+    mv: MVObject | None,
+    msg: MVContribution | MVDisconnect | ExportResult,
+    now_ms: int | None = None,
 ) -> tuple[MVObject | None, list[MVOutput]]:
-    """Apply one message to one metaverse object; None as the result removes it from the table."""
+    """Apply one message to one metaverse object; None as the result removes it from the table.
+
+    ``now_ms`` (default: the message's time) first deletes the object if its deletion fell due.
+    """
+    mv, outputs = expire(rules, mv, msg.ts_ms if now_ms is None else now_ms)
     if isinstance(msg, ExportResult):
-        return _export_result(mv, msg)
-    if isinstance(msg, MVDisconnect):
-        return _disconnect(rules, mv, msg)
-    return _contribute(rules, mv, msg)
+        mv, more = _export_result(mv, msg)
+    elif isinstance(msg, MVDisconnect):
+        mv, more = _disconnect(rules, mv, msg)
+    else:
+        mv, more = _contribute(rules, mv, msg)
+    return mv, outputs + more
+
+
+def expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | None, list[MVOutput]]:
+    """Delete the object if its deletion (deletion rule with a grace period) is due at ``now_ms``."""
+    if mv is None or not is_due(mv, now_ms):
+        return mv, []
+    mv = mv.model_copy(deep=True)
+    outputs = _delete(rules, mv, None, now_ms)
+    return _maybe_drop(mv), outputs
 
 
 def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | None, list[MVOutput]]:
@@ -107,6 +129,15 @@ def _contribute(
         ]
     if old is not None and old.cs_version > msg.cs_version:
         return mv, []  # stale (invariant 5)
+    source_ts = msg.source_ts_ms or msg.ts_ms
+    changed_ts: dict[str, int] = {}
+    for attr, values in msg.flows.items():
+        if old is not None and attr in old.flows and same_values(old.flows[attr], values):
+            changed_ts[attr] = old.changed_ts.get(attr, old.ts_ms)
+        else:
+            changed_ts[attr] = source_ts
+            # A flow changed it: a value retained from a departed connector gives way.
+            mv.retained.pop(attr, None)
     mv.links[msg.connector] = ConnectorLink(
         anchor=msg.anchor,
         dn=msg.dn,
@@ -115,9 +146,18 @@ def _contribute(
         image=msg.image,
         route=msg.route,
         ts_ms=msg.ts_ms,
+        changed_ts=changed_ts,
     )
     if msg.route is not None and msg.route not in mv.routes:
         mv.routes.append(msg.route)
+    if msg.projected and created:
+        mv.projected_route = msg.route
+        mv.join_keys = list(msg.routes)  # the projection's claimed routes, registered by its commit
+    else:
+        mv.routes.extend(r for r in msg.routes if r not in mv.routes)
+    rescued = old is None and rescued_by(rules.deletion[mv.object_type], msg.connector, rules.targets)
+    if mv.delete_due_ms is not None and rescued:
+        mv.delete_due_ms = None  # a connector joined during the grace period
     outputs = []
     if msg.connector in rules.targets and msg.image is not None:
         target = mv.targets.setdefault(msg.connector, TargetState())
@@ -158,16 +198,28 @@ def _disconnect(
         )
     if mv.deleted:
         return _maybe_drop(mv), outputs
-    if should_delete(rules.deletion[mv.object_type], mv, msg.connector, set(rules.targets)):
+    rule = rules.deletion[mv.object_type]
+    doomed = should_delete(rule, mv, msg.connector, set(rules.targets))
+    due = due_at(rule, msg.ts_ms) if doomed else None
+    if doomed and due is None:
         outputs.extend(_delete(rules, mv, msg.connector, msg.ts_ms))
         return _maybe_drop(mv), outputs
+    # No recall: the values it gave stay until a flow changes them. During a deletion grace period all
+    # of them stay: the object is deleted soon, or the connector comes back; either way no churn meanwhile.
+    keep = set(mv.attributes) if due is not None else rules.no_recall.get(mv.object_type, frozenset())
+    for attr in sorted(keep):
+        if mv.contributors.get(attr) == msg.connector and mv.attributes.get(attr):
+            mv.retained[attr] = RetainedValue(connector=msg.connector, values=list(mv.attributes[attr]))
+    if due is not None and mv.delete_due_ms is None:
+        mv.delete_due_ms = due  # deleted by the first event at or after it, unless a connector joins
     outputs.extend(_sync(rules, mv, False, msg.connector, msg.ts_ms))
     return mv, outputs
 
 
-def _delete(rules: Rules, mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:
+def _delete(rules: Rules, mv: MVObject, cause: str | None, ts_ms: int) -> list[MVOutput]:
     """Delete the metaverse object: deprovision, free its join routes, unlink what stays connected."""
     mv.deleted = True
+    mv.delete_due_ms = None
     outputs: list[MVOutput] = [
         MVChange(
             op="delete",
@@ -182,8 +234,9 @@ def _delete(rules: Rules, mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput
     ]
     for rule in rules.outbound.get(mv.object_type, []):
         outputs.extend(plan_exports(mv, rule, ts_ms))
-    for route in mv.routes:
+    for route in [*mv.routes, *(k for k in mv.join_keys if k not in mv.routes)]:
         outputs.append(JoinIndexUpdate(route=route, mv_id=mv.mv_id, mv_deleted=True, ts_ms=ts_ms))
+    mv.join_keys = []
     for connector, link in sorted(mv.links.items()):
         target = mv.targets.get(connector)
         if target is not None and DELETED_KEY in target.ledger:
@@ -193,6 +246,7 @@ def _delete(rules: Rules, mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput
         )
         del mv.links[connector]
     mv.attributes = {}
+    mv.retained = {}
     return outputs
 
 
@@ -205,11 +259,34 @@ def _maybe_drop(mv: MVObject) -> MVObject | None:
 
 def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> list[MVOutput]:
     """Recompute attributes by precedence, publish the change, plan exports for every target."""
-    attrs, winners = resolve(mv.links, rules.contributors.get(mv.object_type, {}), mv.attributes)
+    res = resolve_all(
+        mv.links,
+        rules.contributors.get(mv.object_type, {}),
+        mv.attributes,
+        rules.equal.get(mv.object_type, frozenset()),
+        mv.retained,
+    )
+    attrs = res.attributes
     changed = changed_attributes(mv.attributes, attrs)
     mv.attributes = attrs
-    mv.contributors = winners
-    outputs: list[MVOutput] = []
+    mv.contributors = res.winners
+    outputs: list[MVOutput] = [
+        ErrorRecord(
+            step_id="metaverse.precedence",
+            error_type="ambiguous-import-flow-from-multiple-connectors",
+            algorithm_step="import-flow",
+            connector=cause,
+            mv_id=mv.mv_id,
+            message=(
+                f"{attr}: {' and '.join(tied)} changed it at the same time with different values "
+                f"(equal precedence); {tied[0]} wins, the first by connector name"
+            ),
+            ts_ms=ts_ms,
+        )
+        for attr, tied in sorted(res.ties.items())
+        if cause in tied
+    ]
+    outputs.extend(_register(rules, mv, bool(created or changed), ts_ms))
     if created or changed:
         mv.version += 1
         outputs.append(
@@ -228,4 +305,28 @@ def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> 
     for rule in rules.outbound.get(mv.object_type, []):
         exports.extend(plan_exports(mv, rule, ts_ms))
     outputs.extend(exports)
+    return outputs
+
+
+def _register(rules: Rules, mv: MVObject, changed: bool, ts_ms: int) -> list[MVOutput]:
+    """Keep the join index's view of this object's join values current (register / unregister)."""
+    signatures = rules.join_signatures.get(mv.object_type)
+    if not signatures:
+        return []
+    snapshot = mv.object_type in rules.snapshot_types
+    keys = mv_join_keys(mv.object_type, signatures, mv.attributes)
+    # The projection route already finds it (unless a resolver needs its attributes there too).
+    wanted = [k for k in keys if snapshot or k != mv.projected_route]
+    old = set(mv.join_keys)
+    attributes = dict(mv.attributes) if snapshot else None
+    outputs: list[MVOutput] = [
+        JoinIndexUpdate(route=k, op="register", mv_id=mv.mv_id, attributes=attributes, ts_ms=ts_ms)
+        for k in wanted
+        if k not in old or (snapshot and changed)
+    ]
+    outputs.extend(
+        JoinIndexUpdate(route=k, op="unregister", mv_id=mv.mv_id, ts_ms=ts_ms)
+        for k in sorted(old - set(wanted))
+    )
+    mv.join_keys = wanted
     return outputs

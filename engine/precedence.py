@@ -1,15 +1,23 @@
 """Precedence: merge the contributions of joined connectors into metaverse attribute values.
 
-Ranked precedence: the lowest rank wins; equal ranks: the latest change wins. A null from the winner
-falls back to the next contributor. Initial-only flows only fill an empty attribute.
+Per metaverse attribute, either
+- ranked (default): the connector with the lowest rank wins (equal ranks: the latest contribution), or
+- equal: the latest source change of the attribute wins, whichever connector made it; the same change
+  time with different values is a tie, won by the first connector name and reported
+  (``ambiguous-import-flow-from-multiple-connectors``).
+A null from the winner falls back to the next contributor unless its flow is ``authoritative_null``.
+Initial-only flows only fill an empty attribute. A value retained from a connector that disconnected
+without recall stays until a flow changes the attribute.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
 
+from engine.values import same_values
 from schemas.records import Attrs
-from schemas.state import ConnectorLink
+from schemas.state import ConnectorLink, RetainedValue
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +26,72 @@ class Contributor:
 
     rank: int
     initial_only: frozenset[str]
+    #: Attributes whose null from this connector wins like a value.
+    authoritative_null: frozenset[str] = frozenset()
+
+
+_NOBODY = Contributor(10_000, frozenset())
+
+
+@dataclass(slots=True)
+class Resolution:
+    """Metaverse attributes, per attribute the connector whose value won, and equal-precedence ties."""
+
+    attributes: Attrs
+    winners: dict[str, str]
+    #: attribute -> connectors that changed it at the same time with different values (winner first).
+    ties: dict[str, list[str]] = field(default_factory=dict)
+
+
+def changed_at(link: ConnectorLink, attr: str) -> int:
+    """Source time of the change that gave ``attr`` its current value in this connector's contribution."""
+    return link.changed_ts.get(attr, link.ts_ms)
+
+
+def resolve_all(
+    links: Mapping[str, ConnectorLink],
+    contributors: Mapping[str, Contributor],
+    current: Attrs,
+    equal: Container[str] = (),
+    retained: Mapping[str, RetainedValue] | None = None,
+) -> Resolution:
+    """Resolve every attribute some connector flows (``equal``: attributes with equal precedence)."""
+    candidates: dict[str, list[tuple[tuple[int, int, str], str, list[str]]]] = {}
+    for connector, link in links.items():
+        info = contributors.get(connector, _NOBODY)
+        for attr, values in link.flows.items():
+            ts = changed_at(link, attr)
+            key = (-ts, 0, connector) if attr in equal else (info.rank, -link.ts_ms, connector)
+            candidates.setdefault(attr, []).append((key, connector, values))
+    res = Resolution({}, {})
+    for attr, kept in (retained or {}).items():
+        res.attributes[attr] = list(kept.values)
+        res.winners[attr] = kept.connector
+    for attr, options in candidates.items():
+        if attr in res.winners:
+            continue  # retained until a flow changes it
+        options.sort(key=lambda o: o[0])
+        effective: list[tuple[tuple[int, int, str], str, list[str]]] = []
+        for key, connector, values in options:
+            info = contributors.get(connector, _NOBODY)
+            if attr in info.initial_only and current.get(attr):
+                # Initial flow only: once the attribute has a value this connector no longer writes it,
+                # but the value it set stays.
+                effective.append((key, connector, list(current[attr])))
+                break
+            if values or attr in info.authoritative_null:
+                effective.append((key, connector, values))
+        if not effective:
+            continue
+        _key, winner, values = effective[0]
+        res.winners[attr] = winner
+        if values:
+            res.attributes[attr] = list(values)
+        if attr in equal:
+            tied = [c for k, c, v in effective if k[0] == effective[0][0][0] and not same_values(v, values)]
+            if tied:
+                res.ties[attr] = [winner, *tied]
+    return res
 
 
 def resolve(
@@ -25,26 +99,6 @@ def resolve(
     contributors: dict[str, Contributor],
     current: Attrs,
 ) -> tuple[Attrs, dict[str, str]]:
-    """Metaverse attributes and, per attribute, the connector whose value won."""
-    candidates: dict[str, list[tuple[int, int, str, list[str]]]] = {}
-    for connector, link in links.items():
-        info = contributors.get(connector, Contributor(10_000, frozenset()))
-        for attr, values in link.flows.items():
-            candidates.setdefault(attr, []).append((info.rank, -link.ts_ms, connector, values))
-    attrs: Attrs = {}
-    winners: dict[str, str] = {}
-    for attr, options in candidates.items():
-        options.sort(key=lambda o: (o[0], o[1], o[2]))
-        for _rank, _ts, connector, values in options:
-            contributor = contributors.get(connector)
-            if contributor is not None and attr in contributor.initial_only and current.get(attr):
-                # Initial flow only: once the attribute has a value this connector no longer writes it,
-                # but the value it set stays.
-                attrs[attr] = list(current[attr])
-                winners[attr] = connector
-                break
-            if values:
-                attrs[attr] = list(values)
-                winners[attr] = connector
-                break
-    return attrs, winners
+    """Metaverse attributes and, per attribute, the connector whose value won (ranked precedence)."""
+    res = resolve_all(links, contributors, current)
+    return res.attributes, res.winners

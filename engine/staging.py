@@ -43,6 +43,7 @@ def _new_object(record: ChangeRecord, image: Attrs) -> CSObject:
         event_id=src.event_id,
         last_run=src.run_id,
         locator=src.locator,
+        source_ts_ms=src.ts_ms,
     )
 
 
@@ -82,6 +83,7 @@ def stage(current: CSObject | None, record: ChangeRecord) -> Staged:
             "event_id": src.event_id,
             "last_run": src.run_id or current.last_run,
             "locator": src.locator or current.locator,
+            "source_ts_ms": src.ts_ms,
         }
     )
     if renamed:
@@ -108,10 +110,20 @@ def apply_link(current: CSObject, mv_id: str | None, outcome: str) -> CSObject:
         return current.model_copy(update={"mv_id": mv_id, "state": state})
     if outcome == "disconnected":
         return current.model_copy(
-            update={"mv_id": None, "join_route": None, "state": ConnectorState.EXPLICIT_DISCONNECTOR}
+            update={
+                "mv_id": None,
+                "join_route": None,
+                "join_routes": [],
+                "state": ConnectorState.EXPLICIT_DISCONNECTOR,
+            }
         )
-    # ambiguous: stays a disconnector on its route; unlinked: metaverse object gone, route again.
-    route = current.join_route if outcome == "ambiguous" else None
+    # ambiguous: stays a disconnector on its route(s); unlinked: metaverse object gone, route again.
+    keep = outcome == "ambiguous"
     return current.model_copy(
-        update={"mv_id": None, "join_route": route, "state": ConnectorState.DISCONNECTOR}
+        update={
+            "mv_id": None,
+            "join_route": current.join_route if keep else None,
+            "join_routes": list(current.join_routes) if keep else [],
+            "state": ConnectorState.DISCONNECTOR,
+        }
     )

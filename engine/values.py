@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Sequence
+from decimal import Decimal, InvalidOperation
 
-from schemas.config import ConditionConfig
+from schemas.config import ConditionConfig, bit_mask
 from schemas.records import Attrs
 
 
@@ -59,7 +60,39 @@ def condition_holds(cond: ConditionConfig, attrs: Attrs) -> bool:
         return any(v.endswith(target) for v in folded)
     if op == "contains":
         return any(target in v for v in folded)
+    if op in ("lessthan", "greaterthan"):
+        want_text = want if isinstance(want, str) else ""
+        return any(_compare(v, want_text) == (-1 if op == "lessthan" else 1) for v in values)
+    if op == "ismemberof":
+        group = dn_key(want if isinstance(want, str) else "")
+        return any(dn_key(v) == group for v in values)
+    if op == "isbitset":
+        mask = bit_mask(want if isinstance(want, str) else "") or 0
+        return mask > 0 and any((n := _integer(v)) is not None and n & mask == mask for v in values)
     raise ValueError(f"unknown operator {op!r}")
+
+
+def _number(text: str) -> Decimal | None:
+    try:
+        n = Decimal(text.strip())
+    except InvalidOperation:
+        return None
+    return n if n.is_finite() else None
+
+
+def _integer(text: str) -> int | None:
+    n = _number(text)
+    return int(n) if n is not None and n == n.to_integral_value() else None
+
+
+def _compare(a: str, b: str) -> int:
+    """-1, 0 or 1: numerically when both are numbers, else as case-folded text (ISO-8601 timestamps of
+    one format and zone compare correctly as text)."""
+    na, nb = _number(a), _number(b)
+    if na is not None and nb is not None:
+        return (na > nb) - (na < nb)
+    fa, fb = a.strip().casefold(), b.strip().casefold()
+    return (fa > fb) - (fa < fb)
 
 
 def any_group_holds(groups: Sequence[Sequence[ConditionConfig]], attrs: Attrs) -> bool:
@@ -138,3 +171,47 @@ def dn_key(dn: str | None) -> str:
     if dn is None:
         return ""
     return ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
+
+
+def unescape_rdn_value(value: str) -> str:
+    """Undo RFC 4514 escapes in an attribute value of a DN (``\\,`` and ``\\2C`` give ``,``)."""
+    out = bytearray()
+    i = 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value):
+            pair = value[i + 1 : i + 3]
+            if len(pair) == 2 and all(c in "0123456789abcdefABCDEF" for c in pair):
+                out.append(int(pair, 16))
+                i += 3
+                continue
+            out.extend(value[i + 1].encode())
+            i += 2
+            continue
+        out.extend(ch.encode())
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+def dn_component(dn: str | None, index: int) -> str | None:
+    """Value of one RDN of a DN (MIM's DN component): 1 = the first (leftmost), -1 = the last; None when
+    the DN is missing or has no such component. A multi-valued RDN (``cn=a+uid=b``) gives its first value."""
+    if not dn or index == 0:
+        return None
+    rdns = split_dn(dn)
+    pos = index - 1 if index > 0 else len(rdns) + index
+    if not 0 <= pos < len(rdns):
+        return None
+    rdn = rdns[pos]
+    # The first unescaped "+" ends the first attribute of a multi-valued RDN.
+    i, escaped = 0, False
+    while i < len(rdn):
+        if escaped:
+            escaped = False
+        elif rdn[i] == "\\":
+            escaped = True
+        elif rdn[i] == "+":
+            break
+        i += 1
+    _attr, sep, value = rdn[:i].partition("=")
+    return unescape_rdn_value(value.strip()) if sep else None

@@ -5,19 +5,24 @@ One YAML file, validated at startup (``streams.config.load_config``). Anything w
 
 from __future__ import annotations
 
+import importlib
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     TypeAdapter,
     field_validator,
     model_validator,
 )
+
+from schemas.expressions import ExpressionError, compile_expression
 
 _NAME = r"^[a-z][a-z0-9_-]{0,62}$"
 _TEMPLATE_FIELD = re.compile(r"\{([A-Za-z][A-Za-z0-9_-]*)\}")
@@ -69,6 +74,9 @@ class CsvConnectorConfig(ConnectorConfigBase):
     """A CSV file (an HR feed): full import, one row per object."""
 
     kind: Literal["csv"]
+    #: Export file, written whole and atomically by every export (docs/connectors/files.md). Declared
+    #: before ``path`` so that ``path`` may name it before the first export creates it.
+    export_path: Path | None = None
     path: Path
     object_type: str = "person"
     anchor: str = Field(description="Column that holds the immutable anchor (e.g. employee_id)")
@@ -77,11 +85,27 @@ class CsvConnectorConfig(ConnectorConfigBase):
     #: Columns whose values hold several values separated by this character.
     multi_value_separator: str | None = None
     multi_valued: list[str] = Field(default_factory=list)
+    #: Header mapping ``{attribute: column}``: a mapped column's values import as (and export from) the
+    #: attribute; unmapped columns keep their header as the name. An export file has exactly the anchor
+    #: column, the ``dn_column`` and these columns.
+    columns: dict[str, str] = Field(default_factory=dict)
+    #: Column holding each object's DN: imported as the object's DN (not as an attribute), written by exports.
+    dn_column: str | None = None
+
+    @field_validator("export_path")
+    @classmethod
+    def _export_dir(cls, v: Path | None) -> Path | None:
+        if v is not None and v.is_dir():
+            raise ValueError("is a directory, not a file")
+        if v is not None and not v.parent.is_dir():
+            raise ValueError(f"directory {str(v.parent)!r} not found")
+        return v
 
     @field_validator("path")
     @classmethod
-    def _exists(cls, v: Path) -> Path:
-        if not v.is_file():
+    def _exists(cls, v: Path, info: Any) -> Path:
+        export = info.data.get("export_path")
+        if not v.is_file() and not (export is not None and v.resolve() == export.resolve()):
             raise ValueError("file not found")
         return v
 
@@ -91,6 +115,30 @@ class CsvConnectorConfig(ConnectorConfigBase):
         if len(v) != 1:
             raise ValueError("must be a single character")
         return v
+
+    @field_validator("columns")
+    @classmethod
+    def _mapping(cls, v: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for attribute, column in v.items():
+            if not attribute.strip() or not column.strip():
+                raise ValueError("attribute and column names must not be empty")
+            if column in seen:
+                raise ValueError(f"column {column!r} is mapped twice ({seen[column]!r}, {attribute!r})")
+            seen[column] = attribute
+        return v
+
+    @model_validator(mode="after")
+    def _export_layout(self) -> CsvConnectorConfig:
+        if self.dn_column is not None and (
+            self.dn_column == self.anchor or self.dn_column in self.columns.values()
+        ):
+            raise ValueError(f"dn_column {self.dn_column!r} must not also be the anchor or a mapped column")
+        if self.export_path is not None and not self.columns:
+            raise ValueError(
+                "export_path needs columns ({attribute: column}): they are the export file's header"
+            )
+        return self
 
 
 class LdapConnectorConfig(ConnectorConfigBase):
@@ -113,6 +161,23 @@ class LdapConnectorConfig(ConnectorConfigBase):
     attributes: list[str] | None = None
     #: Create missing parent containers (organizationalUnit) when an add fails with no-such-object.
     create_parents: bool = True
+    #: Directory dialect: "ad" = Active Directory (objectGUID anchor, DirSync/uSNChanged deltas, unicodePwd,
+    #: userAccountControl, AD error texts: connectors/ldap/ad.py, docs/connectors/active-directory.md).
+    dialect: Literal["openldap", "ad"] = "openldap"
+    #: AD delta import: the DirSync control (needs "Replicating Directory Changes") or uSNChanged polling.
+    ad_delta: Literal["dirsync", "usnchanged"] = "dirsync"
+    #: Delta import and follow: RFC 4533 content synchronization (OpenLDAP syncprov), or none at all.
+    delta: Literal["syncrepl", "none"] = "syncrepl"
+    #: Follow: first wait before reconnecting after the connection is lost; doubled per failure ...
+    follow_backoff_initial_s: float = Field(default=1.0, gt=0, le=3600)
+    #: ... up to this cap (reset once a reconnect succeeds).
+    follow_backoff_max_s: float = Field(default=60.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> LdapConnectorConfig:
+        if self.follow_backoff_max_s < self.follow_backoff_initial_s:
+            raise ValueError("follow_backoff_max_s must not be smaller than follow_backoff_initial_s")
+        return self
 
 
 register_connector_config(CsvConnectorConfig)
@@ -124,7 +189,17 @@ ConnectorConfig = ConnectorConfigBase
 
 # --------------------------------------------------------------------------- metaverse
 class MVAttributeConfig(_Config):
+    """A declared metaverse attribute. Undeclared attributes take whatever the flows give them."""
+
+    #: A single-valued attribute refuses several values from one flow (``flow-multi-values-to-single-value``)
+    #: unless the flow says how to reduce them (``multi_to_single``).
     multi_valued: bool = False
+    #: ``ranked``: the connector with the lowest inbound ``precedence`` wins; ``equal``: the latest source
+    #: change wins, whichever connector made it.
+    precedence: Literal["ranked", "equal"] = "ranked"
+    #: MIM's "enable recall": when a connector disconnects, its values are withdrawn. ``false`` keeps the
+    #: value it gave until another connector's flow changes the attribute.
+    recall: bool = True
 
 
 class DeletionRuleConfig(_Config):
@@ -133,6 +208,9 @@ class DeletionRuleConfig(_Config):
     rule: Literal["last-connector", "source-disconnects"] = "last-connector"
     #: For ``source-disconnects``: connectors whose disconnection deletes the metaverse object.
     sources: list[str] = Field(default_factory=list)
+    #: Seconds between the disconnect that triggers the rule and the deletion; a connector that joins
+    #: meanwhile (a source for ``source-disconnects``, any non-target for ``last-connector``) cancels it.
+    grace_period_s: int = Field(default=0, ge=0)
 
 
 class MVObjectTypeConfig(_Config):
@@ -142,13 +220,41 @@ class MVObjectTypeConfig(_Config):
 
 # --------------------------------------------------------------------------- inbound
 class ConditionConfig(_Config):
-    """A clause of a connector filter or scoping filter (operators as in Entra Connect)."""
+    """A clause of a connector filter, projection condition or scoping filter (Entra Connect operators).
+
+    ``lessthan``/``greaterthan`` compare numerically when both sides are numbers, otherwise as
+    case-folded text (ISO-8601 timestamps in one format and zone order correctly that way);
+    ``isbitset`` tests an integer attribute against a bit mask; ``ismemberof`` tests a multi-valued
+    DN attribute (``memberOf``) for a group DN.
+    """
 
     attribute: str
     operator: Literal[
-        "equal", "notequal", "isnull", "isnotnull", "startswith", "endswith", "contains", "isin", "isnotin"
+        "equal",
+        "notequal",
+        "isnull",
+        "isnotnull",
+        "startswith",
+        "endswith",
+        "contains",
+        "isin",
+        "isnotin",
+        "lessthan",
+        "greaterthan",
+        "ismemberof",
+        "isbitset",
     ]
     value: str | list[str] | None = None
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _numbers_as_text(cls, v: object) -> object:
+        # YAML reads `value: 2` as an int; values are compared as text (or parsed back by the operator).
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return str(v)
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int | float) and not isinstance(x, bool) else x for x in v]
+        return v
 
     @model_validator(mode="after")
     def _value_needed(self) -> ConditionConfig:
@@ -158,11 +264,30 @@ class ConditionConfig(_Config):
             raise ValueError(f"operator {self.operator!r} needs a value")
         if self.operator in ("isin", "isnotin") and not isinstance(self.value, list):
             raise ValueError(f"operator {self.operator!r} needs a list value")
+        if self.operator not in ("isin", "isnotin") and isinstance(self.value, list):
+            raise ValueError(f"operator {self.operator!r} needs a single value")
+        if self.operator == "isbitset" and bit_mask(str(self.value)) is None:
+            raise ValueError("operator 'isbitset' needs a positive integer bit mask (e.g. 2 or 0x2)")
         return self
+
+
+def bit_mask(text: str) -> int | None:
+    """The positive integer of an ``isbitset`` value ("2", "0x2"), or None."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9]+", text):
+        mask = int(text, 10)
+    elif re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
+        mask = int(text, 16)
+    else:
+        return None
+    return mask if mask > 0 else None
 
 
 Normalizer = Literal["lower", "trim", "nfc"]
 _DEFAULT_NORMALIZE: tuple[Normalizer, ...] = ("trim", "nfc")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+_HOOK_PATH = rf"^{_DOTTED}:{_DOTTED}$"
+_MULTI_TO_SINGLE = r"^(first|last|join:.*)$"
 
 
 class JoinCriterionConfig(_Config):
@@ -172,23 +297,48 @@ class JoinCriterionConfig(_Config):
 
 
 class ImportFlowConfig(_Config):
-    """An import attribute flow: connector-space value(s) -> one metaverse attribute."""
+    """An import attribute flow: connector-space value(s) -> one metaverse attribute.
+
+    Exactly one kind: ``source`` (direct), ``constant``, ``template``, ``expression`` (CEL over ``cs``,
+    ``cs_all`` and ``dn``), ``dn_component`` (value of the n-th RDN, negative from the end) or
+    ``exists`` (``["true"]`` / ``["false"]``).
+    """
 
     mv: str
     source: str | None = None
     constant: str | list[str] | None = None
     #: A template over CS attributes: "{first_name} {last_name}".
     template: str | None = None
+    #: A CEL expression, compiled when the configuration loads.
+    expression: str | None = None
+    #: 1 = value of the first RDN of the object's DN, -1 = of the last one (MIM's DN component).
+    dn_component: int | None = None
+    #: Flows "true" when the connector-space attribute has a value, "false" otherwise.
+    exists: str | None = None
     #: Only flow when the metaverse attribute has no value yet (MIM "initial flow only").
     initial_only: bool = False
     #: Flow an empty source as null (otherwise an empty source contributes nothing).
     allow_null: bool = True
+    #: A null from this flow wins precedence like a value (otherwise the next contributor's value shows).
+    authoritative_null: bool = False
+    #: Several values into a single-valued metaverse attribute: keep the ``first``, the ``last``, or
+    #: ``join:<separator>`` them. Without it that is a ``flow-multi-values-to-single-value`` error.
+    multi_to_single: str | None = Field(default=None, pattern=_MULTI_TO_SINGLE)
 
     @model_validator(mode="after")
     def _one_source(self) -> ImportFlowConfig:
-        kinds = [k for k in (self.source, self.constant, self.template) if k is not None]
-        if len(kinds) != 1:
-            raise ValueError("give exactly one of source, constant, template")
+        given = [
+            k
+            for k in ("source", "constant", "template", "expression", "dn_component", "exists")
+            if getattr(self, k) is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of source, constant, template, expression, dn_component, exists"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.dn_component == 0:
+            raise ValueError("dn_component counts from 1 (first RDN) or from -1 (last RDN), not 0")
         return self
 
 
@@ -200,12 +350,34 @@ class InboundRuleConfig(_Config):
     mv_type: str = "person"
     #: Connector filter: objects matching ANY clause group (AND within a group) become filtered disconnectors.
     filter: list[list[ConditionConfig]] = Field(default_factory=list)
-    #: One join rule (mapping group): all criteria must match.
+    #: One join rule (mapping group): all criteria must match. Shorthand for ``join_groups: [join]``.
     join: list[JoinCriterionConfig] = Field(default_factory=list)
+    #: Ordered mapping groups: the first group that finds metaverse objects decides (one: join, several:
+    #: ``ambiguous-join``); a group that finds none passes to the next; after the last, projection.
+    join_groups: list[list[JoinCriterionConfig]] = Field(default_factory=list)
+    #: A Python join resolver "package.module:function", called with the connector-space object and the
+    #: candidates a mapping group found; returns the chosen mv_id, or None for "no match in this group".
+    resolver: str | None = Field(default=None, pattern=_HOOK_PATH)
     project: bool = False
+    #: Projection only for objects matching ANY clause group (AND within a group); empty = all objects.
+    project_when: list[list[ConditionConfig]] = Field(default_factory=list)
     flows: list[ImportFlowConfig] = Field(default_factory=list)
     #: Rank of this connector in precedence for the attributes it flows (lower wins).
     precedence: int = Field(default=100, ge=0)
+
+    @model_validator(mode="after")
+    def _groups(self) -> InboundRuleConfig:
+        if self.join and self.join_groups:
+            raise ValueError("give join (one mapping group) or join_groups, not both")
+        if any(not group for group in self.join_groups):
+            raise ValueError("join_groups: a mapping group needs at least one criterion")
+        if self.project_when and not self.project:
+            raise ValueError("project_when needs project: true")
+        return self
+
+    def mapping_groups(self) -> list[list[JoinCriterionConfig]]:
+        """The join rules in evaluation order."""
+        return list(self.join_groups) if self.join_groups else ([list(self.join)] if self.join else [])
 
 
 # --------------------------------------------------------------------------- outbound
@@ -216,14 +388,16 @@ class ExportFlowConfig(_Config):
     source: str | None = None
     constant: str | list[str] | None = None
     template: str | None = None
+    #: A CEL expression over ``mv`` (first values) and ``mv_all`` (all values), compiled at load.
+    expression: str | None = None
     #: Export an empty metaverse value as a delete of the target attribute.
     allow_null: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> ExportFlowConfig:
-        kinds = [k for k in (self.source, self.constant, self.template) if k is not None]
+        kinds = [k for k in (self.source, self.constant, self.template, self.expression) if k is not None]
         if len(kinds) != 1:
-            raise ValueError("give exactly one of source, constant, template")
+            raise ValueError("give exactly one of source, constant, template, expression")
         return self
 
 
@@ -282,6 +456,8 @@ class IdsyncConfig(_Config):
     inbound: list[InboundRuleConfig] = Field(default_factory=list)
     outbound: list[OutboundRuleConfig] = Field(default_factory=list)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    #: Hooks loaded at validation, by their "module:function" path (not part of the file).
+    _hooks: dict[str, Callable[..., Any]] = PrivateAttr(default_factory=dict)
 
     @field_validator("connectors", mode="before")
     @classmethod
@@ -312,13 +488,17 @@ class IdsyncConfig(_Config):
                 raise ValueError(f"inbound[{i}].connector: unknown connector {rule.connector!r}")
             if rule.mv_type not in self.metaverse:
                 raise ValueError(f"inbound[{i}].mv_type: unknown metaverse object type {rule.mv_type!r}")
-            if not rule.join and not rule.project:
+            if not rule.mapping_groups() and not rule.project:
                 raise ValueError(f"inbound[{i}]: neither join nor project, its objects could never connect")
+            _compile_flow_expressions(f"inbound[{i}]", rule.flows)
+            if rule.resolver is not None:
+                self._hooks[rule.resolver] = _load_hook(f"inbound[{i}].resolver", rule.resolver)
         for i, out in enumerate(self.outbound):
             if out.connector not in self.connectors:
                 raise ValueError(f"outbound[{i}].connector: unknown connector {out.connector!r}")
             if out.mv_type not in self.metaverse:
                 raise ValueError(f"outbound[{i}].mv_type: unknown metaverse object type {out.mv_type!r}")
+            _compile_flow_expressions(f"outbound[{i}]", out.flows)
         seen: set[tuple[str, str]] = set()
         for i, rule in enumerate(self.inbound):
             key = (rule.connector, rule.object_type)
@@ -326,6 +506,10 @@ class IdsyncConfig(_Config):
                 raise ValueError(f"inbound[{i}]: a second rule for {key[0]}/{key[1]}")
             seen.add(key)
         return self
+
+    def hook(self, path: str) -> Callable[..., Any]:
+        """The Python hook (a join resolver) loaded for ``path`` when the configuration was validated."""
+        return self._hooks[path]
 
     def inbound_rule(self, connector: str, object_type: str) -> InboundRuleConfig | None:
         for rule in self.inbound:
@@ -338,6 +522,32 @@ class IdsyncConfig(_Config):
 
     def export_targets(self) -> set[str]:
         return {r.connector for r in self.outbound}
+
+
+def _compile_flow_expressions(where: str, flows: Sequence[ImportFlowConfig | ExportFlowConfig]) -> None:
+    """Compile every CEL expression of a rule's flows; a bad one names its field path."""
+    for j, flow in enumerate(flows):
+        if flow.expression is not None:
+            try:
+                compile_expression(flow.expression)
+            except ExpressionError as exc:
+                raise ValueError(f"{where}.flows[{j}].expression: {exc}") from None
+
+
+def _load_hook(where: str, path: str) -> Callable[..., Any]:
+    """Import a "package.module:function" hook; a bad path is a configuration error naming the rule."""
+    module_name, _, qualname = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"{where}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from None
+    for part in qualname.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{where}: {module_name!r} has no attribute {qualname!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{where}: {path!r} is not callable")
+    return cast(Callable[..., Any], target)
 
 
 def template_fields(template: str) -> list[str]:

@@ -84,6 +84,21 @@ class JoinRequest(_Contract):
     flows: Attrs
     image: Attrs | None = None
     ts_ms: int
+    #: Connector-space object type (the inbound rule, for its resolver hook).
+    object_type: str | None = None
+    #: Several mapping groups: the object's route per group, in order (``routes[0]`` is its home route,
+    #: where its attempts are serialized); empty for one group. ``route`` is where this message goes.
+    routes: list[str] = Field(default_factory=list)
+    #: ``search``: evaluating the mapping group ``routes[hop]``; ``lock``: claiming the routes in sorted
+    #: order before projecting, ``hop`` of them claimed so far (all claimed: project at the home route).
+    phase: Literal["search", "lock"] = "search"
+    hop: int = 0
+    #: Attempt number given by the home route (0: fresh from staging).
+    attempt: int = 0
+    #: Hologram, for a resolver hook (only when the rule has one).
+    cs_attributes: Attrs | None = None
+    #: When the source changed the object (equal precedence).
+    source_ts_ms: int = 0
 
 
 class JoinIndexUpdate(_Contract):
@@ -97,6 +112,15 @@ class JoinIndexUpdate(_Contract):
     anchor: str | None = None
     mv_deleted: bool = False
     ts_ms: int
+    #: ``leave`` (the above); from the metaverse step: ``register``/``unregister`` a metaverse object whose
+    #: attribute values give this route; join protocol: ``settle`` (an attempt ended, to the home route),
+    #: ``wake`` (a candidate appeared for a waiting object, to its home), ``commit``/``release`` (a claim).
+    op: Literal["leave", "register", "unregister", "settle", "wake", "commit", "release"] = "leave"
+    attempt: int = 0
+    #: settle: ``done`` (joined or failed at a hop), ``missed`` (no group matched), ``retry`` (lock lost).
+    outcome: Literal["done", "missed", "retry"] | None = None
+    #: register / commit: the metaverse object's attributes (a resolver hook sees them).
+    attributes: Attrs | None = None
 
 
 JoinMessage = Annotated[JoinRequest | JoinIndexUpdate, Field(discriminator="kind")]
@@ -138,6 +162,11 @@ class MVContribution(_Contract):
     #: follow). The metaverse step must not provision into them meanwhile: they already hold the object.
     joining: list[str] = Field(default_factory=list)
     ts_ms: int
+    #: Other join routes that now point at the object (a projection's claimed routes, the home route of
+    #: an object with several mapping groups): the metaverse step tells them when it goes.
+    routes: list[str] = Field(default_factory=list)
+    #: When the source changed the object (equal precedence: the latest change wins).
+    source_ts_ms: int = 0
 
 
 class MVDisconnect(_Contract):

@@ -39,7 +39,11 @@ class CSObject(_State):
     mv_id: str | None = None
     #: The join-index key this object was routed by while its join was pending (keeps one route).
     join_route: str | None = None
+    #: With several mapping groups: every route it was routed by, in group order (``join_route`` first).
+    join_routes: list[str] = Field(default_factory=list)
     locator: str | None = None
+    #: When the source changed it (``source.ts_ms`` of the last change record): equal precedence.
+    source_ts_ms: int = 0
 
 
 class ConnectorLink(_State):
@@ -55,6 +59,8 @@ class ConnectorLink(_State):
     #: Join route it came through; its index entry is told when it leaves.
     route: str | None = None
     ts_ms: int = 0
+    #: Per flowed attribute: source time of the change that last changed its value (equal precedence).
+    changed_ts: dict[str, int] = Field(default_factory=dict)
 
 
 class LedgerEntry(_State):
@@ -85,6 +91,13 @@ class TargetState(_State):
     error: str | None = None
 
 
+class RetainedValue(_State):
+    """A value a disconnected connector gave to an attribute without recall."""
+
+    connector: str
+    values: list[str]
+
+
 class MVObject(_State):
     """A metaverse object: the merged identity, keyed by a stable mv_id."""
 
@@ -97,8 +110,32 @@ class MVObject(_State):
     targets: dict[str, TargetState] = Field(default_factory=dict)
     #: Join routes that point at this object in the join index.
     routes: list[str] = Field(default_factory=list)
+    #: The route it was projected on (the join index owns its mv_id there).
+    projected_route: str | None = None
+    #: Routes its attribute values give for the mapping groups of the inbound rules, registered in the
+    #: join index so that objects of other connectors find it by them.
+    join_keys: list[str] = Field(default_factory=list)
+    #: Values of connectors that disconnected from attributes without recall, kept until a flow changes them.
+    retained: dict[str, RetainedValue] = Field(default_factory=dict)
+    #: Deletion rule with a grace period: when the deletion falls due (None: not marked).
+    delete_due_ms: int | None = None
     deleted: bool = False
     version: int = 0
+
+
+class JoinTicket(_State):
+    """At an object's home route (its first mapping group's route): its join attempt in flight.
+
+    One attempt at a time per object: a newer request arriving meanwhile is kept and run after it.
+    """
+
+    attempt: int
+    active: bool = True
+    request: JoinRequest
+    #: A newer request or a wake-up arrived during the attempt: run again when it settles.
+    rerun: bool = False
+    #: The metaverse object the last attempt joined (a late request re-contributes there).
+    linked: str | None = None
 
 
 class JoinEntry(_State):
@@ -112,3 +149,12 @@ class JoinEntry(_State):
     #: Disconnectors that may not project, waiting for a metaverse object with this value (invariant 3):
     #: "connector|anchor" -> their latest join request, replayed when a metaverse object appears.
     waiting: dict[str, JoinRequest] = Field(default_factory=dict)
+    #: Metaverse objects whose attribute values give this route (registered by the metaverse step, or by
+    #: a projection that claimed it), with the attributes they had then (for a resolver hook).
+    registered: dict[str, Attrs] = Field(default_factory=dict)
+    #: "connector|anchor" of an object about to project that holds this route (invariant 2).
+    claim: str | None = None
+    #: Projection attempts waiting for the claim to go.
+    parked: list[JoinRequest] = Field(default_factory=list)
+    #: At a home route: join attempts of objects with several mapping groups.
+    tickets: dict[str, JoinTicket] = Field(default_factory=dict)

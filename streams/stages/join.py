@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from engine.join import join_step
-from schemas.records import CSLink, ErrorRecord, JoinMessage, MVContribution
+from schemas.records import CSLink, ErrorRecord, JoinIndexUpdate, JoinMessage, JoinRequest, MVContribution
 from schemas.state import JoinEntry
 from streams.output import Outputs
 from streams.stages.base import Batch, Stage, encode
@@ -28,7 +28,7 @@ class JoinStage(Stage[JoinEntry]):
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.route.encode()
-        entry, outputs = join_step(batch.get(key), msg)
+        entry, outputs = join_step(batch.get(key), msg, self.rt.rules)
         batch.put(key, entry)
         n = self.rt.names
         for o in outputs:
@@ -39,3 +39,6 @@ class JoinStage(Stage[JoinEntry]):
                 out.add(n.links_topic(), o.anchor.encode(), encode(o))
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)
+            elif isinstance(o, JoinRequest | JoinIndexUpdate):
+                # Several mapping groups: the next group's route, the home route, or a claimed route.
+                out.add(n.join_topic(), o.route.encode(), encode(o))

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from engine.metaverse import metaverse_step
+from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step
 from schemas.records import (
     CSLink,
     ErrorRecord,
@@ -18,9 +18,12 @@ from schemas.records import (
 )
 from schemas.state import MVObject
 from streams.output import Outputs
+from streams.runtime import now_ms
 from streams.stages.base import Batch, Stage, encode
 
 _MV = TypeAdapter(MVInbound)
+#: How often the stage looks for objects whose deletion grace period ended without a message reaching them.
+EXPIRY_INTERVAL_MS = 10_000
 
 
 class MetaverseStage(Stage[MVObject]):
@@ -34,10 +37,47 @@ class MetaverseStage(Stage[MVObject]):
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         return [msg.mv_id.encode()]
 
+    def __init__(self, rt: Any) -> None:
+        super().__init__(rt)
+        self._grace = any(d.grace_period_s > 0 for d in rt.rules.deletion.values())
+        self._next_expiry = 0
+
+    async def process(self, events: list[Any]) -> None:
+        await super().process(events)
+        now = now_ms()
+        if self._grace and now >= self._next_expiry:
+            self._next_expiry = now + EXPIRY_INTERVAL_MS
+            await self._expire_due(now)
+
+    async def _expire_due(self, now: int) -> None:
+        """Deletion rule grace periods: delete the objects whose deletion fell due (engine.deletion).
+
+        Scans this worker's partitions (objects marked for deletion carry ``delete_due_ms``).
+        """
+        out = await self.rt.outputs()
+        batches = []
+        for p in self.store.partitions():
+            part = self.store.partition(p)
+            keys = [k for k, raw in part.scan(b"") if b'"delete_due_ms"' in raw]
+            if not keys:
+                continue
+            batch = Batch(part, keys, MVObject)
+            for mv_id in due_deletions([batch.get(k) for k in keys], now):
+                mv, outputs = expire(self.rt.rules, batch.get(mv_id.encode()), now)
+                batch.put(mv_id.encode(), mv)
+                self._emit(outputs, out)
+            batches.append(batch)
+        await self._flush(out)
+        for batch in batches:
+            batch.commit()
+
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.mv_id.encode()
         mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg)
         batch.put(key, mv)
+        self._emit(outputs, out)
+
+    def _emit(self, outputs: list[MVOutput], out: Outputs) -> None:
         n = self.rt.names
         c = self.rt.counters
         for o in outputs:

@@ -9,7 +9,15 @@ from pydantic import TypeAdapter
 from engine.inbound import InboundOutput, on_link, route
 from engine.staging import Staged, stage, stage_absent
 from schemas.errors import DataError
-from schemas.records import ChangeRecord, CSLink, ImportMessage, JoinIndexUpdate, JoinRequest, RunMarker
+from schemas.records import (
+    ChangeRecord,
+    CSLink,
+    ErrorRecord,
+    ImportMessage,
+    JoinIndexUpdate,
+    JoinRequest,
+    RunMarker,
+)
 from schemas.state import CSObject
 from streams.output import Outputs
 from streams.runtime import now_ms
@@ -93,5 +101,7 @@ class StagingStage(Stage[CSObject]):
         for o in outputs:
             if isinstance(o, JoinRequest | JoinIndexUpdate):
                 out.add(n.join_topic(), o.route.encode(), encode(o))
+            elif isinstance(o, ErrorRecord):
+                self.rt.record_error(o, out)  # an import flow failed for this object
             else:
                 out.add(n.mv_topic(), o.mv_id.encode(), encode(o))

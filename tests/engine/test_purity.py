@@ -16,8 +16,9 @@ FORBIDDEN = frozenset(
 )
 #: Clocks and randomness: the engine is deterministic (replaying the imports rebuilds the same state).
 NONDETERMINISTIC = frozenset({"time", "random", "datetime", "secrets"})
-#: Non-stdlib packages the engine may use.
-ALLOWED_THIRD_PARTY = frozenset({"engine", "schemas", "pydantic"})
+#: Non-stdlib packages the engine may use. ``cel`` (common-expression-language) evaluates flow
+#: expressions: CEL has no clock, randomness or I/O, and only the pure extension functions are registered.
+ALLOWED_THIRD_PARTY = frozenset({"engine", "schemas", "pydantic", "cel"})
 #: Calls that are clocks or randomness even though their module is allowed.
 NONDETERMINISTIC_CALLS = frozenset({"uuid1", "uuid4", "urandom", "getrandbits"})
 
