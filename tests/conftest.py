@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.slapd"]
+pytest_plugins = ["tests.fixtures.slapd", "tests.fixtures.scim"]

@@ -2,6 +2,9 @@
 
 Rows are read leniently: a malformed row becomes an ``ImportFailure`` and the import goes on with the next
 row. Only a file that cannot be read at all (missing, no header, no anchor column) is fatal.
+
+The header names the attributes, through the optional mapping ``columns: {attribute: column}``; the
+optional ``dn_column`` holds each object's DN. Export (``export_path``) is in ``connectors.csv.export``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from connectors.base import ImportedObject, ImportFailure
+from connectors.files.atomic import check_files
 from schemas.config import CsvConnectorConfig
 from schemas.errors import FatalError
 from schemas.records import Attrs
@@ -27,6 +31,8 @@ class CsvConnector:
     def __init__(self, name: str, config: CsvConnectorConfig) -> None:
         self.name = name
         self.config = config
+        #: Attribute name of each mapped column.
+        self._attribute_of = {column: attribute for attribute, column in config.columns.items()}
         if config.multi_valued and not config.multi_value_separator:
             raise FatalError(
                 f"connector {name!r}: multi_valued columns {config.multi_valued} need a multi_value_separator"
@@ -42,17 +48,29 @@ class CsvConnector:
     def close(self) -> None:
         """Nothing to release: the file is opened and closed by each import."""
 
+    def test_connection(self) -> None:
+        """The file can be read and the export file's directory written (FatalError ``no-start-*``)."""
+        write = [self.config.export_path] if self.config.export_path is not None else []
+        check_files(self.name, read=[self.config.path], write=write, optional=write)
+
     def full_import(self) -> Iterator[ImportedObject | ImportFailure]:
         """Yields one ``ImportedObject`` per data row, or an ``ImportFailure`` for a row that is wrong."""
         path = self.config.path
+        export = self.config.export_path
+        if export is not None and path.resolve() == export.resolve() and not path.exists():
+            return  # importing the export file, and nothing was exported yet
         try:
             raw = path.open("rb")
         except OSError as exc:
             raise FatalError(f"connector {self.name!r}: cannot read {path}: {exc.strerror or exc}") from exc
         with raw:
-            bad_lines: set[int] = set()
-            lines = self._lines(raw, bad_lines) if self._line_safe else self._text_lines(raw, path)
-            yield from self._rows(lines, bad_lines, path)
+            yield from self.read(raw, path)
+
+    def read(self, raw: BinaryIO, path: Path) -> Iterator[ImportedObject | ImportFailure]:
+        """The rows of an open file (``path`` names it in locators and messages)."""
+        bad_lines: set[int] = set()
+        lines = self._lines(raw, bad_lines) if self._line_safe else self._text_lines(raw, path)
+        yield from self._rows(lines, bad_lines, path)
 
     # ------------------------------------------------------------------ reading
     def _lines(self, raw: BinaryIO, bad_lines: set[int]) -> Iterator[str]:
@@ -89,14 +107,31 @@ class CsvConnector:
         named = [h for h in header if h]
         if dupes := sorted({h for h in named if named.count(h) > 1}):
             raise FatalError(f"connector {self.name!r}: {path}: duplicate column(s) {dupes} in the header")
-        for column in (cfg.anchor, *cfg.multi_valued):
+        dn_column = [cfg.dn_column] if cfg.dn_column is not None else []
+        for column in (cfg.anchor, *cfg.multi_valued, *dn_column, *cfg.columns.values()):
             if column not in header:
-                what = "anchor column" if column == cfg.anchor else "multi-valued column"
+                if column == cfg.anchor:
+                    what = "anchor column"
+                elif column == cfg.dn_column:
+                    what = "dn_column"
+                elif column in cfg.multi_valued:
+                    what = "multi-valued column"
+                else:
+                    what = f"column (of attribute {self._attribute_of[column]!r})"
                 columns = ", ".join(named)
                 raise FatalError(
                     f"connector {self.name!r}: {path}: {what} {column!r} not in the header ({columns})"
                 )
+        names = [self._attribute_of.get(h, h) if h and h != cfg.dn_column else "" for h in header]
+        by_name: dict[str, str] = {}
+        for column, attribute in zip(header, names, strict=True):
+            if attribute and by_name.setdefault(attribute, column) != column:
+                raise FatalError(
+                    f"connector {self.name!r}: {path}: columns {by_name[attribute]!r} and {column!r} "
+                    f"both give attribute {attribute!r} (see columns)"
+                )
         anchor_index = header.index(cfg.anchor)
+        dn_index = header.index(cfg.dn_column) if cfg.dn_column is not None else None
         multi = set(cfg.multi_valued)
         seen: dict[str, int] = {}
         last = reader.line_num
@@ -132,23 +167,24 @@ class CsvConnector:
                 yield ImportFailure(locator, "import-duplicate-anchor", message, raw)
                 continue
             seen[anchor] = start
+            dn = row[dn_index].strip() if dn_index is not None else ""
             yield ImportedObject(
                 anchor=anchor,
                 object_type=cfg.object_type,
-                attributes=self._attributes(header, row, multi),
-                dn=None,
+                attributes=self._attributes(header, names, row, multi),
+                dn=dn or None,
                 locator=locator,
             )
 
-    def _attributes(self, header: list[str], row: list[str], multi: set[str]) -> Attrs:
+    def _attributes(self, header: list[str], names: list[str], row: list[str], multi: set[str]) -> Attrs:
         """Empty (or blank) cell -> []; a multi-valued cell is split, stripped, de-duplicated."""
         attrs: Attrs = {}
-        for column, value in zip(header, row, strict=True):
-            if not column:
+        for column, name, value in zip(header, names, row, strict=True):
+            if not name:
                 continue
             if column in multi and self.config.multi_value_separator:
                 parts = (p.strip() for p in value.split(self.config.multi_value_separator))
-                attrs[column] = list(dict.fromkeys(p for p in parts if p))
+                attrs[name] = list(dict.fromkeys(p for p in parts if p))
             else:
-                attrs[column] = [value] if value.strip() else []
+                attrs[name] = [value] if value.strip() else []
         return attrs

@@ -1,4 +1,5 @@
-"""The LDAP connector: full import by paged search, idempotent exports, through ldap3 (SYNC strategy)."""
+"""The LDAP connector: full import by paged search, delta import and follow by RFC 4533 content
+synchronization, idempotent exports, through ldap3 (SYNC strategy)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import base64
 import binascii
 import contextlib
 import functools
+import logging
+import socket
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -27,12 +30,22 @@ from ldap3.core.exceptions import (
 )
 from ldap3.utils.conv import escape_bytes, escape_filter_chars
 
-from connectors.base import ExportOutcome, ImportedObject, ImportFailure
+from connectors.base import Checkpoint, DeltaItem, ExportOutcome, ImportedObject, ImportFailure
 from connectors.ldap.dn import is_within, parent_dn, rdn_str, same_dn, split_dn
 from connectors.ldap.errors import map_ldap_error
+from connectors.ldap.syncrepl import (
+    ConnectionLost,
+    Mode,
+    SyncProtocolError,
+    SyncRefused,
+    SyncSearch,
+    SyncTimeout,
+    sync_items,
+    watermark_to_cookie,
+)
 from connectors.ldap.tls import VerifyingTls
 from schemas.config import LdapConnectorConfig
-from schemas.errors import DataError, FatalError, IdsyncError
+from schemas.errors import DataError, FatalError, IdsyncError, RetriableError
 from schemas.records import AttrChange, Attrs, PendingExport
 
 #: Prefix of values that are not UTF-8 text (see schemas.records: binary values are base64 text).
@@ -44,7 +57,15 @@ _STALE_CONNECTION = (LDAPSessionTerminatedByServerError, LDAPSocketReceiveError,
 #: Errors after which the connection's state is unknown: it is dropped.
 _CONNECTION_LOST = (LDAPCommunicationError, LDAPResponseTimeoutError, LDAPMaximumRetriesError)
 
+#: A sync search reads with this socket timeout, so follow notices its stop event within about this long.
+SYNC_POLL_S = 0.5
+#: Matches no entry (a zero UUID is never assigned): the search that only asks for the current cookie.
+_NO_ENTRY = "(entryUUID=00000000-0000-0000-0000-000000000000)"
+#: A persist search is silent while nothing changes: TCP keepalive finds a dead peer (idle, interval, count).
+_KEEPALIVE = (60, 10, 3)
+
 Modifications = dict[str, list[tuple[str, list[str | bytes]]]]
+log = logging.getLogger("idsync.connectors.ldap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +112,32 @@ def _same_values(a: list[str], b: list[str]) -> bool:
     return sorted(a) == sorted(b)
 
 
+def _keepalive(sock: socket.socket | None) -> None:
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle, interval, count = _KEEPALIVE
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the system defaults apply
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
+
+
 class LdapConnector:
-    """Connector, FullImport, Export and ConnectionCheck over one lazily opened ldap3 connection."""
+    """Connector, FullImport, DeltaImport, Follow, Export and ConnectionCheck.
+
+    Imports and exports share one lazily opened ldap3 connection; each delta import or follow runs its
+    sync search on a connection of its own (its responses stream in while exports go on).
+    """
+
+    def __new__(cls, name: str, config: LdapConnectorConfig) -> LdapConnector:
+        # dialect: ad builds the Active Directory subclass (connectors/ldap/ad.py), wherever this is called.
+        if cls is LdapConnector and getattr(config, "dialect", "openldap") == "ad":
+            from connectors.ldap.ad import AdLdapConnector
+
+            return super().__new__(AdLdapConnector)
+        return super().__new__(cls)
 
     def __init__(self, name: str, config: LdapConnectorConfig) -> None:
         self.name = name
@@ -378,6 +423,151 @@ class LdapConnector:
                 generator=True,
             )
         return pages
+
+    # ================================================================== delta import and follow (RFC 4533)
+    def _require_syncrepl(self) -> None:
+        if self.config.delta != "syncrepl":
+            raise FatalError(
+                f"Delta import is off for LDAP connector {self.name!r} (delta: none)",
+                error_type="no-start-delta-disabled",
+            )
+        if self.config.anchor_attribute.lower() != "entryuuid":
+            raise FatalError(
+                f"LDAP content synchronization reports deletes by entryUUID only, but connector "
+                f"{self.name!r} anchors on {self.config.anchor_attribute!r}: set anchor_attribute: entryUUID "
+                f"or delta: none",
+                error_type="no-start-delta-unsupported",
+            )
+
+    def current_watermark(self) -> str:
+        """The server's sync cookie for now, from a refreshOnly sync search that matches no entry."""
+        self._require_syncrepl()
+        with contextlib.closing(
+            self._sync(None, "refreshOnly", scope=BASE, search_filter=_NO_ENTRY)
+        ) as items:
+            for item in items:
+                if isinstance(item, Checkpoint):
+                    return item.watermark
+        raise FatalError(
+            f"The LDAP server {self.config.uri} returned no sync cookie for {self.config.base_dn!r} "
+            f"(is the syncprov overlay configured on the database that holds it?)",
+            error_type="no-start-delta-unsupported",
+        )
+
+    def delta_import(self, watermark: str | None) -> Iterator[DeltaItem]:
+        """Changes since ``watermark`` by an RFC 4533 refreshOnly search; ends with a ``Checkpoint``.
+
+        ``None`` means "from now": only the current watermark. Raises ``CursorExpired`` when the server
+        can no longer tell what was deleted since the watermark.
+        """
+        self._require_syncrepl()
+        if watermark is None:
+            yield Checkpoint(self.current_watermark())
+            return
+        yield from self._sync(watermark_to_cookie(watermark), "refreshOnly")
+
+    def follow(self, watermark: str | None, stop: threading.Event) -> Iterator[DeltaItem]:
+        """The delta since ``watermark``, then every change as the server pushes it (refreshAndPersist).
+
+        Returns within about ``SYNC_POLL_S`` of ``stop`` being set. A lost connection is reopened after a
+        capped exponential backoff and the search resumes from the last checkpointed cookie, so nothing
+        checkpointed is yielded twice (what came after the last checkpoint may come again).
+        """
+        self._require_syncrepl()
+        cfg = self.config
+        cookie = watermark_to_cookie(watermark) if watermark is not None else None
+        backoff = cfg.follow_backoff_initial_s
+        while not stop.is_set():
+            try:
+                if cookie is None:
+                    cookie = watermark_to_cookie(self.current_watermark())
+                for item in self._sync(cookie, "refreshAndPersist", stop=stop):
+                    if isinstance(item, Checkpoint):
+                        cookie = watermark_to_cookie(item.watermark)
+                        backoff = cfg.follow_backoff_initial_s  # the connection works again
+                    yield item
+                if stop.is_set():
+                    return
+                reason = "the server ended the persistent search"
+            except RetriableError as exc:
+                reason = exc.message
+            log.warning(
+                "LDAP connector %s: follow interrupted (%s); resuming in %.1f s", self.name, reason, backoff
+            )
+            if stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, cfg.follow_backoff_max_s)
+
+    def _sync(
+        self,
+        cookie: bytes | None,
+        mode: Mode,
+        *,
+        stop: threading.Event | None = None,
+        scope: str = SUBTREE,
+        search_filter: str | None = None,
+    ) -> Generator[DeltaItem, None, None]:
+        """One sync search on a connection of its own, closed when the search ends or is abandoned."""
+        base, uri = self.config.base_dn, self.config.uri
+        conn = self._open(starting=True)
+        try:
+            _keepalive(conn.socket)
+            try:
+                search = SyncSearch(
+                    conn,
+                    base=base,
+                    search_filter=search_filter or self._import_filter(),
+                    attributes=self._import_attributes(),
+                    mode=mode,
+                    cookie=cookie,
+                    scope=scope,
+                )
+            except LDAPException as exc:
+                raise self._error(exc, "sync search", base, starting=True) from None
+            yield from sync_items(
+                search,
+                cookie=cookie,
+                convert=self._sync_entry,
+                delete_type=next(iter(self.config.object_classes), ""),
+                poll_s=SYNC_POLL_S,
+                idle_timeout_s=RECEIVE_TIMEOUT_S,
+                stop=stop,
+            )
+        except (ConnectionLost, SyncTimeout) as exc:
+            raise RetriableError(
+                f"LDAP sync search of {base!r} on {uri} interrupted: {exc}",
+                error_type="cd-connection-failure",
+            ) from None
+        except SyncRefused as exc:
+            raise self._sync_refused(exc) from None
+        except SyncProtocolError as exc:
+            raise FatalError(
+                f"The LDAP server {uri} broke the content synchronization protocol: {exc}",
+                error_type="sync-protocol-error",
+            ) from None
+        finally:
+            self._quiet_unbind(conn)
+
+    def _sync_refused(self, exc: SyncRefused) -> IdsyncError:
+        base = self.config.base_dn
+        if exc.result in (rc.RESULT_UNAVAILABLE_CRITICAL_EXTENSION, rc.RESULT_UNWILLING_TO_PERFORM):
+            return FatalError(
+                f"The LDAP server {self.config.uri} does not offer content synchronization (RFC 4533) for "
+                f"{base!r}: {exc} (load the syncprov overlay on its database, see docs/connectors/ldap.md)",
+                error_type="no-start-delta-unsupported",
+            )
+        result = LDAPOperationResult(
+            result=exc.result, description=exc.description, message=exc.server_message
+        )
+        return self._error(result, "sync search", base, starting=True)
+
+    def _sync_entry(self, item: dict[str, Any], entry_uuid: str) -> ImportedObject | ImportFailure:
+        """A changed entry, converted as the full import converts it; the Sync State gives the anchor if
+        the entry's own entryUUID is not readable."""
+        raw = item.get("raw_attributes") or {}
+        if not any(name.lower() == "entryuuid" for name in raw):
+            item = {**item, "raw_attributes": {**raw, "entryUUID": [entry_uuid.encode("ascii")]}}
+        return self._imported(item)
 
     # ================================================================== export
     def apply(self, export: PendingExport) -> ExportOutcome:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Literal
 
 from ldap3 import BASE, LEVEL, SUBTREE, Connection, Server
 from ldap3.core.exceptions import LDAPException, LDAPNoSuchObjectResult
@@ -82,8 +82,20 @@ def _die_with_parent() -> None:
         _LIBC.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
+#: Suffix of the accesslog database when it is the syncprov session log source.
+ACCESSLOG_SUFFIX = "cn=accesslog"
+
+
 class Slapd:
-    """One slapd with an mdb database under ``suffix``, listening only on ``ldap://127.0.0.1:<port>/``."""
+    """One slapd with an mdb database under ``suffix``, listening only on ``ldap://127.0.0.1:<port>/``.
+
+    With ``syncprov`` (the default) the database carries the syncprov overlay, so the LDAP connector's
+    delta import and follow (RFC 4533) work against it. Its session log (what lets a delta report deletes)
+    is in memory and holds ``sessionlog_size`` writes; a cookie older than that gets a present phase (the
+    connector raises CursorExpired), and so does one that predates unseen writes made before a restart.
+    With ``sessionlog_source="accesslog"`` the accesslog overlay logs writes to a ``cn=accesslog``
+    database that syncprov reads as its session log instead: it survives restarts and keeps 7 days.
+    """
 
     def __init__(
         self,
@@ -101,6 +113,9 @@ class Slapd:
         log_level: str = "none",
         max_size_bytes: int = 1 << 30,
         slapd_path: str = SLAPD_PATH,
+        syncprov: bool = True,
+        sessionlog_size: int = 1000,
+        sessionlog_source: Literal["memory", "accesslog"] = "memory",
     ) -> None:
         self.workdir = Path(workdir)
         self._suffix = suffix
@@ -108,9 +123,16 @@ class Slapd:
         self._fixed_port = port
         self._port: int | None = port
         self.schemas = tuple(schemas)
-        #: Extra modules to load (e.g. "syncprov"); each overlay's module is loaded too.
+        if syncprov and "syncprov" not in overlays:
+            overlays = (*overlays, "syncprov")
+        self.accesslog = "syncprov" in overlays and sessionlog_source == "accesslog"
+        if self.accesslog and "accesslog" not in overlays:
+            overlays = (*overlays, "accesslog")  # after syncprov, as in the OpenLDAP admin guide
+        #: Extra modules to load (e.g. "accesslog"); each overlay's module is loaded too.
         self.modules = tuple(dict.fromkeys([*modules, *overlays]))
         self.overlays = tuple(overlays)
+        #: Session log size of the syncprov overlay (write operations it remembers for deltas).
+        self.sessionlog_size = sessionlog_size
         #: Appended to the database section verbatim (indexes, limits, overlay settings).
         self.extra_config = extra_config
         #: Inserted before the database section verbatim (TLS settings, global limits).
@@ -203,6 +225,8 @@ class Slapd:
     def _launch(self) -> None:
         db_dir = self.workdir / "db"
         db_dir.mkdir(exist_ok=True)
+        if self.accesslog:
+            (self.workdir / "accesslog").mkdir(exist_ok=True)
         conf = self.workdir / "slapd.conf"
         conf.write_text(self._config(db_dir))
         conf.chmod(0o600)
@@ -242,6 +266,7 @@ class Slapd:
             *(f"moduleload {m}" for m in self.modules),
             "sizelimit unlimited",
             self.global_config,
+            *(self._accesslog_database() if self.accesslog else ()),
             "database mdb",
             f"maxsize {self.max_size_bytes}",
             f'suffix "{self._suffix}"',
@@ -250,10 +275,46 @@ class Slapd:
             f"directory {db_dir}",
             "index objectClass eq",
             "index entryUUID eq",
-            *(f"overlay {o}" for o in self.overlays),
+            # syncprov finds the changes since a cookie's CSN (and checks that it is not stale) by entryCSN.
+            "index entryCSN eq",
+            *(line for o in self.overlays for line in self._overlay(o)),
             self.extra_config,
         ]
         return "\n".join(lines) + "\n"
+
+    def _overlay(self, name: str) -> list[str]:
+        if name == "syncprov":
+            return [
+                "overlay syncprov",
+                # Write contextCSN to the database every 100 writes or 10 minutes (it is kept in memory).
+                "syncprov-checkpoint 100 10",
+                # The session log lets a delta report deletes; a cookie it cannot cover gets a present phase.
+                f"syncprov-sessionlog-source {ACCESSLOG_SUFFIX}"
+                if self.accesslog
+                else f"syncprov-sessionlog {self.sessionlog_size}",
+                # Answer a stale cookie with e-syncRefreshRequired instead of streaming a full reload.
+                "syncprov-reloadhint TRUE",
+            ]
+        if name == "accesslog" and self.accesslog:
+            return [
+                "overlay accesslog",
+                f"logdb {ACCESSLOG_SUFFIX}",
+                "logops writes",
+                "logsuccess TRUE",
+                # Every day, purge log entries older than 7 days: cookies older than that expire.
+                "logpurge 07+00:00 01+00:00",
+            ]
+        return [f"overlay {name}"]
+
+    def _accesslog_database(self) -> list[str]:
+        return [
+            "database mdb",
+            f"maxsize {self.max_size_bytes}",
+            f"suffix {ACCESSLOG_SUFFIX}",
+            f"rootdn {ACCESSLOG_SUFFIX}",
+            f"directory {self.workdir / 'accesslog'}",
+            "index entryCSN,objectClass,reqEnd,reqResult,reqStart,reqDN eq",
+        ]
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S

@@ -326,3 +326,60 @@ def test_committed_sample_imports_cleanly(sample_rows: list[dict[str, str]]) -> 
     assert objects[-1].locator == "hr.csv:301"
     first = sample_rows[0]
     assert objects[0].attributes == {k: [v] if v else [] for k, v in first.items()}
+
+
+# --------------------------------------------------------------------------- header mapping
+def test_header_mapping_renames_columns(tmp_path: Path) -> None:
+    path = _write(tmp_path, "Employee ID,E-Mail,Groups,note\nE1,ann@x,a;b,hi\n")
+    columns = {"employee_id": "Employee ID", "mail": "E-Mail", "groups": "Groups"}
+    objects, failures = _import(
+        path,
+        anchor="Employee ID",
+        columns=columns,
+        multi_valued=["Groups"],
+        multi_value_separator=";",
+    )
+    assert failures == []
+    assert objects == [
+        ImportedObject(
+            anchor="E1",
+            object_type="person",
+            attributes={"employee_id": ["E1"], "mail": ["ann@x"], "groups": ["a", "b"], "note": ["hi"]},
+            dn=None,
+            locator="hr.csv:2",
+        )
+    ]
+
+
+def test_dn_column_is_the_dn_not_an_attribute(tmp_path: Path) -> None:
+    path = _write(tmp_path, 'id,dn,name\n1,"uid=ann,ou=people",Ann\n2,,Bob\n')
+    objects, failures = _import(path, dn_column="dn")
+    assert failures == []
+    assert [(o.dn, o.attributes) for o in objects] == [
+        ("uid=ann,ou=people", {"id": ["1"], "name": ["Ann"]}),
+        (None, {"id": ["2"], "name": ["Bob"]}),
+    ]
+
+
+def test_mapped_column_missing_from_the_header_is_fatal(tmp_path: Path) -> None:
+    path = _write(tmp_path, "id,name\n1,Ann\n")
+    with pytest.raises(FatalError, match=r"column \(of attribute 'mail'\) 'E-Mail' not in the header"):
+        list(_connector(path, columns={"mail": "E-Mail"}).full_import())
+    with pytest.raises(FatalError, match="dn_column 'DN' not in the header"):
+        list(_connector(path, dn_column="DN").full_import())
+
+
+def test_two_columns_giving_one_attribute_is_fatal(tmp_path: Path) -> None:
+    path = _write(tmp_path, "id,mail,E-Mail\n1,a,b\n")
+    with pytest.raises(FatalError, match="columns 'mail' and 'E-Mail' both give attribute 'mail'"):
+        list(_connector(path, columns={"mail": "E-Mail"}).full_import())
+
+
+def test_connection_check(tmp_path: Path) -> None:
+    path = _write(tmp_path, "id\n1\n")
+    connector = _connector(path)
+    connector.test_connection()
+    path.unlink()
+    with pytest.raises(FatalError) as info:
+        connector.test_connection()
+    assert info.value.error_type == "no-start-file-not-found"
