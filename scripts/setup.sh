@@ -14,3 +14,14 @@ fi
 PY=${PYTHON:-python3}
 echo "setup: installing idsync and its development dependencies (pip)"
 $PY -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The SQL connector's tests use the machine's PostgreSQL (127.0.0.1:5432, trust auth) and MariaDB
+# (127.0.0.1:3306, root without password); start them when they are installed but stopped.
+if command -v pg_ctlcluster >/dev/null && ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "setup: starting PostgreSQL"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+fi
+if [ -x /usr/sbin/mariadbd ] && ! mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1; then
+  echo "setup: starting MariaDB"
+  $SUDO start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || true
+  for _ in $(seq 1 30); do mariadb-admin -h 127.0.0.1 -u root ping >/dev/null 2>&1 && break; sleep 1; done
+fi
