@@ -52,6 +52,31 @@ def _agent(process: Callable[[list[Any]], Any], size: int, window: float) -> Cal
     return agent
 
 
+def _install_fetch_wait_setting() -> None:
+    """Let each app choose its consumer's fetch wait (faust hard-codes fetch_max_wait_ms=1500).
+
+    On Kafka a fetch returns as soon as data arrives, whatever the wait. The embedded broker (Tansu) holds an
+    empty fetch for its whole wait even when records arrive meanwhile, so every stage-to-stage hop would add
+    up to half a second of latency; its apps use a short wait instead (``Settings.fetch_max_wait_ms``).
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    original = thread._create_worker_consumer
+    if getattr(original, "_idsync_fetch_wait", False):
+        return
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait = getattr(self.app, "idsync_fetch_max_wait_ms", None)
+        if wait is not None:
+            consumer._fetch_max_wait_ms = int(wait)
+        return consumer
+
+    create._idsync_fetch_wait = True  # type: ignore[attr-defined]
+    thread._create_worker_consumer = create
+
+
 def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -> Pipeline:
     """Build the faust app and the stage agents for ``config``."""
     rt = Runtime(settings, config)
@@ -73,6 +98,8 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
         producer_acks=1,
         stream_wait_empty=False,
     )
+    _install_fetch_wait_setting()
+    app.idsync_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
 
     def topic(*names: str) -> Any:
         return app.topic(*names, key_serializer="raw", value_serializer="raw", partitions=rt.partitions)

@@ -29,7 +29,15 @@ def _setup_logging(verbose: bool) -> None:
 
 def _settings(args: argparse.Namespace, embedded_bootstrap: str | None) -> Settings:
     data_dir = Path(args.data_dir).resolve()
-    return Settings(bootstrap_servers=embedded_bootstrap or args.bootstrap_servers, data_dir=data_dir)
+    wait = getattr(args, "fetch_max_wait_ms", None)
+    if wait is None:
+        # The embedded broker holds fetches for their whole wait (streams.app): keep it short there.
+        wait = 10 if embedded_bootstrap else 500
+    return Settings(
+        bootstrap_servers=embedded_bootstrap or args.bootstrap_servers,
+        data_dir=data_dir,
+        fetch_max_wait_ms=wait,
+    )
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -73,6 +81,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
     finally:
         if broker is not None:
             broker.stop()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from streams.app import create_app
+    from streams.worker import run_worker
+
+    if not args.bootstrap_servers:
+        raise ConfigError("idsync worker needs --bootstrap-servers (or IDSYNC_BOOTSTRAP_SERVERS)")
+    config = load_config(Path(args.config))
+    pipeline = create_app(_settings(args, None), config, exports=not args.no_export)
+    return run_worker(pipeline, loglevel="info" if args.verbose else "warn")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streams.bench.run import run_bench
+
+    return run_bench(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -123,6 +148,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cycles", type=int, default=1, help="run this many cycles in one process")
     p.add_argument("--json", help="also write the summary as JSON to this file")
     p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("worker", help="run the sync and export agents until stopped (SIGTERM/SIGINT)")
+    pipeline_args(p)
+    p.add_argument("--no-export", action="store_true", help="staging mode: sync, but export nothing")
+    p.add_argument(
+        "--fetch-max-wait-ms",
+        type=int,
+        default=int(os.environ["IDSYNC_FETCH_MAX_WAIT_MS"])
+        if os.environ.get("IDSYNC_FETCH_MAX_WAIT_MS")
+        else None,
+        help="consumer fetch wait; default 500 (Kafka), use ~10 against the embedded broker",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("bench", help="benchmark on a synthetic organisation; prints a table, writes JSON")
+    p.add_argument("--sizes", default="10000,100000", help="identity counts, comma-separated")
+    p.add_argument("--workers", default="1,2", help="worker process counts to compare, comma-separated")
+    p.add_argument(
+        "--rate", type=int, default=1000, help="offered delta load for the latency run (changes/s)"
+    )
+    p.add_argument("--latency-seconds", type=float, default=10.0, help="length of the latency run")
+    p.add_argument(
+        "--naive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the naive per-event faust baseline",
+    )
+    p.add_argument("--naive-max", type=int, default=100_000, help="largest N to run the naive baseline at")
+    p.add_argument(
+        "--ldap",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure applied LDAP writes (throwaway slapd)",
+    )
+    p.add_argument("--partitions", type=int, default=4)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--json", default="bench.json", help="write the figures here")
+    p.add_argument("--work-dir", help="keep working files here (default: a temp dir, removed)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="HR CSV -> throwaway slapd on the embedded broker, with a summary")
     p.add_argument("--hr", help="HR CSV to use instead of the bundled sample")

@@ -35,6 +35,9 @@ class Settings:
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
     rebalance_timeout_s: float = 10.0
+    #: How long a consumer fetch may wait for data. Kafka answers as soon as data arrives, so the default
+    #: only bounds idle polling; the embedded broker holds fetches for the whole wait (see streams.app).
+    fetch_max_wait_ms: int = 500
 
 
 @dataclass

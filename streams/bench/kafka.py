@@ -1,0 +1,253 @@
+"""What the benchmark observes over Kafka: producing at full speed or at a fixed rate, watching a topic,
+waiting until a consumer group has processed everything, and the timestamps of the last records."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from streams.bench.records import Message
+from streams.output import Outputs
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def produce_all(out: Outputs, messages: Iterable[Message], chunk: int = 20_000) -> int:
+    """Publish every message as fast as the batch API allows; returns how many."""
+    n = 0
+    for topic, key, value, partition in messages:
+        out.add(topic, key, value, partition)
+        n += 1
+        if n % chunk == 0:
+            await out.flush()
+    await out.flush()
+    return n
+
+
+async def produce_at_rate(
+    out: Outputs, make: Callable[[int], Message], rate: int, seconds: float, sent: dict[int, int]
+) -> int:
+    """Offer ``rate`` messages per second for ``seconds``, in 5 ms ticks; ``sent[i]`` = send time (ms)."""
+    tick = 0.005
+    per_tick = rate * tick
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    due = 0.0
+    i = 0
+    while loop.time() - start < seconds:
+        due += per_tick
+        stamp = now_ms()
+        while i < int(due):
+            out.add(*make(i))
+            sent[i] = stamp
+            i += 1
+        await out.flush()
+        next_at = start + tick * (round((loop.time() - start) / tick) + 1)
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+    return i
+
+
+class Watcher:
+    """Reads a topic from its current end (or the beginning) in the background."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, on_record: Callable[[Any], None], from_start: bool = False
+    ):
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.on_record = on_record
+        self.from_start = from_start
+        self.count = 0
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> Watcher:
+        c = self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=20
+        )
+        await c.start()
+        parts = c.partitions_for_topic(self.topic) or set()
+        for _ in range(100):
+            if parts:
+                break
+            await asyncio.sleep(0.05)
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        if self.from_start:
+            await c.seek_to_beginning(*tps)
+        else:
+            await c.seek_to_end(*tps)
+            for tp in tps:
+                await c.position(tp)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=50, max_records=10_000)
+            for records in batches.values():
+                for r in records:
+                    self.count += 1
+                    self.on_record(r)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await _quietly(self._consumer.stop())
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def true_ends(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, tuple[int, int]]:
+    """(end offset, newest record timestamp) per partition, read from the records themselves.
+
+    Tansu (the embedded broker) answers ListOffsets with a figure that counts batches, not records, so the
+    end is found by fetching from the reported one: the fetch returns the whole last batch.
+    """
+    reported = await consumer.end_offsets(tps)
+    result = {tp: (0, 0) for tp in tps}
+    live = [tp for tp in tps if reported[tp] > 0]
+    if not live:
+        return result
+    consumer.assign(live)
+    for tp in live:
+        consumer.seek(tp, reported[tp] - 1)
+    while True:
+        batches = await consumer.getmany(timeout_ms=100, max_records=100_000)
+        if not batches:
+            return result
+        for tp, records in batches.items():
+            for r in records:
+                end, ts = result[tp]
+                result[tp] = (max(end, r.offset + 1), max(ts, r.timestamp))
+
+
+async def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float = 1800.0) -> None:
+    """Until the group's committed offsets reach the end of every topic (checked twice in a row)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await admin.start()
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        deadline = time.monotonic() + timeout_s
+        stable = 0
+        while stable < 2:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"group {group} did not drain within {timeout_s:.0f}s")
+            ends = {tp: end for tp, (end, _ts) in (await true_ends(consumer, tps)).items()}
+            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+            # A partition the group never committed reports -1.
+            done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in tps}
+            behind = sum(max(0, ends[tp] - done[tp]) for tp in tps)
+            stable = stable + 1 if behind == 0 else 0
+            await asyncio.sleep(0.1)
+    finally:
+        await _quietly(consumer.stop())
+        await _quietly(admin.close())
+
+
+async def _quietly(aw: Any, timeout_s: float = 5.0) -> None:
+    """Close a client without letting a broker that never answers the goodbye hold the bench up."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(aw, timeout_s)
+
+
+async def last_timestamp(bootstrap: str, topics: list[str]) -> int:
+    """The newest record timestamp (ms) across the topics (0 when empty)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        return max((ts for _end, ts in (await true_ends(consumer, tps)).values()), default=0)
+    finally:
+        await _quietly(consumer.stop())
+
+
+async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Records per topic (summed over partitions)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        sizes = dict.fromkeys(topics, 0)
+        for tp, (end, _ts) in (await true_ends(consumer, tps)).items():
+            sizes[tp.topic] += end
+        return sizes
+    finally:
+        await _quietly(consumer.stop())
+
+
+async def timeline(
+    bootstrap: str, topics: list[str], since_ms: int, bucket_ms: int = 250
+) -> dict[str, list[int]]:
+    """Records per topic per time bucket since ``since_ms``: where a phase spends its time."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = await true_ends(consumer, tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: dict[str, list[int]] = {t: [] for t in topics}
+        remaining = {tp for tp in tps if ends[tp][0] > 0}
+        while remaining:
+            batches = await consumer.getmany(timeout_ms=200, max_records=100_000)
+            if not batches:
+                break
+            for tp, records in batches.items():
+                for r in records:
+                    if r.timestamp >= since_ms:
+                        b = (r.timestamp - since_ms) // bucket_ms
+                        row = out[tp.topic]
+                        row.extend([0] * (b + 1 - len(row)))
+                        row[b] += 1
+                    if r.offset + 1 >= ends[tp][0]:
+                        remaining.discard(tp)
+        return out
+    finally:
+        await _quietly(consumer.stop())
+
+
+async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name=topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await _quietly(admin.close())
+
+
+async def producer(bootstrap: str) -> AIOKafkaProducer:
+    p = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=2,
+        max_batch_size=1 << 20,
+        enable_idempotence=False,
+        client_id="idsync-bench",
+    )
+    await p.start()
+    return p

@@ -1,0 +1,462 @@
+"""``idsync bench``: throughput, latency, memory and state size of the pipeline on a synthetic organisation.
+
+Every phase runs on its own fresh embedded broker with the worker(s) as separate processes (``idsync
+worker``), so the figures are the workers' own (RSS from /proc, state from their data directories) and the
+load generator's work is not counted. Timings come from record timestamps on the broker: a phase's
+throughput is its input records over (newest output record - first input record). Nothing here is a test:
+the figures are printed and written as JSON for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.records import PendingExport
+from streams.app import ensure_topics
+from streams.bench import kafka
+from streams.bench.org import Org, generate
+from streams.bench.records import (
+    RecordFactory,
+    bench_config,
+    delta_records,
+    initial_count,
+    initial_load,
+    write_hr_file,
+)
+from streams.broker import EmbeddedBroker
+from streams.config import load_config
+from streams.output import Outputs
+from streams.runtime import Runtime, Settings
+
+
+@dataclass
+class PhaseResult:
+    kind: str  # "batched" | "naive" | "batched+ldap"
+    size: int
+    workers: int
+    records: int = 0
+    seconds: float = 0.0
+    rate: float = 0.0
+    delta_records: int = 0
+    delta_seconds: float = 0.0
+    delta_rate: float = 0.0
+    latency_rate: int = 0
+    latency_samples: int = 0
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: list[float] = field(default_factory=list)
+    state_mb: float = 0.0
+    exports: int = 0
+    #: Records on each topic after the run (how many internal messages the inputs caused).
+    topics: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _du_mb(path: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.path.getsize(os.path.join(root, f))
+    return total / (1 << 20)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    s = sorted(values)
+
+    def pct(q: float) -> float:
+        return round(s[min(len(s) - 1, int(q * len(s)))], 1)
+
+    return {"p50": pct(0.50), "p95": pct(0.95), "p99": pct(0.99), "max": round(s[-1], 1)}
+
+
+class Phase:
+    """One measured configuration: a broker, the worker processes, the generator's producer."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        work: Path,
+        org: Org,
+        name: str,
+        workers: int,
+        export: bool = False,
+        naive: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.args = args
+        self.work = work / name
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.org = org
+        self.name = name
+        self.workers = workers
+        self.export = export
+        self.naive = naive
+        self.env = {**os.environ, **(env or {})}
+        os.environ.update(env or {})
+        self.config_path = bench_config(name, self.work, args.partitions, work / "hr.csv")
+        self.config = load_config(self.config_path)
+        self.broker = EmbeddedBroker(self.work)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def __aenter__(self) -> Phase:
+        self.broker.start()
+        self.rt = Runtime(Settings(self.broker.bootstrap, self.work / "gen"), self.config)
+        await ensure_topics(self.rt)
+        if self.naive:
+            await kafka.create_topic(self.broker.bootstrap, self.export_topic(), self.rt.partitions)
+        for w in range(self.workers):
+            self.procs.append(self._spawn(w))
+        self.prod = await kafka.producer(self.broker.bootstrap)
+        self.out = Outputs(self.prod, self.rt.topic_partitions(), self.rt.counters.produced)
+        n = self.rt.names
+        self.factory = RecordFactory(
+            {c: n.import_topic(c) for c in self.config.connectors}, self.rt.partitions
+        )
+        return self
+
+    def _spawn(self, w: int) -> subprocess.Popen[bytes]:
+        data = self.work / f"worker{w}"
+        if self.naive:
+            cmd = [
+                sys.executable,
+                "-m",
+                "streams.bench.naive",
+                "-c",
+                str(self.config_path),
+                "--bootstrap-servers",
+                self.broker.bootstrap,
+                "--data-dir",
+                str(data),
+            ]
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "worker",
+                "-c",
+                str(self.config_path),
+                "--bootstrap-servers",
+                self.broker.bootstrap,
+                "--data-dir",
+                str(data),
+            ]
+            if not self.export:
+                cmd.append("--no-export")
+        log = (self.work / f"worker{w}.log").open("ab")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.prod.stop()
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        self.broker.stop()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def group(self) -> str:
+        return f"naive-{self.name}" if self.naive else self.rt.names.group_id()
+
+    def output_topics(self) -> list[str]:
+        n = self.rt.names
+        if self.naive:
+            return [f"naive-{self.name}.export.dir"]
+        return [n.join_topic(), n.links_topic(), n.mv_topic(), n.export_topic("dir"), n.mv_changes_topic()]
+
+    def input_topics(self) -> list[str]:
+        n = self.rt.names
+        topics = [n.import_topic(c) for c in self.config.connectors]
+        if not self.naive:
+            topics += [n.join_topic(), n.links_topic(), n.mv_topic()]
+            if self.export:
+                topics.append(n.export_topic("dir"))
+        return topics
+
+    def export_topic(self) -> str:
+        return f"naive-{self.name}.export.dir" if self.naive else self.rt.names.export_topic("dir")
+
+    def dead(self) -> bool:
+        return any(p.poll() is not None for p in self.procs)
+
+    def check_alive(self) -> None:
+        for i, p in enumerate(self.procs):
+            if p.poll() is not None:
+                tail = (self.work / f"worker{i}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"worker {i} exited with {p.returncode}:\n{tail}")
+
+    async def drained(self) -> None:
+        self.check_alive()
+        await kafka.wait_drained(self.broker.bootstrap, self.group, self.input_topics())
+
+    async def warm_up(self) -> None:
+        """Until every worker has joined and records flow end to end on every partition."""
+        seen: set[bytes] = set()
+        watcher = await kafka.Watcher(
+            self.broker.bootstrap, self.export_topic(), lambda r: seen.add(r.key)
+        ).start()
+        try:
+            org = generate(self.args.partitions * 4, seed=999)
+            msgs = [
+                self.factory.change(
+                    "hr",
+                    "c",
+                    f"W{p.employee_id}",
+                    "employee",
+                    {**p.hr_row(), "employee_id": [f"W{p.employee_id}"], "status": ["active"]},
+                    f"warm-{p.employee_id}",
+                    kafka.now_ms(),
+                )
+                for p in org.people
+            ]
+            await kafka.produce_all(self.out, msgs)
+            await kafka.wait_for(lambda: len(seen) >= len(msgs) or self.dead(), 120, "the warm-up records")
+            self.check_alive()
+            await self.drained()
+            if self.workers > 1:
+                await asyncio.sleep(3)  # let a late rebalance settle before measuring
+                await self.drained()
+        finally:
+            await watcher.stop()
+
+    async def timed(self, messages: Any, expected: int) -> tuple[int, float]:
+        start = kafka.now_ms()
+        n = await kafka.produce_all(self.out, messages)
+        assert n == expected or expected < 0, (n, expected)
+        await self.drained()
+        end = await kafka.last_timestamp(self.broker.bootstrap, self.output_topics())
+        if os.environ.get("IDSYNC_BENCH_TIMELINE"):
+            tl = await kafka.timeline(
+                self.broker.bootstrap, self.input_topics() + self.output_topics(), start
+            )
+            for topic, row in tl.items():
+                print(
+                    f"    {topic.split('.', 2)[-1]:<14} {' '.join(f'{n:5d}' for n in row)}", file=sys.stderr
+                )
+        return n, max(0.001, (end - start) / 1000)
+
+    async def latency(self, rate: int, seconds: float) -> tuple[int, dict[str, float]]:
+        """Steady offered load of title changes; latency = pending export timestamp - send time."""
+        sent: dict[int, int] = {}
+        lat: list[float] = []
+        active = [p for p in self.org.people if p.status == "active"]
+
+        def on_export(r: Any) -> None:
+            if self.naive:
+                return
+            pe = PendingExport.model_validate_json(r.value)
+            title = pe.attributes.get("title")
+            if title and title.values and title.values[0].startswith("lat-"):
+                i = int(title.values[0][4:])
+                if i in sent:
+                    lat.append(r.timestamp - sent[i])
+
+        def make(i: int) -> Any:
+            p = active[i % len(active)]
+            row = {**p.hr_row(), "title": [f"lat-{i}"]}
+            return self.factory.change("hr", "u", p.employee_id, "employee", row, f"lat-{i}", kafka.now_ms())
+
+        watcher = await kafka.Watcher(self.broker.bootstrap, self.export_topic(), on_export).start()
+        try:
+            n = await kafka.produce_at_rate(self.out, make, rate, seconds, sent)
+            await self.drained()
+            await asyncio.sleep(0.5)
+        finally:
+            await watcher.stop()
+        return n, _percentiles(lat)
+
+    async def sizes(self) -> dict[str, int]:
+        prefix = f"idsync.{self.name}."
+        topics = self.input_topics() + self.output_topics()
+        sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
+        return {t.removeprefix(prefix): n for t, n in sizes.items()}
+
+    def rss(self) -> list[float]:
+        return [round(_rss_mb(p.pid), 1) for p in self.procs]
+
+    def state_mb(self) -> float:
+        return round(sum(_du_mb(self.work / f"worker{w}") for w in range(self.workers)), 1)
+
+
+async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers: int) -> PhaseResult:
+    res = PhaseResult("batched", org.size, workers)
+    async with Phase(args, work, org, f"b{org.size}w{workers}", workers) as ph:
+        await ph.warm_up()
+        res.records, res.seconds = await ph.timed(
+            initial_load(org, ph.factory, kafka.now_ms()), initial_count(org) + 6 * args.partitions
+        )
+        res.rate = round(res.records / res.seconds)
+        changes = org.delta(1)
+        res.delta_records, res.delta_seconds = await ph.timed(
+            delta_records(changes, ph.factory, 1, kafka.now_ms()), len(changes)
+        )
+        res.delta_rate = round(res.delta_records / res.delta_seconds)
+        res.latency_rate = args.rate
+        res.latency_samples, res.latency_ms = await ph.latency(args.rate, args.latency_seconds)
+        res.peak_rss_mb = ph.rss()
+        res.state_mb = ph.state_mb()
+        res.topics = await ph.sizes()
+    return res
+
+
+async def naive_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseResult:
+    res = PhaseResult("naive", org.size, 1)
+    async with Phase(args, work, org, f"n{org.size}", 1, naive=True) as ph:
+        await ph.warm_up()
+        res.records, res.seconds = await ph.timed(
+            initial_load(org, ph.factory, kafka.now_ms()), initial_count(org) + 6 * args.partitions
+        )
+        res.rate = round(res.records / res.seconds)
+        res.peak_rss_mb = ph.rss()
+        res.state_mb = ph.state_mb()
+    return res
+
+
+async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseResult:
+    """Initial load with the export worker on: pending exports applied to a real slapd."""
+    from connectors.ldap.slapd import Slapd
+
+    res = PhaseResult("batched+ldap", org.size, 1)
+    with Slapd(work / "slapd") as slapd:
+        env = {
+            "IDSYNC_BENCH_LDAP_URI": slapd.uri,
+            "IDSYNC_BENCH_LDAP_BIND_DN": slapd.bind_dn,
+            "IDSYNC_BENCH_LDAP_PASSWORD": slapd.password,
+        }
+        async with Phase(args, work, org, f"l{org.size}", 1, export=True, env=env) as ph:
+            await ph.warm_up()
+            res.records, res.seconds = await ph.timed(
+                initial_load(org, ph.factory, kafka.now_ms()), initial_count(org) + 6 * args.partitions
+            )
+            res.rate = round(res.records / res.seconds)
+            res.exports = slapd.entry_count(slapd.people_dn, scope="level")
+            res.peak_rss_mb = ph.rss()
+            res.state_mb = ph.state_mb()
+            res.notes.append(f"{res.exports} entries in ou=people after the load (incl. warm-up)")
+    return res
+
+
+def _table(results: list[PhaseResult]) -> str:
+    head = [
+        "phase",
+        "N",
+        "workers",
+        "records",
+        "s",
+        "records/s",
+        "delta/s",
+        "lat p50/p95/p99 ms",
+        "peak RSS MB",
+        "state MB",
+    ]
+    rows = []
+    for r in results:
+        lat = r.latency_ms
+        rows.append(
+            [
+                r.kind,
+                f"{r.size:,}",
+                str(r.workers),
+                f"{r.records:,}",
+                f"{r.seconds:.2f}",
+                f"{r.rate:,.0f}",
+                f"{r.delta_rate:,.0f}" if r.delta_records else "-",
+                f"{lat['p50']}/{lat['p95']}/{lat['p99']}" if lat else "-",
+                "+".join(f"{m:.0f}" for m in r.peak_rss_mb),
+                f"{r.state_mb:.0f}",
+            ]
+        )
+    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
+    return "\n".join(lines)
+
+
+async def _bench(args: argparse.Namespace, work: Path) -> list[PhaseResult]:
+    sizes = [int(s) for s in str(args.sizes).split(",") if s]
+    worker_counts = [int(w) for w in str(args.workers).split(",") if w]
+    results: list[PhaseResult] = []
+    for size in sizes:
+        print(f"generating the organisation: {size:,} people (seed {args.seed})", file=sys.stderr, flush=True)
+        org = generate(size, args.seed)
+        write_hr_file(org, work / "hr.csv")
+        for w in worker_counts:
+            print(f"  batched pipeline, {w} worker(s) ...", file=sys.stderr, flush=True)
+            results.append(await batched_phase(args, work, generate(size, args.seed), w))
+            print(_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        if args.naive and size <= args.naive_max:
+            print("  naive per-event faust baseline ...", file=sys.stderr, flush=True)
+            results.append(await naive_phase(args, work, generate(size, args.seed)))
+            print(_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    if args.ldap:
+        size = min(sizes)
+        print(f"  with exports applied to slapd, N={size:,} ...", file=sys.stderr, flush=True)
+        results.append(await ldap_phase(args, work, generate(size, args.seed)))
+    return results
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    args.naive_max = getattr(args, "naive_max", 100_000)
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="idsync-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        results = asyncio.run(_bench(args, work))
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    table = _table(results)
+    print(table)
+    for r in results:
+        base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
+        if r.kind == "batched" and base is not None and base.rate:
+            print(f"N={r.size:,} workers={r.workers}: {r.rate / base.rate:.1f}x the naive per-event baseline")
+    doc = {
+        "command": " ".join(["idsync", *sys.argv[1:]]) if sys.argv else "idsync bench",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "seconds": round(time.monotonic() - started, 1),
+        "results": [asdict(r) for r in results],
+    }
+    Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"figures written to {args.json}")
+    return 0
