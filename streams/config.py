@@ -38,7 +38,7 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
     """Relative file paths in connectors are relative to the config file, not the working directory."""
     for conn in (data.get("connectors") or {}).values():
         if isinstance(conn, dict):
-            for key in ("path", "ca_file"):
+            for key in ("path", "ca_file", "export_path", "changes_path"):
                 if isinstance(conn.get(key), str) and not os.path.isabs(conn[key]):
                     conn[key] = str(base / conn[key])
 

@@ -42,3 +42,19 @@ def test_a_connector_is_built_from_its_kind(tmp_path: Path) -> None:
         assert "full-import" in capabilities(conn)
     finally:
         conn.close()
+
+
+def test_file_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "people.ldif").write_text("version: 1\n")
+    (tmp_path / "out").mkdir()
+    config = parse_config(
+        {
+            "connectors": {
+                "dir": {"kind": "ldif", "path": "people.ldif", "export_path": "out/people.ldif"},
+            }
+        },
+        tmp_path,
+    )
+    conn = config.connectors["dir"]
+    assert Path(conn.path) == tmp_path / "people.ldif"  # type: ignore[attr-defined]
+    assert Path(conn.export_path) == tmp_path / "out" / "people.ldif"  # type: ignore[attr-defined]
