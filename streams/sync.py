@@ -128,14 +128,8 @@ def _applied(rt: Runtime, name: str) -> int:
     return sum(rt.counters.steps[f"export-{op}:{name}"] for op in ("add", "update", "rename", "delete"))
 
 
-def format_summary(s: dict[str, Any], seconds: float) -> str:
-    cols = ["cs_objects", "imported", "exports_applied", "exports_confirmed", "export_errors"]
-    head = ["connector", "CS objects", "imported", "exports applied", "exports confirmed", "export errors"]
-    rows = [
-        [name] + [str(s[name][c]) for c in cols]
-        for name in s
-        if name not in ("metaverse", "cycles", "errors")
-    ]
+def format_table(head: list[str], rows: list[list[str]]) -> str:
+    """A plain-text table: a header, a rule, rows; the first column left-aligned, the others right."""
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join
     out = [line(h.ljust(w) for h, w in zip(head, widths, strict=True))]
@@ -144,6 +138,18 @@ def format_summary(s: dict[str, Any], seconds: float) -> str:
         line(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in rows
     ]
+    return "\n".join(out)
+
+
+def format_summary(s: dict[str, Any], seconds: float) -> str:
+    cols = ["cs_objects", "imported", "exports_applied", "exports_confirmed", "export_errors"]
+    head = ["connector", "CS objects", "imported", "exports applied", "exports confirmed", "export errors"]
+    rows = [
+        [name] + [str(s[name][c]) for c in cols]
+        for name in s
+        if name not in ("metaverse", "cycles", "errors")
+    ]
+    out = format_table(head, rows).splitlines()
     m = s["metaverse"]
     out.append("")
     out.append(

@@ -41,6 +41,7 @@ from streams.broker import EmbeddedBroker
 from streams.config import load_config
 from streams.output import Outputs
 from streams.runtime import Runtime, Settings
+from streams.sync import format_table
 
 
 @dataclass
@@ -267,6 +268,14 @@ class Phase:
                 )
         return n, max(0.001, (end - start) / 1000)
 
+    async def initial_load(self, res: PhaseResult) -> None:
+        """Publish the organisation's three full-import runs and time them through the pipeline."""
+        expected = initial_count(self.org) + 6 * self.args.partitions  # + run markers
+        res.records, res.seconds = await self.timed(
+            initial_load(self.org, self.factory, kafka.now_ms()), expected
+        )
+        res.rate = round(res.records / res.seconds)
+
     async def latency(self, rate: int, seconds: float) -> tuple[int, dict[str, float]]:
         """Steady offered load of title changes; latency = pending export timestamp - send time."""
         sent: dict[int, int] = {}
@@ -314,10 +323,7 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
     res = PhaseResult("batched", org.size, workers)
     async with Phase(args, work, org, f"b{org.size}w{workers}", workers) as ph:
         await ph.warm_up()
-        res.records, res.seconds = await ph.timed(
-            initial_load(org, ph.factory, kafka.now_ms()), initial_count(org) + 6 * args.partitions
-        )
-        res.rate = round(res.records / res.seconds)
+        await ph.initial_load(res)
         changes = org.delta(1)
         res.delta_records, res.delta_seconds = await ph.timed(
             delta_records(changes, ph.factory, 1, kafka.now_ms()), len(changes)
@@ -335,10 +341,7 @@ async def naive_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRe
     res = PhaseResult("naive", org.size, 1)
     async with Phase(args, work, org, f"n{org.size}", 1, naive=True) as ph:
         await ph.warm_up()
-        res.records, res.seconds = await ph.timed(
-            initial_load(org, ph.factory, kafka.now_ms()), initial_count(org) + 6 * args.partitions
-        )
-        res.rate = round(res.records / res.seconds)
+        await ph.initial_load(res)
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
     return res
@@ -357,10 +360,7 @@ async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRes
         }
         async with Phase(args, work, org, f"l{org.size}", 1, export=True, env=env) as ph:
             await ph.warm_up()
-            res.records, res.seconds = await ph.timed(
-                initial_load(org, ph.factory, kafka.now_ms()), initial_count(org) + 6 * args.partitions
-            )
-            res.rate = round(res.records / res.seconds)
+            await ph.initial_load(res)
             res.exports = slapd.entry_count(slapd.people_dn, scope="level")
             res.peak_rss_mb = ph.rss()
             res.state_mb = ph.state_mb()
@@ -398,14 +398,7 @@ def _table(results: list[PhaseResult]) -> str:
                 f"{r.state_mb:.0f}",
             ]
         )
-    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    return "\n".join(lines)
+    return format_table(head, rows)
 
 
 async def _bench(args: argparse.Namespace, work: Path) -> list[PhaseResult]:
