@@ -1,14 +1,14 @@
-"""The app factory: builds the faust app, its topics and the stage agents for one configuration.
+"""The app factory: builds the faust app and the stage consumers for one configuration.
 
-No global app: the caller builds it (``create_app``) and runs it. faust owns the app, the agents, the
-topics and the consumer group; each agent hands whole micro-batches to a batched stage.
+No global app: the caller builds it (``create_app``) and runs it. faust hosts the app (worker, services,
+tasks); each stage runs as a task that consumes its topics in micro-batches (streams.consumer), because
+faust's per-event delivery would cost more than the whole sync step of an identity.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -18,6 +18,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from connectors.base import Connector, Export
 from schemas.config import IdsyncConfig
 from streams.connectors import build_connector
+from streams.consumer import StageConsumer
 from streams.runtime import Runtime, Settings
 from streams.stages.export import ExportWorker
 from streams.stages.join import JoinStage
@@ -35,21 +36,13 @@ class Pipeline:
         self.rt = rt
         self.connectors = connectors
         self.export_workers: list[ExportWorker] = []
+        self.consumers: list[StageConsumer] = []
 
     def close(self) -> None:
         for w in self.export_workers:
             w.close()
         for c in self.connectors.values():
             c.close()
-
-
-def _agent(process: Callable[[list[Any]], Any], size: int, window: float) -> Callable[[Any], Any]:
-    async def agent(stream: Any) -> None:
-        async for events in stream.take_events(size, within=window):
-            # Returning normally acks the batch; process() never raises on bad data (invariant 8).
-            await process(events)
-
-    return agent
 
 
 def _install_fetch_wait_setting() -> None:
@@ -98,23 +91,22 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
         producer_acks=1,
         stream_wait_empty=False,
     )
-    _install_fetch_wait_setting()
-    app.idsync_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    # The stages consume through their own batch consumers: faust's consumer, conductor, table manager and
+    # producer would only join an empty consumer group. The app keeps its worker, services and tasks.
+    app.boot_strategy = app.BootStrategy(app, enable_kafka=False)
 
-    def topic(*names: str) -> Any:
-        return app.topic(*names, key_serializer="raw", value_serializer="raw", partitions=rt.partitions)
-
-    size, window = settings.batch_size, settings.batch_window_s
+    size = settings.batch_size
     staging = StagingStage(rt)
     imports = [n.import_topic(c) for c in config.connectors]
-    app.agent(topic(*imports, n.links_topic()), name="staging")(_agent(staging.process, size, window))
     join = JoinStage(rt)
-    app.agent(topic(n.join_topic()), name="join")(_agent(join.process, size, window))
     mv = MetaverseStage(rt)
-    app.agent(topic(n.mv_topic()), name="metaverse")(_agent(mv.process, size, window))
-
     connectors = {name: build_connector(name, cfg) for name, cfg in config.connectors.items()}
     pipeline = Pipeline(app, rt, connectors)
+    pipeline.consumers += [
+        StageConsumer(rt, "staging", [*imports, n.links_topic()], staging.process, [staging.store], size),
+        StageConsumer(rt, "join", [n.join_topic()], join.process, [join.store], size),
+        StageConsumer(rt, "metaverse", [n.mv_topic()], mv.process, [mv.store], size),
+    ]
     if exports:
         for target in sorted(rt.rules.targets):
             conn = connectors[target]
@@ -122,9 +114,13 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
                 raise TypeError(f"connector {target!r} is an export target but cannot export")
             worker = ExportWorker(rt, target, conn)
             pipeline.export_workers.append(worker)
-            app.agent(topic(n.export_topic(target)), name=f"export-{target}")(
-                _agent(worker.process, 200, window)
+            pipeline.consumers.append(
+                StageConsumer(
+                    rt, f"export-{target}", [n.export_topic(target)], worker.process, [worker.ledger], 200
+                )
             )
+    for consumer in pipeline.consumers:
+        app.task(consumer.run)
     return pipeline
 
 
@@ -134,8 +130,14 @@ async def ensure_topics(rt: Runtime) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        compacted = rt.compacted_topics()
         missing = [
-            NewTopic(name=t, num_partitions=p, replication_factor=1)
+            NewTopic(
+                name=t,
+                num_partitions=p,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"} if t in compacted else {},
+            )
             for t, p in rt.topic_partitions().items()
             if t not in existing
         ]

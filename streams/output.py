@@ -8,11 +8,22 @@ from collections import Counter, defaultdict
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from aiokafka.structs import RecordMetadata
+
+_HASHES: dict[bytes, int] = {}
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2), so external producers land keys where idsync expects them."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """Kafka's default partitioner (murmur2), so external producers land keys where idsync expects them.
+
+    aiokafka's murmur2 is pure Python; a key (anchor, route, mv_id) is usually partitioned several times
+    along the pipeline, so hashes are remembered (bounded)."""
+    h = _HASHES.get(key)
+    if h is None:
+        if len(_HASHES) >= 200_000:
+            _HASHES.clear()
+        h = _HASHES[key] = murmur2(key) & 0x7FFFFFFF
+    return h % partitions
 
 
 class Outputs:
@@ -34,8 +45,14 @@ class Outputs:
     def __len__(self) -> int:
         return sum(len(v) for v in self._pending.values())
 
-    async def flush(self) -> None:
-        futures = []
+    async def flush(self) -> dict[tuple[str, int], int]:
+        """Send everything and wait for the acks.
+
+        Returns, per topic-partition written, the offset after the last record written (the log's end as
+        far as this flush knows it): a store records it with its changelog writes (streams.store).
+        The records stay pending until every ack is in: when the broker fails part-way the caller's retry
+        sends them all again (a duplicate is harmless downstream; a lost record is not)."""
+        futures: list[tuple[tuple[str, int], int, asyncio.Future[RecordMetadata]]] = []
         for (topic, partition), records in self._pending.items():
             i = 0
             while i < len(records):
@@ -48,12 +65,24 @@ class Outputs:
                 if batch.record_count() == 0:
                     # A single record larger than a batch: send it on its own.
                     key, value = records[i]
-                    futures.append(await self._producer.send(topic, value, key=key, partition=partition))
+                    fut = await self._producer.send(topic, value, key=key, partition=partition)
+                    futures.append(((topic, partition), 1, fut))
                     i += 1
                     continue
+                count = batch.record_count()
                 batch.close()
-                futures.append(await self._producer.send_batch(batch, topic, partition=partition))
+                fut = await self._producer.send_batch(batch, topic, partition=partition)
+                futures.append(((topic, partition), count, fut))
+        ends: dict[tuple[str, int], int] = {}
+        if futures:
+            results = await asyncio.gather(*(f for _tp, _n, f in futures), return_exceptions=True)
+            failed = next((r for r in results if isinstance(r, BaseException)), None)
+            if failed is not None:
+                raise failed
+            for (tp, count, _f), meta in zip(futures, results, strict=True):
+                assert isinstance(meta, RecordMetadata)
+                ends[tp] = max(ends.get(tp, 0), meta.offset + count)
+        for (topic, _partition), records in self._pending.items():
             self._produced[topic] += len(records)
         self._pending.clear()
-        if futures:
-            await asyncio.gather(*futures)
+        return ends

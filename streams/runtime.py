@@ -63,6 +63,8 @@ class Runtime:
         self.names = Names(config.name)
         self.partitions = config.pipeline.partitions
         self.counters = Counters()
+        #: Topics some stage of this process consumes (registered by the stage consumers).
+        self.stage_topics: set[str] = set()
         self.errors: list[ErrorRecord] = []
         self._stores: dict[str, Store] = {}
         self._topic_partitions = self._all_topics()
@@ -78,15 +80,30 @@ class Runtime:
         n = self.names
         topics = [n.join_topic(), n.links_topic(), n.mv_topic(), n.mv_changes_topic(), n.errors_topic()]
         topics.append(n.confirmations_topic())
+        topics.append(n.watermarks_topic())
         topics += [n.import_topic(c) for c in self.config.connectors]
         topics += [n.export_topic(c) for c in self.rules.targets]
+        topics += self.changelog_topics()
         return dict.fromkeys(topics, self.partitions)
+
+    def state_stores(self) -> list[str]:
+        """Every stage state store of this instance (each has a changelog topic)."""
+        return ["cs", "join", "mv", *(f"export-ledger-{t}" for t in sorted(self.rules.targets))]
+
+    def changelog_topics(self) -> list[str]:
+        """The state stores' changelogs, one per store."""
+        return [self.names.changelog_topic(s) for s in self.state_stores()]
+
+    def compacted_topics(self) -> set[str]:
+        """Topics that keep only the latest value per key (created with cleanup.policy=compact)."""
+        return {*self.changelog_topics(), self.names.watermarks_topic()}
 
     # ---- state
     def store(self, stage: str) -> Store:
         name = self.names.store(stage)
         if name not in self._stores:
-            self._stores[name] = Store(self.settings.data_dir / "state", name)
+            changelog = self.names.changelog_topic(stage) if stage in self.state_stores() else None
+            self._stores[name] = Store(self.settings.data_dir / "state", name, changelog)
         return self._stores[name]
 
     def close_stores(self) -> None:
@@ -102,6 +119,7 @@ class Runtime:
                     acks=1,
                     linger_ms=5,
                     max_batch_size=1 << 20,
+                    max_request_size=8 << 20,
                     enable_idempotence=False,
                     client_id=f"idsync-{self.config.name}-out",
                 )

@@ -2,6 +2,13 @@
 
 A stage reads the keys of a whole batch with one multi-get and writes the batch's results with one
 WriteBatch, so per-event Python work, not RocksDB, bounds the speed.
+
+Every store has a changelog topic, co-partitioned with the stage's input topics (invariant 11). A stage
+produces each batch's writes to the changelog together with its outputs, waits for the broker, and only
+then writes them locally — in one WriteBatch with the changelog offset they start at. So the local
+database is always a prefix of the changelog plus nothing else, and any worker that is given the partition
+can rebuild it (``streams.consumer.restore``) by reading the changelog from the offset its own copy holds
+(the offset after the last changelog record it reflects).
 """
 
 from __future__ import annotations
@@ -12,15 +19,30 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
+#: Size of one memtable of one partition's database.
+MEMTABLE_BYTES = 8 << 20
+#: Reserved key prefix for the store's own bookkeeping; state keys never start with it.
+META = b"\x00\x00idsync:"
+#: Changelog records with an offset below this one are reflected in the local database.
+CHANGELOG_OFFSET = META + b"changelog-offset"
+
 
 class PartitionStore:
     """One partition of one stage's state: bytes keys to bytes values."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, partition: int = 0, changelog: str | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
+        # A worker opens one database per store and partition (4 stores x P partitions). RocksDB's default
+        # memtables (64 MiB, two of them) would let each grow to 128 MiB before a flush; state lives on
+        # disk, so small memtables keep a worker's memory flat as N grows.
+        opts.set_write_buffer_size(MEMTABLE_BYTES)
+        opts.set_max_write_buffer_number(2)
         self.path = path
+        self.partition = partition
+        #: Topic this partition's writes are logged to (partition ``partition`` of it); None: local only.
+        self.changelog = changelog
         self._db = Rdict(str(path), options=opts)
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
@@ -33,9 +55,9 @@ class PartitionStore:
         value: bytes | None = self._db.get(key)
         return value
 
-    def write(self, puts: dict[bytes, bytes | None]) -> None:
-        """Apply puts (None = delete) atomically."""
-        if not puts:
+    def write(self, puts: dict[bytes, bytes | None], changelog_offset: int | None = None) -> None:
+        """Apply puts (None = delete) atomically, with the changelog offset they were logged from."""
+        if not puts and changelog_offset is None:
             return
         wb = WriteBatch(raw_mode=True)
         for k, v in puts.items():
@@ -43,17 +65,35 @@ class PartitionStore:
                 wb.delete(k)
             else:
                 wb.put(k, v)
+        if changelog_offset is not None:
+            wb.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(wb)
 
+    def changelog_offset(self) -> int | None:
+        """Where this copy's changelog position stands (None: never written from a changelog)."""
+        raw = self._db.get(CHANGELOG_OFFSET)
+        return None if raw is None else int(raw)
+
     def scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """State entries under ``prefix`` in key order (bookkeeping entries never included)."""
         it = self._db.iter()
         it.seek(prefix)
         while it.valid():
             key = it.key()
             if not key.startswith(prefix):
                 break
-            yield key, it.value()
+            if not key.startswith(META):
+                yield key, it.value()
             it.next()
+
+    def clear(self) -> None:
+        """Delete every entry (state and bookkeeping): the next restore reads the whole changelog."""
+        keys = list(self._db.keys())
+        for i in range(0, len(keys), 10_000):
+            wb = WriteBatch(raw_mode=True)
+            for k in keys[i : i + 10_000]:
+                wb.delete(k)
+            self._db.write(wb)
 
     def close(self) -> None:
         self._db.close()
@@ -62,15 +102,25 @@ class PartitionStore:
 class Store:
     """A stage's state across the partitions this worker holds."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, changelog: str | None = None) -> None:
         self.root = root / name
+        self.name = name
+        self.changelog = changelog
         self._parts: dict[int, PartitionStore] = {}
+        #: Partitions this worker owns now (set by the stage's consumer on assignment/revocation).
+        self.owned: set[int] = set()
 
     def partition(self, p: int) -> PartitionStore:
         part = self._parts.get(p)
         if part is None:
-            part = self._parts[p] = PartitionStore(self.root / f"p{p}")
+            part = self._parts[p] = PartitionStore(self.root / f"p{p}", p, self.changelog)
         return part
+
+    def release(self, p: int) -> None:
+        """Close a partition this worker no longer owns (its files stay for a later catch-up)."""
+        part = self._parts.pop(p, None)
+        if part is not None:
+            part.close()
 
     def partitions(self) -> list[int]:
         """Partitions with state on disk, opened or not."""

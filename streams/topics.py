@@ -50,9 +50,21 @@ class Names:
         """Confirmed exports (key: mv_id)."""
         return self._t("export.confirmed")
 
-    # ---- consumer group and state stores
-    def group_id(self) -> str:
-        return f"idsync-{self.instance}"
+    def watermarks_topic(self) -> str:
+        """Stored delta/follow watermarks (compacted, key: connector), contract ``WatermarkRecord``."""
+        return self._t("watermarks")
+
+    def changelog_topic(self, stage: str) -> str:
+        """Changelog of a stage's state store (compacted; key: state key, partitioned like the stage)."""
+        return self._t(f"changelog.{stage}")
+
+    # ---- consumer groups and state stores
+    def group_id(self, stage: str | None = None) -> str:
+        """Consumer group of one stage (``staging``, ``join``, ``metaverse``, ``export-<connector>``).
+
+        Each stage consumes in its own group, so stages rebalance independently; without a stage, the
+        app's group (faust's own, which subscribes to no topic)."""
+        return f"idsync-{self.instance}" if stage is None else f"idsync-{self.instance}.{stage}"
 
     def store(self, stage: str) -> str:
         """Directory name of a stage's RocksDB store (``cs``, ``join``, ``mv``, ``export-ledger``)."""

@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from connectors.kafka.client import exact_ends
 from streams.bench.records import Message
 from streams.output import Outputs
 
@@ -119,49 +120,82 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -
 
 
 async def true_ends(
-    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], timeout_s: float = 60.0
 ) -> dict[TopicPartition, tuple[int, int]]:
-    """(end offset, newest record timestamp) per partition, read from the records themselves.
+    """(end offset, newest record timestamp) per partition (0, 0 when empty).
 
-    Tansu (the embedded broker) answers ListOffsets with a figure that counts batches, not records, so the
-    end is found by fetching from the reported one: the fetch returns the whole last batch.
+    The end is exact on Tansu too (``connectors.kafka.client.exact_ends``: Tansu's ListOffsets counts
+    batches); the timestamp is read off the last record itself.
     """
-    reported = await consumer.end_offsets(tps)
-    result = {tp: (0, 0) for tp in tps}
-    live = [tp for tp in tps if reported[tp] > 0]
+    ends = await exact_ends(consumer, tps, timeout_s)
+    result = {tp: (ends[tp], 0) for tp in tps}
+    live = [tp for tp in tps if ends[tp] > 0]
     if not live:
         return result
     consumer.assign(live)
     for tp in live:
-        consumer.seek(tp, reported[tp] - 1)
-    while True:
-        batches = await consumer.getmany(timeout_ms=100, max_records=100_000)
-        if not batches:
-            return result
-        for tp, records in batches.items():
+        consumer.seek(tp, ends[tp] - 1)
+    waiting = set(live)
+    deadline = time.monotonic() + timeout_s
+    while waiting:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no last record within {timeout_s:.0f}s for {sorted(map(str, waiting))}")
+        for tp, records in (await consumer.getmany(*waiting, timeout_ms=100)).items():
             for r in records:
-                end, ts = result[tp]
-                result[tp] = (max(end, r.offset + 1), max(ts, r.timestamp))
+                if r.offset + 1 >= ends[tp]:
+                    result[tp] = (ends[tp], r.timestamp)
+                    waiting.discard(tp)
+    return result
 
 
-async def wait_drained(bootstrap: str, group: str, topics: list[str], timeout_s: float = 1800.0) -> None:
-    """Until the group's committed offsets reach the end of every topic (checked twice in a row)."""
+async def wait_drained(
+    bootstrap: str,
+    groups: dict[str, list[str]],
+    timeout_s: float = 1800.0,
+    produced: dict[str, int] | None = None,
+) -> None:
+    """Until each group's committed offsets reach the end of its topics (checked twice in a row).
+
+    ``produced``: records known to be on a topic. The embedded broker can answer ListOffsets with 0 for a
+    moment after a produce was acknowledged; without a floor, an empty-looking topic counts as drained.
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await admin.start()
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        # A topic the client has no metadata for would count as drained: wait until every one is known.
+        wanted = {t for topics in groups.values() for t in topics}
+        for _ in range(600):
+            if wanted <= await consumer.topics():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError(f"topics {sorted(wanted - await consumer.topics())} do not exist")
+        per_group = {
+            g: [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+            for g, topics in groups.items()
+        }
+        every = sorted({tp for tps in per_group.values() for tp in tps})
         deadline = time.monotonic() + timeout_s
         stable = 0
         while stable < 2:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"group {group} did not drain within {timeout_s:.0f}s")
-            ends = {tp: end for tp, (end, _ts) in (await true_ends(consumer, tps)).items()}
-            committed = await admin.list_consumer_group_offsets(group, partitions=tps)
-            # A partition the group never committed reports -1.
-            done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in tps}
-            behind = sum(max(0, ends[tp] - done[tp]) for tp in tps)
+                raise TimeoutError(f"groups {sorted(groups)} did not drain within {timeout_s:.0f}s")
+            ends = {tp: end for tp, (end, _ts) in (await true_ends(consumer, every)).items()}
+            behind = 0
+            consumed: dict[str, int] = {}
+            for group, tps in per_group.items():
+                committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+                # A partition the group never committed reports -1.
+                done = {tp: max(0, committed[tp].offset) if tp in committed else 0 for tp in tps}
+                behind += sum(max(0, ends[tp] - done[tp]) for tp in tps)
+                for tp, offset in done.items():
+                    consumed[tp.topic] = consumed.get(tp.topic, 0) + offset
+            # Offsets count records, so a group has consumed all of a topic's records when its committed
+            # offsets add up to them, whatever the broker's end offsets say.
+            for topic, count in (produced or {}).items():
+                behind += max(0, count - consumed.get(topic, 0))
             stable = stable + 1 if behind == 0 else 0
             await asyncio.sleep(0.1)
     finally:
@@ -213,10 +247,9 @@ async def timeline(
         await consumer.seek_to_beginning(*tps)
         out: dict[str, list[int]] = {t: [] for t in topics}
         remaining = {tp for tp in tps if ends[tp][0] > 0}
-        while remaining:
+        deadline = time.monotonic() + 120
+        while remaining and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=100_000)
-            if not batches:
-                break
             for tp, records in batches.items():
                 for r in records:
                     if r.timestamp >= since_ms:

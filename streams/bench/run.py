@@ -28,6 +28,7 @@ from typing import Any
 from schemas.records import PendingExport
 from streams.app import ensure_topics
 from streams.bench import kafka
+from streams.bench.follow import follow_phase
 from streams.bench.org import Org, generate
 from streams.bench.records import (
     RecordFactory,
@@ -187,9 +188,20 @@ class Phase:
         self.broker.stop()
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def group(self) -> str:
-        return f"naive-{self.name}" if self.naive else self.rt.names.group_id()
+    def groups(self) -> dict[str, list[str]]:
+        """Consumer group -> the topics it consumes (the pipeline runs one group per stage)."""
+        n = self.rt.names
+        imports = [n.import_topic(c) for c in self.config.connectors]
+        if self.naive:
+            return {f"naive-{self.name}": imports}
+        groups = {
+            n.group_id("staging"): [*imports, n.links_topic()],
+            n.group_id("join"): [n.join_topic()],
+            n.group_id("metaverse"): [n.mv_topic()],
+        }
+        if self.export:
+            groups[n.group_id("export-dir")] = [n.export_topic("dir")]
+        return groups
 
     def output_topics(self) -> list[str]:
         n = self.rt.names
@@ -220,7 +232,7 @@ class Phase:
 
     async def drained(self) -> None:
         self.check_alive()
-        await kafka.wait_drained(self.broker.bootstrap, self.group, self.input_topics())
+        await kafka.wait_drained(self.broker.bootstrap, self.groups())
 
     async def warm_up(self) -> None:
         """Until every worker has joined and records flow end to end on every partition."""
@@ -421,6 +433,7 @@ async def _bench(args: argparse.Namespace, work: Path) -> list[PhaseResult]:
         size = min(sizes)
         print(f"  with exports applied to slapd, N={size:,} ...", file=sys.stderr, flush=True)
         results.append(await ldap_phase(args, work, generate(size, args.seed)))
+        results.append(await follow_phase(args, work))  # streams/bench/follow.py
     return results
 
 

@@ -1,10 +1,13 @@
 """The batched stage: one call per micro-batch instead of per event.
 
 For each batch: group events by partition, multi-get their state, call the engine per event (an
-exception dead-letters that event, never the batch), produce all outputs and wait for the broker,
-write state in one WriteBatch per partition, then return so faust acks the offsets. Outputs go out
-before state is written: after a crash the batch is re-delivered and recomputes the same outputs,
-which every downstream step treats idempotently (invariant 5).
+exception dead-letters that event, never the batch), then produce all outputs and wait for the broker,
+then the state changes to the store's changelog and wait, write state in one WriteBatch per partition,
+and return so the consumer commits the offsets. Outputs go out before any record of the new state, and
+the changelog before the local copy: after a crash the batch is re-delivered against the old state and
+recomputes the same outputs, which every downstream step treats idempotently (invariant 5), and the
+changelog never lacks a write the local copy has, so another worker can take the partition over from
+the changelog (invariant 11).
 """
 
 from __future__ import annotations
@@ -49,9 +52,19 @@ class Batch:
         self._cache[key] = value
         return value
 
-    def commit(self) -> None:
-        """Write this batch's changes to the partition store in one WriteBatch."""
-        self._store.write(self.puts)
+    def log(self, out: Outputs) -> None:
+        """Add this batch's changes to the outputs, on the store's changelog partition."""
+        topic = self._store.changelog
+        if topic is None:
+            return
+        for k, v in self.puts.items():
+            out.add(topic, k, v, partition=self._store.partition)
+
+    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
+        """Write this batch's changes locally in one WriteBatch (after ``log`` and the flush)."""
+        topic = self._store.changelog
+        end = None if topic is None or offsets is None else offsets.get((topic, self._store.partition))
+        self._store.write(self.puts, end)
 
     def put(self, key: bytes, value: BaseModel | None) -> None:
         self._cache[key] = value
@@ -112,9 +125,7 @@ class Stage(ABC, Generic[S]):
                 except Exception as exc:
                     self._dead_letter(ev, out, exc)
             batches.append(batch)
-        await self._flush(out)
-        for batch in batches:
-            batch.commit()
+        await self.commit(batches, out)
         for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1
         self.rt.counters.last_activity = asyncio.get_running_loop().time()
@@ -150,12 +161,27 @@ class Stage(ABC, Generic[S]):
             out,
         )
 
-    async def _flush(self, out: Outputs) -> None:
+    async def commit(self, batches: list[Batch], out: Outputs) -> None:
+        """Produce the outputs and wait for the broker; then the changelog, and wait; then write the
+        batches' state locally.
+
+        The order is what makes a crash harmless: a state change is never on record (changelog or local
+        copy) before the outputs it caused are acknowledged. Were both sent together, a crash mid-flush
+        could leave the new state in the changelog without its outputs; the worker taking the partition
+        over would restore that state, re-process the batch, find nothing changed and publish nothing —
+        the outputs would be lost for good."""
+        await self._flush(out)
+        for batch in batches:
+            batch.log(out)
+        offsets = await self._flush(out)
+        for batch in batches:
+            batch.commit(offsets)
+
+    async def _flush(self, out: Outputs) -> dict[tuple[str, int], int]:
         delay = 0.2
         while True:
             try:
-                await out.flush()
-                return
+                return await out.flush()
             except KafkaError as exc:
                 # The broker is unreachable: keep the batch (not acked) and retry; never drop outputs.
                 log.warning("%s: producing failed (%s), retrying in %.1fs", self.step_id, exc, delay)

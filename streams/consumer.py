@@ -1,0 +1,261 @@
+"""Stage consumers: micro-batches straight from aiokafka, one consumer group per stage, state that moves
+with its partition.
+
+faust delivers records one event at a time (a channel, an Event, an ack per record: ~90 µs each,
+measured in docs/benchmarks.md), which caps a pipeline of several stages far below the speed an identity
+engine needs. So the hot path does not go through faust streams: each stage runs a ``StageConsumer``
+— an aiokafka consumer that ``getmany``-s up to a batch of records, hands them to the stage's
+``process`` in one call, and commits the offsets once the batch's outputs and state are safe. faust
+still hosts the app (its worker, services, tasks and timers); the consumers run as its tasks.
+
+Co-partitioning: every stage consumes its topics with the range assignor, and every topic has the same
+partition count, so a worker that owns partition ``p`` of one input topic owns ``p`` of all of them and
+of the stage's state (streams.store).
+
+State handover (invariant 11): when partitions are assigned, ``restore`` brings the local copy of each
+partition up to date from the store's changelog before the first record is processed; when they are
+revoked, the batch in flight finishes and commits first. A worker that never held the partition reads
+the whole changelog; one that held it before reads only what others wrote meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, RebalanceInProgressError
+from aiokafka.structs import ConsumerRecord
+
+from streams.runtime import Runtime
+from streams.store import META, PartitionStore, Store
+
+log = logging.getLogger("idsync.consumer")
+
+#: Key of the marker a restore writes to a changelog partition to know where "now" is (see ``restore``).
+FENCE_KEY = META + b"fence"
+
+
+class Event:
+    """One consumed record, shaped like a faust event (``.message`` and ``.value``) for the stages."""
+
+    __slots__ = ("message", "value")
+
+    def __init__(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        self.message = record
+        self.value = record.value
+
+
+class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Runs one stage: consume its topics in batches, process, commit; restore state on assignment."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        stage: str,
+        topics: list[str],
+        process: Callable[[list[Any]], Awaitable[None]],
+        stores: Iterable[Store],
+        batch_size: int,
+    ) -> None:
+        self.rt = rt
+        self.stage = stage
+        self.topics = topics
+        rt.stage_topics.update(topics)
+        self.process = process
+        self.stores = list(stores)
+        self.batch_size = batch_size
+        self.assigned: set[TopicPartition] = set()
+        self._lock = asyncio.Lock()
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        s = self.rt.settings
+        return AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap_servers,
+            group_id=self.rt.names.group_id(self.stage),
+            client_id=f"idsync-{self.rt.config.name}-{self.stage}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 << 20,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(s.heartbeat_interval_s * 1000),
+            rebalance_timeout_ms=int(s.rebalance_timeout_s * 1000),
+        )
+
+    async def run(self) -> None:
+        """Consume until cancelled. An error that is not about data stops the process (nothing is acked)."""
+        consumer = self._new_consumer()
+        consumer.subscribe(self.topics, listener=self)
+        await consumer.start()
+        window_ms = max(1, int(self.rt.settings.batch_window_s * 1000))
+        try:
+            while True:
+                data = await consumer.getmany(timeout_ms=window_ms, max_records=self.batch_size)
+                if not data:
+                    continue
+                async with self._lock:
+                    # Records fetched before a revocation belong to another worker now: leave them.
+                    owned = {tp: recs for tp, recs in data.items() if tp in self.assigned and recs}
+                    if not owned:
+                        continue
+                    events = [Event(r) for recs in owned.values() for r in recs]
+                    try:
+                        await self.process(events)
+                    except Exception as exc:  # process() never raises on bad data: this is a bug or I/O
+                        log.exception("%s: batch failed", self.stage)
+                        self.rt.fatal(f"stage {self.stage}: {type(exc).__name__}: {exc}")
+                        raise
+                    await self._commit(consumer, {tp: recs[-1].offset + 1 for tp, recs in owned.items()})
+        finally:
+            await consumer.stop()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, RebalanceInProgressError) as exc:
+            # The group is rebalancing: the new owner re-processes from the last commit (idempotent steps).
+            log.info("%s: commit skipped during a rebalance (%s)", self.stage, exc)
+
+    # ---- rebalance listener (aiokafka awaits these inside the group protocol)
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self._lock:  # the batch in flight finishes (and commits) first
+            parts = {tp.partition for tp in revoked}
+            self.assigned -= set(revoked)
+            still = {tp.partition for tp in self.assigned}
+            for store in self.stores:
+                for p in parts - still:
+                    store.owned.discard(p)
+                    store.release(p)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self._lock:
+            parts = sorted({tp.partition for tp in assigned})
+            started = time.monotonic()
+            for store in self.stores:
+                try:
+                    restored = await restore(self.rt, store, parts)
+                except Exception as exc:
+                    # aiokafka would log and carry on, leaving these partitions unprocessed for good; a
+                    # restarted worker retries the restore instead (nothing was acked meanwhile).
+                    log.exception("%s: restoring %s failed", self.stage, store.name)
+                    self.rt.fatal(f"stage {self.stage}: restoring {store.name}: {type(exc).__name__}: {exc}")
+                    raise
+                store.owned.update(parts)
+                if restored:
+                    log.info("%s: restored %d changelog records of %s", self.stage, restored, store.name)
+            self.assigned = set(assigned)
+            log.debug("%s: assigned %s in %.2fs", self.stage, parts, time.monotonic() - started)
+
+
+async def restore(rt: Runtime, store: Store, partitions: list[int], timeout_s: float = 300.0) -> int:
+    """Bring the local copy of ``partitions`` of ``store`` up to date with its changelog.
+
+    Where "up to date" ends is found without trusting end offsets (the embedded broker under-reports
+    them): a fence record with a fresh id is produced to each partition first, and the changelog is
+    read from the local copy's position until that fence comes back.
+
+    A changelog that holds less than the local copy (an embedded broker keeps history in memory only, so
+    a new broker starts empty) is seeded from the local copy instead, so the next owner can restore it.
+    Returns the number of state records applied.
+    """
+    if store.changelog is None or not partitions:
+        return 0
+    topic = store.changelog
+    fence_id = uuid.uuid4().hex.encode()
+    out = await rt.outputs()
+    for p in partitions:
+        out.add(topic, FENCE_KEY, fence_id, partition=p)
+    fences = await out.flush()
+    s = rt.settings
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=s.fetch_max_wait_ms,
+        max_partition_fetch_bytes=4 << 20,
+        client_id=f"idsync-{rt.config.name}-restore",
+    )
+    await consumer.start()
+    applied = 0
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        beginning = await consumer.beginning_offsets(tps)
+        reading: dict[TopicPartition, tuple[PartitionStore, int, bool]] = {}
+        for tp in tps:
+            part = store.partition(tp.partition)
+            fence = fences[(topic, tp.partition)] - 1  # the fence record's own offset
+            have = part.changelog_offset() or 0
+            # The local copy is ahead of the log: the log was lost (new embedded broker) or recreated.
+            ahead = have > fence
+            start = beginning[tp] if ahead else have
+            if start < beginning[tp]:
+                # Compaction or retention removed records after our position: tombstones may be gone too.
+                part.clear()
+                start = beginning[tp]
+            reading[tp] = (part, start, ahead)
+        consumer.assign(list(reading))
+        for tp, (_part, start, _ahead) in reading.items():
+            consumer.seek(tp, start)
+        pending: dict[TopicPartition, list[tuple[bytes, bytes | None]]] = {tp: [] for tp in reading}
+        done: set[TopicPartition] = set()
+        deadline = time.monotonic() + timeout_s
+        while len(done) < len(reading):
+            if time.monotonic() > deadline:
+                raise KafkaError(f"restoring {store.name}: fence not seen within {timeout_s:.0f}s")
+            data = await consumer.getmany(timeout_ms=200, max_records=20_000)
+            for tp, recs in data.items():
+                if tp in done:
+                    continue
+                part, _start, ahead = reading[tp]
+                buf = pending[tp]
+                for r in recs:
+                    if r.key == FENCE_KEY:
+                        if r.value == fence_id:
+                            done.add(tp)
+                            consumer.pause(tp)
+                            break
+                        continue
+                    buf.append((r.key, r.value))
+                if not ahead and len(buf) >= 10_000:
+                    applied += _apply(part, buf, None)
+                    buf.clear()
+        for tp, (part, _start, ahead) in reading.items():
+            end = fences[(topic, tp.partition)]  # just after the fence
+            buf = pending[tp]
+            if ahead and not buf:
+                await _seed(rt, part, topic)
+                part.write({}, end)
+                continue
+            if ahead:
+                part.clear()  # the log has someone's history: it wins over this stale copy
+            applied += _apply(part, buf, end)
+    finally:
+        await consumer.stop()
+    return applied
+
+
+def _apply(part: PartitionStore, records: list[tuple[bytes, bytes | None]], offset: int | None) -> int:
+    """Write changelog records in log order (the last value of a key wins, as it would one by one)."""
+    part.write(dict(records), offset)
+    return len(records)
+
+
+async def _seed(rt: Runtime, part: PartitionStore, topic: str) -> None:
+    """Publish every local entry of ``part`` to its changelog partition."""
+    out = await rt.outputs()
+    n = 0
+    for key, value in part.scan(b""):
+        out.add(topic, key, value, partition=part.partition)
+        n += 1
+        if n % 5000 == 0:
+            await out.flush()
+    await out.flush()
+    if n:
+        log.info("seeded changelog %s[%d] with %d entries from the local copy", topic, part.partition, n)
