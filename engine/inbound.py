@@ -129,6 +129,10 @@ def _evaluate(
             for issue in issues
         )
         return cs, outputs
+    # Reference attributes hold DNs here; the metaverse gets their mv_ids from the reference index.
+    references = sorted({attr for attr, _source in rules.ref_flows(cs.connector, cs.object_type)})
+    for attr in references:
+        flows.pop(attr, None)
     image = dict(cs.attributes) if cs.connector in rules.targets else None
     if cs.mv_id is not None:
         outputs.append(
@@ -145,6 +149,7 @@ def _evaluate(
                 route=cs.join_route,
                 source_ts_ms=cs.source_ts_ms,
                 ts_ms=ts_ms,
+                references=references,
             )
         )
         return cs, outputs
@@ -172,9 +177,32 @@ def _evaluate(
             routes=multi,
             cs_attributes=dict(cs.attributes) if hook is not None else None,
             source_ts_ms=cs.source_ts_ms,
+            references=references,
         )
     )
     return cs, outputs
+
+
+#: Version of the disconnect sent for an object deleted while its join was in flight (newer than any).
+GONE_VERSION = 2**62
+
+
+def on_link_gone(link: CSLink) -> list[InboundOutput]:
+    """The join answered for an object deleted meanwhile: it leaves the metaverse object it joined or
+    projected (otherwise that object would keep a link nobody removes)."""
+    if link.outcome not in ("joined", "projected") or link.mv_id is None:
+        return []
+    return [
+        MVDisconnect(
+            mv_id=link.mv_id,
+            connector=link.connector,
+            anchor=link.anchor,
+            reason="deleted",
+            cs_version=GONE_VERSION,
+            event_id=f"{link.connector}:{link.anchor}:gone:{link.mv_id}",
+            ts_ms=link.ts_ms,
+        )
+    ]
 
 
 def on_link(rules: Rules, cs: CSObject, link: CSLink) -> tuple[CSObject, list[InboundOutput]]:

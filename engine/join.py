@@ -243,6 +243,7 @@ def _connect(
             routes=routes,
             source_ts_ms=req.source_ts_ms,
             ts_ms=req.ts_ms,
+            references=req.references,
         ),
         CSLink(
             connector=req.connector,

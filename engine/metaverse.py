@@ -9,9 +9,11 @@ from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_de
 from engine.export import OutboundOutput, plan_exports, record_result
 from engine.join import mv_join_keys
 from engine.precedence import resolve_all
+from engine.references import mv_updates
 from engine.rules import Rules
 from engine.staging import changed_attributes
 from engine.values import same_values
+from schemas.config import OutboundRuleConfig
 from schemas.records import (
     CSLink,
     ErrorRecord,
@@ -22,10 +24,15 @@ from schemas.records import (
     MVContribution,
     MVDisconnect,
     PendingExport,
+    RefResolved,
+    RefSync,
+    RefUpdate,
 )
 from schemas.state import ConnectorLink, MVObject, RetainedValue, TargetState
 
-MVOutput = MVChange | PendingExport | JoinIndexUpdate | CSLink | ErrorRecord | ExportConfirmed
+MVOutput = (
+    MVChange | PendingExport | JoinIndexUpdate | CSLink | ErrorRecord | ExportConfirmed | RefUpdate | RefSync
+)
 
 __all__ = ["MVOutput", "due_deletions", "expire", "metaverse_step"]
 
@@ -33,30 +40,135 @@ __all__ = ["MVOutput", "due_deletions", "expire", "metaverse_step"]
 def metaverse_step(
     rules: Rules,
     mv: MVObject | None,
-    msg: MVContribution | MVDisconnect | ExportResult,
+    msg: MVContribution | MVDisconnect | ExportResult | RefResolved | RefSync,
     now_ms: int | None = None,
 ) -> tuple[MVObject | None, list[MVOutput]]:
     """Apply one message to one metaverse object; None as the result removes it from the table.
 
     ``now_ms`` (default: the message's time) first deletes the object if its deletion fell due.
     """
-    mv, outputs = expire(rules, mv, msg.ts_ms if now_ms is None else now_ms)
+    before = mv
+    mv, outputs = _expire(rules, mv, msg.ts_ms if now_ms is None else now_ms)
+    more: list[MVOutput]
     if isinstance(msg, ExportResult):
         mv, more = _export_result(mv, msg)
     elif isinstance(msg, MVDisconnect):
         mv, more = _disconnect(rules, mv, msg)
+    elif isinstance(msg, RefResolved):
+        mv, more = _ref_resolved(mv, msg)
+    elif isinstance(msg, RefSync):
+        mv, more = _ref_sync(rules, mv, msg)
     else:
         mv, more = _contribute(rules, mv, msg)
-    return mv, outputs + more
+    mv, refs = mv_updates(rules, before, mv, msg.ts_ms)
+    return mv, [*outputs, *more, *refs]
 
 
 def expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | None, list[MVOutput]]:
     """Delete the object if its deletion (deletion rule with a grace period) is due at ``now_ms``."""
+    after, outputs = _expire(rules, mv, now_ms)
+    if after is mv:
+        return after, outputs
+    after, refs = mv_updates(rules, mv, after, now_ms)
+    return after, [*outputs, *refs]
+
+
+def _expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or not is_due(mv, now_ms):
         return mv, []
     mv = mv.model_copy(deep=True)
     outputs = _delete(rules, mv, None, now_ms)
     return _maybe_drop(mv), outputs
+
+
+def _ref_resolved(mv: MVObject | None, msg: RefResolved) -> tuple[MVObject | None, list[MVOutput]]:
+    """The reference index answered: a DN of a connector resolved (inbound), or a referenced object's
+    DN in a target is known (outbound: the second pass exports the reference).
+
+    The answer is recorded now and synced by a ``RefSync`` the object sends itself: a group's members
+    answer one by one, and every answer that arrives before it is synced (and exported) together."""
+    if mv is None or mv.deleted:
+        return mv, []
+    if msg.direction == "out":
+        target = mv.targets.get(msg.connector)
+        if target is None or msg.key not in target.ref_dns or target.ref_dns[msg.key] == (msg.value or ""):
+            return mv, []  # no longer referenced (it unregistered meanwhile), or nothing new
+        mv = fork(mv)
+        mv.targets[msg.connector].ref_dns[msg.key] = msg.value or ""
+        return mv, _defer(mv, msg.connector, msg.ts_ms)
+    link = mv.links.get(msg.connector)
+    attr = msg.attribute
+    if link is None or attr is None or link.anchor != msg.anchor:
+        return mv, []  # the referring object left (its unrefer follows or came first)
+    if link.refs.get(attr, {}).get(msg.key) == msg.value:
+        return mv, []
+    mv = fork(mv)
+    link = mv.links[msg.connector] = link.model_copy(
+        update={
+            "refs": {**link.refs, attr: dict(link.refs.get(attr, {}))},
+            "flows": dict(link.flows),
+            "changed_ts": dict(link.changed_ts),
+        }
+    )
+    refs = link.refs[attr]
+    if msg.value is None:
+        refs.pop(msg.key, None)
+    else:
+        refs[msg.key] = msg.value
+    if not refs:
+        del link.refs[attr]
+    values = sorted(set(refs.values()))
+    if attr in link.flows and same_values(link.flows[attr], values):
+        return mv, []
+    link.flows[attr] = values
+    link.changed_ts[attr] = msg.ts_ms
+    mv.retained.pop(attr, None)
+    return mv, _defer(mv, msg.connector, msg.ts_ms)
+
+
+def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:
+    if mv.ref_sync is not None:
+        return []  # a RefSync is on its way already
+    mv.ref_sync = cause
+    return [RefSync(mv_id=mv.mv_id, ts_ms=ts_ms)]
+
+
+def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject | None, list[MVOutput]]:
+    if mv is None or mv.deleted or mv.ref_sync is None:
+        return mv, []
+    cause = mv.ref_sync
+    mv = fork(mv)
+    mv.ref_sync = None
+    return mv, _sync(rules, mv, False, cause, msg.ts_ms)
+
+
+def fork(mv: MVObject) -> MVObject:
+    """A copy of a metaverse object that the step may change without touching the original: the
+    containers the step mutates are copied, values (long lists of a group's members) are shared.
+    Much cheaper than a deep copy for a large group, where one member change must stay cheap."""
+    return mv.model_copy(
+        update={
+            "links": dict(mv.links),
+            "targets": {
+                name: t.model_copy(
+                    update={
+                        "ledger": {k: e.model_copy() for k, e in t.ledger.items()},
+                        "ref_dns": dict(t.ref_dns),
+                    }
+                )
+                for name, t in mv.targets.items()
+            },
+            "retained": dict(mv.retained),
+            "routes": list(mv.routes),
+            "join_keys": list(mv.join_keys),
+            "contributors": dict(mv.contributors),
+            "attributes": dict(mv.attributes),
+        }
+    )
+
+
+def _plan(rules: Rules, mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[OutboundOutput]:
+    return plan_exports(mv, rule, ts_ms, rules.export_shape(rule.connector, mv.object_type))
 
 
 def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | None, list[MVOutput]]:
@@ -131,6 +243,16 @@ def _contribute(
         return mv, []  # stale (invariant 5)
     source_ts = msg.source_ts_ms or msg.ts_ms
     changed_ts: dict[str, int] = {}
+    flows = dict(msg.flows)
+    refs: dict[str, dict[str, str]] = {}
+    if old is not None:
+        # Resolved references stay with the link: the reference index only sends what changes.
+        refs = {a: dict(r) for a, r in old.refs.items() if a in msg.references}
+        for attr in msg.references:
+            if attr in old.flows:
+                changed_ts[attr] = old.changed_ts.get(attr, old.ts_ms)
+    for attr in msg.references:
+        flows[attr] = sorted(set(refs.get(attr, {}).values()))
     for attr, values in msg.flows.items():
         if old is not None and attr in old.flows and same_values(old.flows[attr], values):
             changed_ts[attr] = old.changed_ts.get(attr, old.ts_ms)
@@ -138,15 +260,18 @@ def _contribute(
             changed_ts[attr] = source_ts
             # A flow changed it: a value retained from a departed connector gives way.
             mv.retained.pop(attr, None)
+    for attr in msg.references:
+        changed_ts.setdefault(attr, source_ts)
     mv.links[msg.connector] = ConnectorLink(
         anchor=msg.anchor,
         dn=msg.dn,
         cs_version=msg.cs_version,
-        flows=msg.flows,
+        flows=flows,
         image=msg.image,
         route=msg.route,
         ts_ms=msg.ts_ms,
         changed_ts=changed_ts,
+        refs=refs,
     )
     if msg.route is not None and msg.route not in mv.routes:
         mv.routes.append(msg.route)
@@ -233,7 +358,7 @@ def _delete(rules: Rules, mv: MVObject, cause: str | None, ts_ms: int) -> list[M
         )
     ]
     for rule in rules.outbound.get(mv.object_type, []):
-        outputs.extend(plan_exports(mv, rule, ts_ms))
+        outputs.extend(_plan(rules, mv, rule, ts_ms))
     for route in [*mv.routes, *(k for k in mv.join_keys if k not in mv.routes)]:
         outputs.append(JoinIndexUpdate(route=route, mv_id=mv.mv_id, mv_deleted=True, ts_ms=ts_ms))
     mv.join_keys = []
@@ -303,7 +428,7 @@ def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> 
         )
     exports: list[OutboundOutput] = []
     for rule in rules.outbound.get(mv.object_type, []):
-        exports.extend(plan_exports(mv, rule, ts_ms))
+        exports.extend(_plan(rules, mv, rule, ts_ms))
     outputs.extend(exports)
     return outputs
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.precedence import Contributor
 from schemas.config import (
     DeletionRuleConfig,
+    ExportFlowConfig,
     IdsyncConfig,
     InboundRuleConfig,
     Normalizer,
     OutboundRuleConfig,
+    template_fields,
 )
 from schemas.expressions import compile_expression
 
@@ -21,6 +24,19 @@ JoinSignature = tuple[tuple[str, tuple[Normalizer, ...]], ...]
 
 #: A join resolver hook: (connector-space object, candidates) -> chosen mv_id or None (see engine.join).
 Resolver = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportShape:
+    """How an outbound rule's target attributes are exported, beyond their values."""
+
+    #: Reference attributes its flows read (translated to the referenced objects' DNs in the target).
+    references: frozenset[str] = frozenset()
+    #: Target attributes exported value by value (add/delete), never replaced whole: direct flows from
+    #: multi-valued metaverse attributes (a group's members).
+    value_level: frozenset[str] = frozenset()
+    #: Target attributes holding DNs (direct flows from reference attributes): compared as DNs.
+    dn_valued: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +62,54 @@ class Rules:
     join_signatures: dict[str, tuple[JoinSignature, ...]] = field(default_factory=dict)
     #: Metaverse types with a resolver somewhere: the join index keeps their candidates' attributes fresh.
     snapshot_types: frozenset[str] = frozenset()
+    #: Per metaverse type: reference attributes (they hold mv_ids).
+    reference_attrs: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: Per (connector, object type): its reference flows as (metaverse attribute, connector-space attribute).
+    reference_flows: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: Connectors with reference flows: their objects' DNs are published in the reference index.
+    reference_connectors: frozenset[str] = frozenset()
+    #: Per (target connector, metaverse type): reference attributes its export flows read (translated to DNs).
+    export_references: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    #: Per (target connector, metaverse type): how its target attributes are exported.
+    export_shapes: dict[tuple[str, str], ExportShape] = field(default_factory=dict)
 
     def inbound_rule(self, connector: str, object_type: str) -> InboundRuleConfig | None:
         return self.inbound.get((connector, object_type))
 
     def resolver(self, connector: str, object_type: str | None) -> Resolver | None:
         return self.resolvers.get((connector, object_type or ""))
+
+    def ref_flows(self, connector: str, object_type: str) -> tuple[tuple[str, str], ...]:
+        return self.reference_flows.get((connector, object_type), ())
+
+    def export_shape(self, connector: str, mv_type: str) -> ExportShape:
+        return self.export_shapes.get((connector, mv_type), _PLAIN)
+
+    @property
+    def xref_targets(self) -> frozenset[str]:
+        """Target connectors that need the DNs of referenced objects."""
+        return frozenset(c for (c, _t), attrs in self.export_references.items() if attrs)
+
+
+_PLAIN = ExportShape()
+
+
+def flow_reads(flow: ExportFlowConfig, attrs: Iterable[str]) -> set[str]:
+    """Which of ``attrs`` an export flow reads (its source, a template field, ``mv.x`` in an expression)."""
+    wanted = set(attrs)
+    if flow.source is not None:
+        return {flow.source} & wanted
+    if flow.template is not None:
+        return set(template_fields(flow.template)) & wanted
+    if flow.expression is not None:
+        expr = flow.expression
+        return {a for a in wanted if re.search(rf"\bmv(_all)?\.{re.escape(a)}\b", expr)}
+    return set()
+
+
+def _exported_references(rule: OutboundRuleConfig, refs: frozenset[str]) -> frozenset[str]:
+    """Reference attributes an outbound rule's flows read."""
+    return frozenset(a for f in rule.flows for a in flow_reads(f, refs))
 
 
 def signature(rule: InboundRuleConfig, group_index: int) -> JoinSignature:
@@ -84,6 +142,31 @@ def compile_rules(config: IdsyncConfig) -> Rules:
             if ef.expression is not None:
                 compile_expression(ef.expression)
     types = config.metaverse
+    reference_attrs = {
+        n: frozenset(a for a, c in t.attributes.items() if c.reference) for n, t in types.items()
+    }
+    reference_flows = {
+        (r.connector, r.object_type): tuple(
+            (f.mv, f.source)
+            for f in r.flows
+            if f.mv in reference_attrs.get(r.mv_type, frozenset()) and f.source is not None
+        )
+        for r in config.inbound
+    }
+    export_references: dict[tuple[str, str], frozenset[str]] = {}
+    shapes: dict[tuple[str, str], ExportShape] = {}
+    for out in config.outbound:
+        key = (out.connector, out.mv_type)
+        refs = reference_attrs.get(out.mv_type, frozenset())
+        used = _exported_references(out, refs)
+        export_references[key] = export_references.get(key, frozenset()) | used
+        declared = types[out.mv_type].attributes
+        multi = {f.target for f in out.flows if f.source in declared and declared[f.source].multi_valued}
+        dns = {f.target for f in out.flows if f.source in refs}
+        old = shapes.get(key, _PLAIN)
+        shapes[key] = ExportShape(
+            export_references[key], old.value_level | frozenset(multi), old.dn_valued | frozenset(dns)
+        )
     return Rules(
         config=config,
         inbound={(r.connector, r.object_type): r for r in config.inbound},
@@ -104,4 +187,9 @@ def compile_rules(config: IdsyncConfig) -> Rules:
         resolvers=resolvers,
         join_signatures={n: tuple(s) for n, s in signatures.items()},
         snapshot_types=frozenset(r.mv_type for r in config.inbound if r.resolver is not None),
+        reference_attrs=reference_attrs,
+        reference_flows={k: v for k, v in reference_flows.items() if v},
+        reference_connectors=frozenset(c for (c, _t), v in reference_flows.items() if v),
+        export_references={k: v for k, v in export_references.items() if v},
+        export_shapes=shapes,
     )

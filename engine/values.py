@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -170,6 +171,12 @@ def dn_key(dn: str | None) -> str:
     """A comparison key for DNs: case-insensitive, spaces around separators ignored."""
     if dn is None:
         return ""
+    return _dn_key(dn)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _dn_key(dn: str) -> str:
+    # Cached: a group's members are compared by DN on every change of the group (pure, so safe).
     return ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
 
 

@@ -33,6 +33,25 @@ class _Config(BaseModel):
 
 
 # --------------------------------------------------------------------------- connectors
+class DeletionThresholdConfig(_Config):
+    """Delete protection of an export target (Entra Connect's deletion threshold; docs/export.md).
+
+    At most ``count`` deletes (and at most ``percent`` % of the target's connector-space objects) leave
+    per ``window_s``; the deletes past it are held until ``idsync approve-deletes <connector>``.
+    """
+
+    enabled: bool = True
+    count: int | None = Field(default=500, ge=1)
+    percent: float | None = Field(default=None, gt=0, le=100)
+    window_s: int = Field(default=3600, ge=1)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> DeletionThresholdConfig:
+        if self.enabled and self.count is None and self.percent is None:
+            raise ValueError("give count and/or percent, or enabled: false to turn the threshold off")
+        return self
+
+
 class ConnectorConfigBase(_Config):
     """What every connector's config model has. Each kind subclasses it with ``kind: Literal["<kind>"]``.
 
@@ -41,6 +60,13 @@ class ConnectorConfigBase(_Config):
     """
 
     kind: str
+    #: Applies when the connector is an export target (outbound rules name it).
+    deletion_threshold: DeletionThresholdConfig = Field(default_factory=DeletionThresholdConfig)
+    #: How this connector's imports run (docs/running-imports.md): ``full`` (bracketed full imports by
+    #: ``idsync sync`` / ``idsync import``), ``delta`` (``idsync import`` runs a delta since the stored
+    #: watermark) or ``follow`` (``idsync worker`` also follows its changes continuously). The connector
+    #: must have the capability; that is checked when the connector is built.
+    import_mode: Literal["full", "delta", "follow"] = "full"
 
 
 _CONNECTOR_CONFIGS: dict[str, type[ConnectorConfigBase]] = {}
@@ -177,6 +203,8 @@ class LdapConnectorConfig(ConnectorConfigBase):
     def _backoff_order(self) -> LdapConnectorConfig:
         if self.follow_backoff_max_s < self.follow_backoff_initial_s:
             raise ValueError("follow_backoff_max_s must not be smaller than follow_backoff_initial_s")
+        if self.import_mode != "full" and self.delta == "none":
+            raise ValueError(f"import_mode {self.import_mode!r} needs delta: syncrepl (delta is none)")
         return self
 
 
@@ -200,6 +228,11 @@ class MVAttributeConfig(_Config):
     #: MIM's "enable recall": when a connector disconnects, its values are withdrawn. ``false`` keeps the
     #: value it gave until another connector's flow changes the attribute.
     recall: bool = True
+    #: A reference attribute (MIM's "Reference" type: manager, member): it holds the mv_ids of other
+    #: metaverse objects, never DNs. Import flows into it must be direct (``source``) flows from a
+    #: connector-space attribute holding DNs of objects of the same connector; export flows from it
+    #: give the referenced objects' DNs in the target (docs/rules.md#reference-attributes).
+    reference: bool = False
 
 
 class DeletionRuleConfig(_Config):
@@ -491,6 +524,7 @@ class IdsyncConfig(_Config):
             if not rule.mapping_groups() and not rule.project:
                 raise ValueError(f"inbound[{i}]: neither join nor project, its objects could never connect")
             _compile_flow_expressions(f"inbound[{i}]", rule.flows)
+            _check_reference_flows(f"inbound[{i}]", rule, self.metaverse[rule.mv_type])
             if rule.resolver is not None:
                 self._hooks[rule.resolver] = _load_hook(f"inbound[{i}].resolver", rule.resolver)
         for i, out in enumerate(self.outbound):
@@ -532,6 +566,29 @@ def _compile_flow_expressions(where: str, flows: Sequence[ImportFlowConfig | Exp
                 compile_expression(flow.expression)
             except ExpressionError as exc:
                 raise ValueError(f"{where}.flows[{j}].expression: {exc}") from None
+
+
+def _check_reference_flows(where: str, rule: InboundRuleConfig, mv_type: MVObjectTypeConfig) -> None:
+    """A flow into a reference attribute carries DNs to resolve: only a direct ``source`` flow can."""
+    for j, flow in enumerate(rule.flows):
+        attr = mv_type.attributes.get(flow.mv)
+        if attr is None or not attr.reference:
+            continue
+        if flow.source is None:
+            raise ValueError(
+                f"{where}.flows[{j}]: {flow.mv!r} is a reference attribute; its flow must be a direct "
+                "'source' flow from a connector-space attribute holding DNs"
+            )
+        if flow.initial_only or flow.authoritative_null:
+            raise ValueError(
+                f"{where}.flows[{j}]: initial_only and authoritative_null are not supported on a flow into "
+                f"reference attribute {flow.mv!r}"
+            )
+        if flow.multi_to_single is not None:
+            raise ValueError(
+                f"{where}.flows[{j}]: multi_to_single is not supported on a flow into reference attribute "
+                f"{flow.mv!r} (declare it multi_valued, or give one DN per object)"
+            )
 
 
 def _load_hook(where: str, path: str) -> Callable[..., Any]:

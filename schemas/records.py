@@ -65,6 +65,21 @@ class RunMarker(_Contract):
     count: int | None = None
 
 
+class WatermarkRecord(_Contract):
+    """A connector's stored delta position (``watermarks`` topic, compacted, key: connector name).
+
+    Written only after the broker acked every change record before that position (at-least-once).
+    """
+
+    version: Literal[1] = 1
+    connector: str
+    #: Connector-native and opaque (an LDAP sync cookie, a SQL watermark).
+    watermark: str
+    #: How it was reached: a delta or follow checkpoint, or the start of a full refresh.
+    via: Literal["delta", "follow", "full"]
+    ts_ms: int
+
+
 ImportMessage = Annotated[ChangeRecord | RunMarker, Field(discriminator="op")]
 
 
@@ -99,6 +114,8 @@ class JoinRequest(_Contract):
     cs_attributes: Attrs | None = None
     #: When the source changed the object (equal precedence).
     source_ts_ms: int = 0
+    #: Metaverse reference attributes its rule flows (their values arrive as ``RefResolved``).
+    references: list[str] = Field(default_factory=list)
 
 
 class JoinIndexUpdate(_Contract):
@@ -123,7 +140,36 @@ class JoinIndexUpdate(_Contract):
     attributes: Attrs | None = None
 
 
-JoinMessage = Annotated[JoinRequest | JoinIndexUpdate, Field(discriminator="kind")]
+class RefUpdate(_Contract):
+    """The reference index (join topic, keyed by ``route``) told who holds a key and who refers to it.
+
+    Inbound (``ref|<connector>|<normalized DN>``, from staging): the owner is the connector-space object
+    with that DN and ``value`` its mv_id (None: not joined, a placeholder); referrers are metaverse
+    objects whose reference attribute names that DN. Outbound (``xref|<connector>|<mv_id>``, from the
+    metaverse step): the owner is that metaverse object and ``value`` its DN in the target connector
+    (None: not created there yet); referrers are metaverse objects that export a reference to it.
+    """
+
+    kind: Literal["ref"] = "ref"
+    route: str
+    #: ``own``/``disown``: the owner's value (disown: only if ``owner`` still owns it);
+    #: ``refer``/``unrefer``: a referrer registers or leaves.
+    op: Literal["own", "disown", "refer", "unrefer"]
+    direction: Literal["in", "out"] = "in"
+    connector: str
+    #: The normalized DN (in) or the referenced mv_id (out) the route is for.
+    key: str
+    #: own/disown: connector-space anchor (in) or mv_id (out) of the owner.
+    owner: str | None = None
+    value: str | None = None
+    #: refer/unrefer: the referring metaverse object, its attribute and its connector-space anchor.
+    referrer: str | None = None
+    attribute: str | None = None
+    anchor: str | None = None
+    ts_ms: int
+
+
+JoinMessage = Annotated[JoinRequest | JoinIndexUpdate | RefUpdate, Field(discriminator="kind")]
 
 
 class CSLink(_Contract):
@@ -167,6 +213,8 @@ class MVContribution(_Contract):
     routes: list[str] = Field(default_factory=list)
     #: When the source changed the object (equal precedence: the latest change wins).
     source_ts_ms: int = 0
+    #: Metaverse reference attributes its rule flows (their values arrive as ``RefResolved``).
+    references: list[str] = Field(default_factory=list)
 
 
 class MVDisconnect(_Contract):
@@ -199,7 +247,38 @@ class ExportResult(_Contract):
     ts_ms: int
 
 
-MVInbound = Annotated[MVContribution | MVDisconnect | ExportResult, Field(discriminator="kind")]
+class RefResolved(_Contract):
+    """The reference index telling a referring metaverse object (``mv_id``) what a key resolves to.
+
+    Inbound: DN ``key`` of ``connector`` is the metaverse object ``value`` (None: placeholder, no value);
+    outbound: metaverse object ``key`` has DN ``value`` in target ``connector`` (None: not created yet).
+    """
+
+    kind: Literal["ref-resolved"] = "ref-resolved"
+    mv_id: str
+    direction: Literal["in", "out"] = "in"
+    connector: str
+    key: str
+    value: str | None
+    #: Inbound: the referring attribute and connector-space object (a stale answer for an object that
+    #: left is ignored).
+    attribute: str | None = None
+    anchor: str | None = None
+    ts_ms: int
+
+
+class RefSync(_Contract):
+    """The metaverse step to itself (keyed by ``mv_id``): reference answers were applied; recompute the
+    object and plan its exports once for all the answers that arrived meanwhile (a group's members)."""
+
+    kind: Literal["ref-sync"] = "ref-sync"
+    mv_id: str
+    ts_ms: int
+
+
+MVInbound = Annotated[
+    MVContribution | MVDisconnect | ExportResult | RefResolved | RefSync, Field(discriminator="kind")
+]
 
 
 class AttrChange(_Contract):
@@ -227,6 +306,27 @@ class PendingExport(_Contract):
     #: Old values per attribute, for previews and for `exported-change-not-reimported` reports.
     old: Attrs = Field(default_factory=dict)
     ts_ms: int
+
+
+class ApproveDeletes(_Contract):
+    """An operator releases the deletes held by the deletion threshold (``idsync approve-deletes``).
+
+    Published on every partition of ``export.<connector>`` with key ``APPROVE_DELETES_KEY``: each
+    partition's worker meets it in order, so it releases exactly the deletes held before it.
+    """
+
+    kind: Literal["approve-deletes"] = "approve-deletes"
+    version: Literal[1] = 1
+    approval_id: str
+    connector: str
+    partition: int
+    #: Who approved (the operating-system user that ran the command), for the audit trail.
+    approved_by: str | None = None
+    ts_ms: int
+
+
+#: Key of ``ApproveDeletes`` records on ``export.<connector>`` (pending exports are keyed by mv_id).
+APPROVE_DELETES_KEY = b"__approve-deletes__"
 
 
 class ErrorRecord(_Contract):

@@ -61,12 +61,21 @@ class ConnectorLink(_State):
     ts_ms: int = 0
     #: Per flowed attribute: source time of the change that last changed its value (equal precedence).
     changed_ts: dict[str, int] = Field(default_factory=dict)
+    #: Reference attributes: normalized DN -> mv_id of the object it resolved to (placeholders, DNs not
+    #: resolved yet, are absent). The attribute's flow value is the set of these mv_ids.
+    refs: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 class LedgerEntry(_State):
     """An exported value waiting for the confirming import."""
 
+    #: ``replace``: the attribute's whole value set; ``delta``: value-level, ``values`` added and
+    #: ``removed`` removed (a multi-valued attribute such as a group's members: never rewritten whole).
+    op: str = "replace"
     values: list[str]
+    removed: list[str] = Field(default_factory=list)
+    #: Values are DNs (reference attributes): compared as DNs (case, spaces around separators).
+    dn_valued: bool = False
     export_id: str
     applied: bool = False
     applied_ts_ms: int | None = None
@@ -89,6 +98,9 @@ class TargetState(_State):
     disabled: bool = False
     #: Last export error, cleared by the next successful export.
     error: str | None = None
+    #: Referenced metaverse objects this object exports references to, -> their DN in this target
+    #: ("" while they do not exist there yet: the reference waits for a second pass).
+    ref_dns: dict[str, str] = Field(default_factory=dict)
 
 
 class RetainedValue(_State):
@@ -121,6 +133,9 @@ class MVObject(_State):
     delete_due_ms: int | None = None
     deleted: bool = False
     version: int = 0
+    #: Reference answers applied but not synced yet: the connector that caused the first of them (a
+    #: ``RefSync`` to this object is on its way and syncs them all at once).
+    ref_sync: str | None = None
 
 
 class JoinTicket(_State):
@@ -158,3 +173,7 @@ class JoinEntry(_State):
     parked: list[JoinRequest] = Field(default_factory=list)
     #: At a home route: join attempts of objects with several mapping groups.
     tickets: dict[str, JoinTicket] = Field(default_factory=dict)
+    #: Reference index entry (``ref|...``/``xref|...`` routes): who owns the key and what it resolves to.
+    #: Its referrers are separate keys under the route (engine.references), so one more referrer is O(1).
+    ref_owner: str | None = None
+    ref_value: str | None = None

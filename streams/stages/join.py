@@ -7,7 +7,16 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from engine.join import join_step
-from schemas.records import CSLink, ErrorRecord, JoinIndexUpdate, JoinMessage, JoinRequest, MVContribution
+from engine.references import ref_step, referrer_key, referrer_prefix
+from schemas.records import (
+    CSLink,
+    ErrorRecord,
+    JoinIndexUpdate,
+    JoinMessage,
+    JoinRequest,
+    MVContribution,
+    RefUpdate,
+)
 from schemas.state import JoinEntry
 from streams.output import Outputs
 from streams.stages.base import Batch, Stage, encode
@@ -24,9 +33,15 @@ class JoinStage(Stage[JoinEntry]):
         return _JOIN.validate_json(value)
 
     def keys(self, topic: str, msg: Any) -> list[bytes]:
+        if isinstance(msg, RefUpdate) and msg.referrer is not None:
+            sub = referrer_key(msg.route, msg.referrer, msg.attribute or "", msg.anchor or "")
+            return [msg.route.encode(), sub.encode()]
         return [msg.route.encode()]
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
+        if isinstance(msg, RefUpdate):
+            self._reference(batch, msg, out)
+            return
         key = msg.route.encode()
         entry, outputs = join_step(batch.get(key), msg, self.rt.rules)
         batch.put(key, entry)
@@ -42,3 +57,21 @@ class JoinStage(Stage[JoinEntry]):
             elif isinstance(o, JoinRequest | JoinIndexUpdate):
                 # Several mapping groups: the next group's route, the home route, or a claimed route.
                 out.add(n.join_topic(), o.route.encode(), encode(o))
+
+    def _reference(self, batch: Batch, msg: RefUpdate, out: Outputs) -> None:
+        """The reference index: referrers are keys under the route's prefix (one more is O(1))."""
+        key = msg.route.encode()
+        prefix = referrer_prefix(msg.route).encode()
+
+        def referrers() -> list[str]:
+            return [k.decode() for k, _v in batch.scan(prefix)]
+
+        step = ref_step(batch.get(key), msg, referrers)
+        batch.put(key, step.entry)
+        if step.referrer is not None:
+            sub, present = step.referrer
+            batch.put(sub.encode(), JoinEntry() if present else None)
+        mv_topic = self.rt.names.mv_topic()
+        for o in step.outputs:
+            out.add(mv_topic, o.mv_id.encode(), encode(o))
+        self.rt.counters.count(f"ref-{msg.direction}-{msg.op}")

@@ -15,6 +15,8 @@ from schemas.records import (
     MVChange,
     MVInbound,
     PendingExport,
+    RefSync,
+    RefUpdate,
 )
 from schemas.state import MVObject
 from streams.output import Outputs
@@ -52,11 +54,11 @@ class MetaverseStage(Stage[MVObject]):
     async def _expire_due(self, now: int) -> None:
         """Deletion rule grace periods: delete the objects whose deletion fell due (engine.deletion).
 
-        Scans this worker's partitions (objects marked for deletion carry ``delete_due_ms``).
+        Scans the partitions this worker owns (objects marked for deletion carry ``delete_due_ms``).
         """
         out = await self.rt.outputs()
         batches = []
-        for p in self.store.partitions():
+        for p in sorted(self.store.owned):
             part = self.store.partition(p)
             keys = [k for k, raw in part.scan(b"") if b'"delete_due_ms"' in raw]
             if not keys:
@@ -67,9 +69,7 @@ class MetaverseStage(Stage[MVObject]):
                 batch.put(mv_id.encode(), mv)
                 self._emit(outputs, out)
             batches.append(batch)
-        await self._flush(out)
-        for batch in batches:
-            batch.commit()
+        await self.commit(batches, out)
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.mv_id.encode()
@@ -89,8 +89,10 @@ class MetaverseStage(Stage[MVObject]):
                     f"provisioned:{o.connector}" if o.op == "add" else f"export-{o.op}-planned:{o.connector}"
                 )
                 out.add(n.export_topic(o.connector), o.mv_id.encode(), encode(o))
-            elif isinstance(o, JoinIndexUpdate):
+            elif isinstance(o, JoinIndexUpdate | RefUpdate):
                 out.add(n.join_topic(), o.route.encode(), encode(o))
+            elif isinstance(o, RefSync):
+                out.add(n.mv_topic(), o.mv_id.encode(), encode(o))
             elif isinstance(o, CSLink):
                 out.add(n.links_topic(), o.anchor.encode(), encode(o))
             elif isinstance(o, ExportConfirmed):

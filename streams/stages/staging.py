@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from engine.inbound import InboundOutput, on_link, route
+from engine.inbound import InboundOutput, on_link, on_link_gone, route
+from engine.references import staging_updates
 from engine.staging import Staged, stage, stage_absent
 from schemas.errors import DataError
 from schemas.records import (
@@ -16,6 +17,7 @@ from schemas.records import (
     ImportMessage,
     JoinIndexUpdate,
     JoinRequest,
+    RefUpdate,
     RunMarker,
 )
 from schemas.state import CSObject
@@ -65,8 +67,10 @@ class StagingStage(Stage[CSObject]):
             key = cs_key(msg.connector, msg.anchor)
             cs = batch.get(key)
             if cs is None:
-                return  # deleted meanwhile
+                self._emit(on_link_gone(msg), out)  # deleted meanwhile: leave what it joined
+                return
             new, outputs = on_link(self.rt.rules, cs, msg)
+            outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms))
             batch.put(key, new)
             c.count(f"link-{msg.outcome}")
             self._emit(outputs, out)
@@ -84,7 +88,10 @@ class StagingStage(Stage[CSObject]):
         self.rt.counters.count(f"stage-{staged.pending}:{connector}")
         if staged.pending in ("stale", "duplicate"):
             return
-        cs, outputs = route(self.rt.rules, staged, now_ms())
+        ts = now_ms()
+        cs, outputs = route(self.rt.rules, staged, ts)
+        # The reference index hears when its DN, its mv_id or its references changed.
+        outputs.extend(staging_updates(self.rt.rules, staged.before, cs, ts))
         batch.put(key, cs)
         self._emit(outputs, out)
 
@@ -96,10 +103,10 @@ class StagingStage(Stage[CSObject]):
             if staged is not None:
                 self._apply(batch, key, staged, out)
 
-    def _emit(self, outputs: list[InboundOutput], out: Outputs) -> None:
+    def _emit(self, outputs: list[InboundOutput | RefUpdate], out: Outputs) -> None:
         n = self.rt.names
         for o in outputs:
-            if isinstance(o, JoinRequest | JoinIndexUpdate):
+            if isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):
                 out.add(n.join_topic(), o.route.encode(), encode(o))
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)  # an import flow failed for this object

@@ -1,0 +1,289 @@
+"""Reference attributes (manager, member): DNs in the connector space, mv_ids in the metaverse, DNs again
+in each target — whatever order the objects arrive in (docs/rules.md#reference-attributes).
+
+Both translations use one small index on the join topic, keyed by route:
+
+- inbound, ``ref|<connector>|<normalized DN>``: staging tells it which connector-space object holds
+  that DN and its mv_id (``own``/``disown``: None while not joined, a placeholder), and which metaverse
+  objects' reference attributes name the DN (``refer``/``unrefer``, sent by the referring object's
+  staging when it has an mv_id). Each referrer gets a ``RefResolved`` with the DN's mv_id when it
+  registers and whenever that mv_id changes (set, changed, gone).
+- outbound, ``xref|<target connector>|<mv_id>``: the metaverse step of the referenced object publishes
+  its DN in the target once the object exists there; metaverse objects exporting a reference to it
+  register and get the DN (a reference to an object not created yet waits for this second pass).
+
+Referrers are separate keys under their route (``referrer_key``): a new referrer is O(1) whatever the
+number of referrers, and the whole list is read only when the key's value changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from engine.rules import Rules
+from engine.values import dn_key
+from schemas.records import RefResolved, RefUpdate
+from schemas.state import CSObject, JoinEntry, MVObject, TargetState
+
+_SEP = "\x00"
+
+
+def in_route(connector: str, dn: str) -> str:
+    """Route of a DN of ``connector`` in the reference index (the DN is normalized here)."""
+    return f"ref|{connector}|{dn_key(dn)}"
+
+
+def out_route(connector: str, mv_id: str) -> str:
+    """Route of a metaverse object's DN in target ``connector``."""
+    return f"xref|{connector}|{mv_id}"
+
+
+def is_ref_route(route: str) -> bool:
+    return route.startswith(("ref|", "xref|"))
+
+
+def referrer_prefix(route: str) -> str:
+    return route + _SEP
+
+
+def referrer_key(route: str, referrer: str, attribute: str = "", anchor: str = "") -> str:
+    """Store key of one referrer registration (under the route's prefix)."""
+    return _SEP.join((route, referrer, attribute, anchor))
+
+
+def parse_referrer(key: str) -> tuple[str, str, str]:
+    """(referrer mv_id, attribute, anchor) of a referrer key."""
+    _route, referrer, attribute, anchor = key.split(_SEP)
+    return referrer, attribute, anchor
+
+
+# --------------------------------------------------------------------------- staging side
+def cs_references(rules: Rules, cs: CSObject | None) -> set[tuple[str, str]]:
+    """(metaverse attribute, normalized DN) pairs a connector-space object refers to through its
+    reference flows; none while it has no metaverse object (nothing to resolve them into).
+
+    A single-valued reference attribute with several DNs refers to none (staging reports the
+    ``flow-multi-values-to-single-value`` error for it)."""
+    if cs is None or cs.mv_id is None:
+        return set()
+    flows = rules.ref_flows(cs.connector, cs.object_type)
+    if not flows:
+        return set()
+    rule = rules.inbound_rule(cs.connector, cs.object_type)
+    single = rules.single_valued.get(rule.mv_type, frozenset()) if rule is not None else frozenset()
+    pairs: set[tuple[str, str]] = set()
+    for attr, source in flows:
+        keys = {dn_key(v) for v in cs.attributes.get(source, ()) if v.strip()}
+        if attr in single and len(keys) > 1:
+            continue
+        pairs.update((attr, k) for k in keys)
+    return pairs
+
+
+def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | None:
+    """(route, anchor, mv_id) this object publishes as the owner of its DN, if any."""
+    if cs is None or not cs.dn or cs.connector not in rules.reference_connectors:
+        return None
+    return in_route(cs.connector, cs.dn), cs.anchor, cs.mv_id
+
+
+def staging_updates(
+    rules: Rules, before: CSObject | None, after: CSObject | None, ts_ms: int
+) -> list[RefUpdate]:
+    """Reference-index updates for a connector-space object that changed from ``before`` to ``after``
+    (any change: staged, joined, unlinked, renamed, deleted). Nothing when neither its DN, its mv_id nor
+    its references changed, so an ordinary update costs nothing here."""
+    if not rules.reference_connectors:
+        return []
+    obj = after or before
+    if obj is None or obj.connector not in rules.reference_connectors:
+        return []
+    connector = obj.connector
+    out: list[RefUpdate] = []
+    old, new = _owned(rules, before), _owned(rules, after)
+    if old is not None and (new is None or new[:2] != old[:2]):
+        out.append(
+            RefUpdate(
+                route=old[0],
+                op="disown",
+                connector=connector,
+                key=old[0].split("|", 2)[2],
+                owner=old[1],
+                ts_ms=ts_ms,
+            )
+        )
+    if new is not None and new != old:
+        out.append(
+            RefUpdate(
+                route=new[0],
+                op="own",
+                connector=connector,
+                key=new[0].split("|", 2)[2],
+                owner=new[1],
+                value=new[2],
+                ts_ms=ts_ms,
+            )
+        )
+    old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
+    old_mv = before.mv_id if before is not None else None
+    new_mv = after.mv_id if after is not None else None
+    if old_mv == new_mv:
+        removed, added = old_refs - new_refs, new_refs - old_refs
+    else:
+        removed, added = old_refs, new_refs
+    for op, mv_id, pairs in (("unrefer", old_mv, removed), ("refer", new_mv, added)):
+        if mv_id is None:
+            continue
+        for attr, key in sorted(pairs):
+            out.append(
+                RefUpdate(
+                    route=f"ref|{connector}|{key}",
+                    op=op,
+                    connector=connector,
+                    key=key,
+                    referrer=mv_id,
+                    attribute=attr,
+                    anchor=obj.anchor,
+                    ts_ms=ts_ms,
+                )
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- the index
+@dataclass(slots=True)
+class RefStep:
+    """One reference-index message applied: the entry, a referrer key to write, answers to referrers."""
+
+    entry: JoinEntry | None
+    #: (referrer key, present): register (True) or forget (False) one referrer.
+    referrer: tuple[str, bool] | None = None
+    outputs: list[RefResolved] = field(default_factory=list)
+
+
+def _answer(msg: RefUpdate, referrer: str, attribute: str, anchor: str, value: str | None) -> RefResolved:
+    return RefResolved(
+        mv_id=referrer,
+        direction=msg.direction,
+        connector=msg.connector,
+        key=msg.key,
+        value=value,
+        attribute=attribute or None,
+        anchor=anchor or None,
+        ts_ms=msg.ts_ms,
+    )
+
+
+def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], Iterable[str]]) -> RefStep:
+    """Apply one message to a reference-index entry. ``referrers`` lists the route's referrer keys; it
+    is called only when the key's value changes (the fan-out)."""
+    entry = entry.model_copy() if entry is not None else JoinEntry()
+    current = entry.ref_value if entry.ref_owner is not None else None
+    step = RefStep(entry)
+    if msg.op in ("own", "disown"):
+        if msg.op == "own":
+            entry.ref_owner, entry.ref_value = msg.owner, msg.value
+        elif entry.ref_owner == msg.owner:
+            entry.ref_owner, entry.ref_value = None, None
+        value = entry.ref_value if entry.ref_owner is not None else None
+        if value != current:
+            for key in sorted(referrers()):
+                referrer, attribute, anchor = parse_referrer(key)
+                step.outputs.append(_answer(msg, referrer, attribute, anchor, value))
+    else:
+        assert msg.referrer is not None
+        key = referrer_key(msg.route, msg.referrer, msg.attribute or "", msg.anchor or "")
+        present = msg.op == "refer"
+        step.referrer = (key, present)
+        if present and current is not None:
+            step.outputs.append(_answer(msg, msg.referrer, msg.attribute or "", msg.anchor or "", current))
+        elif not present and msg.direction == "in":
+            # The metaverse holds the value it was given until told otherwise.
+            step.outputs.append(_answer(msg, msg.referrer, msg.attribute or "", msg.anchor or "", None))
+    if entry.ref_owner is None:
+        step.entry = None
+    return step
+
+
+# --------------------------------------------------------------------------- metaverse side
+def published_dn(mv: MVObject | None, connector: str) -> str | None:
+    """The DN a metaverse object has in a target, once it exists there (what referrers export)."""
+    if mv is None or mv.deleted:
+        return None
+    target = mv.targets.get(connector)
+    if target is None or target.status != "exists" or not target.dn:
+        return None
+    return target.dn
+
+
+def referenced(rules: Rules, mv: MVObject | None, connector: str) -> set[str]:
+    """mv_ids a metaverse object exports references to in a target connector."""
+    if mv is None or mv.deleted:
+        return set()
+    attrs = rules.export_references.get((connector, mv.object_type), frozenset())
+    return {v for a in attrs for v in mv.attributes.get(a, ())}
+
+
+def mv_updates(
+    rules: Rules, before: MVObject | None, after: MVObject | None, ts_ms: int
+) -> tuple[MVObject | None, list[RefUpdate]]:
+    """Outbound reference-index updates after a metaverse step: publish this object's DN in each target
+    that needs it, and (un)register the objects it references there. Registration is recorded in
+    ``TargetState.ref_dns`` of the returned object (copied when it changes)."""
+    out: list[RefUpdate] = []
+    obj = after or before
+    if obj is None:
+        return after, []
+    mv_id = obj.mv_id
+    for connector in sorted(rules.xref_targets):
+        dn_before, dn_after = published_dn(before, connector), published_dn(after, connector)
+        if dn_before != dn_after:
+            route = out_route(connector, mv_id)
+            out.append(
+                RefUpdate(
+                    route=route,
+                    op="own",
+                    direction="out",
+                    connector=connector,
+                    key=mv_id,
+                    owner=mv_id,
+                    value=dn_after,
+                    ts_ms=ts_ms,
+                )
+            )
+        target = after.targets.get(connector) if after is not None else None
+        registered = set(target.ref_dns) if target is not None else set()
+        if target is None and before is not None and after is None:
+            old_target = before.targets.get(connector)
+            registered = set(old_target.ref_dns) if old_target is not None else set()
+        wanted = referenced(rules, after, connector)
+        if registered == wanted:
+            continue
+        if after is not None:
+            if after is before:
+                after = after.model_copy(
+                    update={"targets": {n: t.model_copy() for n, t in after.targets.items()}}
+                )
+            if after.targets.get(connector) is not None:
+                old_target = after.targets[connector]
+                after.targets[connector] = old_target.model_copy(update={"ref_dns": dict(old_target.ref_dns)})
+            target = after.targets.setdefault(connector, TargetState())
+            for gone in registered - wanted:
+                target.ref_dns.pop(gone, None)
+            for new in wanted - registered:
+                target.ref_dns[new] = ""
+        for op, ids in (("unrefer", registered - wanted), ("refer", wanted - registered)):
+            for ref in sorted(ids):
+                out.append(
+                    RefUpdate(
+                        route=out_route(connector, ref),
+                        op=op,
+                        direction="out",
+                        connector=connector,
+                        key=ref,
+                        referrer=mv_id,
+                        ts_ms=ts_ms,
+                    )
+                )
+    return after, out

@@ -1,0 +1,277 @@
+"""A small in-memory pipeline for the reference tests: staging -> join/reference index -> metaverse,
+wired like the stages (streams/stages/*.py) but with message delivery chosen by the test.
+
+Messages are queued per (topic, key): each queue is delivered in order (as Kafka keeps a key's order),
+and the test picks which queue goes next, so any interleaving across keys can be produced.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from typing import Any
+
+from engine.inbound import on_link, on_link_gone, route
+from engine.join import join_step
+from engine.metaverse import metaverse_step
+from engine.references import ref_step, referrer_key, referrer_prefix, staging_updates
+from engine.rules import Rules, compile_rules
+from engine.staging import stage
+from schemas.config import IdsyncConfig
+from schemas.records import (
+    Attrs,
+    ChangeRecord,
+    CSLink,
+    ErrorRecord,
+    ExportResult,
+    JoinIndexUpdate,
+    JoinRequest,
+    MVChange,
+    MVContribution,
+    MVDisconnect,
+    PendingExport,
+    RefResolved,
+    RefSync,
+    RefUpdate,
+    Source,
+)
+from schemas.state import CSObject, JoinEntry, MVObject
+
+BASE = "dc=example,dc=org"
+PEOPLE = f"ou=people,{BASE}"
+GROUPS = f"ou=groups,{BASE}"
+
+
+def ref_config_dict(targets: bool = False) -> dict[str, Any]:
+    """An LDAP-like source ``ad`` with users (manager) and groups (member), both reference attributes;
+    with ``targets``, a second directory ``ldap`` provisioned from the metaverse (DNs translated)."""
+    ldap = {"kind": "ldap", "uri": "ldap://ldap.invalid", "base_dn": BASE}
+    cfg: dict[str, Any] = {
+        "name": "refs",
+        "connectors": {"ad": {**ldap, "object_classes": {"user": "inetOrgPerson", "group": "groupOfNames"}}},
+        "metaverse": {
+            "person": {"attributes": {"manager": {"reference": True}}},
+            "group": {"attributes": {"member": {"reference": True, "multi_valued": True}}},
+        },
+        "inbound": [
+            {
+                "connector": "ad",
+                "object_type": "user",
+                "mv_type": "person",
+                "join": [{"cs": "employeeNumber", "mv": "employeeId"}],
+                "project": True,
+                "flows": [
+                    {"mv": "employeeId", "source": "employeeNumber"},
+                    {"mv": "uid", "source": "uid"},
+                    {"mv": "manager", "source": "manager"},
+                ],
+            },
+            {
+                "connector": "ad",
+                "object_type": "group",
+                "mv_type": "group",
+                "join": [{"cs": "cn", "mv": "name"}],
+                "project": True,
+                "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
+            },
+        ],
+    }
+    if targets:
+        cfg["connectors"]["ldap"] = {**ldap, "uri": "ldap://target.invalid"}
+        cfg["outbound"] = [
+            {
+                "connector": "ldap",
+                "mv_type": "person",
+                "object_type": "person",
+                "dn": "uid={uid},ou=people,dc=target,dc=org",
+                "flows": [
+                    {"target": "uid", "source": "uid"},
+                    {"target": "manager", "source": "manager", "allow_null": True},
+                ],
+            },
+            {
+                "connector": "ldap",
+                "mv_type": "group",
+                "object_type": "group",
+                "dn": "cn={name},ou=groups,dc=target,dc=org",
+                "flows": [
+                    {"target": "cn", "source": "name"},
+                    {"target": "member", "source": "member", "allow_null": True},
+                ],
+            },
+        ]
+    return cfg
+
+
+def ref_rules(targets: bool = False) -> Rules:
+    return compile_rules(IdsyncConfig.model_validate(ref_config_dict(targets)))
+
+
+def user_dn(uid: str) -> str:
+    return f"uid={uid},{PEOPLE}"
+
+
+def group_dn(cn: str) -> str:
+    return f"cn={cn},{GROUPS}"
+
+
+class Sim:
+    """The pipeline's state and queues; ``step`` delivers the head of one queue."""
+
+    def __init__(self, rules: Rules, seed: int = 0) -> None:
+        self.rules = rules
+        self.cs: dict[str, CSObject] = {}
+        self.join: dict[str, JoinEntry] = {}
+        self.mv: dict[str, MVObject] = {}
+        self.queues: dict[tuple[str, str], deque[Any]] = {}
+        self.rng = random.Random(seed)
+        self.versions: dict[str, int] = {}
+        self.exports: list[PendingExport] = []
+        self.errors: list[ErrorRecord] = []
+        self.changes: list[MVChange] = []
+        self.ts = 1_000
+
+    # ---- input
+    def put(self, topic: str, key: str, msg: Any) -> None:
+        self.queues.setdefault((topic, key), deque()).append(msg)
+
+    def upsert(self, anchor: str, object_type: str, dn: str, attrs: Attrs) -> None:
+        version = self.versions.get(anchor, 0) + 1
+        self.versions[anchor] = version
+        self.ts += 1
+        self.put(
+            "import",
+            anchor,
+            ChangeRecord(
+                op="u" if version > 1 else "c",
+                anchor=anchor,
+                object_type=object_type,
+                after=attrs,
+                source=Source(
+                    connector="ad", dn=dn, version=version, event_id=f"{anchor}:{version}", ts_ms=self.ts
+                ),
+            ),
+        )
+
+    def delete(self, anchor: str, object_type: str) -> None:
+        version = self.versions.get(anchor, 0) + 1
+        self.versions[anchor] = version
+        self.ts += 1
+        self.put(
+            "import",
+            anchor,
+            ChangeRecord(
+                op="d",
+                anchor=anchor,
+                object_type=object_type,
+                source=Source(
+                    connector="ad", version=version, event_id=f"{anchor}:{version}:d", ts_ms=self.ts
+                ),
+            ),
+        )
+
+    # ---- delivery
+    def pending(self) -> list[tuple[str, str]]:
+        return [k for k, q in self.queues.items() if q]
+
+    def step(self, key: tuple[str, str]) -> None:
+        msg = self.queues[key].popleft()
+        topic = key[0]
+        if topic == "import" or topic == "links":
+            self._staging(msg)
+        elif topic == "join":
+            self._join(msg)
+        else:
+            self._metaverse(msg)
+
+    def run(self, shuffle: bool = True, limit: int = 200_000) -> None:
+        for _ in range(limit):
+            keys = self.pending()
+            if not keys:
+                return
+            self.step(self.rng.choice(keys) if shuffle else sorted(keys)[0])
+        raise AssertionError("the simulated pipeline did not settle")
+
+    # ---- stages (as streams/stages/*.py wire them)
+    def _staging(self, msg: Any) -> None:
+        if isinstance(msg, CSLink):
+            key = f"{msg.connector}|{msg.anchor}"
+            cs = self.cs.get(key)
+            if cs is None:
+                self._emit(on_link_gone(msg))
+                return
+            new, outputs = on_link(self.rules, cs, msg)
+            refs = staging_updates(self.rules, cs, new, msg.ts_ms)
+            self.cs[key] = new
+            self._emit([*outputs, *refs])
+            return
+        key = f"{msg.source.connector}|{msg.anchor}"
+        staged = stage(self.cs.get(key), msg)
+        if staged.skipped:
+            return
+        cs, outputs = route(self.rules, staged, msg.source.ts_ms)
+        refs = staging_updates(self.rules, staged.before, cs, msg.source.ts_ms)
+        if cs is None:
+            self.cs.pop(key, None)
+        else:
+            self.cs[key] = cs
+        self._emit([*outputs, *refs])
+
+    def _join(self, msg: JoinRequest | JoinIndexUpdate | RefUpdate) -> None:
+        if isinstance(msg, RefUpdate):
+            prefix = referrer_prefix(msg.route)
+            step = ref_step(
+                self.join.get(msg.route), msg, lambda: [k for k in self.join if k.startswith(prefix)]
+            )
+            self._store(msg.route, step.entry)
+            if step.referrer is not None:
+                self._store(step.referrer[0], JoinEntry() if step.referrer[1] else None)
+            self._emit(list(step.outputs))
+            return
+        entry, outputs = join_step(self.join.get(msg.route), msg, self.rules)
+        self._store(msg.route, entry)
+        self._emit(outputs)
+
+    def _metaverse(self, msg: Any) -> None:
+        mv, outputs = metaverse_step(self.rules, self.mv.get(msg.mv_id), msg)
+        if mv is None:
+            self.mv.pop(msg.mv_id, None)
+        else:
+            self.mv[msg.mv_id] = mv
+        self._emit(outputs)
+
+    def _store(self, key: str, entry: JoinEntry | None) -> None:
+        if entry is None:
+            self.join.pop(key, None)
+        else:
+            self.join[key] = entry
+
+    def _emit(self, outputs: list[Any]) -> None:
+        for o in outputs:
+            if isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):
+                self.put("join", o.route, o)
+            elif isinstance(o, MVContribution | MVDisconnect | RefResolved | RefSync | ExportResult):
+                self.put("mv", o.mv_id, o)
+            elif isinstance(o, CSLink):
+                self.put("links", o.anchor, o)
+            elif isinstance(o, PendingExport):
+                self.exports.append(o)
+            elif isinstance(o, ErrorRecord):
+                self.errors.append(o)
+            elif isinstance(o, MVChange):
+                self.changes.append(o)
+
+    # ---- reading the result
+    def mv_of(self, anchor: str) -> MVObject:
+        cs = self.cs[f"ad|{anchor}"]
+        assert cs.mv_id is not None, f"{anchor} is not joined"
+        return self.mv[cs.mv_id]
+
+    def live(self) -> list[MVObject]:
+        return [m for m in self.mv.values() if not m.deleted]
+
+    def referrer_keys(self) -> list[str]:
+        return sorted(k for k in self.join if "\x00" in k)
+
+
+__all__ = ["Sim", "group_dn", "ref_config_dict", "ref_rules", "referrer_key", "user_dn"]
