@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from engine.values import dn_key, same_values
 from schemas.records import Attrs, ErrorRecord, ExportConfirmed
-from schemas.state import TargetState
+from schemas.state import LedgerEntry, TargetState
 
 DN_KEY = "__dn__"
 DELETED_KEY = "__deleted__"
@@ -41,7 +41,7 @@ def confirm_import(
             ok = bool(seen) and dn_key(seen[0]) == dn_key(entry.values[0])
         else:
             seen = folded.get(attr.casefold(), [])
-            ok = same_values(seen, entry.values)
+            ok = _shows(seen, entry)
         if not ok and not final:
             continue
         if not ok:
@@ -54,8 +54,8 @@ def confirm_import(
                     anchor=target.anchor,
                     mv_id=mv_id,
                     message=(
-                        f"{connector} {dn or target.dn}: exported {attr}={entry.values!r} "
-                        f"but the import shows {seen!r}"
+                        f"{connector} {dn or target.dn}: exported {attr} {_exported(entry)} "
+                        f"but the import shows {_short(seen)}"
                     ),
                     ts_ms=ts_ms,
                 )
@@ -69,6 +69,32 @@ def confirm_import(
         [ExportConfirmed(connector=connector, mv_id=mv_id, export_id=x, ts_ms=ts_ms) for x in confirmed],
         errors,
     )
+
+
+def _short(values: list[str], limit: int = 10) -> str:
+    """Values for a message: a group's members are not all worth printing."""
+    if len(values) <= limit:
+        return repr(values)
+    return f"{values[:limit]!r} and {len(values) - limit} more"
+
+
+def _exported(entry: LedgerEntry) -> str:
+    if entry.op == "delta":
+        return f"+{_short(entry.values)} -{_short(entry.removed)}"
+    return f"={_short(entry.values)}"
+
+
+def _shows(seen: list[str], entry: LedgerEntry) -> bool:
+    """Does an imported value set show what the ledger entry exported?"""
+    key = dn_key if entry.dn_valued else None
+    if entry.op == "delta":
+        have = {key(v) if key else v for v in seen}
+        return all((key(v) if key else v) in have for v in entry.values) and not any(
+            (key(v) if key else v) in have for v in entry.removed
+        )
+    if key is not None:
+        return sorted(map(key, seen)) == sorted(map(key, entry.values))
+    return same_values(seen, entry.values)
 
 
 def confirm_delete(target: TargetState, connector: str, mv_id: str, ts_ms: int) -> list[ExportConfirmed]:

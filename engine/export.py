@@ -3,23 +3,69 @@ pending exports, and record export results."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from engine.confirmation import DELETED_KEY, DN_KEY, casefold_keys
 from engine.provisioning import Desired, desired, moved_dn
+from engine.rules import ExportShape
 from engine.values import dn_key, same_values, split_dn
 from schemas.config import OutboundRuleConfig
 from schemas.records import AttrChange, Attrs, CSLink, ErrorRecord, ExportResult, PendingExport
 from schemas.state import LedgerEntry, MVObject, TargetState
 
 OutboundOutput = PendingExport | ErrorRecord | CSLink
+_PLAIN = ExportShape()
 
 
 def _view(target: TargetState, image: Attrs | None) -> Attrs:
     """What the target holds as far as we know: the last import overlaid with unconfirmed exports."""
     view = casefold_keys(image or {})
     for attr, entry in target.ledger.items():
-        if attr not in (DN_KEY, DELETED_KEY):
+        if attr in (DN_KEY, DELETED_KEY):
+            continue
+        if entry.op == "delta":
+            view[attr.casefold()] = overlay(view.get(attr.casefold(), []), entry)
+        else:
             view[attr.casefold()] = entry.values
     return view
+
+
+def _identity(value: str) -> str:
+    return value
+
+
+def value_key(dn_valued: bool) -> Callable[[str], str]:
+    """How values of an attribute compare: as DNs for reference attributes, exactly otherwise."""
+    return dn_key if dn_valued else _identity
+
+
+def overlay(have: list[str], entry: LedgerEntry) -> list[str]:
+    """Values after a value-level (delta) ledger entry is applied to ``have``."""
+    key = value_key(entry.dn_valued)
+    removed = {key(v) for v in entry.removed}
+    kept = [v for v in have if key(v) not in removed]
+    present = {key(v) for v in kept}
+    return kept + [v for v in entry.values if key(v) not in present]
+
+
+def _delta_entry(
+    prev: LedgerEntry | None, added: list[str], removed: list[str], dn_valued: bool, export_id: str
+) -> LedgerEntry:
+    """The ledger entry after a value-level change, merged with an unconfirmed one before it."""
+    key = value_key(dn_valued)
+    if prev is not None and prev.op != "delta":
+        # An unconfirmed whole value set (the add): it stays one, with the change applied.
+        delta = LedgerEntry(op="delta", values=added, removed=removed, dn_valued=dn_valued, export_id="")
+        values = overlay(prev.values, delta)
+        return LedgerEntry(values=values, dn_valued=dn_valued, export_id=export_id)
+    old_added = list(prev.values) if prev is not None else []
+    old_removed = list(prev.removed) if prev is not None else []
+    add_keys, rem_keys = {key(v) for v in added}, {key(v) for v in removed}
+    all_added = [v for v in old_added if key(v) not in rem_keys] + added
+    all_removed = [v for v in old_removed if key(v) not in add_keys] + removed
+    return LedgerEntry(
+        op="delta", values=all_added, removed=all_removed, dn_valued=dn_valued, export_id=export_id
+    )
 
 
 def _emit(
@@ -32,11 +78,20 @@ def _emit(
     old: Attrs,
     ts_ms: int,
     new_dn: str | None = None,
+    dn_valued: frozenset[str] = frozenset(),
 ) -> PendingExport:
     target.seq += 1
     export_id = f"{mv.mv_id}:{rule.connector}:{target.seq}"
     for attr, change in attributes.items():
-        target.ledger[attr] = LedgerEntry(values=change.values, export_id=export_id)
+        if change.op == "replace":
+            target.ledger[attr] = LedgerEntry(
+                values=change.values, export_id=export_id, dn_valued=attr in dn_valued
+            )
+        else:
+            added = change.values if change.op == "add" else []
+            removed = change.values if change.op == "delete" else []
+            prev = target.ledger.get(attr)
+            target.ledger[attr] = _delta_entry(prev, added, removed, attr in dn_valued, export_id)
     if op in ("add", "rename"):
         target.pending_dn = new_dn or dn
         target.ledger[DN_KEY] = LedgerEntry(values=[new_dn or dn], export_id=export_id)
@@ -89,13 +144,26 @@ def _update(
     want: Desired,
     image: Attrs | None,
     ts_ms: int,
+    shape: ExportShape = _PLAIN,
 ) -> list[OutboundOutput]:
     view = _view(target, image)
     changes: dict[str, AttrChange] = {}
+    adds: dict[str, AttrChange] = {}
     old: Attrs = {}
     for attr, values in sorted(want.attributes.items()):
         have = view.get(attr.casefold(), [])
-        if not same_values(have, values):
+        key = value_key(attr in shape.dn_valued)
+        if attr in shape.value_level:
+            # Membership: only the values that changed go out (a group is never rewritten whole).
+            have_keys = {key(v) for v in have}
+            wanted = {key(v): v for v in values}
+            added = [v for k, v in wanted.items() if k not in have_keys]
+            removed = [] if attr in want.adds_only else [v for v in have if key(v) not in wanted]
+            if removed:
+                changes[attr] = AttrChange(op="delete", values=removed)
+            if added:
+                adds[attr] = AttrChange(op="add", values=added)
+        elif sorted(map(key, have)) != sorted(map(key, values)):
             changes[attr] = AttrChange(op="replace", values=values)
             old[attr] = have
     current_dn = target.pending_dn or target.dn or want.dn
@@ -109,12 +177,22 @@ def _update(
         target.disabled = False
     if current_dn is None:
         return []
+    dns = shape.dn_valued
+    out: list[OutboundOutput] = []
     renamed = new_dn is not None and dn_key(new_dn) != dn_key(current_dn)
     if renamed:
-        return [_emit(mv, rule, target, "rename", current_dn, changes, old, ts_ms, new_dn=new_dn)]
-    if changes:
-        return [_emit(mv, rule, target, "update", current_dn, changes, old, ts_ms)]
-    return []
+        out.append(_emit(mv, rule, target, "rename", current_dn, changes, old, ts_ms, new_dn, dns))
+        current_dn = new_dn or current_dn
+    elif adds and not any(c.op == "delete" and a in adds for a, c in changes.items()):
+        # No value of an attribute is both added and removed: one update carries everything.
+        changes.update(adds)
+        adds = {}
+    if changes and not renamed:
+        out.append(_emit(mv, rule, target, "update", current_dn, changes, old, ts_ms, dn_valued=dns))
+    if adds:
+        # An attribute has one change per export: its added values follow its removed ones.
+        out.append(_emit(mv, rule, target, "update", current_dn, adds, {}, ts_ms, dn_valued=dns))
+    return out
 
 
 def _deprovision(
@@ -159,14 +237,18 @@ def _deprovision(
     return []
 
 
-def plan_exports(mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[OutboundOutput]:
-    """Outbound sync of one metaverse object against one outbound rule. Mutates ``mv.targets``."""
+def plan_exports(
+    mv: MVObject, rule: OutboundRuleConfig, ts_ms: int, shape: ExportShape = _PLAIN
+) -> list[OutboundOutput]:
+    """Outbound sync of one metaverse object against one outbound rule. Mutates ``mv.targets``.
+
+    ``shape``: reference attributes (exported as the targets' DNs) and value-level attributes."""
     target = mv.targets.setdefault(rule.connector, TargetState())
     if target.status in ("disconnected", "joining"):
         return []
     link = mv.links.get(rule.connector)
     image = link.image if link is not None else None
-    want = desired(rule, mv)
+    want = desired(rule, mv, shape.references, shape.value_level)
     if want.in_scope:
         errors: list[OutboundOutput] = [
             ErrorRecord(
@@ -182,7 +264,7 @@ def plan_exports(mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[Out
         ]
         if target.status in ("none", "pending-delete"):
             return errors + _provision(mv, rule, target, want, ts_ms)
-        return errors + _update(mv, rule, target, want, image, ts_ms)
+        return errors + _update(mv, rule, target, want, image, ts_ms, shape)
     if target.status in ("pending-add", "exists"):
         return _deprovision(mv, rule, target, image, ts_ms)
     return []

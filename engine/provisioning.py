@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from engine.flow import FlowIssue, evaluate_export_flows
-from engine.values import any_group_holds, render, split_dn
+from engine.rules import flow_reads
+from engine.values import any_group_holds, dn_key, render, split_dn
 from schemas.config import OutboundRuleConfig
 from schemas.records import Attrs
 from schemas.state import MVObject
@@ -21,15 +23,62 @@ class Desired:
     missing_dn_attribute: bool = False
     #: Export flows that failed for this object (their attributes are left alone).
     issues: tuple[FlowIssue, ...] = ()
+    #: Value-level target attributes with references still waiting for their target object: their
+    #: resolved values may be added, but nothing is removed until every reference is resolved.
+    adds_only: frozenset[str] = frozenset()
 
 
-def desired(rule: OutboundRuleConfig, mv: MVObject) -> Desired:
-    """Evaluate scope, DN template and export flows of one outbound rule."""
+def translate_references(mv: MVObject, connector: str, references: Iterable[str]) -> tuple[Attrs, set[str]]:
+    """The metaverse values with reference attributes (mv_ids) translated to the referenced objects' DNs
+    in ``connector``, and the reference attributes with a reference to an object not there yet."""
+    target = mv.targets.get(connector)
+    dns = target.ref_dns if target is not None else {}
+    view = dict(mv.attributes)
+    waiting: set[str] = set()
+    for attr in references:
+        values = mv.attributes.get(attr, [])
+        if not values:
+            continue
+        got = sorted({dns[v] for v in values if dns.get(v)}, key=dn_key)
+        view[attr] = got
+        if len(got) < len(set(values)):
+            waiting.add(attr)
+    return view, waiting
+
+
+def desired(
+    rule: OutboundRuleConfig,
+    mv: MVObject,
+    references: frozenset[str] = frozenset(),
+    value_level: frozenset[str] = frozenset(),
+) -> Desired:
+    """Evaluate scope, DN template and export flows of one outbound rule.
+
+    ``references``: reference attributes the flows read; they see the referenced objects' DNs in the
+    target. A reference to an object not created there yet waits (MIM's reference to an object not yet
+    created): a flow reading it is left out this pass — except a ``value_level`` target attribute, which
+    gets its resolved values added but loses none — and the reference index's answer triggers the next.
+    """
     in_scope = not mv.deleted and (not rule.scope or any_group_holds(rule.scope, mv.attributes))
     dn = render(rule.dn, mv.attributes, escape=True)
-    attrs, issues = evaluate_export_flows(rule.flows, mv.attributes)
+    view, waiting = (
+        translate_references(mv, rule.connector, references) if references else (mv.attributes, set())
+    )
+    attrs, issues = evaluate_export_flows(rule.flows, view)
+    adds_only: set[str] = set()
+    for flow in rule.flows:
+        if waiting and flow_reads(flow, waiting):
+            if flow.target in value_level:
+                adds_only.add(flow.target)
+            else:
+                attrs.pop(flow.target, None)
     return Desired(
-        in_scope=in_scope, dn=dn, attributes=attrs, missing_dn_attribute=dn is None, issues=tuple(issues)
+        in_scope=in_scope,
+        dn=dn,
+        attributes=attrs,
+        missing_dn_attribute=dn is None,
+        issues=tuple(issues),
+        adds_only=frozenset(adds_only),
     )
 
 

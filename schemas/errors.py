@@ -23,6 +23,15 @@ class RetriableError(IdsyncError):
     """A transient failure (server down, busy, timeout): try again later, nothing is wrong with the data."""
 
     error_type = "cd-connection-failure"
+    #: The server's own hint (Retry-After) in seconds: export workers wait at least this long.
+    retry_after_s: float | None = None
+
+    def __init__(
+        self, message: str, *, error_type: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        super().__init__(message, error_type=error_type)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class FatalError(IdsyncError):

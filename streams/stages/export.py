@@ -1,29 +1,99 @@
 """Export agent (one per target connector, keyed by mv_id): apply pending exports through the connector.
 
-Exports of a partition are applied in order, one at a time, in a worker thread (connector I/O is
-blocking). A transient failure (server down) is retried with capped exponential backoff and jitter and
-holds the partition: nothing is skipped or dead-lettered, the backlog drains in order when the server is
-back. The ledger keeps the last applied sequence per metaverse object, so a re-delivered export is
-skipped; an export applied but not yet recorded (crash in between) is applied again, which every
-connector's ``apply`` makes harmless (add of an existing object becomes an update, and so on).
+Exports are applied in order, in a worker thread (connector I/O is blocking): one at a time through
+``Export.apply``, or a micro-batch at once through ``BatchExport.apply_batch`` when the connector offers
+it. A transient failure (server down) is retried with capped exponential backoff and jitter, never
+shorter than the server's ``retry_after_s``, and holds the batch: nothing is skipped or dead-lettered,
+the backlog drains in order when the server is back.
+
+Recording order (crash safety): apply, then produce the ``ExportResult``s and wait for the broker, then
+write the ledger (last applied sequence per metaverse object) — and only then does faust ack the
+offsets. A crash before the ledger write re-applies the export after restart, which every connector's
+``apply`` makes harmless (an add of an existing object becomes an update, a delete of a missing one is
+done); a crash after it skips the re-delivered export. Either way the metaverse gets the result.
+
+Deletion threshold (docs/export.md, ``engine.threshold``): a delete past the partition's budget is held
+in the ledger store under ``HELD_PREFIX`` (it survives a restart) and other changes go on; an
+``ApproveDeletes`` record on the partition releases exactly the deletes held before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import random
+import signal
 import traceback
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from connectors.base import Export, ExportOutcome
-from schemas.errors import DataError, FatalError, IdsyncError, RetriableError
-from schemas.records import ErrorRecord, ExportResult, PendingExport
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from connectors.base import BatchExport, Export, ExportOutcome
+from engine.threshold import DeleteWindow, approved, decide, needs_base, superseded
+from schemas.errors import FatalError, IdsyncError, RetriableError
+from schemas.records import APPROVE_DELETES_KEY, ApproveDeletes, ErrorRecord, ExportResult, PendingExport
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
 
 log = logging.getLogger("idsync.export")
+
+#: Ledger keys of held deletes: ``HELD_PREFIX + mv_id`` -> the PendingExport. Ledger sequence keys are bare
+#: mv_ids, which never start with a NUL byte.
+HELD_PREFIX = b"\x00held\x00"
+#: Ledger key of the partition's deletion-threshold window (engine.threshold.DeleteWindow as JSON).
+WINDOW_KEY = b"\x00threshold-window"
+#: Crash-safety tests only: ``after-apply:N`` / ``after-flush:N`` kills this process (SIGKILL) after the
+#: N-th applied export, before its result is produced / before the ledger records it.
+KILL_POINT_ENV = "IDSYNC_TEST_EXPORT_KILL_POINT"
+
+
+def export_consumer_group(rt: Runtime, connector: str) -> str:
+    """The consumer group whose committed offsets say what the export worker of ``connector`` has done.
+
+    The one place that knows it (``idsync pending-exports`` reads it): the export stage's own group
+    (``streams.app`` names the stage ``export-<connector>``).
+    """
+    return rt.names.group_id(f"export-{connector}")
+
+
+async def committed_export_offsets(rt: Runtime, connector: str) -> dict[int, int | None]:
+    """Committed offset per partition of ``export.<connector>`` (None: the group never committed one)."""
+    topic = rt.names.export_topic(connector)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=rt.settings.bootstrap_servers,
+        group_id=export_consumer_group(rt, connector),
+        enable_auto_commit=False,
+        client_id=f"idsync-{rt.config.name}-pending",
+    )
+    await consumer.start()
+    try:
+        # Fetching committed offsets does not join the group: the running workers are not disturbed.
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(rt.partitions)}
+    finally:
+        await consumer.stop()
+
+
+def _encode_window(w: DeleteWindow) -> bytes:
+    return json.dumps(asdict(w)).encode()
+
+
+def _decode_window(raw: bytes | None) -> DeleteWindow:
+    return DeleteWindow(**json.loads(raw)) if raw else DeleteWindow()
+
+
+@dataclass
+class _Work:
+    """Exports to apply (in order) and ledger writes, per partition, made only after results are out."""
+
+    todo: list[tuple[int, PendingExport]] = field(default_factory=list)
+    puts: dict[int, dict[bytes, bytes | None]] = field(default_factory=lambda: defaultdict(dict))
+    windows: dict[int, DeleteWindow] = field(default_factory=dict)
 
 
 class ExportWorker:
@@ -35,25 +105,42 @@ class ExportWorker:
         self.step_id = f"export.{connector_name}"
         self.connector = connector
         self.ledger = rt.store(f"export-ledger-{connector_name}")
+        self.threshold = rt.config.connectors[connector_name].deletion_threshold
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"export-{connector_name}")
         self.max_backoff_s = 30.0
+        #: Exports per connector call for ``apply_batch`` (and per ledger write).
+        self.batch_max = 200
+        self._applied = 0
+        self._kill_point = os.environ.get(KILL_POINT_ENV, "")
 
+    # ------------------------------------------------------------------ batch
     async def process(self, events: list[Any]) -> None:
         out = await self.rt.outputs()
+        work = _Work()
         for ev in events:
-            await self._one(ev, out)
-            # Results go out per export so the metaverse learns anchors of new objects promptly.
-            if len(out) >= 100:
-                await out.flush()
+            msg = ev.message
+            if msg.key == APPROVE_DELETES_KEY:
+                # Everything before the approval is settled first: it releases what is held *now*.
+                await self._run(work, out)
+                work = _Work()
+                await self._approve(ev, out)
+                continue
+            export = self._decode(ev, out)
+            if export is not None:
+                self._admit(export, msg.partition, work, out)
+            if len(work.todo) >= self.batch_max:
+                await self._run(work, out)
+                work = _Work()
+        await self._run(work, out)
+        for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1
-        await out.flush()
         self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
-    async def _one(self, ev: Any, out: Outputs) -> None:
-        msg = ev.message
+    def _decode(self, ev: Any, out: Outputs) -> PendingExport | None:
         try:
-            export = PendingExport.model_validate_json(ev.value)
+            return PendingExport.model_validate_json(ev.value)
         except Exception as exc:
+            msg = ev.message
             self._error(
                 out,
                 "data-error",
@@ -61,16 +148,226 @@ class ExportWorker:
                 None,
                 record=bytes(ev.value[:2000]).decode("utf-8", "replace"),
             )
-            return
-        part = self.ledger.partition(msg.partition)
+            return None
+
+    def _window(self, p: int, work: _Work) -> DeleteWindow:
+        if p not in work.windows:
+            work.windows[p] = _decode_window(self.ledger.partition(p).get(WINDOW_KEY))
+        return work.windows[p]
+
+    def _set_window(self, p: int, work: _Work, window: DeleteWindow) -> None:
+        work.windows[p] = window
+        work.puts[p][WINDOW_KEY] = _encode_window(window)
+
+    def _stored(self, p: int, work: _Work, key: bytes) -> bytes | None:
+        puts = work.puts.get(p, {})
+        if key in puts:
+            return puts[key]
+        return self.ledger.partition(p).get(key)
+
+    def _admit(self, export: PendingExport, p: int, work: _Work, out: Outputs) -> None:
+        """Skip a re-delivered export, drop a held delete it overtakes, hold a delete past the threshold."""
         key = export.mv_id.encode()
-        done = part.get(key)
+        done = self._stored(p, work, key)
         if done is not None and export.seq <= int(done):
             self.rt.counters.count(f"export-skipped-duplicate:{self.name}")
             return
-        outcome, error = await self._apply_with_retry(export)
-        part.write({key: str(export.seq).encode()})
-        if error is None and outcome is not None:
+        work.puts[p][key] = str(export.seq).encode()
+        held_key = HELD_PREFIX + key
+        if self._stored(p, work, held_key) is not None:
+            # A later change of the same object (re-provisioned, back in scope) makes the held delete moot.
+            work.puts[p][held_key] = None
+            self._set_window(p, work, superseded(self._window(p, work)))
+            self.rt.counters.count(f"export-delete-superseded:{self.name}")
+        if export.op == "delete":
+            now = now_ms()
+            window = self._window(p, work)
+            base = self._target_size() if needs_base(window, self.threshold, now) else None
+            decision = decide(window, self.threshold, self.rt.partitions, now, base)
+            self._set_window(p, work, decision.window)
+            if decision.hold:
+                work.puts[p][held_key] = export.model_dump_json().encode()
+                self.rt.counters.count(f"export-delete-held:{self.name}")
+                if decision.tripped:
+                    self._tripped(export, p, decision.budget, out)
+                return
+        work.todo.append((p, export))
+
+    def _target_size(self) -> int:
+        """The target's connector-space size (percentage threshold), as far as this process holds it."""
+        prefix = self.name.encode() + b"\x00"
+        return sum(1 for _ in self.rt.store("cs").scan_all(prefix))
+
+    def _tripped(self, export: PendingExport, p: int, budget: int | None, out: Outputs) -> None:
+        t = self.threshold
+        limit = [f"{t.count} deletes"] if t.count is not None else []
+        limit += [f"{t.percent:g}% of the connector space"] if t.percent is not None else []
+        self.rt.counters.count(f"stopped-deletion-threshold-exceeded:{self.name}")
+        self._error(
+            out,
+            "stopped-deletion-threshold-exceeded",
+            f"partition {p} of {self.rt.partitions}: more than its share ({budget}) of the deletion "
+            f"threshold "
+            f"({' and '.join(limit)} per {t.window_s}s) in one window; this and later deletes are held, "
+            f"other changes go on; release them with: idsync approve-deletes {self.name}",
+            export,
+        )
+
+    async def _approve(self, ev: Any, out: Outputs) -> None:
+        msg = ev.message
+        try:
+            approval = ApproveDeletes.model_validate_json(ev.value)
+            if approval.connector != self.name:
+                raise ValueError(f"approval for connector {approval.connector!r} on {msg.topic}")
+        except Exception as exc:
+            self._error(
+                out,
+                "data-error",
+                f"bad deletion approval at {msg.topic}[{msg.partition}]@{msg.offset}: {exc}",
+                None,
+                record=bytes(ev.value[:2000]).decode("utf-8", "replace"),
+            )
+            await self._flush(out)
+            return
+        p = msg.partition
+        held = [
+            (k, PendingExport.model_validate_json(v)) for k, v in self.ledger.partition(p).scan(HELD_PREFIX)
+        ]
+        held.sort(key=lambda item: (item[1].ts_ms, item[1].seq))
+        work = _Work()
+        for k, export in held:
+            work.todo.append((p, export))
+            work.puts[p][k] = None
+        self._set_window(p, work, approved(self._window(p, work)))
+        self.rt.counters.count(f"export-deletes-approved:{self.name}", len(held))
+        log.warning(
+            "%s: approval %s by %s releases %d held deletes of partition %d",
+            self.step_id,
+            approval.approval_id,
+            approval.approved_by or "?",
+            len(held),
+            p,
+        )
+        await self._run(work, out)
+
+    # ------------------------------------------------------------------ apply and record
+    async def _run(self, work: _Work, out: Outputs) -> None:
+        """Apply ``work.todo``, produce the results and wait for the broker, then write the ledger."""
+        if work.todo:
+            results = await self._apply_all([e for _, e in work.todo])
+            for (_p, export), result in zip(work.todo, results, strict=True):
+                self._result(export, result, out)
+        # Results first, acknowledged, then the ledger: a ledger entry never records an export whose
+        # result was not published (streams.stages.base.Stage.commit explains the order).
+        await self._flush(out)
+        for p, puts in work.puts.items():
+            # The ledger (held deletes included) moves with its partition through the store's changelog.
+            changelog = getattr(self.ledger.partition(p), "changelog", None)
+            if changelog is not None:
+                for k, v in puts.items():
+                    out.add(changelog, k, v, partition=p)
+        offsets = await self._flush(out) or {}
+        if work.todo:
+            self._maybe_kill("after-flush")
+        for p, puts in work.puts.items():
+            part = self.ledger.partition(p)
+            changelog = getattr(part, "changelog", None)
+            if changelog is None:
+                part.write(puts)
+            else:
+                part.write(puts, offsets.get((changelog, p)))
+
+    def _maybe_kill(self, point: str) -> None:
+        """The crash-safety tests' kill point (``KILL_POINT_ENV``); inert unless that variable is set."""
+        name, _, count = self._kill_point.partition(":")
+        if name == point and self._applied >= int(count or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def _apply_all(self, exports: list[PendingExport]) -> list[ExportOutcome | IdsyncError]:
+        if isinstance(self.connector, BatchExport):
+            return await self._apply_batches(self.connector, exports)
+        results: list[ExportOutcome | IdsyncError] = []
+        for export in exports:
+            results.append(await self._apply_one(export))
+            self._applied += 1
+            # Here the change is in the target; neither its result nor the ledger has recorded it.
+            self._maybe_kill("after-apply")
+        return results
+
+    async def _apply_one(self, export: PendingExport) -> ExportOutcome | IdsyncError:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            try:
+                return await loop.run_in_executor(self._pool, self.connector.apply, export)
+            except RetriableError as exc:
+                await self._backoff(exc, attempt)
+                attempt += 1
+            except FatalError as exc:
+                self._fatal(exc)
+                raise
+            except IdsyncError as exc:
+                return exc  # DataError or another per-object error: reported, the others go on
+            except Exception as exc:
+                return self._extension_error(exc)
+
+    async def _apply_batches(
+        self, connector: BatchExport, exports: list[PendingExport]
+    ) -> list[ExportOutcome | IdsyncError]:
+        """``apply_batch`` with retries: after a retriable error, resubmit from the first export it hit
+        (the ones after it may have applied too; applying them again is harmless)."""
+        loop = asyncio.get_running_loop()
+        results: list[ExportOutcome | IdsyncError] = []
+        attempt = 0
+        while len(results) < len(exports):
+            rest = exports[len(results) :]
+            try:
+                got = await loop.run_in_executor(self._pool, connector.apply_batch, rest)
+                if len(got) != len(rest):
+                    raise TypeError(f"apply_batch returned {len(got)} results for {len(rest)} exports")
+            except RetriableError as exc:
+                await self._backoff(exc, attempt)
+                attempt += 1
+                continue
+            except FatalError as exc:
+                self._fatal(exc)
+                raise
+            except Exception as exc:
+                err = self._extension_error(exc)
+                results += [err] * len(rest)
+                break
+            for item in got:
+                if isinstance(item, FatalError):
+                    self._fatal(item)
+                    raise item
+                if isinstance(item, RetriableError):
+                    await self._backoff(item, attempt)
+                    attempt += 1
+                    break
+                results.append(item)
+                attempt = 0
+        self._applied += len(results)
+        self._maybe_kill("after-apply")
+        return results
+
+    async def _backoff(self, exc: RetriableError, attempt: int) -> None:
+        delay = min(0.5 * 2**attempt, self.max_backoff_s) * (0.5 + random.random() / 2)
+        wait = max(delay, exc.retry_after_s or 0.0)
+        log.warning("%s: %s (%s), retrying in %.1fs", self.step_id, exc.message, exc.error_type, wait)
+        self.rt.counters.count(f"export-retry:{self.name}")
+        await asyncio.sleep(wait)
+
+    def _fatal(self, exc: FatalError) -> None:
+        self.rt.fatal(f"{self.step_id}: {exc.error_type}: {exc.message}")
+
+    @staticmethod
+    def _extension_error(exc: Exception) -> IdsyncError:
+        err = IdsyncError(f"{type(exc).__name__}: {exc}", error_type="extension-error")
+        err.trace = traceback.format_exc()  # type: ignore[attr-defined]
+        return err
+
+    def _result(self, export: PendingExport, outcome: ExportOutcome | IdsyncError, out: Outputs) -> None:
+        if isinstance(outcome, ExportOutcome):
             self.rt.counters.count(f"export-{export.op}:{self.name}")
             for action in outcome.actions:
                 self.rt.counters.count(f"export-action-{action}:{self.name}")
@@ -86,14 +383,13 @@ class ExportWorker:
                 ts_ms=now_ms(),
             )
         else:
-            assert error is not None
             self.rt.counters.count(f"export-failed:{self.name}")
             self._error(
                 out,
-                error.error_type,
-                f"{export.op} {export.new_dn or export.dn}: {error.message}",
+                outcome.error_type,
+                f"{export.op} {export.new_dn or export.dn}: {outcome.message}",
                 export,
-                detail=getattr(error, "trace", None),
+                detail=getattr(outcome, "trace", None),
             )
             result = ExportResult(
                 mv_id=export.mv_id,
@@ -102,35 +398,22 @@ class ExportWorker:
                 seq=export.seq,
                 status="failed",
                 op=export.op,
-                error_type=error.error_type,
-                message=error.message,
+                error_type=outcome.error_type,
+                message=outcome.message,
                 ts_ms=now_ms(),
             )
         out.add(self.rt.names.mv_topic(), export.mv_id.encode(), result.model_dump_json().encode())
 
-    async def _apply_with_retry(
-        self, export: PendingExport
-    ) -> tuple[ExportOutcome | None, IdsyncError | None]:
-        loop = asyncio.get_running_loop()
-        delay = 0.5
+    async def _flush(self, out: Outputs) -> dict[tuple[str, int], int] | None:
+        delay = 0.2
         while True:
             try:
-                return await loop.run_in_executor(self._pool, self.connector.apply, export), None
-            except RetriableError as exc:
-                wait = min(delay, self.max_backoff_s) * (0.5 + random.random() / 2)
-                log.warning("%s: %s (%s), retrying in %.1fs", self.step_id, exc.message, exc.error_type, wait)
-                self.rt.counters.count(f"export-retry:{self.name}")
-                await asyncio.sleep(wait)
-                delay *= 2
-            except FatalError as exc:
-                self.rt.fatal(f"{self.step_id}: {exc.error_type}: {exc.message}")
-                raise
-            except DataError as exc:
-                return None, exc
-            except Exception as exc:
-                err = IdsyncError(f"{type(exc).__name__}: {exc}", error_type="extension-error")
-                err.trace = traceback.format_exc()  # type: ignore[attr-defined]
-                return None, err
+                return await out.flush()
+            except KafkaError as exc:
+                # The broker is unreachable: keep the results (the ledger waits for them) and retry.
+                log.warning("%s: producing failed (%s), retrying in %.1fs", self.step_id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     def _error(
         self,
@@ -160,3 +443,13 @@ class ExportWorker:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
+
+
+__all__ = [
+    "HELD_PREFIX",
+    "KILL_POINT_ENV",
+    "WINDOW_KEY",
+    "ExportWorker",
+    "committed_export_offsets",
+    "export_consumer_group",
+]
