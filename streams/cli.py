@@ -54,7 +54,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
         broker = EmbeddedBroker(data_dir).start()
         print(f"embedded broker on {broker.bootstrap} (memory storage)", file=sys.stderr)
     try:
-        pipeline = create_app(_settings(args, broker.bootstrap if broker else None), config)
+        exports = not getattr(args, "no_export", False)
+        pipeline = create_app(_settings(args, broker.bootstrap if broker else None), config, exports=exports)
         started = time.monotonic()
 
         async def job(p: object) -> int:
@@ -68,6 +69,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             result["cycles"] = cycles
             result["errors"] = [e.model_dump(exclude_none=True) for e in pipeline.rt.errors]
             print(format_summary(result, time.monotonic() - started))
+            if any(k.startswith("stopped-deletion-threshold-exceeded:") for k in pipeline.rt.counters.steps):
+                # MIM's run result; the held deletes wait for `idsync approve-deletes` (docs/export.md).
+                result["result"] = "stopped-deletion-threshold-exceeded"
+                print("run result: stopped-deletion-threshold-exceeded (deletes held, see the errors)")
             errors = format_errors(pipeline.rt)
             if errors:
                 print(errors)
@@ -92,6 +97,62 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     pipeline = create_app(_settings(args, None), config, exports=not args.no_export)
     return run_worker(pipeline, loglevel="info" if args.verbose else "warn")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from streams.follow import import_command
+
+    args.config_path = Path(args.config)
+    return import_command(args, _settings(args, None))
+
+
+def _operator_runtime(args: argparse.Namespace) -> Any:
+    from streams.runtime import Runtime
+
+    if not args.bootstrap_servers:
+        raise ConfigError(f"idsync {args.command} needs --bootstrap-servers (or IDSYNC_BOOTSTRAP_SERVERS)")
+    return Runtime(_settings(args, None), load_config(Path(args.config)))
+
+
+def cmd_approve_deletes(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.app import ensure_topics
+    from streams.pending import approve_deletes
+
+    rt = _operator_runtime(args)
+
+    async def run() -> Any:
+        try:
+            await ensure_topics(rt)
+            return await approve_deletes(rt, args.connector)
+        finally:
+            await rt.stop()
+
+    approval = asyncio.run(run())
+    print(
+        f"approval {approval.approval_id} published on {rt.partitions} partitions of "
+        f"{rt.names.export_topic(args.connector)}: the export workers release the deletes held before it"
+    )
+    return 0
+
+
+def cmd_pending_exports(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.pending import fold, format_pending, pending_json, read_pending
+
+    rt = _operator_runtime(args)
+
+    async def run() -> Any:
+        try:
+            return await read_pending(rt, args.connector)
+        finally:
+            await rt.stop()
+
+    nets = fold(asyncio.run(run()))
+    print(pending_json(nets) if args.json else format_pending(nets))
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -147,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_args(p)
     p.add_argument("--cycles", type=int, default=1, help="run this many cycles in one process")
     p.add_argument("--json", help="also write the summary as JSON to this file")
+    p.add_argument("--no-export", action="store_true", help="staging mode: sync, but export nothing")
     p.set_defaults(func=cmd_sync)
 
     p = sub.add_parser("worker", help="run the sync and export agents until stopped (SIGTERM/SIGINT)")
@@ -161,6 +223,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="consumer fetch wait; default 500 (Kafka), use ~10 against the embedded broker",
     )
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("import", help="run one connector's import: full, delta, or follow until stopped")
+    p.add_argument("connector", help="connector name in the configuration")
+    pipeline_args(p)
+    m = p.add_mutually_exclusive_group()
+    m.add_argument("--full", dest="mode", action="store_const", const="full", help="bracketed full import")
+    m.add_argument(
+        "--delta", dest="mode", action="store_const", const="delta", help="changes since the watermark"
+    )
+    m.add_argument("--follow", dest="mode", action="store_const", const="follow", help="follow until stopped")
+    p.set_defaults(func=cmd_import, mode=None)
+
+    p = sub.add_parser("approve-deletes", help="release the deletes held by a target's deletion threshold")
+    pipeline_args(p)
+    p.add_argument("connector", help="the export target whose held deletes to release")
+    p.set_defaults(func=cmd_approve_deletes)
+
+    p = sub.add_parser("pending-exports", help="what would be exported to a target (staging mode preview)")
+    pipeline_args(p)
+    p.add_argument("connector", help="the export target")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=cmd_pending_exports)
 
     p = sub.add_parser("bench", help="benchmark on a synthetic organisation; prints a table, writes JSON")
     p.add_argument("--sizes", default="10000,100000", help="identity counts, comma-separated")

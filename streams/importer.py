@@ -7,9 +7,11 @@ import itertools
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Literal
 
-from connectors.base import FullImport, ImportedObject, ImportFailure
+from connectors.base import DeletedObject, FullImport, ImportedObject, ImportFailure
 from schemas.records import ChangeRecord, ErrorRecord, RunMarker, Source
+from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
 
 
@@ -20,6 +22,61 @@ class ImportReport:
     objects: int = 0
     failures: int = 0
     seconds: float = 0.0
+
+
+def change_record(
+    name: str,
+    op: Literal["r", "u", "d"],
+    item: ImportedObject | DeletedObject,
+    version: int,
+    event_id: str,
+    run_id: str | None = None,
+    watermark: str = "",
+) -> bytes:
+    """A connector object as the change record staging reads on ``import.<name>`` (deletes carry no image)."""
+    rec = ChangeRecord(
+        op=op,
+        anchor=item.anchor,
+        object_type=item.object_type,
+        after=item.attributes if isinstance(item, ImportedObject) else None,
+        source=Source(
+            connector=name,
+            dn=item.dn,
+            version=version,
+            event_id=event_id,
+            run_id=run_id,
+            ts_ms=now_ms(),
+            locator=item.locator,
+            watermark=watermark,
+        ),
+    )
+    return rec.model_dump_json().encode()
+
+
+def record_import_error(
+    rt: Runtime,
+    out: Outputs,
+    name: str,
+    algorithm_step: str,
+    error_type: str,
+    locator: str,
+    message: str,
+    raw: str | None = None,
+) -> None:
+    """A per-object import error of connector ``name`` (an object it could not read, or apply)."""
+    rt.record_error(
+        ErrorRecord(
+            step_id=f"import.{name}",
+            error_type=error_type,
+            algorithm_step=algorithm_step,
+            connector=name,
+            locator=locator,
+            message=f"{locator}: {message}",
+            record=raw,
+            ts_ms=now_ms(),
+        ),
+        out,
+    )
 
 
 async def full_import(rt: Runtime, name: str, connector: FullImport, chunk: int = 1000) -> ImportReport:
@@ -60,36 +117,12 @@ async def full_import(rt: Runtime, name: str, connector: FullImport, chunk: int 
         for item in batch:
             if isinstance(item, ImportedObject):
                 report.objects += 1
-                rec = ChangeRecord(
-                    op="r",
-                    anchor=item.anchor,
-                    object_type=item.object_type,
-                    after=item.attributes,
-                    source=Source(
-                        connector=name,
-                        dn=item.dn,
-                        version=version,
-                        event_id=f"{run_id}:{item.anchor}",
-                        run_id=run_id,
-                        ts_ms=now_ms(),
-                        locator=item.locator,
-                    ),
-                )
-                out.add(topic, item.anchor.encode(), rec.model_dump_json().encode())
+                value = change_record(name, "r", item, version, f"{run_id}:{item.anchor}", run_id=run_id)
+                out.add(topic, item.anchor.encode(), value)
             elif isinstance(item, ImportFailure):
                 report.failures += 1
-                rt.record_error(
-                    ErrorRecord(
-                        step_id=f"import.{name}",
-                        error_type=item.error_type,
-                        algorithm_step="import",
-                        connector=name,
-                        locator=item.locator,
-                        message=f"{item.locator}: {item.message}",
-                        record=item.raw,
-                        ts_ms=now_ms(),
-                    ),
-                    out,
+                record_import_error(
+                    rt, out, name, "import", item.error_type, item.locator, item.message, item.raw
                 )
         await out.flush()
     for p in range(rt.partitions):

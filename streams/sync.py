@@ -32,10 +32,8 @@ async def drained(rt: Runtime, settle_s: float = 0.3, timeout_s: float = 600.0) 
     deadline = loop.time() + timeout_s
     while True:
         c = rt.counters
-        pending = {t: c.produced[t] - c.consumed[t] for t in c.produced if c.produced[t] > c.consumed[t]}
-        pending.pop(rt.names.mv_changes_topic(), None)
-        pending.pop(rt.names.errors_topic(), None)
-        pending.pop(rt.names.confirmations_topic(), None)
+        # Only topics a stage consumes: mv.changes, errors, changelogs and the like are outputs.
+        pending = {t: c.produced[t] - c.consumed[t] for t in rt.stage_topics if c.produced[t] > c.consumed[t]}
         if not pending and loop.time() - c.last_activity >= settle_s:
             return
         if loop.time() > deadline:

@@ -13,6 +13,7 @@ import logging
 import faust
 
 from streams.app import Pipeline, ensure_topics
+from streams.follow import start_followers
 
 log = logging.getLogger("idsync")
 
@@ -20,6 +21,7 @@ log = logging.getLogger("idsync")
 def run_worker(p: Pipeline, loglevel: str = "warn") -> int:
     """Run the faust worker for ``p`` until it is stopped; returns the exit code."""
     p.rt.settings.data_dir.mkdir(parents=True, exist_ok=True)
+    start_followers(p)  # connectors with import_mode: follow (streams.follow)
     asyncio.run(ensure_topics(p.rt))
     worker = faust.Worker(p.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None
