@@ -8,7 +8,15 @@ from pathlib import Path
 from pydantic import BaseModel, TypeAdapter
 
 from schemas.config import IdsyncConfig
-from schemas.records import ErrorRecord, ExportConfirmed, ImportMessage, MVChange, PendingExport
+from schemas.records import (
+    ApproveDeletes,
+    ErrorRecord,
+    ExportConfirmed,
+    ImportMessage,
+    MVChange,
+    PendingExport,
+    WatermarkRecord,
+)
 
 #: topic (pattern) -> contract
 CONTRACTS: dict[str, object] = {
@@ -17,6 +25,8 @@ CONTRACTS: dict[str, object] = {
     "export.<connector>": PendingExport,
     "errors": ErrorRecord,
     "export.confirmed": ExportConfirmed,
+    "watermarks": WatermarkRecord,
+    "export.<connector>.approve-deletes": ApproveDeletes,
     "config": IdsyncConfig,
 }
 

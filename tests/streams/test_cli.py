@@ -19,6 +19,7 @@ def test_schema_export_writes_every_topic_contract(tmp_path: Path) -> None:
     assert "mv.changes.schema.json" in names
     assert "import.connector.schema.json" in names
     assert "export.connector.schema.json" in names
+    assert "watermarks.schema.json" in names
     mv = json.loads((tmp_path / "mv.changes.schema.json").read_text())
     assert set(mv["required"]) >= {
         "op",
