@@ -412,8 +412,10 @@ def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> 
         if cause in tied
     ]
     outputs.extend(_register(rules, mv, bool(created or changed), ts_ms))
-    if created or changed:
+    connectors = sorted(mv.links)
+    if created or changed or connectors != mv.published_connectors:
         mv.version += 1
+        mv.published_connectors = connectors
         outputs.append(
             MVChange(
                 op="create" if created else "update",
@@ -421,7 +423,7 @@ def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> 
                 object_type=mv.object_type,
                 attributes=attrs,
                 changed=sorted(changed),
-                connectors=sorted(mv.links),
+                connectors=connectors,
                 cause=cause,
                 ts_ms=ts_ms,
             )

@@ -133,6 +133,9 @@ class MVObject(_State):
     delete_due_ms: int | None = None
     deleted: bool = False
     version: int = 0
+    #: The connector list of the last mv.changes record published for it: a join or disconnection that
+    #: changes no value still publishes, so downstream never holds a stale ``connectors`` list.
+    published_connectors: list[str] = Field(default_factory=list)
     #: Reference answers applied but not synced yet: the connector that caused the first of them (a
     #: ``RefSync`` to this object is on its way and syncs them all at once).
     ref_sync: str | None = None

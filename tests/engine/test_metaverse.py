@@ -58,7 +58,10 @@ def settled() -> MVObject:
     assert mv2 is not None and outputs == []
     mv3, outputs = metaverse_step(RULES, mv2, ldap_contribution(MV_ID, image_of(add), DN))
     assert mv3 is not None
-    assert [type(o) for o in outputs] == [ExportConfirmed]
+    # The join changes no value; the change feed still learns the new connector list.
+    [change] = of_type(outputs, MVChange)
+    assert change.changed == [] and change.connectors == ["hr", "ldap"]
+    assert [type(o) for o in outputs if not isinstance(o, MVChange)] == [ExportConfirmed]
     return mv3
 
 
@@ -195,6 +198,11 @@ def test_precedence_lower_rank_wins() -> None:
     assert mv2.attributes["mail"] == ["gabriel.white@example.org"]
     assert mv2.contributors["mail"] == "hr"
     assert of_type(outputs, PendingExport) == []
+    # No value changed; only the connector list (badge joined) is news for the change feed.
+    [change] = of_type(outputs, MVChange)
+    assert change.changed == [] and change.connectors == ["badge", "hr"]
+    mv3, outputs = step(mv2, badge_contribution(MV_ID, {"mail": ["other@example.org"]}, ts_ms=60_000))
+    assert mv3 is not None and mv3.attributes == mv2.attributes
     assert of_type(outputs, MVChange) == []
 
 
@@ -273,7 +281,9 @@ def test_import_equal_to_exported_values_confirms() -> None:
     # a directory answers attribute names in its own case
     image = {k.lower(): v for k, v in image_of(add).items()}
     mv2, outputs = step(mv, ldap_contribution(MV_ID, image, DN.upper()))
-    assert outputs == [ExportConfirmed(connector="ldap", mv_id=MV_ID, export_id=add.export_id, ts_ms=5_000)]
+    confirmations = [o for o in outputs if not isinstance(o, MVChange)]
+    confirmed = ExportConfirmed(connector="ldap", mv_id=MV_ID, export_id=add.export_id, ts_ms=5_000)
+    assert confirmations == [confirmed]
     assert mv2 is not None
     target = mv2.targets["ldap"]
     assert target.ledger == {}
@@ -463,7 +473,8 @@ def test_disconnect_of_non_source_keeps_object_and_reprovisions() -> None:
     mv2, outputs = step(mv, disconnect(MV_ID, "ldap", "uuid-1"))
     assert mv2 is not None and not mv2.deleted
     assert set(mv2.links) == {"hr"}
-    assert of_type(outputs, MVChange) == []
+    [change] = of_type(outputs, MVChange)
+    assert change.changed == [] and change.connectors == ["hr"]
     [add] = of_type(outputs, PendingExport)
     assert add.op == "add" and add.dn == DN and add.seq == 2
     assert of_type(outputs, JoinIndexUpdate) == [

@@ -29,8 +29,12 @@ def marked(rules: Rules) -> MVObject:
     mv, outputs = metaverse_step(rules, mv, disconnect(MV_ID, "hr", "E1", ts_ms=DISCONNECT_AT))
     assert mv is not None and not mv.deleted
     assert mv.delete_due_ms == DUE
-    # nothing changes meanwhile: the departed source's values stay, no export, no index update
-    assert of_type(outputs, MVChange) == [] and of_type(outputs, PendingExport) == []
+    # no value changes meanwhile: the departed source's values stay, no export, no index update; the change
+    # feed learns only that hr is no longer connected
+    [change] = of_type(outputs, MVChange)
+    assert change.op == "update" and change.changed == [] and change.connectors == []
+    assert change.attributes == mv.attributes
+    assert of_type(outputs, PendingExport) == []
     assert [u for u in of_type(outputs, JoinIndexUpdate) if u.mv_deleted] == []
     assert mv.attributes["sn"] == ["White"]
     return mv
@@ -84,7 +88,9 @@ def test_reconnecting_source_cancels_the_deletion() -> None:
     back = hr_contribution(rules, MV_ID, version=2, ts_ms=DUE - 100)
     mv, outputs = metaverse_step(rules, mv, back, now_ms=DUE - 100)
     assert mv is not None and mv.delete_due_ms is None and mv.retained == {}
-    assert of_type(outputs, MVChange) == []  # same values as before it left: nothing changed
+    # same values as before it left: no value changed, hr is connected again
+    [change] = of_type(outputs, MVChange)
+    assert change.changed == [] and change.connectors == ["hr"]
     assert expire(rules, mv, DUE + 1) == (mv, [])
     assert due_deletions([mv], DUE + 1) == []
 

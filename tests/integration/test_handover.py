@@ -104,9 +104,9 @@ async def metaverse(bootstrap: str, rt: Runtime, scratch: Path) -> dict[str, dic
             continue
         key = mv.attributes.get("employeeId", [mv.mv_id])[0]
         assert key not in by_join, f"two metaverse objects for employeeId {key}"
-        # The feed's latest image of the object is its state's (a join that changes no value publishes
-        # nothing, so only the attributes are compared).
+        # The feed's latest record of the object is its state: values and connectors.
         assert feed[mv.mv_id].attributes == mv.attributes
+        assert feed[mv.mv_id].connectors == sorted(mv.links)
         by_join[key] = {"attributes": mv.attributes, "connectors": sorted(mv.links)}
     return by_join
 
