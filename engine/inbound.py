@@ -16,6 +16,7 @@ from schemas.records import (
     JoinRequest,
     MVContribution,
     MVDisconnect,
+    OperatorLink,
 )
 from schemas.state import ConnectorState, CSObject
 
@@ -211,3 +212,66 @@ def on_link(rules: Rules, cs: CSObject, link: CSLink) -> tuple[CSObject, list[In
     if link.outcome == "unlinked":
         return _evaluate(rules, cs, link.ts_ms, [])
     return cs, []
+
+
+def on_operator(
+    rules: Rules, cs: CSObject | None, op: OperatorLink
+) -> tuple[CSObject | None, list[InboundOutput]]:
+    """An operator's ``idsync join`` / ``disjoin`` / ``release`` of one connector-space object.
+
+    join: leaves whatever it was joined to (or waiting on) and becomes an explicit connector of
+    ``op.mv_id``, contributing there at once; the connector filter no longer disconnects it. disjoin: leaves
+    and becomes an explicit disconnector, which the rules never join or project. release: a normal
+    (dis)connector again, evaluated by the rules at once. A missing object or a join the rules cannot
+    carry out is a per-object error; the object is unchanged.
+    """
+
+    def refused(error_type: str, why: str) -> tuple[CSObject | None, list[InboundOutput]]:
+        return cs, [
+            ErrorRecord(
+                step_id="staging.operator",
+                error_type=error_type,
+                algorithm_step="join",
+                connector=op.connector,
+                anchor=op.anchor,
+                locator=cs.locator if cs is not None else None,
+                mv_id=op.mv_id,
+                message=f"idsync {op.action} {op.connector} {op.anchor} (request {op.request_id}): {why}",
+                ts_ms=op.ts_ms,
+            )
+        ]
+
+    if cs is None:
+        return refused("cs-object-not-found", "no such object in the connector space")
+    if op.action == "release":
+        if cs.state == ConnectorState.EXPLICIT_DISCONNECTOR:
+            cs = cs.model_copy(update={"state": ConnectorState.DISCONNECTOR})
+        elif cs.state == ConnectorState.EXPLICIT_CONNECTOR:
+            cs = cs.model_copy(update={"state": ConnectorState.CONNECTOR})
+        else:
+            return cs, []  # already normal
+        return _evaluate(rules, cs, op.ts_ms, [])
+    if op.action == "disjoin":
+        if cs.state == ConnectorState.EXPLICIT_DISCONNECTOR:
+            return cs, []
+        outputs = _leave(cs, "explicit", op.ts_ms)
+        return _unlinked(cs, ConnectorState.EXPLICIT_DISCONNECTOR), outputs
+    if cs.state == ConnectorState.EXPLICIT_CONNECTOR and cs.mv_id == op.mv_id:
+        return cs, []
+    rule = rules.inbound_rule(cs.connector, cs.object_type)
+    if rule is None:
+        return refused(
+            "explicit-join-without-rule",
+            f"no inbound rule for {cs.connector} {cs.object_type} objects (it names the metaverse type and "
+            "the flows an explicit connector contributes)",
+        )
+    outputs = _leave(cs, "explicit", op.ts_ms) if cs.mv_id is not None or pinned_routes(cs) else []
+    joined = _unlinked(cs, ConnectorState.EXPLICIT_CONNECTOR).model_copy(update={"mv_id": op.mv_id})
+    joined, more = _evaluate(rules, joined, op.ts_ms, outputs)
+    return joined, [
+        o.model_copy(update={"explicit": True}) if isinstance(o, MVContribution) else o for o in more
+    ]
+
+
+def _unlinked(cs: CSObject, state: ConnectorState) -> CSObject:
+    return cs.model_copy(update={"mv_id": None, "join_route": None, "join_routes": [], "state": state})

@@ -191,7 +191,7 @@ def _contribute(
     rules: Rules, mv: MVObject | None, msg: MVContribution
 ) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or mv.deleted:
-        if mv is not None or not msg.projected:
+        if mv is not None or not msg.projected or msg.explicit:
             # Its metaverse object was deleted while the join was in flight: join again.
             outputs: list[MVOutput] = [
                 CSLink(
@@ -202,6 +202,23 @@ def _contribute(
                     ts_ms=msg.ts_ms,
                 )
             ]
+            if msg.explicit:
+                outputs.append(
+                    ErrorRecord(
+                        step_id="metaverse.join",
+                        error_type="explicit-join-target-missing",
+                        algorithm_step="join",
+                        connector=msg.connector,
+                        anchor=msg.anchor,
+                        mv_id=msg.mv_id,
+                        message=(
+                            f"explicit join of {msg.connector} object {msg.anchor}: metaverse object "
+                            f"{msg.mv_id} does not exist{' (deleted)' if mv is not None else ''}; the object "
+                            "is a normal disconnector again"
+                        ),
+                        ts_ms=msg.ts_ms,
+                    )
+                )
             if msg.route is not None:
                 outputs.append(
                     JoinIndexUpdate(

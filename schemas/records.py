@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Attrs = dict[str, list[str]]
 
@@ -185,6 +185,37 @@ class CSLink(_Contract):
     ts_ms: int
 
 
+class OperatorLink(_Contract):
+    """An operator's decision on one connector-space object (``idsync join`` / ``disjoin`` / ``release``),
+    published on the links topic keyed by the anchor, so staging meets it in order with the object's own
+    imports and join outcomes.
+
+    join: an explicit connector of ``mv_id`` (whatever the join rules and the connector filter say);
+    disjoin: an explicit disconnector (rules never join or project it again); release: a normal
+    (dis)connector again, evaluated by the rules at once.
+    """
+
+    kind: Literal["operator-link"] = "operator-link"
+    version: Literal[1] = 1
+    request_id: str
+    connector: str
+    anchor: str
+    action: Literal["join", "disjoin", "release"]
+    mv_id: str | None = None
+    #: Who asked (the operating-system user that ran the command), for the audit trail.
+    requested_by: str | None = None
+    ts_ms: int
+
+    @model_validator(mode="after")
+    def _mv_id_for_join(self) -> OperatorLink:
+        if (self.action == "join") != (self.mv_id is not None):
+            raise ValueError("mv_id is required for join and only for join")
+        return self
+
+
+LinkMessage = Annotated[CSLink | OperatorLink, Field(discriminator="kind")]
+
+
 class MVContribution(_Contract):
     """A connector-space object's current view, routed to its metaverse object (keyed by mv_id)."""
 
@@ -202,6 +233,8 @@ class MVContribution(_Contract):
     image: Attrs | None = None
     #: True when this contribution came through projection (the object created the MV object).
     projected: bool = False
+    #: An operator's explicit join (``idsync join``): a missing metaverse object is an error, not a race.
+    explicit: bool = False
     #: Join route that linked it (the metaverse step reports deletions back to that index entry).
     route: str | None = None
     #: On a projection: connectors whose waiting objects join in the same step (their contributions

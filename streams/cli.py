@@ -137,6 +137,37 @@ def cmd_approve_deletes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_operator_link(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streams.app import ensure_topics
+    from streams.operator import publish_operator_link
+
+    rt = _operator_runtime(args)
+
+    async def run() -> Any:
+        try:
+            await ensure_topics(rt)
+            return await publish_operator_link(
+                rt, args.connector, args.anchor, args.command, getattr(args, "mv_id", None)
+            )
+        finally:
+            await rt.stop()
+
+    record = asyncio.run(run())
+    if args.command == "join":
+        what = f"an explicit connector of metaverse object {args.mv_id}"
+    elif args.command == "disjoin":
+        what = "an explicit disconnector (the rules never join or project it)"
+    else:
+        what = "a normal connector or disconnector again (the rules decide)"
+    print(
+        f"request {record.request_id}: {args.connector} object {args.anchor} becomes {what}; published on "
+        f"{rt.names.links_topic()} (the connector space shows the result; a refusal is a per-object error)"
+    )
+    return 0
+
+
 def cmd_pending_exports(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -239,6 +270,27 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline_args(p)
     p.add_argument("connector", help="the export target whose held deletes to release")
     p.set_defaults(func=cmd_approve_deletes)
+
+    p = sub.add_parser(
+        "join", help="make a connector-space object an explicit connector of a metaverse object"
+    )
+    pipeline_args(p)
+    p.add_argument("connector", help="connector name in the configuration")
+    p.add_argument("anchor", help="the object's anchor in that connector's space")
+    p.add_argument("mv_id", help="the metaverse object to join")
+    p.set_defaults(func=cmd_operator_link)
+
+    p = sub.add_parser("disjoin", help="make a connector-space object an explicit disconnector")
+    pipeline_args(p)
+    p.add_argument("connector", help="connector name in the configuration")
+    p.add_argument("anchor", help="the object's anchor in that connector's space")
+    p.set_defaults(func=cmd_operator_link)
+
+    p = sub.add_parser("release", help="make an explicit (dis)connector a normal one again (rules decide)")
+    pipeline_args(p)
+    p.add_argument("connector", help="connector name in the configuration")
+    p.add_argument("anchor", help="the object's anchor in that connector's space")
+    p.set_defaults(func=cmd_operator_link)
 
     p = sub.add_parser("pending-exports", help="what would be exported to a target (staging mode preview)")
     pipeline_args(p)

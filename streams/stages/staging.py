@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from engine.inbound import InboundOutput, on_link, on_link_gone, route
+from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route
 from engine.references import staging_updates
 from engine.staging import Staged, stage, stage_absent
 from schemas.errors import DataError
@@ -17,6 +17,8 @@ from schemas.records import (
     ImportMessage,
     JoinIndexUpdate,
     JoinRequest,
+    LinkMessage,
+    OperatorLink,
     RefUpdate,
     RunMarker,
 )
@@ -26,6 +28,7 @@ from streams.runtime import now_ms
 from streams.stages.base import Batch, Stage, encode
 
 _IMPORT = TypeAdapter(ImportMessage)
+_LINK = TypeAdapter(LinkMessage)
 
 
 def cs_key(connector: str, anchor: str) -> bytes:
@@ -44,7 +47,12 @@ class StagingStage(Stage[CSObject]):
 
     def decode(self, topic: str, value: bytes) -> Any:
         if topic == self._links:
-            return CSLink.model_validate_json(value)
+            link = _LINK.validate_json(value)
+            if link.connector not in self.rt.config.connectors:
+                raise DataError(
+                    f"{link.kind} for unknown connector {link.connector!r}", error_type="data-error"
+                )
+            return link
         msg = _IMPORT.validate_json(value)
         connector = self._topic_connector[topic]
         got = msg.source.connector if isinstance(msg, ChangeRecord) else msg.connector
@@ -57,12 +65,22 @@ class StagingStage(Stage[CSObject]):
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         if isinstance(msg, ChangeRecord):
             return [cs_key(msg.source.connector, msg.anchor)]
-        if isinstance(msg, CSLink):
+        if isinstance(msg, CSLink | OperatorLink):
             return [cs_key(msg.connector, msg.anchor)]
         return []
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         c = self.rt.counters
+        if isinstance(msg, OperatorLink):
+            key = cs_key(msg.connector, msg.anchor)
+            cs = batch.get(key)
+            new, outputs = on_operator(self.rt.rules, cs, msg)
+            outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms))
+            if new is not cs:
+                batch.put(key, new)
+            c.count(f"operator-{msg.action}:{msg.connector}")
+            self._emit(outputs, out)
+            return
         if isinstance(msg, CSLink):
             key = cs_key(msg.connector, msg.anchor)
             cs = batch.get(key)
