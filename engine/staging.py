@@ -47,13 +47,17 @@ def _new_object(record: ChangeRecord, image: Attrs) -> CSObject:
     )
 
 
-def stage(current: CSObject | None, record: ChangeRecord) -> Staged:
-    """Stage one change record (MIM import step). Stale and duplicate records change nothing."""
+def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | None = None) -> Staged:
+    """Stage one change record (MIM import step). Stale and duplicate records change nothing.
+
+    ``tombstone`` (when the object is not in the connector space) is what is known of its deletion: a
+    record older than the delete, or the delete again, is stale or a duplicate, never a resurrection."""
     src = record.source
-    if current is not None:
-        if src.version < current.version:
+    seen = current if current is not None else tombstone
+    if seen is not None:
+        if src.version < seen.version:
             return Staged("stale", current, current)
-        if src.event_id == current.event_id:
+        if src.event_id == seen.event_id:
             return Staged("duplicate", current, current)
     if record.op == "d":
         if current is None:
@@ -89,6 +93,24 @@ def stage(current: CSObject | None, record: ChangeRecord) -> Staged:
     if renamed:
         return Staged("rename", current, new, changed)
     return Staged("update" if changed else "none", current, new, changed)
+
+
+def tombstone_key(connector: str, anchor: str) -> bytes:
+    """Where a deleted object's tombstone is kept: beside the connector space, outside its key range
+    (connector-space keys start with the connector name; this byte sorts before any name)."""
+    return f"\x01{connector}\x00{anchor}".encode()
+
+
+def tombstone(deleted: CSObject, version: int, event_id: str, now_ms: int) -> CSObject:
+    """What is kept of an object deleted by a change of ``version``: enough to refuse older records."""
+    return CSObject(
+        connector=deleted.connector,
+        anchor=deleted.anchor,
+        object_type=deleted.object_type,
+        version=version,
+        event_id=event_id,
+        deleted_ts_ms=now_ms,
+    )
 
 
 def stage_absent(current: CSObject, run_id: str, version: int) -> Staged | None:

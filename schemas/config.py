@@ -478,6 +478,10 @@ class PipelineConfig(_Config):
     partitions: int = Field(default=4, ge=1, le=1024)
     batch_size: int = Field(default=2000, ge=1, le=100000)
     batch_window_ms: int = Field(default=20, ge=1, le=10000)
+    #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
+    #: that arrive after the delete; tombstones older than this are dropped at the connector's next
+    #: full-import run end.
+    tombstone_retention_s: int = Field(default=7 * 86400, ge=0)
 
 
 class IdsyncConfig(_Config):

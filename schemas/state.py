@@ -44,6 +44,10 @@ class CSObject(_State):
     locator: str | None = None
     #: When the source changed it (``source.ts_ms`` of the last change record): equal precedence.
     source_ts_ms: int = 0
+    #: Set on a tombstone only (kept under ``engine.staging.tombstone_key``): when staging recorded the
+    #: delete. A tombstone remembers a deleted object's version so that an older record arriving later
+    #: (re-delivered or out of order) cannot bring the object back.
+    deleted_ts_ms: int | None = None
 
 
 class ConnectorLink(_State):

@@ -8,7 +8,7 @@ from pydantic import TypeAdapter
 
 from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route
 from engine.references import staging_updates
-from engine.staging import Staged, stage, stage_absent
+from engine.staging import Staged, stage, stage_absent, tombstone, tombstone_key
 from schemas.errors import DataError
 from schemas.records import (
     ChangeRecord,
@@ -64,7 +64,7 @@ class StagingStage(Stage[CSObject]):
 
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         if isinstance(msg, ChangeRecord):
-            return [cs_key(msg.source.connector, msg.anchor)]
+            return [cs_key(msg.source.connector, msg.anchor), tombstone_key(msg.source.connector, msg.anchor)]
         if isinstance(msg, CSLink | OperatorLink):
             return [cs_key(msg.connector, msg.anchor)]
         return []
@@ -97,9 +97,20 @@ class StagingStage(Stage[CSObject]):
             if msg.op == "run-end":
                 self._end_run(batch, msg, out)
             return
-        key = cs_key(msg.source.connector, msg.anchor)
-        staged = stage(batch.get(key), msg)
+        connector = msg.source.connector
+        key, tkey = cs_key(connector, msg.anchor), tombstone_key(connector, msg.anchor)
+        current = batch.get(key)
+        tomb = batch.get(tkey) if current is None else None
+        staged = stage(current, msg, tomb)
         self._apply(batch, key, staged, out)
+        if staged.skipped:
+            return
+        if msg.op == "d":
+            # Remembered even when the object was never seen: its older records may still be on the way.
+            gone = current or CSObject(connector=connector, anchor=msg.anchor, object_type=msg.object_type)
+            batch.put(tkey, tombstone(gone, msg.source.version, msg.source.event_id, now_ms()))
+        elif tomb is not None:
+            batch.put(tkey, None)  # back, with a newer version than its delete
 
     def _apply(self, batch: Batch, key: bytes, staged: Staged, out: Outputs) -> None:
         connector = (staged.after or staged.before).connector if (staged.after or staged.before) else ""
@@ -116,10 +127,18 @@ class StagingStage(Stage[CSObject]):
     def _end_run(self, batch: Batch, marker: RunMarker, out: Outputs) -> None:
         """Full import end on this partition: objects the run did not see are deleted."""
         prefix = cs_key(marker.connector, "")
+        now = now_ms()
         for key, cs in batch.scan(prefix):
             staged = stage_absent(cs, marker.run_id, marker.run_version)
             if staged is not None:
                 self._apply(batch, key, staged, out)
+                tomb = tombstone(cs, marker.run_version, f"{marker.run_id}:absent", now)
+                batch.put(tombstone_key(cs.connector, cs.anchor), tomb)
+        # Tombstones past their retention are forgotten (a record that old is not expected any more).
+        oldest = now - self.rt.config.pipeline.tombstone_retention_s * 1000
+        for key, tomb in batch.scan(tombstone_key(marker.connector, "")):
+            if tomb.deleted_ts_ms is not None and tomb.deleted_ts_ms < oldest:
+                batch.put(key, None)
 
     def _emit(self, outputs: list[InboundOutput | RefUpdate], out: Outputs) -> None:
         n = self.rt.names

@@ -545,3 +545,18 @@ def test_on_link_joined_emits_nothing() -> None:
     )
     assert new.mv_id == MV and new.state == ConnectorState.CONNECTOR
     assert outputs == []
+
+
+# --------------------------------------------------------------------------- tombstones
+def test_a_record_older_than_the_delete_does_not_bring_the_object_back() -> None:
+    from engine.staging import tombstone
+
+    gone = cs_object(version=5)
+    tomb = tombstone(gone, 6, "hr:E1:6", 9_000)
+    assert tomb.attributes == {} and tomb.version == 6 and tomb.deleted_ts_ms == 9_000
+    assert stage(None, record(version=4), tomb).pending == "stale"
+    assert stage(None, record(op="d", version=6), tomb).pending == "duplicate"
+    back = stage(None, record(version=7), tomb)
+    assert back.pending == "add" and back.after is not None and back.after.version == 7
+    # without a tombstone the same old record is an add (what happened before tombstones existed)
+    assert stage(None, record(version=4)).pending == "add"

@@ -112,7 +112,7 @@ class Env:
             finally:
                 await reader.stop()
             return (
-                {o.anchor: o for o in cs},
+                {o.anchor: o for o in cs if o.deleted_ts_ms is None},
                 {
                     o.attributes["employeeId"][0]: o
                     for o in mv
