@@ -114,6 +114,7 @@ def staging_updates(
             )
         )
     if new is not None and new != old:
+        assert after is not None
         out.append(
             RefUpdate(
                 route=new[0],
@@ -122,6 +123,9 @@ def staging_updates(
                 key=new[0].split("|", 2)[2],
                 owner=new[1],
                 value=new[2],
+                # A stale claimant of a DN (its delete or rename not seen yet) has only versions older than
+                # the new holder's: the source moved it away before the new holder took the DN.
+                version=after.version,
                 ts_ms=ts_ms,
             )
         )
@@ -182,9 +186,20 @@ def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], It
     current = entry.ref_value if entry.ref_owner is not None else None
     step = RefStep(entry)
     if msg.op in ("own", "disown"):
+        assert msg.owner is not None
+        claims = dict(entry.ref_claims)
+        if entry.ref_owner is not None and entry.ref_owner not in claims:
+            claims[entry.ref_owner] = (0, entry.ref_value)  # an entry written before claims were kept
         if msg.op == "own":
-            entry.ref_owner, entry.ref_value = msg.owner, msg.value
-        elif entry.ref_owner == msg.owner:
+            claims[msg.owner] = (msg.version, msg.value)
+        else:
+            claims.pop(msg.owner, None)
+        entry.ref_claims = claims
+        if claims:
+            # The later taker owns the key; equal versions (out-direction owners have none) by name.
+            entry.ref_owner = max(claims, key=lambda owner: (claims[owner][0], owner))
+            entry.ref_value = claims[entry.ref_owner][1]
+        else:
             entry.ref_owner, entry.ref_value = None, None
         value = entry.ref_value if entry.ref_owner is not None else None
         if value != current:

@@ -162,6 +162,8 @@ class RefUpdate(_Contract):
     #: own/disown: connector-space anchor (in) or mv_id (out) of the owner.
     owner: str | None = None
     value: str | None = None
+    #: own: the owner's source version when it took the key (the later taker of a DN owns it).
+    version: int = 0
     #: refer/unrefer: the referring metaverse object, its attribute and its connector-space anchor.
     referrer: str | None = None
     attribute: str | None = None

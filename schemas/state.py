@@ -184,3 +184,8 @@ class JoinEntry(_State):
     #: Its referrers are separate keys under the route (engine.references), so one more referrer is O(1).
     ref_owner: str | None = None
     ref_value: str | None = None
+    #: Every object that claims the key, owner -> [the source version at which it took the key, its
+    #: value]. Two connector-space objects claim one DN when a delete or rename of the older one has not
+    #: arrived yet (MIM's transient object): the later taker owns the DN; the other is only remembered
+    #: until its disown, so that whichever order the two arrive in, the DN resolves to the live one.
+    ref_claims: dict[str, tuple[int, str | None]] = Field(default_factory=dict)

@@ -576,3 +576,30 @@ def test_a_group_whose_members_resolve_one_by_one_is_exported_in_a_few_changes()
     ]
     exported = {v for e in group_exports if "member" in e.attributes for v in e.attributes["member"].values}
     assert exported == {f"uid={m},ou=people,dc=target,dc=org" for m in members}
+
+
+@pytest.mark.parametrize("order", ["old-first", "new-first"])
+def test_a_dn_claimed_by_two_objects_resolves_to_the_later_taker_whatever_the_order(order: str) -> None:
+    """The directory deleted (or renamed away) entry A and created B with the same DN; A's delete has not
+    reached the index yet. The DN resolves to B (it took the DN at a later source version) whichever
+    claim arrives first, and A's late disown does not take the DN from B (MIM's transient object)."""
+    route, key = "ref|ad|cn=x", "cn=x"
+    old = RefUpdate(
+        route=route, op="own", connector="ad", key=key, owner="A", value="MV-A", version=5, ts_ms=1
+    )
+    new = RefUpdate(
+        route=route, op="own", connector="ad", key=key, owner="B", value="MV-B", version=11, ts_ms=2
+    )
+    entry = None
+    for msg in [old, new] if order == "old-first" else [new, old]:
+        entry = ref_step(entry, msg, lambda: []).entry
+    assert entry is not None and (entry.ref_owner, entry.ref_value) == ("B", "MV-B")
+    gone = RefUpdate(route=route, op="disown", connector="ad", key=key, owner="A", ts_ms=3)
+    step = ref_step(entry, gone, lambda: ["R\x00M1\x00manager\x00a"])
+    assert step.entry is not None and (step.entry.ref_owner, step.entry.ref_value) == ("B", "MV-B")
+    assert step.outputs == []  # nothing changed for the referrers
+    # and when B goes too, the DN resolves to nothing (a placeholder again)
+    step = ref_step(step.entry, gone.model_copy(update={"owner": "B"}), lambda: ["R\x00M1\x00manager\x00a"])
+    assert step.entry is None
+    [answer] = step.outputs
+    assert answer.value is None and answer.mv_id == "M1"
