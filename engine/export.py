@@ -206,16 +206,15 @@ def _deprovision(
     if action == "delete":
         target.status = "pending-delete"
         return [_emit(mv, rule, target, "delete", dn, {}, {}, ts_ms)]
-    if action == "disconnect":
+    if action in ("disconnect", "explicit-disconnect"):
         target.status = "disconnected"
         target.ledger = {}
         link = mv.links.pop(rule.connector, None)
         if link is None:
             return []
+        outcome = "disconnected" if action == "disconnect" else "explicitly-disconnected"
         return [
-            CSLink(
-                connector=rule.connector, anchor=link.anchor, mv_id=None, outcome="disconnected", ts_ms=ts_ms
-            )
+            CSLink(connector=rule.connector, anchor=link.anchor, mv_id=None, outcome=outcome, ts_ms=ts_ms)
         ]
     disable = rule.deprovision.disable
     if target.disabled or disable is None:

@@ -130,13 +130,16 @@ def apply_link(current: CSObject, mv_id: str | None, outcome: str) -> CSObject:
             current.state if current.state == ConnectorState.EXPLICIT_CONNECTOR else ConnectorState.CONNECTOR
         )
         return current.model_copy(update={"mv_id": mv_id, "state": state})
-    if outcome == "disconnected":
+    if outcome in ("disconnected", "explicitly-disconnected"):
+        # Deprovisioned by a disconnect action: a disconnector (the join rules may join it again at its
+        # next change, as in MIM) or an explicit disconnector (never again, until an operator releases it).
+        explicit = outcome == "explicitly-disconnected"
         return current.model_copy(
             update={
                 "mv_id": None,
                 "join_route": None,
                 "join_routes": [],
-                "state": ConnectorState.EXPLICIT_DISCONNECTOR,
+                "state": ConnectorState.EXPLICIT_DISCONNECTOR if explicit else ConnectorState.DISCONNECTOR,
             }
         )
     # ambiguous: stays a disconnector on its route(s); unlinked: metaverse object gone, route again.

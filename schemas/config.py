@@ -442,7 +442,10 @@ class DisableActionConfig(_Config):
 
 
 class DeprovisionConfig(_Config):
-    action: Literal["delete", "disconnect", "disable"] = "delete"
+    #: MIM's deprovisioning actions: delete the object; make it a disconnector (the join rules may join it
+    #: again at its next change); make it an explicit disconnector (never joined again by the rules); or
+    #: disable it (set attributes and/or move it).
+    action: Literal["delete", "disconnect", "explicit-disconnect", "disable"] = "delete"
     disable: DisableActionConfig | None = None
 
     @model_validator(mode="after")

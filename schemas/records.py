@@ -182,8 +182,11 @@ class CSLink(_Contract):
     anchor: str
     mv_id: str | None
     #: joined / projected: now a connector; ambiguous: stays a disconnector; unlinked: its metaverse
-    #: object is gone (join again); disconnected: deprovisioned by disconnect (explicit disconnector).
-    outcome: Literal["joined", "projected", "ambiguous", "unlinked", "disconnected"]
+    #: object is gone (join again); disconnected / explicitly-disconnected: deprovisioned by the
+    #: ``disconnect`` / ``explicit-disconnect`` action (a disconnector / an explicit disconnector).
+    outcome: Literal[
+        "joined", "projected", "ambiguous", "unlinked", "disconnected", "explicitly-disconnected"
+    ]
     ts_ms: int
 
 

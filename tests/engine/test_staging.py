@@ -273,13 +273,23 @@ def test_link_unlinked_clears_route() -> None:
     assert cs.state == ConnectorState.DISCONNECTOR
 
 
-def test_link_disconnected_is_explicit_disconnector() -> None:
+def test_link_explicitly_disconnected_is_explicit_disconnector() -> None:
     cs = apply_link(
-        cs_object(join_route=ROUTE, mv_id=MV, state=ConnectorState.CONNECTOR), None, "disconnected"
+        cs_object(join_route=ROUTE, mv_id=MV, state=ConnectorState.CONNECTOR), None, "explicitly-disconnected"
     )
     assert cs.mv_id is None
     assert cs.join_route is None
     assert cs.state == ConnectorState.EXPLICIT_DISCONNECTOR
+
+
+def test_link_disconnected_is_a_normal_disconnector() -> None:
+    cs = apply_link(
+        cs_object(join_route=ROUTE, mv_id=MV, state=ConnectorState.CONNECTOR), None, "disconnected"
+    )
+    assert (cs.mv_id, cs.join_route, cs.state) == (None, None, ConnectorState.DISCONNECTOR)
+    # its next change goes through the join rules again
+    after, outputs = route(demo_rules(), stage(cs, record(after=hr_attrs(title="CTO"), version=2)), 9_000)
+    assert after is not None and [type(o) for o in outputs] == [JoinRequest]
 
 
 def test_apply_link_does_not_mutate_input() -> None:
