@@ -653,3 +653,24 @@ def test_export_applied_not_shown_by_last_import_waits_for_next_import() -> None
     assert outputs == [
         ExportConfirmed(connector="ldap", mv_id=MV_ID, export_id=update.export_id, ts_ms=5_000)
     ]
+
+
+def test_disconnect_actions_leave_the_target_object_as_a_disconnector_or_an_explicit_one() -> None:
+    from .helpers import demo_config_dict
+
+    for action, outcome in (
+        ("disconnect", "disconnected"),
+        ("explicit-disconnect", "explicitly-disconnected"),
+    ):
+        cfg = demo_config_dict()
+        cfg["outbound"][0]["deprovision"] = {"action": action}
+        rules = demo_rules(outbound=cfg["outbound"])
+        mv = settled()
+        mv, outputs = metaverse_step(
+            rules, mv, hr_contribution(rules, MV_ID, hr_attrs(status="terminated"), version=2)
+        )
+        assert mv is not None and "ldap" not in mv.links
+        assert of_type(outputs, PendingExport) == []  # the directory entry is left alone
+        [link] = of_type(outputs, CSLink)
+        assert (link.connector, link.anchor, link.mv_id, link.outcome) == ("ldap", "uuid-1", None, outcome)
+        assert mv.targets["ldap"].status == "disconnected"
