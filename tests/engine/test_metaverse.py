@@ -656,7 +656,6 @@ def test_export_applied_not_shown_by_last_import_waits_for_next_import() -> None
 
 
 def test_disconnect_actions_leave_the_target_object_as_a_disconnector_or_an_explicit_one() -> None:
-    from .helpers import demo_config_dict
 
     for action, outcome in (
         ("disconnect", "disconnected"),
