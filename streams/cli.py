@@ -40,6 +40,10 @@ def _settings(args: argparse.Namespace, embedded_bootstrap: str | None) -> Setti
     )
 
 
+#: Written into the state directory when an ``idsync sync`` on the embedded broker finished.
+CLEAN_MARKER = "LAST-SYNC-FINISHED"
+
+
 def cmd_sync(args: argparse.Namespace) -> int:
     from streams.app import create_app
     from streams.broker import EmbeddedBroker
@@ -48,9 +52,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config))
     data_dir = Path(args.data_dir).resolve()
     broker = None
+    clean = data_dir / "state" / CLEAN_MARKER
     if not args.bootstrap_servers:
-        # Memory-only broker: its history starts empty, so state from an earlier run would not match it.
-        shutil.rmtree(data_dir / "state", ignore_errors=True)
+        # Memory-only broker: its topics start empty. The local state of the last run is kept when that run
+        # finished (nothing was in flight): each store seeds its empty changelog from it
+        # (streams.consumer.restore), so this run knows what the last one imported and exported, and an
+        # object gone from a source since is deleted, not forgotten. After a run that was killed, state
+        # that waits for messages the old broker took with it is dropped: the run starts from empty (the
+        # targets' existing objects join again).
+        if not clean.exists():
+            shutil.rmtree(data_dir / "state", ignore_errors=True)
+        clean.unlink(missing_ok=True)
         broker = EmbeddedBroker(data_dir).start()
         print(f"embedded broker on {broker.bootstrap} (memory storage)", file=sys.stderr)
     try:
@@ -80,6 +92,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
         result: dict[str, Any] = {}
         code = run_pipeline(pipeline, job, loglevel="info" if args.verbose else "warn")
+        if broker is not None and code == 0 and result:
+            clean.write_text("the last sync finished: its state may seed the next run's empty broker\n")
         if args.json and result:
             Path(args.json).write_text(json.dumps(result, indent=2))
         return code

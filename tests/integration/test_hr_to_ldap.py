@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from streams.cli import CLEAN_MARKER
 from streams.samples.generate_hr import generate, write_csv
 from tests.integration.harness import Env, read_rows, write_rows
 
@@ -76,10 +77,15 @@ def test_hr_to_ldap_lifecycle(demo_env: Env) -> None:
     # Only the rename and the disable were exported: nothing else changed.
     assert second.summary["ldap"]["exports_applied"] == 2, second.summary
 
-    # 3. A second, unchanged full import causes zero exports (fresh state: existing entries join).
+    # 3. A second, unchanged full import causes zero exports (the last run's state is carried over)...
     third = demo_env.sync()
     assert third.code == 0, third.stderr
     assert third.summary["ldap"]["exports_applied"] == 0, third.summary
+    # ... and so does one from fresh state (what follows a killed run): existing entries join.
+    (demo_env.work / "data" / "state" / CLEAN_MARKER).unlink()
+    fresh = demo_env.sync()
+    assert fresh.code == 0, fresh.stderr
+    assert fresh.summary["ldap"]["exports_applied"] == 0, fresh.summary
     # ... and so does a second cycle on the same state.
     fourth = demo_env.sync("--cycles", "2")
     assert fourth.code == 0, fourth.stderr
