@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,30 +121,32 @@ def cmd_import(args: argparse.Namespace) -> int:
     return import_command(args, _settings(args, None))
 
 
-def _operator_runtime(args: argparse.Namespace) -> Any:
+def _operator(args: argparse.Namespace, action: Callable[[Any], Awaitable[Any]], topics: bool = True) -> Any:
+    """Run one operator command against the cluster (``--bootstrap-servers``): returns (runtime, result)."""
+    import asyncio
+
+    from streams.app import ensure_topics
     from streams.runtime import Runtime
 
     if not args.bootstrap_servers:
         raise ConfigError(f"idsync {args.command} needs --bootstrap-servers (or IDSYNC_BOOTSTRAP_SERVERS)")
-    return Runtime(_settings(args, None), load_config(Path(args.config)))
-
-
-def cmd_approve_deletes(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from streams.app import ensure_topics
-    from streams.pending import approve_deletes
-
-    rt = _operator_runtime(args)
+    rt = Runtime(_settings(args, None), load_config(Path(args.config)))
 
     async def run() -> Any:
         try:
-            await ensure_topics(rt)
-            return await approve_deletes(rt, args.connector)
+            if topics:
+                await ensure_topics(rt)
+            return await action(rt)
         finally:
             await rt.stop()
 
-    approval = asyncio.run(run())
+    return rt, asyncio.run(run())
+
+
+def cmd_approve_deletes(args: argparse.Namespace) -> int:
+    from streams.pending import approve_deletes
+
+    rt, approval = _operator(args, lambda rt: approve_deletes(rt, args.connector))
     print(
         f"approval {approval.approval_id} published on {rt.partitions} partitions of "
         f"{rt.names.export_topic(args.connector)}: the export workers release the deletes held before it"
@@ -152,23 +155,12 @@ def cmd_approve_deletes(args: argparse.Namespace) -> int:
 
 
 def cmd_operator_link(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from streams.app import ensure_topics
     from streams.operator import publish_operator_link
 
-    rt = _operator_runtime(args)
-
-    async def run() -> Any:
-        try:
-            await ensure_topics(rt)
-            return await publish_operator_link(
-                rt, args.connector, args.anchor, args.command, getattr(args, "mv_id", None)
-            )
-        finally:
-            await rt.stop()
-
-    record = asyncio.run(run())
+    mv_id = getattr(args, "mv_id", None)
+    rt, record = _operator(
+        args, lambda rt: publish_operator_link(rt, args.connector, args.anchor, args.command, mv_id)
+    )
     if args.command == "join":
         what = f"an explicit connector of metaverse object {args.mv_id}"
     elif args.command == "disjoin":
@@ -183,19 +175,10 @@ def cmd_operator_link(args: argparse.Namespace) -> int:
 
 
 def cmd_pending_exports(args: argparse.Namespace) -> int:
-    import asyncio
-
     from streams.pending import fold, format_pending, pending_json, read_pending
 
-    rt = _operator_runtime(args)
-
-    async def run() -> Any:
-        try:
-            return await read_pending(rt, args.connector)
-        finally:
-            await rt.stop()
-
-    nets = fold(asyncio.run(run()))
+    _rt, pending = _operator(args, lambda rt: read_pending(rt, args.connector), topics=False)
+    nets = fold(pending)
     print(pending_json(nets) if args.json else format_pending(nets))
     return 0
 
