@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from engine.rules import Rules
 from engine.values import dn_key
-from schemas.records import RefResolved, RefUpdate
+from schemas.records import DnClaim, RefResolved, RefUpdate
 from schemas.state import CSObject, JoinEntry, MVObject, TargetState
 
 _SEP = "\x00"
@@ -82,10 +82,14 @@ def cs_references(rules: Rules, cs: CSObject | None) -> set[tuple[str, str]]:
 
 
 def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | None:
-    """(route, anchor, mv_id) this object publishes as the owner of its DN, if any."""
-    if cs is None or not cs.dn or cs.connector not in rules.reference_connectors:
+    """(route, anchor, mv_id) this object publishes as the owner of its DN, if any.
+
+    Every object with a DN claims it (the index tells an object whose DN another took: transient); the
+    mv_id goes with it only where DNs are referenced (otherwise nobody asks, and a join sends nothing)."""
+    if cs is None or not cs.dn:
         return None
-    return in_route(cs.connector, cs.dn), cs.anchor, cs.mv_id
+    value = cs.mv_id if cs.connector in rules.reference_connectors else None
+    return in_route(cs.connector, cs.dn), cs.anchor, value
 
 
 def staging_updates(
@@ -94,10 +98,8 @@ def staging_updates(
     """Reference-index updates for a connector-space object that changed from ``before`` to ``after``
     (any change: staged, joined, unlinked, renamed, deleted). Nothing when neither its DN, its mv_id nor
     its references changed, so an ordinary update costs nothing here."""
-    if not rules.reference_connectors:
-        return []
     obj = after or before
-    if obj is None or obj.connector not in rules.reference_connectors:
+    if obj is None:
         return []
     connector = obj.connector
     out: list[RefUpdate] = []
@@ -129,6 +131,8 @@ def staging_updates(
                 ts_ms=ts_ms,
             )
         )
+    if connector not in rules.reference_connectors:
+        return out
     old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
     old_mv = before.mv_id if before is not None else None
     new_mv = after.mv_id if after is not None else None
@@ -164,6 +168,8 @@ class RefStep:
     #: (referrer key, present): register (True) or forget (False) one referrer.
     referrer: tuple[str, bool] | None = None
     outputs: list[RefResolved] = field(default_factory=list)
+    #: Claimants of a DN whose standing changed (transient or owner again), for their staging.
+    claims: list[DnClaim] = field(default_factory=list)
 
 
 def _answer(msg: RefUpdate, referrer: str, attribute: str, anchor: str, value: str | None) -> RefResolved:
@@ -194,6 +200,7 @@ def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], It
             claims[msg.owner] = (msg.version, msg.value)
         else:
             claims.pop(msg.owner, None)
+        before = entry.ref_owner
         entry.ref_claims = claims
         if claims:
             # The later taker owns the key; equal versions (out-direction owners have none) by name.
@@ -202,6 +209,8 @@ def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], It
         else:
             entry.ref_owner, entry.ref_value = None, None
         value = entry.ref_value if entry.ref_owner is not None else None
+        if msg.direction == "in":
+            step.claims = _standing(msg, before, entry.ref_owner, set(claims))
         if value != current:
             for key in sorted(referrers()):
                 referrer, attribute, anchor = parse_referrer(key)
@@ -219,6 +228,29 @@ def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], It
     if entry.ref_owner is None:
         step.entry = None
     return step
+
+
+def _standing(msg: RefUpdate, before: str | None, owner: str | None, claimants: set[str]) -> list[DnClaim]:
+    """DnClaim messages for the claimants whose standing this message changed: the one that lost the DN
+    to a later taker (transient), the one that got it back when the other left (not transient), and a
+    new claimant that does not own it (transient from the start)."""
+    out: list[DnClaim] = []
+
+    def tell(anchor: str, transient: bool) -> None:
+        out.append(
+            DnClaim(
+                connector=msg.connector, anchor=anchor, dn_key=msg.key, transient=transient, ts_ms=msg.ts_ms
+            )
+        )
+
+    if before != owner:
+        if before is not None and before in claimants:
+            tell(before, True)
+        if owner is not None and (before is not None or msg.owner != owner):
+            tell(owner, False)
+    if msg.op == "own" and msg.owner != owner and msg.owner in claimants:
+        tell(msg.owner, True)  # took the DN earlier than its current holder: its delete is on the way
+    return out
 
 
 # --------------------------------------------------------------------------- metaverse side

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.values import dn_key, same_values
-from schemas.records import Attrs, ChangeRecord
+from schemas.records import Attrs, ChangeRecord, DnClaim
 from schemas.state import ConnectorState, CSObject
 
 PendingImport = Literal["none", "add", "update", "rename", "delete", "delete-add", "stale", "duplicate"]
@@ -91,8 +91,19 @@ def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | 
         }
     )
     if renamed:
-        return Staged("rename", current, new, changed)
+        # A new DN: whatever it was transient for was the old one (the index says if the new one is taken).
+        return Staged("rename", current, new.model_copy(update={"transient": False}), changed)
     return Staged("update" if changed else "none", current, new, changed)
+
+
+def apply_dn_claim(current: CSObject | None, claim: DnClaim) -> CSObject | None:
+    """The DN index's word on whether this object still holds its DN (MIM's transient object). None when
+    nothing changes: the object is gone, or it has left that DN since (a rename the index has not seen)."""
+    if current is None or not current.dn or dn_key(current.dn) != claim.dn_key:
+        return None
+    if current.transient == claim.transient:
+        return None
+    return current.model_copy(update={"transient": claim.transient})
 
 
 def tombstone_key(connector: str, anchor: str) -> bytes:

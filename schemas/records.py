@@ -218,7 +218,20 @@ class OperatorLink(_Contract):
         return self
 
 
-LinkMessage = Annotated[CSLink | OperatorLink, Field(discriminator="kind")]
+class DnClaim(_Contract):
+    """The DN index telling a connector-space object whether it still holds its DN (links topic, keyed by
+    anchor): ``transient`` when another object of the connector took the DN at a later source version."""
+
+    kind: Literal["dn-claim"] = "dn-claim"
+    connector: str
+    anchor: str
+    #: The normalized DN the claim is about (a stale message about a DN the object left is ignored).
+    dn_key: str
+    transient: bool
+    ts_ms: int
+
+
+LinkMessage = Annotated[CSLink | OperatorLink | DnClaim, Field(discriminator="kind")]
 
 
 class MVContribution(_Contract):

@@ -44,6 +44,10 @@ class CSObject(_State):
     locator: str | None = None
     #: When the source changed it (``source.ts_ms`` of the last change record): equal precedence.
     source_ts_ms: int = 0
+    #: MIM's transient object: another object of this connector took its DN at a later source version —
+    #: its own delete or rename has not arrived yet. It no longer answers for the DN (references resolve to
+    #: the other); cleared when it moves to another DN, or when the other leaves the DN first.
+    transient: bool = False
     #: Set on a tombstone only (kept under ``engine.staging.tombstone_key``): when staging recorded the
     #: delete. A tombstone remembers a deleted object's version so that an older record arriving later
     #: (re-delivered or out of order) cannot bring the object back.

@@ -74,4 +74,7 @@ class JoinStage(Stage[JoinEntry]):
         mv_topic = self.rt.names.mv_topic()
         for o in step.outputs:
             out.add(mv_topic, o.mv_id.encode(), encode(o))
+        for claim in step.claims:
+            out.add(self.rt.names.links_topic(), claim.anchor.encode(), encode(claim))
+            self.rt.counters.count(f"dn-{'transient' if claim.transient else 'held'}:{claim.connector}")
         self.rt.counters.count(f"ref-{msg.direction}-{msg.op}")

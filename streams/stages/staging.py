@@ -8,11 +8,12 @@ from pydantic import TypeAdapter
 
 from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route
 from engine.references import staging_updates
-from engine.staging import Staged, stage, stage_absent, tombstone, tombstone_key
+from engine.staging import Staged, apply_dn_claim, stage, stage_absent, tombstone, tombstone_key
 from schemas.errors import DataError
 from schemas.records import (
     ChangeRecord,
     CSLink,
+    DnClaim,
     ErrorRecord,
     ImportMessage,
     JoinIndexUpdate,
@@ -65,12 +66,19 @@ class StagingStage(Stage[CSObject]):
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         if isinstance(msg, ChangeRecord):
             return [cs_key(msg.source.connector, msg.anchor), tombstone_key(msg.source.connector, msg.anchor)]
-        if isinstance(msg, CSLink | OperatorLink):
+        if isinstance(msg, CSLink | OperatorLink | DnClaim):
             return [cs_key(msg.connector, msg.anchor)]
         return []
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         c = self.rt.counters
+        if isinstance(msg, DnClaim):
+            key = cs_key(msg.connector, msg.anchor)
+            changed = apply_dn_claim(batch.get(key), msg)
+            if changed is not None:
+                batch.put(key, changed)
+                c.count(f"cs-{'transient' if msg.transient else 'holds-dn'}:{msg.connector}")
+            return
         if isinstance(msg, OperatorLink):
             key = cs_key(msg.connector, msg.anchor)
             cs = batch.get(key)

@@ -603,3 +603,41 @@ def test_a_dn_claimed_by_two_objects_resolves_to_the_later_taker_whatever_the_or
     assert step.entry is None
     [answer] = step.outputs
     assert answer.value is None and answer.mv_id == "M1"
+
+
+def test_the_claimant_that_loses_its_dn_is_told_it_is_transient_and_told_again_when_it_holds_it() -> None:
+    from engine.staging import apply_dn_claim
+
+    route, key = "ref|ad|cn=x", "cn=x"
+    a = RefUpdate(route=route, op="own", connector="ad", key=key, owner="A", version=5, ts_ms=1)
+    b = RefUpdate(route=route, op="own", connector="ad", key=key, owner="B", version=11, ts_ms=2)
+    step = ref_step(None, a, lambda: [])
+    assert step.claims == []  # the only claimant: nothing to say
+    step = ref_step(step.entry, b, lambda: [])
+    assert [(c.anchor, c.transient, c.dn_key) for c in step.claims] == [("A", True, key), ("B", False, key)]
+    # the other order: A's claim arrives after B's, and A is transient from the start
+    late = ref_step(ref_step(None, b, lambda: []).entry, a, lambda: [])
+    assert [(c.anchor, c.transient) for c in late.claims] == [("A", True)]
+    # B leaves first (say the directory deleted B and A's delete was a rename back): A holds the DN again
+    gone_b = RefUpdate(route=route, op="disown", connector="ad", key=key, owner="B", ts_ms=3)
+    back = ref_step(late.entry, gone_b, lambda: [])
+    assert [(c.anchor, c.transient) for c in back.claims] == [("A", False)]
+
+    # staging applies the word to the object while it still has that DN, and ignores it once it moved
+    cs = CSObject(connector="ad", anchor="A", object_type="user", dn="CN=X", version=5)
+    [lost, _won] = step.claims
+    marked = apply_dn_claim(cs, lost)
+    assert marked is not None and marked.transient
+    assert apply_dn_claim(marked, lost) is None  # already so
+    moved = cs.model_copy(update={"dn": "cn=elsewhere"})
+    assert apply_dn_claim(moved, lost) is None
+    assert apply_dn_claim(None, lost) is None
+
+
+def test_every_connector_with_dns_claims_them_but_only_referenced_ones_carry_the_mv_id() -> None:
+    rules = ref_rules()
+    plain = CSObject(connector="hr", anchor="E1", object_type="employee", dn="uid=e1,o=hr", mv_id="M1")
+    [own] = staging_updates(rules, None, plain, 1)
+    assert (own.op, own.route, own.owner, own.value) == ("own", "ref|hr|uid=e1,o=hr", "E1", None)
+    # its join changes nothing the index needs to hear
+    assert staging_updates(rules, plain.model_copy(update={"mv_id": None}), plain, 2) == []

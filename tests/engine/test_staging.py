@@ -570,3 +570,11 @@ def test_a_record_older_than_the_delete_does_not_bring_the_object_back() -> None
     assert back.pending == "add" and back.after is not None and back.after.version == 7
     # without a tombstone the same old record is an add (what happened before tombstones existed)
     assert stage(None, record(version=4)).pending == "add"
+
+
+def test_a_rename_clears_the_transient_mark_of_the_old_dn() -> None:
+    current = cs_object(dn="cn=a,o=x").model_copy(update={"transient": True})
+    staged = stage(current, record(version=2, dn="cn=b,o=x"))
+    assert staged.pending == "rename" and staged.after is not None and not staged.after.transient
+    same = stage(current, record(version=3, dn="CN=A,O=X", after=hr_attrs(title="CTO")))
+    assert same.after is not None and same.after.transient  # same DN: still transient
