@@ -360,3 +360,59 @@ def test_pipeline_ends_with_the_sequential_models_metaverse(
         if expected.get(k) != found.get(k)
     }
     assert found == expected, f"(model, pipeline) where they differ: {diff}"
+
+
+def test_a_dn_taken_over_before_the_old_objects_delete_arrives_marks_it_transient(pipeline: Pipeline) -> None:
+    """The directory deleted entry A and created entry B with A's DN; B's record arrives first. A is marked
+    transient (MIM) while it waits for its delete; the delete removes it and B holds the DN, unmarked."""
+    from schemas.state import CSObject
+
+    pipeline.examples += 1
+    p = f"x{pipeline.examples}-"
+    dn = f"cn=Shared {p},ou=people,o=x"
+
+    def entry(anchor: str, version: int, op: str = "u") -> ChangeRecord:
+        attrs = None if op == "d" else {"employeeNumber": [f"{p}nobody"], "l": ["Austin"]}
+        source = Source(
+            connector="dir", version=version, event_id=f"{p}{anchor}#{version}", ts_ms=version, dn=dn
+        )
+        return ChangeRecord(op=op, anchor=p + anchor, object_type="person", after=attrs, source=source)
+
+    def cs() -> dict[str, CSObject]:
+        pipeline.reads += 1
+        reader = Runtime(
+            Settings(bootstrap_servers=pipeline.bootstrap, data_dir=pipeline.tmp / f"read-{pipeline.reads}"),
+            pipeline.rt.config,
+        )
+
+        async def go() -> list[CSObject]:
+            try:
+                store = reader.store("cs")
+                await restore(reader, store, list(range(reader.partitions)))
+                return [CSObject.model_validate_json(v) for _p, _k, v in store.scan_all()]
+            finally:
+                await reader.stop()
+
+        return {
+            o.anchor[len(p) :]: o
+            for o in asyncio.run(go())
+            if o.anchor.startswith(p) and o.deleted_ts_ms is None
+        }
+
+    def until(what: str, check: Any) -> dict[str, CSObject]:
+        deadline = time.monotonic() + 60
+        while True:
+            objects = cs()
+            if check(objects):
+                return objects
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {objects}"
+            time.sleep(0.5)
+
+    pipeline.publish([entry("A", 5)])
+    until("A", lambda o: "A" in o and not o["A"].transient)
+    pipeline.publish([entry("B", 11)])
+    objects = until("A transient", lambda o: "B" in o and o["A"].transient)
+    assert not objects["B"].transient
+    pipeline.publish([entry("A", 10, op="d")])
+    objects = until("A gone", lambda o: "A" not in o)
+    assert not objects["B"].transient
