@@ -24,19 +24,11 @@ from typing import Any, BinaryIO
 from connectors.base import ConnectorKind, ImportedObject, ImportFailure
 from connectors.files.atomic import check_files
 from connectors.files.config import JsonlConnectorConfig
+from connectors.jsonimage import Bad, flatten, reject_constant, single
 from schemas.errors import FatalError
 from schemas.records import Attrs
 
 _RAW_MAX = 500
-
-
-class _Bad(Exception):
-    """A line that cannot become an object: error type and message."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -46,52 +38,6 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {key!r}")
         out[key] = value
     return out
-
-
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _scalar(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    # bool before int: json spells them true/false; floats as JSON writes them (1e3 -> 1000.0).
-    return json.dumps(value)
-
-
-def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-
-
-def flatten(obj: dict[str, Any]) -> Attrs:
-    """The attributes of one JSON object (see the module docstring); raises ``_Bad`` on a name clash."""
-    out: Attrs = {}
-    _flatten(obj, "", out)
-    return out
-
-
-def _flatten(obj: dict[str, Any], prefix: str, out: Attrs) -> None:
-    for key, value in obj.items():
-        if not key:
-            raise _Bad("import-malformed-line", f"empty field name in {prefix.rstrip('.') or 'the object'}")
-        name = prefix + key
-        if isinstance(value, dict):
-            _flatten(value, name + ".", out)
-            continue
-        if value is None:
-            values: list[str] = []
-        elif isinstance(value, list):
-            items = (
-                _json_text(v) if isinstance(v, dict | list) else _scalar(v) for v in value if v is not None
-            )
-            values = list(dict.fromkeys(items))
-        else:
-            values = [_scalar(value)]
-        if not values:
-            continue
-        if name in out:
-            raise _Bad("import-attribute-clash", f"field {name!r} is given twice (once as a nested field)")
-        out[name] = values
 
 
 class JsonlConnector:
@@ -158,7 +104,7 @@ class JsonlConnector:
         raw = text.rstrip("\r\n")[:_RAW_MAX]
         try:
             attributes, anchor, object_type = self._parse(text)
-        except _Bad as bad:
+        except Bad as bad:
             return ImportFailure(locator, bad.error_type, bad.message, raw)
         if anchor in seen:
             message = f"duplicate anchor {anchor!r}: first seen on line {seen[anchor]}"
@@ -169,29 +115,19 @@ class JsonlConnector:
     def _parse(self, text: str) -> tuple[Attrs, str, str]:
         cfg = self.config
         try:
-            value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+            value = json.loads(text, object_pairs_hook=_pairs, parse_constant=reject_constant)
         except (ValueError, RecursionError) as exc:
-            raise _Bad("import-malformed-line", f"not valid JSON: {exc}") from None
+            raise Bad("import-malformed-line", f"not valid JSON: {exc}") from None
         if not isinstance(value, dict):
-            raise _Bad("import-malformed-line", f"expected a JSON object, got {type(value).__name__}")
-        attributes = flatten(value)
-        anchor = self._single(attributes, cfg.anchor, "anchor", "import-missing-anchor")
+            raise Bad("import-malformed-line", f"expected a JSON object, got {type(value).__name__}")
+        attributes = flatten(value, "import-malformed-line", "the object")
+        anchor = single(attributes, cfg.anchor, "anchor", "import-missing-anchor")
         object_type = cfg.object_type
         if cfg.object_type_field is not None:
-            object_type = self._single(
+            object_type = single(
                 attributes, cfg.object_type_field, "object type", "import-missing-object-type"
             )
         return attributes, anchor, object_type
-
-    @staticmethod
-    def _single(attributes: Attrs, field: str, what: str, error_type: str) -> str:
-        values = attributes.get(field, [])
-        if len(values) > 1:
-            raise _Bad(error_type, f"{what} field {field!r} holds {len(values)} values, not one")
-        value = values[0].strip() if values else ""
-        if not value:
-            raise _Bad(error_type, f"no {what}: field {field!r} is missing, null or empty")
-        return value
 
 
 KIND = ConnectorKind(

@@ -17,19 +17,11 @@ from typing import Any
 
 from ldap3.utils.dn import escape_rdn
 
+from connectors.jsonimage import Bad, flatten, reject_constant, single
 from connectors.kafka.config import DN_FIELD, KafkaConnectorConfig
 from schemas.records import Attrs
 
 RAW_MAX = 500
-
-
-class Bad(Exception):
-    """A record that cannot become an upsert or a delete: error type and message."""
-
-    def __init__(self, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +52,9 @@ def raw_text(value: bytes | None) -> str | None:
     return None if value is None else value[:RAW_MAX].decode("utf-8", errors="replace")
 
 
-def _constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def _json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data.decode("utf-8"), parse_constant=_constant)
+        return json.loads(data.decode("utf-8"), parse_constant=reject_constant)
     except UnicodeDecodeError:
         raise Bad("import-decode-error", f"the record {what} is not UTF-8") from None
     except (ValueError, RecursionError) as exc:
@@ -78,54 +66,6 @@ def _unwrap(data: Any) -> Any:
     if isinstance(data, dict) and data.keys() == {"schema", "payload"}:
         return data["payload"]
     return data
-
-
-def _scalar(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def flatten(obj: dict[str, Any]) -> Attrs:
-    out: Attrs = {}
-    _flatten(obj, "", out)
-    return out
-
-
-def _flatten(obj: dict[str, Any], prefix: str, out: Attrs) -> None:
-    for key, value in obj.items():
-        name = prefix + key
-        if not key:
-            raise Bad("import-malformed-record", f"empty field name in {prefix.rstrip('.') or 'the image'}")
-        if isinstance(value, dict):
-            _flatten(value, name + ".", out)
-            continue
-        if value is None:
-            values: list[str] = []
-        elif isinstance(value, list):
-            items = (
-                json.dumps(v, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
-                if isinstance(v, dict | list)
-                else _scalar(v)
-                for v in value
-                if v is not None
-            )
-            values = list(dict.fromkeys(items))
-        else:
-            values = [_scalar(value)]
-        if not values:
-            continue
-        if name in out:
-            raise Bad("import-attribute-clash", f"field {name!r} is given twice (once as a nested field)")
-        out[name] = values
-
-
-def _single(image: Attrs, field: str, what: str, error_type: str) -> str:
-    values = image.get(field, [])
-    if len(values) > 1:
-        raise Bad(error_type, f"{what} field {field!r} holds {len(values)} values, not one")
-    value = values[0].strip() if values else ""
-    if not value:
-        raise Bad(error_type, f"no {what}: field {field!r} is missing, null or empty")
-    return value
 
 
 class Mapper:
@@ -174,11 +114,11 @@ class Mapper:
     # ------------------------------------------------------------------ images
     def _upsert(self, key: bytes | None, obj: dict[str, Any], op: str) -> Upsert:
         cfg = self.config
-        image = flatten(obj)
+        image = flatten(obj, "import-malformed-record", "the image")
         anchor = self._key_text(key) if cfg.anchor_from_key else self._image_anchor(image)
         object_type = cfg.object_type
         if cfg.object_type_field is not None:
-            object_type = _single(image, cfg.object_type_field, "object type", "import-missing-object-type")
+            object_type = single(image, cfg.object_type_field, "object type", "import-missing-object-type")
         dn = self._dn(image) if cfg.dn_template is not None else None
         if cfg.attributes is None:
             attributes = image
@@ -188,7 +128,7 @@ class Mapper:
 
     def _delete(self, key: bytes | None, before: dict[str, Any] | None) -> Delete:
         cfg = self.config
-        image = flatten(before) if before else {}
+        image = flatten(before, "import-malformed-record", "the image") if before else {}
         if cfg.anchor_from_key:
             anchor = self._key_text(key)
         elif image and all(image.get(f) for f in cfg.anchor):
@@ -198,7 +138,7 @@ class Mapper:
             anchor = self._key_anchor(key)
         object_type = cfg.object_type
         if cfg.object_type_field is not None and image.get(cfg.object_type_field):
-            object_type = _single(image, cfg.object_type_field, "object type", "import-missing-object-type")
+            object_type = single(image, cfg.object_type_field, "object type", "import-missing-object-type")
         dn = None
         if cfg.dn_template is not None and all(image.get(f) for f in self._dn_fields):
             dn = self._dn(image)
@@ -206,14 +146,14 @@ class Mapper:
 
     def _image_anchor(self, image: Attrs) -> str:
         cfg = self.config
-        parts = [_single(image, f, "anchor", "import-missing-anchor") for f in cfg.anchor]
+        parts = [single(image, f, "anchor", "import-missing-anchor") for f in cfg.anchor]
         return cfg.anchor_separator.join(parts)
 
     def _dn(self, image: Attrs) -> str:
         template = self.config.dn_template or ""
 
         def value(field: str) -> str:
-            return str(escape_rdn(_single(image, field, "DN", "import-missing-dn-field")))
+            return str(escape_rdn(single(image, field, "DN", "import-missing-dn-field")))
 
         return DN_FIELD.sub(lambda m: value(m.group(1)), template)
 
@@ -227,7 +167,7 @@ class Mapper:
         except UnicodeDecodeError:
             raise Bad("import-decode-error", "the record key is not UTF-8") from None
         try:
-            data = _unwrap(json.loads(text, parse_constant=_constant))
+            data = _unwrap(json.loads(text, parse_constant=reject_constant))
         except (ValueError, RecursionError):
             data = text
         if isinstance(data, dict | list):
@@ -246,7 +186,7 @@ class Mapper:
             raise Bad("import-missing-anchor", "a delete without a key: which object it deletes is unknown")
         data = _unwrap(_json(key, "key"))
         if isinstance(data, dict):
-            return self._image_anchor(flatten(data))
+            return self._image_anchor(flatten(data, "import-malformed-record", "the key"))
         if (
             len(self.config.anchor) == 1
             and isinstance(data, str | int | float)
