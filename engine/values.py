@@ -33,6 +33,8 @@ def first(attrs: Attrs, name: str) -> str | None:
 
 def same_values(a: Sequence[str] | None, b: Sequence[str] | None) -> bool:
     """Equal as value sets (directories do not keep the order of multi-valued attributes)."""
+    if a == b:
+        return True  # the common case, without sorting
     return sorted(a or ()) == sorted(b or ())
 
 
