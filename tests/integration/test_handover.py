@@ -26,7 +26,6 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.records import MVChange
-from schemas.state import CSObject, MVObject
 from streams.app import ensure_topics
 from streams.bench import kafka
 from streams.bench.org import generate
@@ -40,8 +39,8 @@ from streams.bench.records import (
 )
 from streams.broker import EmbeddedBroker
 from streams.config import load_config
-from streams.consumer import restore
 from streams.runtime import Runtime, Settings
+from tests.integration.state import restored
 
 pytestmark = pytest.mark.integration
 
@@ -88,19 +87,12 @@ def groups(rt: Runtime) -> dict[str, list[str]]:
 async def metaverse(bootstrap: str, rt: Runtime, scratch: Path) -> dict[str, dict[str, Any]]:
     """The live metaverse, keyed by the HR join value: rebuilt from the mv store's changelog into an empty
     directory (what any new worker would take over), checked against the public mv.changes feed."""
-    reader = Runtime(Settings(bootstrap_servers=bootstrap, data_dir=scratch, fetch_max_wait_ms=10), rt.config)
-    try:
-        store = reader.store("mv")
-        await restore(reader, store, list(range(rt.partitions)))
-        objects = [MVObject.model_validate_json(v) for _p, _k, v in store.scan_all()]
-        cs = reader.store("cs")
-        await restore(reader, cs, list(range(rt.partitions)))
-        STATES[rt.config.name] = {
-            "cs": {k: _stable(CSObject.model_validate_json(v).model_dump()) for _p, k, v in cs.scan_all()},
-            "mv": {o.mv_id: _stable(o.model_dump()) for o in objects},
-        }
-    finally:
-        await reader.stop()
+    cs, objects = await restored(bootstrap, rt.config, scratch)
+    STATES[rt.config.name] = {
+        # keyed like the store: a tombstone of a deleted object beside a live one of the same anchor
+        "cs": {(o.connector, o.anchor, o.deleted_ts_ms is not None): _stable(o.model_dump()) for o in cs},
+        "mv": {o.mv_id: _stable(o.model_dump()) for o in objects},
+    }
     feed = await mv_changes(bootstrap, rt)
     by_join: dict[str, dict[str, Any]] = {}
     for mv in objects:

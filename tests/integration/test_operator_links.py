@@ -17,8 +17,8 @@ import pytest
 from schemas.state import ConnectorState, CSObject, MVObject
 from streams.broker import EmbeddedBroker
 from streams.config import load_config
-from streams.consumer import restore
 from streams.runtime import Runtime, Settings
+from tests.integration.state import restored
 from tests.integration.test_follow_ldap import read_topic
 
 pytestmark = pytest.mark.integration
@@ -96,31 +96,15 @@ class Env:
     def state(self) -> tuple[dict[str, CSObject], dict[str, MVObject]]:
         """Connector space (by anchor) and live metaverse (by employeeId), rebuilt from the changelogs."""
         self.reads += 1
-        reader = Runtime(
-            Settings(bootstrap_servers=self.bootstrap, data_dir=self.tmp / f"read-{self.reads}"),
-            self.rt.config,
+        cs, mv = asyncio.run(restored(self.bootstrap, self.rt.config, self.tmp / f"read-{self.reads}"))
+        return (
+            {o.anchor: o for o in cs if o.deleted_ts_ms is None},
+            {
+                o.attributes["employeeId"][0]: o
+                for o in mv
+                if not o.deleted and o.attributes.get("employeeId")
+            },
         )
-
-        async def go() -> tuple[dict[str, CSObject], dict[str, MVObject]]:
-            try:
-                parts = list(range(reader.partitions))
-                cs_store, mv_store = reader.store("cs"), reader.store("mv")
-                await restore(reader, cs_store, parts)
-                await restore(reader, mv_store, parts)
-                cs = [CSObject.model_validate_json(v) for _p, _k, v in cs_store.scan_all()]
-                mv = [MVObject.model_validate_json(v) for _p, _k, v in mv_store.scan_all()]
-            finally:
-                await reader.stop()
-            return (
-                {o.anchor: o for o in cs if o.deleted_ts_ms is None},
-                {
-                    o.attributes["employeeId"][0]: o
-                    for o in mv
-                    if not o.deleted and o.attributes.get("employeeId")
-                },
-            )
-
-        return asyncio.run(go())
 
     def until(self, what: str, check: Callable[[dict[str, CSObject], dict[str, MVObject]], T]) -> T:
         """Poll the state until ``check`` returns a true value (the pipeline is asynchronous)."""

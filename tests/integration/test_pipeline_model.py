@@ -31,13 +31,13 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from schemas.records import ChangeRecord, Source
-from schemas.state import MVObject
+from schemas.state import CSObject, MVObject
 from streams.app import ensure_topics
 from streams.bench import kafka
 from streams.broker import EmbeddedBroker
 from streams.config import load_config
-from streams.consumer import restore
 from streams.runtime import Runtime, Settings
+from tests.integration.state import restored
 
 pytestmark = pytest.mark.integration
 
@@ -267,26 +267,17 @@ class Pipeline:
 
         asyncio.run(go())
 
+    def state(self) -> tuple[list[CSObject], list[MVObject]]:
+        self.reads += 1
+        return asyncio.run(restored(self.bootstrap, self.rt.config, self.tmp / f"read-{self.reads}"))
+
     def metaverse(self, prefix: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
         """This example's live metaverse by employeeId (rebuilt from the changelog), and any employeeId
         held by two live objects."""
-        self.reads += 1
-        reader = Runtime(
-            Settings(bootstrap_servers=self.bootstrap, data_dir=self.tmp / f"read-{self.reads}"),
-            self.rt.config,
-        )
-
-        async def go() -> list[MVObject]:
-            try:
-                store = reader.store("mv")
-                await restore(reader, store, list(range(reader.partitions)))
-                return [MVObject.model_validate_json(v) for _p, _k, v in store.scan_all()]
-            finally:
-                await reader.stop()
-
+        _cs, objects = self.state()
         found: dict[str, dict[str, Any]] = {}
         twice: list[str] = []
-        for mv in asyncio.run(go()):
+        for mv in objects:
             eid = (mv.attributes.get("employeeId") or [""])[0]
             if mv.deleted or not eid.startswith(prefix):
                 continue
@@ -365,8 +356,6 @@ def test_pipeline_ends_with_the_sequential_models_metaverse(
 def test_a_dn_taken_over_before_the_old_objects_delete_arrives_marks_it_transient(pipeline: Pipeline) -> None:
     """The directory deleted entry A and created entry B with A's DN; B's record arrives first. A is marked
     transient (MIM) while it waits for its delete; the delete removes it and B holds the DN, unmarked."""
-    from schemas.state import CSObject
-
     pipeline.examples += 1
     p = f"x{pipeline.examples}-"
     dn = f"cn=Shared {p},ou=people,o=x"
@@ -379,25 +368,8 @@ def test_a_dn_taken_over_before_the_old_objects_delete_arrives_marks_it_transien
         return ChangeRecord(op=op, anchor=p + anchor, object_type="person", after=attrs, source=source)
 
     def cs() -> dict[str, CSObject]:
-        pipeline.reads += 1
-        reader = Runtime(
-            Settings(bootstrap_servers=pipeline.bootstrap, data_dir=pipeline.tmp / f"read-{pipeline.reads}"),
-            pipeline.rt.config,
-        )
-
-        async def go() -> list[CSObject]:
-            try:
-                store = reader.store("cs")
-                await restore(reader, store, list(range(reader.partitions)))
-                return [CSObject.model_validate_json(v) for _p, _k, v in store.scan_all()]
-            finally:
-                await reader.stop()
-
-        return {
-            o.anchor[len(p) :]: o
-            for o in asyncio.run(go())
-            if o.anchor.startswith(p) and o.deleted_ts_ms is None
-        }
+        objects, _mv = pipeline.state()
+        return {o.anchor[len(p) :]: o for o in objects if o.anchor.startswith(p) and o.deleted_ts_ms is None}
 
     def until(what: str, check: Any) -> dict[str, CSObject]:
         deadline = time.monotonic() + 60
