@@ -103,35 +103,45 @@ def staging_updates(
         return []
     connector = obj.connector
     out: list[RefUpdate] = []
-    old, new = _owned(rules, before), _owned(rules, after)
-    if old is not None and (new is None or new[:2] != old[:2]):
-        out.append(
-            RefUpdate(
-                route=old[0],
-                op="disown",
-                connector=connector,
-                key=old[0].split("|", 2)[2],
-                owner=old[1],
-                ts_ms=ts_ms,
+    referenced = connector in rules.reference_connectors
+    # The claim (DN, and the mv_id where DNs are referenced) is unchanged by an ordinary update: skip the
+    # DN parsing on that hot path.
+    same_claim = (
+        before is not None
+        and after is not None
+        and before.dn == after.dn
+        and (not referenced or before.mv_id == after.mv_id)
+    )
+    if not same_claim:
+        old, new = _owned(rules, before), _owned(rules, after)
+        if old is not None and (new is None or new[:2] != old[:2]):
+            out.append(
+                RefUpdate(
+                    route=old[0],
+                    op="disown",
+                    connector=connector,
+                    key=old[0].split("|", 2)[2],
+                    owner=old[1],
+                    ts_ms=ts_ms,
+                )
             )
-        )
-    if new is not None and new != old:
-        assert after is not None
-        out.append(
-            RefUpdate(
-                route=new[0],
-                op="own",
-                connector=connector,
-                key=new[0].split("|", 2)[2],
-                owner=new[1],
-                value=new[2],
-                # A stale claimant of a DN (its delete or rename not seen yet) has only versions older than
-                # the new holder's: the source moved it away before the new holder took the DN.
-                version=after.version,
-                ts_ms=ts_ms,
+        if new is not None and new != old:
+            assert after is not None
+            out.append(
+                RefUpdate(
+                    route=new[0],
+                    op="own",
+                    connector=connector,
+                    key=new[0].split("|", 2)[2],
+                    owner=new[1],
+                    value=new[2],
+                    # A stale claimant of a DN (its delete or rename not seen yet) has only versions older
+                    # than the new holder's: the source moved it away before the new holder took the DN.
+                    version=after.version,
+                    ts_ms=ts_ms,
+                )
             )
-        )
-    if connector not in rules.reference_connectors:
+    if not referenced:
         return out
     old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
     old_mv = before.mv_id if before is not None else None
