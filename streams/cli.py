@@ -268,26 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("connector", help="the export target whose held deletes to release")
     p.set_defaults(func=cmd_approve_deletes)
 
-    p = sub.add_parser(
-        "join", help="make a connector-space object an explicit connector of a metaverse object"
-    )
-    pipeline_args(p)
-    p.add_argument("connector", help="connector name in the configuration")
-    p.add_argument("anchor", help="the object's anchor in that connector's space")
-    p.add_argument("mv_id", help="the metaverse object to join")
-    p.set_defaults(func=cmd_operator_link)
-
-    p = sub.add_parser("disjoin", help="make a connector-space object an explicit disconnector")
-    pipeline_args(p)
-    p.add_argument("connector", help="connector name in the configuration")
-    p.add_argument("anchor", help="the object's anchor in that connector's space")
-    p.set_defaults(func=cmd_operator_link)
-
-    p = sub.add_parser("release", help="make an explicit (dis)connector a normal one again (rules decide)")
-    pipeline_args(p)
-    p.add_argument("connector", help="connector name in the configuration")
-    p.add_argument("anchor", help="the object's anchor in that connector's space")
-    p.set_defaults(func=cmd_operator_link)
+    for command, what in (
+        ("join", "make a connector-space object an explicit connector of a metaverse object"),
+        ("disjoin", "make a connector-space object an explicit disconnector"),
+        ("release", "make an explicit (dis)connector a normal one again (rules decide)"),
+    ):
+        p = sub.add_parser(command, help=what)
+        pipeline_args(p)
+        p.add_argument("connector", help="connector name in the configuration")
+        p.add_argument("anchor", help="the object's anchor in that connector's space")
+        if command == "join":
+            p.add_argument("mv_id", help="the metaverse object to join")
+        p.set_defaults(func=cmd_operator_link)
 
     p = sub.add_parser("pending-exports", help="what would be exported to a target (staging mode preview)")
     pipeline_args(p)
