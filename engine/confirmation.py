@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from engine.values import dn_key, same_values
-from schemas.records import Attrs, ErrorRecord, ExportConfirmed
+from schemas.records import Attrs
 from schemas.state import LedgerEntry, TargetState
+from schemas.wire import ErrorRecord, ExportConfirmed
 
 DN_KEY = "__dn__"
 DELETED_KEY = "__deleted__"

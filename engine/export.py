@@ -4,16 +4,22 @@ pending exports, and record export results."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
+
+from msgspec.structs import replace
 
 from engine.confirmation import DELETED_KEY, DN_KEY, casefold_keys
 from engine.provisioning import Desired, desired, moved_dn
 from engine.rules import ExportShape
 from engine.values import dn_key, same_values, split_dn
 from schemas.config import OutboundRuleConfig
-from schemas.records import AttrChange, Attrs, CSLink, ErrorRecord, ExportResult, PendingExport
+from schemas.messages import CSLink, ExportResult
+from schemas.records import Attrs
 from schemas.state import LedgerEntry, MVObject, TargetState
+from schemas.wire import AttrChange, ErrorRecord, PendingExport
 
 OutboundOutput = PendingExport | ErrorRecord | CSLink
+ExportOp = Literal["add", "update", "rename", "delete"]
 _PLAIN = ExportShape()
 
 
@@ -72,7 +78,7 @@ def _emit(
     mv: MVObject,
     rule: OutboundRuleConfig,
     target: TargetState,
-    op: str,
+    op: ExportOp,
     dn: str,
     attributes: dict[str, AttrChange],
     old: Attrs,
@@ -212,7 +218,9 @@ def _deprovision(
         link = mv.links.pop(rule.connector, None)
         if link is None:
             return []
-        outcome = "disconnected" if action == "disconnect" else "explicitly-disconnected"
+        outcome: Literal["disconnected", "explicitly-disconnected"] = (
+            "disconnected" if action == "disconnect" else "explicitly-disconnected"
+        )
         return [
             CSLink(connector=rule.connector, anchor=link.anchor, mv_id=None, outcome=outcome, ts_ms=ts_ms)
         ]
@@ -270,8 +278,7 @@ def plan_exports(
 
 
 def record_result(target: TargetState, result: ExportResult) -> None:
-    """Record what an export worker did. Mutates ``target``."""
-    entries = [e for e in target.ledger.values() if e.export_id == result.export_id]
+    """Record what an export worker did. Mutates ``target`` (not its ledger entries: they are replaced)."""
     if result.status == "failed":
         target.error = f"{result.error_type}: {result.message}"
         for attr, entry in list(target.ledger.items()):
@@ -285,9 +292,9 @@ def record_result(target: TargetState, result: ExportResult) -> None:
             target.pending_dn = None
         return
     target.error = None
-    for entry in entries:
-        entry.applied = True
-        entry.applied_ts_ms = result.ts_ms
+    for attr, entry in list(target.ledger.items()):
+        if entry.export_id == result.export_id:
+            target.ledger[attr] = replace(entry, applied=True, applied_ts_ms=result.ts_ms)
     if result.anchor is not None:
         target.anchor = result.anchor
     if result.op == "add":

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from msgspec.structs import replace
+
 from engine.flow import evaluate_import_flows
 from engine.join import join_routes
 from engine.rules import Rules
 from engine.staging import Staged, apply_link
 from engine.values import any_group_holds
 from schemas.config import InboundRuleConfig
-from schemas.records import (
+from schemas.messages import (
     CSLink,
-    ErrorRecord,
     JoinIndexUpdate,
     JoinRequest,
     MVContribution,
@@ -19,6 +22,7 @@ from schemas.records import (
     OperatorLink,
 )
 from schemas.state import ConnectorState, CSObject
+from schemas.wire import ErrorRecord
 
 InboundOutput = JoinRequest | JoinIndexUpdate | MVContribution | MVDisconnect | ErrorRecord
 
@@ -30,7 +34,9 @@ def pinned_routes(cs: CSObject) -> list[str]:
     return [cs.join_route] if cs.join_route is not None else []
 
 
-def _leave(cs: CSObject, reason: str, ts_ms: int) -> list[InboundOutput]:
+def _leave(
+    cs: CSObject, reason: Literal["deleted", "filtered", "explicit"], ts_ms: int
+) -> list[InboundOutput]:
     """A connector-space object leaves: its metaverse object, or the join index if it was waiting."""
     routes = pinned_routes(cs)
     if cs.mv_id is not None:
@@ -75,14 +81,7 @@ def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, li
     if staged.pending in ("delete", "delete-add") and staged.before is not None:
         outputs.extend(_leave(staged.before, "deleted", ts_ms))
         if cs is not None:
-            cs = cs.model_copy(
-                update={
-                    "mv_id": None,
-                    "join_route": None,
-                    "join_routes": [],
-                    "state": ConnectorState.DISCONNECTOR,
-                }
-            )
+            cs = replace(cs, mv_id=None, join_route=None, join_routes=[], state=ConnectorState.DISCONNECTOR)
     if cs is None:
         return None, outputs
     return _evaluate(rules, cs, ts_ms, outputs)
@@ -97,17 +96,12 @@ def _evaluate(
     if rule.filter and any_group_holds(rule.filter, cs.attributes):
         if cs.state != ConnectorState.EXPLICIT_CONNECTOR:
             outputs.extend(_leave(cs, "filtered", ts_ms))
-            cs = cs.model_copy(
-                update={
-                    "mv_id": None,
-                    "join_route": None,
-                    "join_routes": [],
-                    "state": ConnectorState.FILTERED_DISCONNECTOR,
-                }
+            cs = replace(
+                cs, mv_id=None, join_route=None, join_routes=[], state=ConnectorState.FILTERED_DISCONNECTOR
             )
             return cs, outputs
     elif cs.state == ConnectorState.FILTERED_DISCONNECTOR:
-        cs = cs.model_copy(update={"state": ConnectorState.DISCONNECTOR})
+        cs = replace(cs, state=ConnectorState.DISCONNECTOR)
     if cs.state == ConnectorState.EXPLICIT_DISCONNECTOR:
         return cs, outputs
     flows, issues = evaluate_import_flows(
@@ -159,7 +153,7 @@ def _evaluate(
     if not routes:
         return cs, outputs
     multi = routes if len(routes) > 1 else []
-    cs = cs.model_copy(update={"join_route": routes[0], "join_routes": multi})
+    cs = replace(cs, join_route=routes[0], join_routes=multi)
     hook = rules.resolver(cs.connector, cs.object_type)
     outputs.append(
         JoinRequest(
@@ -245,9 +239,9 @@ def on_operator(
         return refused("cs-object-not-found", "no such object in the connector space")
     if op.action == "release":
         if cs.state == ConnectorState.EXPLICIT_DISCONNECTOR:
-            cs = cs.model_copy(update={"state": ConnectorState.DISCONNECTOR})
+            cs = replace(cs, state=ConnectorState.DISCONNECTOR)
         elif cs.state == ConnectorState.EXPLICIT_CONNECTOR:
-            cs = cs.model_copy(update={"state": ConnectorState.CONNECTOR})
+            cs = replace(cs, state=ConnectorState.CONNECTOR)
         else:
             return cs, []  # already normal
         return _evaluate(rules, cs, op.ts_ms, [])
@@ -266,12 +260,10 @@ def on_operator(
             "the flows an explicit connector contributes)",
         )
     outputs = _leave(cs, "explicit", op.ts_ms) if cs.mv_id is not None or pinned_routes(cs) else []
-    joined = _unlinked(cs, ConnectorState.EXPLICIT_CONNECTOR).model_copy(update={"mv_id": op.mv_id})
+    joined = replace(_unlinked(cs, ConnectorState.EXPLICIT_CONNECTOR), mv_id=op.mv_id)
     joined, more = _evaluate(rules, joined, op.ts_ms, outputs)
-    return joined, [
-        o.model_copy(update={"explicit": True}) if isinstance(o, MVContribution) else o for o in more
-    ]
+    return joined, [replace(o, explicit=True) if isinstance(o, MVContribution) else o for o in more]
 
 
 def _unlinked(cs: CSObject, state: ConnectorState) -> CSObject:
-    return cs.model_copy(update={"mv_id": None, "join_route": None, "join_routes": [], "state": state})
+    return replace(cs, mv_id=None, join_route=None, join_routes=[], state=state)

@@ -22,17 +22,22 @@ Several mapping groups (``join_groups:``) are a small protocol between entries (
 
 from __future__ import annotations
 
+import copy
 import itertools
 import traceback
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
 
 from engine.values import first, normalize
 from schemas.config import InboundRuleConfig, JoinCriterionConfig
-from schemas.records import Attrs, CSLink, ErrorRecord, JoinIndexUpdate, JoinRequest, MVContribution
+from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution
+from schemas.records import Attrs
 from schemas.state import CSObject, JoinEntry, JoinTicket
+from schemas.wire import ErrorRecord
 
 if TYPE_CHECKING:
     from engine.rules import JoinSignature, Rules
@@ -154,10 +159,23 @@ def join_step(
     Outputs are metaverse contributions, links back to staging, per-object errors and join messages for
     other routes (forwarded through the join topic).
     """
-    entry = entry.model_copy(deep=True) if entry is not None else JoinEntry()
+    entry = fork_entry(entry) if entry is not None else JoinEntry()
     step = _Step(entry, msg.route, rules)
     _dispatch(step, msg)
     return entry, step.out
+
+
+def fork_entry(entry: JoinEntry) -> JoinEntry:
+    """A copy of an entry that a step may change without touching the original: the containers a step
+    mutates, and the tickets (changed in place), are copied; requests are immutable and shared."""
+    new = copy.copy(entry)
+    new.members = list(entry.members)
+    new.waiting = dict(entry.waiting)
+    new.registered = dict(entry.registered)
+    new.parked = list(entry.parked)
+    new.tickets = {k: copy.copy(t) for k, t in entry.tickets.items()}
+    new.ref_claims = dict(entry.ref_claims)
+    return new
 
 
 def _dispatch(step: _Step, msg: JoinMessage) -> None:
@@ -188,7 +206,7 @@ def _member(msg: JoinRequest | JoinIndexUpdate) -> str:
 
 def _fresh(req: JoinRequest) -> JoinRequest:
     """The request as staging sent it (to wait with, or to start a new attempt from)."""
-    return req.model_copy(update={"phase": "search", "hop": 0, "attempt": 0, "route": _routes(req)[0]})
+    return replace(req, phase="search", hop=0, attempt=0, route=_routes(req)[0])
 
 
 def candidates(entry: JoinEntry) -> list[str]:
@@ -200,17 +218,16 @@ def candidates(entry: JoinEntry) -> list[str]:
 
 
 def _signal(req: JoinRequest, route: str, op: str, **kw: object) -> JoinIndexUpdate:
-    return JoinIndexUpdate.model_validate(
-        {
-            "route": route,
-            "op": op,
-            "connector": req.connector,
-            "anchor": req.anchor,
-            "attempt": req.attempt,
-            "ts_ms": req.ts_ms,
-            **kw,
-        }
-    )
+    fields: dict[str, Any] = {
+        "route": route,
+        "op": op,
+        "connector": req.connector,
+        "anchor": req.anchor,
+        "attempt": req.attempt,
+        "ts_ms": req.ts_ms,
+        **kw,
+    }
+    return JoinIndexUpdate(**fields)
 
 
 def _connect(
@@ -386,7 +403,7 @@ def _start(step: _Step, req: JoinRequest) -> None:
     attempt = (ticket.attempt if ticket is not None else 0) + 1
     entry.tickets[member] = JoinTicket(attempt=attempt, request=req)
     entry.waiting.pop(member, None)
-    _search(step, req.model_copy(update={"attempt": attempt, "hop": 0, "route": _routes(req)[0]}))
+    _search(step, replace(req, attempt=attempt, hop=0, route=_routes(req)[0]))
 
 
 def _search(step: _Step, req: JoinRequest) -> None:
@@ -398,7 +415,7 @@ def _search(step: _Step, req: JoinRequest) -> None:
     if not req.project:
         step.entry.waiting[_member(req)] = _fresh(req)
     if req.hop + 1 < len(routes):
-        step.send(req.model_copy(update={"hop": req.hop + 1, "route": routes[req.hop + 1]}))
+        step.send(replace(req, hop=req.hop + 1, route=routes[req.hop + 1]))
     else:
         _settle(step, req, "missed")
 
@@ -437,7 +454,7 @@ def _on_settle(step: _Step, msg: JoinIndexUpdate) -> None:
     if not ticket.request.project:
         ticket.active = False  # waiting on every route it has
         return
-    _missed(step, ticket.request.model_copy(update={"attempt": ticket.attempt, "route": step.route}))
+    _missed(step, replace(ticket.request, attempt=ticket.attempt, route=step.route))
 
 
 def _missed(step: _Step, req: JoinRequest) -> None:
@@ -448,7 +465,7 @@ def _missed(step: _Step, req: JoinRequest) -> None:
         _project(step, req)  # one route, nobody claiming it: nothing to lock first
         return
     order = sorted(set(_routes(req)))
-    step.send(req.model_copy(update={"phase": "lock", "hop": 0, "route": order[0]}))
+    step.send(replace(req, phase="lock", hop=0, route=order[0]))
 
 
 # --------------------------------------------------------------------------- lock and project
@@ -481,7 +498,7 @@ def _lock(step: _Step, req: JoinRequest) -> None:
             return
         entry.claim = member
     nxt = order[req.hop + 1] if req.hop + 1 < len(order) else routes[0]
-    step.send(req.model_copy(update={"hop": req.hop + 1, "route": nxt}))
+    step.send(replace(req, hop=req.hop + 1, route=nxt))
 
 
 def _project(step: _Step, req: JoinRequest) -> None:
@@ -509,7 +526,7 @@ def _project(step: _Step, req: JoinRequest) -> None:
         ticket.linked = mv_id
         if ticket.rerun:
             ticket.rerun = False
-            req = ticket.request.model_copy(update={"attempt": req.attempt})
+            req = replace(ticket.request, attempt=req.attempt)
     entry.waiting.pop(member, None)
     # Objects waiting for this value join now, no full sync needed (invariant 3).
     main, step.out = step.out, []

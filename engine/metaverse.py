@@ -4,6 +4,8 @@ settle the export ledger."""
 
 from __future__ import annotations
 
+import copy
+
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
 from engine.export import OutboundOutput, plan_exports, record_result
@@ -14,21 +16,18 @@ from engine.rules import Rules
 from engine.staging import changed_attributes
 from engine.values import same_values
 from schemas.config import OutboundRuleConfig
-from schemas.records import (
+from schemas.messages import (
     CSLink,
-    ErrorRecord,
-    ExportConfirmed,
     ExportResult,
     JoinIndexUpdate,
-    MVChange,
     MVContribution,
     MVDisconnect,
-    PendingExport,
     RefResolved,
     RefSync,
     RefUpdate,
 )
 from schemas.state import ConnectorLink, MVObject, RetainedValue, TargetState
+from schemas.wire import ErrorRecord, ExportConfirmed, MVChange, PendingExport
 
 MVOutput = (
     MVChange | PendingExport | JoinIndexUpdate | CSLink | ErrorRecord | ExportConfirmed | RefUpdate | RefSync
@@ -76,7 +75,7 @@ def expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | N
 def _expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or not is_due(mv, now_ms):
         return mv, []
-    mv = mv.model_copy(deep=True)
+    mv = fork(mv)
     outputs = _delete(rules, mv, None, now_ms)
     return _maybe_drop(mv), outputs
 
@@ -103,13 +102,10 @@ def _ref_resolved(mv: MVObject | None, msg: RefResolved) -> tuple[MVObject | Non
     if link.refs.get(attr, {}).get(msg.key) == msg.value:
         return mv, []
     mv = fork(mv)
-    link = mv.links[msg.connector] = link.model_copy(
-        update={
-            "refs": {**link.refs, attr: dict(link.refs.get(attr, {}))},
-            "flows": dict(link.flows),
-            "changed_ts": dict(link.changed_ts),
-        }
-    )
+    link = mv.links[msg.connector] = copy.copy(link)
+    link.refs = {**link.refs, attr: dict(link.refs.get(attr, {}))}
+    link.flows = dict(link.flows)
+    link.changed_ts = dict(link.changed_ts)
     refs = link.refs[attr]
     if msg.value is None:
         refs.pop(msg.key, None)
@@ -144,27 +140,27 @@ def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject
 
 def fork(mv: MVObject) -> MVObject:
     """A copy of a metaverse object that the step may change without touching the original: the
-    containers the step mutates are copied, values (long lists of a group's members) are shared.
-    Much cheaper than a deep copy for a large group, where one member change must stay cheap."""
-    return mv.model_copy(
-        update={
-            "links": dict(mv.links),
-            "targets": {
-                name: t.model_copy(
-                    update={
-                        "ledger": {k: e.model_copy() for k, e in t.ledger.items()},
-                        "ref_dns": dict(t.ref_dns),
-                    }
-                )
-                for name, t in mv.targets.items()
-            },
-            "retained": dict(mv.retained),
-            "routes": list(mv.routes),
-            "join_keys": list(mv.join_keys),
-            "contributors": dict(mv.contributors),
-            "attributes": dict(mv.attributes),
-        }
-    )
+    containers the step mutates are copied, values (long lists of a group's members) and links (replaced,
+    never changed in place) are shared. Much cheaper than a deep copy: one member change of a large
+    group must stay cheap."""
+    new = copy.copy(mv)
+    new.links = dict(mv.links)
+    new.targets = {name: fork_target(t) for name, t in mv.targets.items()}
+    new.retained = dict(mv.retained)
+    new.routes = list(mv.routes)
+    new.join_keys = list(mv.join_keys)
+    new.contributors = dict(mv.contributors)
+    new.attributes = dict(mv.attributes)
+    new.published_connectors = list(mv.published_connectors)
+    return new
+
+
+def fork_target(target: TargetState) -> TargetState:
+    """A copy of one target's state; ledger entries are replaced, never changed in place."""
+    new = copy.copy(target)
+    new.ledger = dict(target.ledger)
+    new.ref_dns = dict(target.ref_dns)
+    return new
 
 
 def _plan(rules: Rules, mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[OutboundOutput]:
@@ -174,7 +170,7 @@ def _plan(rules: Rules, mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> l
 def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or msg.connector not in mv.targets:
         return mv, []
-    mv = mv.model_copy(deep=True)
+    mv = fork(mv)
     target = mv.targets[msg.connector]
     record_result(target, msg)
     link = mv.links.get(msg.connector)
@@ -237,7 +233,7 @@ def _contribute(
                 mv.targets[connector] = TargetState(status="joining")
         created = True
     else:
-        mv = mv.model_copy(deep=True)
+        mv = fork(mv)
         created = False
     old = mv.links.get(msg.connector)
     if old is not None and old.anchor != msg.anchor:
@@ -322,7 +318,7 @@ def _disconnect(
     link = mv.links.get(msg.connector)
     if link is None or link.anchor != msg.anchor or link.cs_version > msg.cs_version:
         return mv, []
-    mv = mv.model_copy(deep=True)
+    mv = fork(mv)
     del mv.links[msg.connector]
     outputs: list[MVOutput] = []
     if link.route is not None:

@@ -18,15 +18,18 @@ number of referrers, and the whole list is read only when the key's value change
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from engine.rules import Rules
 from engine.values import dn_key
-from schemas.records import DnClaim, RefResolved, RefUpdate
+from schemas.messages import DnClaim, RefResolved, RefUpdate
 from schemas.state import CSObject, JoinEntry, MVObject, TargetState
 
 _SEP = "\x00"
+RefOp = Literal["own", "disown", "refer", "unrefer"]
 
 
 def in_route(connector: str, dn: str) -> str:
@@ -150,7 +153,11 @@ def staging_updates(
         removed, added = old_refs - new_refs, new_refs - old_refs
     else:
         removed, added = old_refs, new_refs
-    for op, mv_id, pairs in (("unrefer", old_mv, removed), ("refer", new_mv, added)):
+    changes: tuple[tuple[RefOp, str | None, set[tuple[str, str]]], ...] = (
+        ("unrefer", old_mv, removed),
+        ("refer", new_mv, added),
+    )
+    for op, mv_id, pairs in changes:
         if mv_id is None:
             continue
         for attr, key in sorted(pairs):
@@ -198,7 +205,7 @@ def _answer(msg: RefUpdate, referrer: str, attribute: str, anchor: str, value: s
 def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], Iterable[str]]) -> RefStep:
     """Apply one message to a reference-index entry. ``referrers`` lists the route's referrer keys; it
     is called only when the key's value changes (the fan-out)."""
-    entry = entry.model_copy() if entry is not None else JoinEntry()
+    entry = copy.copy(entry) if entry is not None else JoinEntry()
     current = entry.ref_value if entry.ref_owner is not None else None
     step = RefStep(entry)
     if msg.op in ("own", "disown"):
@@ -319,18 +326,21 @@ def mv_updates(
             continue
         if after is not None:
             if after is before:
-                after = after.model_copy(
-                    update={"targets": {n: t.model_copy() for n, t in after.targets.items()}}
-                )
+                after = copy.copy(after)
+                after.targets = {n: copy.copy(t) for n, t in after.targets.items()}
             if after.targets.get(connector) is not None:
-                old_target = after.targets[connector]
-                after.targets[connector] = old_target.model_copy(update={"ref_dns": dict(old_target.ref_dns)})
+                target = after.targets[connector] = copy.copy(after.targets[connector])
+                target.ref_dns = dict(target.ref_dns)
             target = after.targets.setdefault(connector, TargetState())
             for gone in registered - wanted:
                 target.ref_dns.pop(gone, None)
             for new in wanted - registered:
                 target.ref_dns[new] = ""
-        for op, ids in (("unrefer", registered - wanted), ("refer", wanted - registered)):
+        refs: tuple[tuple[RefOp, set[str]], ...] = (
+            ("unrefer", registered - wanted),
+            ("refer", wanted - registered),
+        )
+        for op, ids in refs:
             for ref in sorted(ids):
                 out.append(
                     RefUpdate(

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from msgspec.structs import replace
+
 from engine.values import dn_key, same_values
-from schemas.records import Attrs, ChangeRecord, DnClaim
+from schemas.messages import DnClaim
+from schemas.records import Attrs
 from schemas.state import ConnectorState, CSObject
+from schemas.wire import ChangeRecord
 
 PendingImport = Literal["none", "add", "update", "rename", "delete", "delete-add", "stale", "duplicate"]
 
@@ -79,20 +83,19 @@ def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | 
         return Staged("delete-add", current, new, frozenset(image) | frozenset(current.attributes))
     changed = changed_attributes(current.attributes, image)
     renamed = src.dn is not None and dn_key(src.dn) != dn_key(current.dn)
-    new = current.model_copy(
-        update={
-            "attributes": image,
-            "dn": src.dn if src.dn is not None else current.dn,
-            "version": src.version,
-            "event_id": src.event_id,
-            "last_run": src.run_id or current.last_run,
-            "locator": src.locator or current.locator,
-            "source_ts_ms": src.ts_ms,
-        }
+    new = replace(
+        current,
+        attributes=image,
+        dn=src.dn if src.dn is not None else current.dn,
+        version=src.version,
+        event_id=src.event_id,
+        last_run=src.run_id or current.last_run,
+        locator=src.locator or current.locator,
+        source_ts_ms=src.ts_ms,
     )
     if renamed:
         # A new DN: whatever it was transient for was the old one (the index says if the new one is taken).
-        return Staged("rename", current, new.model_copy(update={"transient": False}), changed)
+        return Staged("rename", current, replace(new, transient=False), changed)
     return Staged("update" if changed else "none", current, new, changed)
 
 
@@ -103,7 +106,7 @@ def apply_dn_claim(current: CSObject | None, claim: DnClaim) -> CSObject | None:
         return None
     if current.transient == claim.transient:
         return None
-    return current.model_copy(update={"transient": claim.transient})
+    return replace(current, transient=claim.transient)
 
 
 def tombstone_key(connector: str, anchor: str) -> bytes:
@@ -140,26 +143,24 @@ def apply_link(current: CSObject, mv_id: str | None, outcome: str) -> CSObject:
         state = (
             current.state if current.state == ConnectorState.EXPLICIT_CONNECTOR else ConnectorState.CONNECTOR
         )
-        return current.model_copy(update={"mv_id": mv_id, "state": state})
+        return replace(current, mv_id=mv_id, state=state)
     if outcome in ("disconnected", "explicitly-disconnected"):
         # Deprovisioned by a disconnect action: a disconnector (the join rules may join it again at its
         # next change, as in MIM) or an explicit disconnector (never again, until an operator releases it).
         explicit = outcome == "explicitly-disconnected"
-        return current.model_copy(
-            update={
-                "mv_id": None,
-                "join_route": None,
-                "join_routes": [],
-                "state": ConnectorState.EXPLICIT_DISCONNECTOR if explicit else ConnectorState.DISCONNECTOR,
-            }
+        return replace(
+            current,
+            mv_id=None,
+            join_route=None,
+            join_routes=[],
+            state=ConnectorState.EXPLICIT_DISCONNECTOR if explicit else ConnectorState.DISCONNECTOR,
         )
     # ambiguous: stays a disconnector on its route(s); unlinked: metaverse object gone, route again.
     keep = outcome == "ambiguous"
-    return current.model_copy(
-        update={
-            "mv_id": None,
-            "join_route": current.join_route if keep else None,
-            "join_routes": list(current.join_routes) if keep else [],
-            "state": ConnectorState.DISCONNECTOR,
-        }
+    return replace(
+        current,
+        mv_id=None,
+        join_route=current.join_route if keep else None,
+        join_routes=list(current.join_routes) if keep else [],
+        state=ConnectorState.DISCONNECTOR,
     )

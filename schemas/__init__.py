@@ -1,63 +1,9 @@
-"""Contracts of idsync: change records, connector-space and metaverse objects, pending exports, config.
+"""Contracts and state of idsync.
 
-Every model here is a topic or state contract. Field names are part of the wire format: change them only
-with a new ``version``.
+- ``schemas.records``: the public topic contracts (pydantic): change records, pending exports,
+  ``mv.changes``, errors. Field names are part of the wire format: change them only with a new ``version``.
+- ``schemas.wire``: msgspec mirrors of those contracts, for the hot path.
+- ``schemas.messages``: internal messages between the stages (msgspec; no compatibility promise).
+- ``schemas.state``: connector-space, metaverse and join-index state (msgspec, in RocksDB).
+- ``schemas.config``: the configuration file (pydantic).
 """
-
-from schemas.records import (
-    AttrChange,
-    Attrs,
-    ChangeRecord,
-    CSLink,
-    ErrorRecord,
-    ExportConfirmed,
-    ExportResult,
-    ImportMessage,
-    JoinIndexUpdate,
-    JoinMessage,
-    JoinRequest,
-    MVChange,
-    MVContribution,
-    MVDisconnect,
-    MVInbound,
-    PendingExport,
-    RunMarker,
-    Source,
-)
-from schemas.state import (
-    ConnectorLink,
-    ConnectorState,
-    CSObject,
-    JoinEntry,
-    LedgerEntry,
-    MVObject,
-    TargetState,
-)
-
-__all__ = [
-    "AttrChange",
-    "Attrs",
-    "CSLink",
-    "CSObject",
-    "ChangeRecord",
-    "ConnectorLink",
-    "ConnectorState",
-    "ErrorRecord",
-    "ExportConfirmed",
-    "ExportResult",
-    "ImportMessage",
-    "JoinEntry",
-    "JoinIndexUpdate",
-    "JoinMessage",
-    "JoinRequest",
-    "LedgerEntry",
-    "MVChange",
-    "MVContribution",
-    "MVDisconnect",
-    "MVInbound",
-    "MVObject",
-    "PendingExport",
-    "RunMarker",
-    "Source",
-    "TargetState",
-]

@@ -1,12 +1,22 @@
-"""State contracts: connector-space objects (staging tables) and metaverse objects (metaverse table)."""
+"""State: connector-space objects (staging tables), metaverse objects (metaverse table), join index.
+
+State lives in RocksDB and its changelog topics, encoded as MessagePack (``schemas.codec``): msgspec
+structs, not pydantic models, because every change record reads and writes several of them (decoding,
+copying and dumping pydantic models cost more than the sync step itself). Not a public contract: the
+public view of the metaverse is ``mv.changes`` (``schemas.records.MVChange``).
+
+Engine steps never mutate the state they are given: they copy what they change (``copy.copy`` of a
+struct is shallow and cheap; containers are copied where they are mutated).
+"""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from msgspec import Struct
 
-from schemas.records import Attrs, JoinRequest
+from schemas.messages import JoinRequest
+from schemas.records import Attrs
 
 
 class ConnectorState(StrEnum):
@@ -19,18 +29,18 @@ class ConnectorState(StrEnum):
     EXPLICIT_DISCONNECTOR = "explicit-disconnector"
 
 
-class _State(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class _State(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    pass
 
 
-class CSObject(_State):
+class CSObject(_State, kw_only=True):
     """A connector-space object: the hologram of a connected-system object, keyed by its anchor."""
 
     connector: str
     anchor: str
     object_type: str
     dn: str | None = None
-    attributes: Attrs = Field(default_factory=dict)
+    attributes: Attrs = {}
     version: int = 0
     event_id: str = ""
     #: Id of the last full-import run that saw this object (delete inference at run end).
@@ -40,7 +50,7 @@ class CSObject(_State):
     #: The join-index key this object was routed by while its join was pending (keeps one route).
     join_route: str | None = None
     #: With several mapping groups: every route it was routed by, in group order (``join_route`` first).
-    join_routes: list[str] = Field(default_factory=list)
+    join_routes: list[str] = []
     locator: str | None = None
     #: When the source changed it (``source.ts_ms`` of the last change record): equal precedence.
     source_ts_ms: int = 0
@@ -54,34 +64,34 @@ class CSObject(_State):
     deleted_ts_ms: int | None = None
 
 
-class ConnectorLink(_State):
+class ConnectorLink(_State, kw_only=True):
     """A connector-space object joined to a metaverse object, as the metaverse step sees it."""
 
     anchor: str
     dn: str | None = None
     cs_version: int = 0
     #: Values this connector contributes through inbound flows.
-    flows: Attrs = Field(default_factory=dict)
+    flows: Attrs = {}
     #: Last imported image, for export targets (confirmation compares with it).
     image: Attrs | None = None
     #: Join route it came through; its index entry is told when it leaves.
     route: str | None = None
     ts_ms: int = 0
     #: Per flowed attribute: source time of the change that last changed its value (equal precedence).
-    changed_ts: dict[str, int] = Field(default_factory=dict)
+    changed_ts: dict[str, int] = {}
     #: Reference attributes: normalized DN -> mv_id of the object it resolved to (placeholders, DNs not
     #: resolved yet, are absent). The attribute's flow value is the set of these mv_ids.
-    refs: dict[str, dict[str, str]] = Field(default_factory=dict)
+    refs: dict[str, dict[str, str]] = {}
 
 
-class LedgerEntry(_State):
+class LedgerEntry(_State, kw_only=True):
     """An exported value waiting for the confirming import."""
 
     #: ``replace``: the attribute's whole value set; ``delta``: value-level, ``values`` added and
     #: ``removed`` removed (a multi-valued attribute such as a group's members: never rewritten whole).
     op: str = "replace"
     values: list[str]
-    removed: list[str] = Field(default_factory=list)
+    removed: list[str] = []
     #: Values are DNs (reference attributes): compared as DNs (case, spaces around separators).
     dn_valued: bool = False
     export_id: str
@@ -89,7 +99,7 @@ class LedgerEntry(_State):
     applied_ts_ms: int | None = None
 
 
-class TargetState(_State):
+class TargetState(_State, kw_only=True):
     """Outbound state of one metaverse object towards one target connector."""
 
     #: none | joining | pending-add | exists | pending-delete | disconnected
@@ -102,54 +112,54 @@ class TargetState(_State):
     #: Sequence of the last export emitted for this object to this target.
     seq: int = 0
     #: Exported values awaiting the confirming import, per attribute ("__dn__" and "__deleted__" too).
-    ledger: dict[str, LedgerEntry] = Field(default_factory=dict)
+    ledger: dict[str, LedgerEntry] = {}
     disabled: bool = False
     #: Last export error, cleared by the next successful export.
     error: str | None = None
     #: Referenced metaverse objects this object exports references to, -> their DN in this target
     #: ("" while they do not exist there yet: the reference waits for a second pass).
-    ref_dns: dict[str, str] = Field(default_factory=dict)
+    ref_dns: dict[str, str] = {}
 
 
-class RetainedValue(_State):
+class RetainedValue(_State, kw_only=True):
     """A value a disconnected connector gave to an attribute without recall."""
 
     connector: str
     values: list[str]
 
 
-class MVObject(_State):
+class MVObject(_State, kw_only=True):
     """A metaverse object: the merged identity, keyed by a stable mv_id."""
 
     mv_id: str
     object_type: str
-    attributes: Attrs = Field(default_factory=dict)
+    attributes: Attrs = {}
     #: attribute -> connector whose value won precedence
-    contributors: dict[str, str] = Field(default_factory=dict)
-    links: dict[str, ConnectorLink] = Field(default_factory=dict)
-    targets: dict[str, TargetState] = Field(default_factory=dict)
+    contributors: dict[str, str] = {}
+    links: dict[str, ConnectorLink] = {}
+    targets: dict[str, TargetState] = {}
     #: Join routes that point at this object in the join index.
-    routes: list[str] = Field(default_factory=list)
+    routes: list[str] = []
     #: The route it was projected on (the join index owns its mv_id there).
     projected_route: str | None = None
     #: Routes its attribute values give for the mapping groups of the inbound rules, registered in the
     #: join index so that objects of other connectors find it by them.
-    join_keys: list[str] = Field(default_factory=list)
+    join_keys: list[str] = []
     #: Values of connectors that disconnected from attributes without recall, kept until a flow changes them.
-    retained: dict[str, RetainedValue] = Field(default_factory=dict)
+    retained: dict[str, RetainedValue] = {}
     #: Deletion rule with a grace period: when the deletion falls due (None: not marked).
     delete_due_ms: int | None = None
     deleted: bool = False
     version: int = 0
     #: The connector list of the last mv.changes record published for it: a join or disconnection that
     #: changes no value still publishes, so downstream never holds a stale ``connectors`` list.
-    published_connectors: list[str] = Field(default_factory=list)
+    published_connectors: list[str] = []
     #: Reference answers applied but not synced yet: the connector that caused the first of them (a
     #: ``RefSync`` to this object is on its way and syncs them all at once).
     ref_sync: str | None = None
 
 
-class JoinTicket(_State):
+class JoinTicket(_State, kw_only=True):
     """At an object's home route (its first mapping group's route): its join attempt in flight.
 
     One attempt at a time per object: a newer request arriving meanwhile is kept and run after it.
@@ -164,26 +174,26 @@ class JoinTicket(_State):
     linked: str | None = None
 
 
-class JoinEntry(_State):
+class JoinEntry(_State, kw_only=True):
     """One join-index entry (keyed by route = metaverse type + normalized join value)."""
 
     mv_id: str | None = None
     #: Bumped when the metaverse object is deleted, so a new projection gets a new mv_id.
     generation: int = 0
     #: "connector|anchor" of the connector-space objects joined through this entry.
-    members: list[str] = Field(default_factory=list)
+    members: list[str] = []
     #: Disconnectors that may not project, waiting for a metaverse object with this value (invariant 3):
     #: "connector|anchor" -> their latest join request, replayed when a metaverse object appears.
-    waiting: dict[str, JoinRequest] = Field(default_factory=dict)
+    waiting: dict[str, JoinRequest] = {}
     #: Metaverse objects whose attribute values give this route (registered by the metaverse step, or by
     #: a projection that claimed it), with the attributes they had then (for a resolver hook).
-    registered: dict[str, Attrs] = Field(default_factory=dict)
+    registered: dict[str, Attrs] = {}
     #: "connector|anchor" of an object about to project that holds this route (invariant 2).
     claim: str | None = None
     #: Projection attempts waiting for the claim to go.
-    parked: list[JoinRequest] = Field(default_factory=list)
+    parked: list[JoinRequest] = []
     #: At a home route: join attempts of objects with several mapping groups.
-    tickets: dict[str, JoinTicket] = Field(default_factory=dict)
+    tickets: dict[str, JoinTicket] = {}
     #: Reference index entry (``ref|...``/``xref|...`` routes): who owns the key and what it resolves to.
     #: Its referrers are separate keys under the route (engine.references), so one more referrer is O(1).
     ref_owner: str | None = None
@@ -192,4 +202,4 @@ class JoinEntry(_State):
     #: value]. Two connector-space objects claim one DN when a delete or rename of the older one has not
     #: arrived yet (MIM's transient object): the later taker owns the DN; the other is only remembered
     #: until its disown, so that whichever order the two arrive in, the DN resolves to the live one.
-    ref_claims: dict[str, tuple[int, str | None]] = Field(default_factory=dict)
+    ref_claims: dict[str, tuple[int, str | None]] = {}

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from schemas.codec import as_dict
 from schemas.errors import ConfigError, FatalError, IdsyncError
 from streams.config import load_config
 from streams.runtime import Settings
@@ -80,7 +81,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 log.info("cycle %d done in %.1fs", i + 1, report.seconds)
             result.update(summary(pipeline))
             result["cycles"] = cycles
-            result["errors"] = [e.model_dump(exclude_none=True) for e in pipeline.rt.errors]
+            result["errors"] = [as_dict(e, drop_none=True) for e in pipeline.rt.errors]
             print(format_summary(result, time.monotonic() - started))
             if any(k.startswith("stopped-deletion-threshold-exceeded:") for k in pipeline.rt.counters.steps):
                 # MIM's run result; the held deletes wait for `idsync approve-deletes` (docs/export.md).

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from connectors.base import DeletedObject, FullImport, ImportedObject, ImportFailure
-from schemas.records import ChangeRecord, ErrorRecord, RunMarker, Source
+from schemas.records import ChangeRecord, RunMarker, Source
+from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
 

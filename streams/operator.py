@@ -12,8 +12,9 @@ from __future__ import annotations
 import getpass
 import uuid
 
+from schemas.codec import pack
 from schemas.errors import ConfigError
-from schemas.records import OperatorLink
+from schemas.messages import OperatorLink
 from streams.runtime import Runtime, now_ms
 
 
@@ -38,6 +39,6 @@ async def publish_operator_link(
         ts_ms=now_ms(),
     )
     out = await rt.outputs()
-    out.add(rt.names.links_topic(), anchor.encode(), record.model_dump_json().encode())
+    out.add(rt.names.links_topic(), anchor.encode(), pack(record))
     await out.flush()
     return record

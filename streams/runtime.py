@@ -14,8 +14,9 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 
 from engine.rules import Rules, compile_rules
+from schemas.codec import to_json
 from schemas.config import IdsyncConfig
-from schemas.records import ErrorRecord
+from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.store import Store
 from streams.topics import Names
@@ -141,7 +142,7 @@ class Runtime:
         del self.errors[:-1000]
         self.counters.count("errors")
         key = f"{err.connector or err.step_id}|{err.anchor or err.locator or ''}".encode()
-        outputs.add(self.names.errors_topic(), key, err.model_dump_json().encode())
+        outputs.add(self.names.errors_topic(), key, to_json(err))
         where = err.locator or err.anchor or err.mv_id or ""
         log.warning("%s %s [%s] %s: %s", err.step_id, err.connector or "", where, err.error_type, err.message)
 

@@ -17,6 +17,7 @@ from typing import Any
 import faust
 
 from connectors.base import FullImport
+from schemas.codec import unpack
 from schemas.errors import IdsyncError
 from schemas.state import MVObject
 from streams.app import Pipeline, ensure_topics
@@ -87,7 +88,7 @@ def summary(p: Pipeline) -> dict[str, dict[str, int]]:
             cs[key.split(b"\x00", 1)[0].decode()] += 1
     mv = 0
     for _p, _k, v in rt.store("mv").scan_all():
-        if not MVObject.model_validate_json(v).deleted:
+        if not unpack(v, MVObject).deleted:
             mv += 1
     per: dict[str, dict[str, int]] = {}
     for name in rt.config.connectors:

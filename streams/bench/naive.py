@@ -16,42 +16,32 @@ from pathlib import Path
 from typing import Any
 
 import faust
-from pydantic import BaseModel, TypeAdapter
+import msgspec
 
 from engine.inbound import on_link, route
 from engine.join import join_step
 from engine.metaverse import metaverse_step
 from engine.rules import compile_rules
 from engine.staging import stage, stage_absent
-from schemas.records import (
-    ChangeRecord,
-    CSLink,
-    ImportMessage,
-    JoinIndexUpdate,
-    JoinRequest,
-    MVContribution,
-    MVDisconnect,
-    PendingExport,
-    RunMarker,
-)
+from schemas.codec import decode_import, pack, to_json, unpack
+from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
 from schemas.state import CSObject, JoinEntry, MVObject
+from schemas.wire import ChangeRecord, PendingExport, RunMarker
 from streams.config import load_config
 from streams.runtime import now_ms
 from streams.topics import Names
 
-_IMPORT = TypeAdapter(ImportMessage)
 
-
-def _load(table: Any, key: str, model: type[BaseModel]) -> Any:
+def _load(table: Any, key: str, model: type[msgspec.Struct]) -> Any:
     raw = table.get(key)
-    return None if raw is None else model.model_validate_json(raw)
+    return None if raw is None else unpack(raw, model)
 
 
-def _store(table: Any, key: str, value: BaseModel | None) -> None:
+def _store(table: Any, key: str, value: msgspec.Struct | None) -> None:
     if value is None:
         table.pop(key, None)
     else:
-        table[key] = value.model_dump_json().encode()
+        table[key] = pack(value)
 
 
 def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
@@ -117,14 +107,14 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
                 _store(mv_table, m.mv_id, mv)
                 for o in outs:
                     if isinstance(o, PendingExport):
-                        await export_topic.send(key=o.mv_id.encode(), value=o.model_dump_json().encode())
+                        await export_topic.send(key=o.mv_id.encode(), value=to_json(o))
                     elif isinstance(o, JoinIndexUpdate | CSLink):
                         queue.append(o)
 
     @app.agent(imports)
     async def naive(stream: Any) -> None:
         async for value in stream:
-            await handle(_IMPORT.validate_json(value))
+            await handle(decode_import(value))
 
     return app
 

@@ -19,38 +19,52 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from typing import Any, Generic, TypeVar
 
+import msgspec
 from aiokafka.errors import KafkaError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from schemas.codec import pack, unpacker
 from schemas.errors import DataError
-from schemas.records import ErrorRecord
+from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
 from streams.store import PartitionStore
 
 log = logging.getLogger("idsync.stage")
 
-S = TypeVar("S", bound=BaseModel)
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 class Batch:
-    """State of one partition during one batch: decoded lazily, written back at the end."""
+    """State of one partition during one batch: decoded lazily, encoded once at the end.
 
-    def __init__(self, store: PartitionStore, keys: list[bytes], model: type[BaseModel]) -> None:
+    ``get`` returns the batch's current value of a key (the engine never mutates what it is given);
+    ``put`` replaces it. A key written several times in a batch (a group hearing from many members) is
+    encoded, logged and written once."""
+
+    def __init__(self, store: PartitionStore, keys: list[bytes], model: type[msgspec.Struct]) -> None:
         self._store = store
-        self._model = model
+        self._decoder = unpacker(model)
         raw = store.get_many(keys)
         self._raw: dict[bytes, bytes | None] = dict(zip(keys, raw, strict=True))
         self._cache: dict[bytes, Any] = {}
-        self.puts: dict[bytes, bytes | None] = {}
+        self._puts: dict[bytes, Any] = {}
+        self._encoded: dict[bytes, bytes | None] | None = None
 
     def get(self, key: bytes) -> Any:
         if key in self._cache:
             return self._cache[key]
         raw = self._raw.get(key) if key in self._raw else self._store.get(key)
-        value = None if raw is None else self._model.model_validate_json(raw)
+        value = None if raw is None else self._decoder.decode(raw)
         self._cache[key] = value
         return value
+
+    @property
+    def puts(self) -> dict[bytes, bytes | None]:
+        """This batch's writes, encoded (None deletes the key)."""
+        if self._encoded is None:
+            self._encoded = {k: None if v is None else pack(v) for k, v in self._puts.items()}
+        return self._encoded
 
     def log(self, out: Outputs) -> None:
         """Add this batch's changes to the outputs, on the store's changelog partition."""
@@ -66,9 +80,10 @@ class Batch:
         end = None if topic is None or offsets is None else offsets.get((topic, self._store.partition))
         self._store.write(self.puts, end)
 
-    def put(self, key: bytes, value: BaseModel | None) -> None:
+    def put(self, key: bytes, value: msgspec.Struct | None) -> None:
         self._cache[key] = value
-        self.puts[key] = None if value is None else value.model_dump_json(exclude_defaults=True).encode()
+        self._puts[key] = value
+        self._encoded = None
 
     def scan(self, prefix: bytes) -> list[tuple[bytes, Any]]:
         """Every stored object under a prefix, with this batch's changes applied."""
@@ -137,7 +152,7 @@ class Stage(ABC, Generic[S]):
             exc.error_type if isinstance(exc, DataError) else "data-error" if data_error else "engine-error"
         )
         raw = ev.value if isinstance(ev.value, bytes | bytearray) else b""
-        text = bytes(raw[:2000]).decode("utf-8", "replace")
+        text = record_text(bytes(raw))
         # A malformed record needs no stack trace; an engine failure does (MIM shows both).
         detail = None if data_error else traceback.format_exc()
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -189,8 +204,17 @@ class Stage(ABC, Generic[S]):
                 delay = min(delay * 2, 10.0)
 
 
-def encode(model: BaseModel) -> bytes:
-    return model.model_dump_json().encode()
+def record_text(raw: bytes, limit: int = 2000) -> str:
+    """A dead-lettered record as text for the error record: JSON as it is, an internal MessagePack
+    message as JSON, anything else as a Python bytes literal."""
+    try:
+        return raw[:limit].decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    try:
+        return msgspec.json.encode(msgspec.msgpack.decode(raw)).decode()[:limit]
+    except (msgspec.DecodeError, TypeError, UnicodeDecodeError):
+        return repr(raw[:limit])
 
 
-__all__ = ["Batch", "Stage", "encode"]
+__all__ = ["Batch", "Stage", "record_text"]

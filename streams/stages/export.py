@@ -36,8 +36,11 @@ from aiokafka.errors import KafkaError
 
 from connectors.base import BatchExport, Export, ExportOutcome
 from engine.threshold import DeleteWindow, approved, decide, needs_base, superseded
+from schemas.codec import pack
 from schemas.errors import FatalError, IdsyncError, RetriableError
-from schemas.records import APPROVE_DELETES_KEY, ApproveDeletes, ErrorRecord, ExportResult, PendingExport
+from schemas.messages import ExportResult
+from schemas.records import APPROVE_DELETES_KEY, ApproveDeletes, PendingExport
+from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
 
@@ -402,7 +405,7 @@ class ExportWorker:
                 message=outcome.message,
                 ts_ms=now_ms(),
             )
-        out.add(self.rt.names.mv_topic(), export.mv_id.encode(), result.model_dump_json().encode())
+        out.add(self.rt.names.mv_topic(), export.mv_id.encode(), pack(result))
 
     async def _flush(self, out: Outputs) -> dict[tuple[str, int], int] | None:
         delay = 0.2

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from engine.join import join_step
 from engine.references import ref_step, referrer_key, referrer_prefix
-from schemas.records import (
+from schemas.codec import pack, unpacker
+from schemas.messages import (
     CSLink,
-    ErrorRecord,
     JoinIndexUpdate,
     JoinMessage,
     JoinRequest,
@@ -18,10 +16,11 @@ from schemas.records import (
     RefUpdate,
 )
 from schemas.state import JoinEntry
+from schemas.wire import ErrorRecord
 from streams.output import Outputs
-from streams.stages.base import Batch, Stage, encode
+from streams.stages.base import Batch, Stage
 
-_JOIN = TypeAdapter(JoinMessage)
+_JOIN = unpacker(JoinMessage)
 
 
 class JoinStage(Stage[JoinEntry]):
@@ -30,7 +29,7 @@ class JoinStage(Stage[JoinEntry]):
     state_model = JoinEntry
 
     def decode(self, topic: str, value: bytes) -> Any:
-        return _JOIN.validate_json(value)
+        return _JOIN.decode(value)
 
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         if isinstance(msg, RefUpdate) and msg.referrer is not None:
@@ -48,15 +47,15 @@ class JoinStage(Stage[JoinEntry]):
         n = self.rt.names
         for o in outputs:
             if isinstance(o, MVContribution):
-                out.add(n.mv_topic(), o.mv_id.encode(), encode(o))
+                out.add(n.mv_topic(), o.mv_id.encode(), pack(o))
             elif isinstance(o, CSLink):
                 self.rt.counters.count("projected" if o.outcome == "projected" else f"join-{o.outcome}")
-                out.add(n.links_topic(), o.anchor.encode(), encode(o))
+                out.add(n.links_topic(), o.anchor.encode(), pack(o))
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)
             elif isinstance(o, JoinRequest | JoinIndexUpdate):
                 # Several mapping groups: the next group's route, the home route, or a claimed route.
-                out.add(n.join_topic(), o.route.encode(), encode(o))
+                out.add(n.join_topic(), o.route.encode(), pack(o))
 
     def _reference(self, batch: Batch, msg: RefUpdate, out: Outputs) -> None:
         """The reference index: referrers are keys under the route's prefix (one more is O(1))."""
@@ -73,8 +72,8 @@ class JoinStage(Stage[JoinEntry]):
             batch.put(sub.encode(), JoinEntry() if present else None)
         mv_topic = self.rt.names.mv_topic()
         for o in step.outputs:
-            out.add(mv_topic, o.mv_id.encode(), encode(o))
+            out.add(mv_topic, o.mv_id.encode(), pack(o))
         for claim in step.claims:
-            out.add(self.rt.names.links_topic(), claim.anchor.encode(), encode(claim))
+            out.add(self.rt.names.links_topic(), claim.anchor.encode(), pack(claim))
             self.rt.counters.count(f"dn-{'transient' if claim.transient else 'held'}:{claim.connector}")
         self.rt.counters.count(f"ref-{msg.direction}-{msg.op}")

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step
-from schemas.records import (
-    CSLink,
-    ErrorRecord,
-    ExportConfirmed,
-    JoinIndexUpdate,
-    MVChange,
-    MVInbound,
-    PendingExport,
-    RefSync,
-    RefUpdate,
-)
+from schemas.codec import pack, to_json, unpacker
+from schemas.messages import CSLink, JoinIndexUpdate, MVInbound, RefSync, RefUpdate
 from schemas.state import MVObject
+from schemas.wire import ErrorRecord, ExportConfirmed, MVChange, PendingExport
 from streams.output import Outputs
 from streams.runtime import now_ms
-from streams.stages.base import Batch, Stage, encode
+from streams.stages.base import Batch, Stage
 
-_MV = TypeAdapter(MVInbound)
+_MV = unpacker(MVInbound)
 #: How often the stage looks for objects whose deletion grace period ended without a message reaching them.
 EXPIRY_INTERVAL_MS = 10_000
 
@@ -34,7 +24,7 @@ class MetaverseStage(Stage[MVObject]):
     state_model = MVObject
 
     def decode(self, topic: str, value: bytes) -> Any:
-        return _MV.validate_json(value)
+        return _MV.decode(value)
 
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         return [msg.mv_id.encode()]
@@ -60,7 +50,7 @@ class MetaverseStage(Stage[MVObject]):
         batches = []
         for p in sorted(self.store.owned):
             part = self.store.partition(p)
-            keys = [k for k, raw in part.scan(b"") if b'"delete_due_ms"' in raw]
+            keys = [k for k, raw in part.scan(b"") if b"delete_due_ms" in raw]
             if not keys:
                 continue
             batch = Batch(part, keys, MVObject)
@@ -83,20 +73,20 @@ class MetaverseStage(Stage[MVObject]):
         for o in outputs:
             if isinstance(o, MVChange):
                 c.count(f"mv-{o.op}")
-                out.add(n.mv_changes_topic(), o.mv_id.encode(), encode(o))
+                out.add(n.mv_changes_topic(), o.mv_id.encode(), to_json(o))
             elif isinstance(o, PendingExport):
                 c.count(
                     f"provisioned:{o.connector}" if o.op == "add" else f"export-{o.op}-planned:{o.connector}"
                 )
-                out.add(n.export_topic(o.connector), o.mv_id.encode(), encode(o))
+                out.add(n.export_topic(o.connector), o.mv_id.encode(), to_json(o))
             elif isinstance(o, JoinIndexUpdate | RefUpdate):
-                out.add(n.join_topic(), o.route.encode(), encode(o))
+                out.add(n.join_topic(), o.route.encode(), pack(o))
             elif isinstance(o, RefSync):
-                out.add(n.mv_topic(), o.mv_id.encode(), encode(o))
+                out.add(n.mv_topic(), o.mv_id.encode(), pack(o))
             elif isinstance(o, CSLink):
-                out.add(n.links_topic(), o.anchor.encode(), encode(o))
+                out.add(n.links_topic(), o.anchor.encode(), pack(o))
             elif isinstance(o, ExportConfirmed):
                 c.count(f"export-confirmed:{o.connector}")
-                out.add(n.confirmations_topic(), o.mv_id.encode(), encode(o))
+                out.add(n.confirmations_topic(), o.mv_id.encode(), to_json(o))
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)

@@ -4,32 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route
 from engine.references import staging_updates
 from engine.staging import Staged, apply_dn_claim, stage, stage_absent, tombstone, tombstone_key
+from schemas.codec import decode_import, pack, unpacker
 from schemas.errors import DataError
-from schemas.records import (
-    ChangeRecord,
+from schemas.messages import (
     CSLink,
     DnClaim,
-    ErrorRecord,
-    ImportMessage,
     JoinIndexUpdate,
     JoinRequest,
     LinkMessage,
     OperatorLink,
     RefUpdate,
-    RunMarker,
 )
 from schemas.state import CSObject
+from schemas.wire import ChangeRecord, ErrorRecord, RunMarker
 from streams.output import Outputs
 from streams.runtime import now_ms
-from streams.stages.base import Batch, Stage, encode
+from streams.stages.base import Batch, Stage
 
-_IMPORT = TypeAdapter(ImportMessage)
-_LINK = TypeAdapter(LinkMessage)
+_LINK = unpacker(LinkMessage)
 
 
 def cs_key(connector: str, anchor: str) -> bytes:
@@ -48,13 +43,13 @@ class StagingStage(Stage[CSObject]):
 
     def decode(self, topic: str, value: bytes) -> Any:
         if topic == self._links:
-            link = _LINK.validate_json(value)
+            link = _LINK.decode(value)
             if link.connector not in self.rt.config.connectors:
                 raise DataError(
                     f"{link.kind} for unknown connector {link.connector!r}", error_type="data-error"
                 )
             return link
-        msg = _IMPORT.validate_json(value)
+        msg = decode_import(value)
         connector = self._topic_connector[topic]
         got = msg.source.connector if isinstance(msg, ChangeRecord) else msg.connector
         if got != connector:
@@ -152,8 +147,8 @@ class StagingStage(Stage[CSObject]):
         n = self.rt.names
         for o in outputs:
             if isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):
-                out.add(n.join_topic(), o.route.encode(), encode(o))
+                out.add(n.join_topic(), o.route.encode(), pack(o))
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)  # an import flow failed for this object
             else:
-                out.add(n.mv_topic(), o.mv_id.encode(), encode(o))
+                out.add(n.mv_topic(), o.mv_id.encode(), pack(o))

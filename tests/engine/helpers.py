@@ -8,16 +8,10 @@ from typing import Any
 from engine.flow import import_flows
 from engine.rules import Rules, compile_rules
 from schemas.config import IdsyncConfig
-from schemas.records import (
-    Attrs,
-    ChangeRecord,
-    ExportResult,
-    MVContribution,
-    MVDisconnect,
-    PendingExport,
-    Source,
-)
+from schemas.messages import ExportResult, MVContribution, MVDisconnect
+from schemas.records import Attrs
 from schemas.state import ConnectorState, CSObject
+from schemas.wire import ChangeRecord, PendingExport, Source
 
 HR_CSV = Path(__file__).resolve().parents[2] / "streams" / "samples" / "hr.csv"
 

@@ -18,24 +18,20 @@ from engine.references import ref_step, referrer_key, referrer_prefix, staging_u
 from engine.rules import Rules, compile_rules
 from engine.staging import stage
 from schemas.config import IdsyncConfig
-from schemas.records import (
-    Attrs,
-    ChangeRecord,
+from schemas.messages import (
     CSLink,
-    ErrorRecord,
     ExportResult,
     JoinIndexUpdate,
     JoinRequest,
-    MVChange,
     MVContribution,
     MVDisconnect,
-    PendingExport,
     RefResolved,
     RefSync,
     RefUpdate,
-    Source,
 )
+from schemas.records import Attrs
 from schemas.state import CSObject, JoinEntry, MVObject
+from schemas.wire import ChangeRecord, ErrorRecord, MVChange, PendingExport, Source
 
 BASE = "dc=example,dc=org"
 PEOPLE = f"ou=people,{BASE}"

@@ -6,8 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.join import join_step, member_key, mv_id_for
-from schemas.records import CSLink, ErrorRecord, JoinIndexUpdate, JoinRequest, MVContribution
+from schemas.codec import pack, unpack
+from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution
 from schemas.state import JoinEntry
+from schemas.wire import ErrorRecord
 
 ROUTE = "person|employeeId=E1"
 
@@ -75,7 +77,7 @@ def test_projection_allocates_deterministic_mv_id() -> None:
 def test_join_step_does_not_mutate_input_entry() -> None:
     entry, _ = join_step(None, req("hr", "E1", project=True))
     assert entry is not None
-    snapshot = entry.model_copy(deep=True)
+    snapshot = unpack(pack(entry), JoinEntry)
     join_step(entry, req("ldap", "L1", project=False))
     join_step(entry, JoinIndexUpdate(route=ROUTE, mv_id=entry.mv_id, mv_deleted=True, ts_ms=1))
     assert entry == snapshot

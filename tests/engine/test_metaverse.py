@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
+from msgspec.structs import replace
+
 from engine.join import join_step, mv_id_for
 from engine.metaverse import metaverse_step
 from engine.precedence import Contributor, resolve
 from engine.provisioning import moved_dn
-from schemas.records import (
-    AttrChange,
-    CSLink,
-    ErrorRecord,
-    ExportConfirmed,
-    ExportResult,
-    JoinIndexUpdate,
-    JoinRequest,
-    MVChange,
-    MVContribution,
-    PendingExport,
-)
+from schemas.messages import CSLink, ExportResult, JoinIndexUpdate, JoinRequest, MVContribution
 from schemas.state import ConnectorLink, MVObject
+from schemas.wire import AttrChange, ErrorRecord, ExportConfirmed, MVChange, PendingExport
 
 from .helpers import (
     DISABLED,
@@ -613,7 +605,7 @@ def test_existing_entry_waiting_in_index_is_not_provisioned_again() -> None:
 
 
 def test_joining_non_target_connector_does_not_block_provisioning() -> None:
-    msg = hr_contribution(RULES, MV_ID, projected=True).model_copy(update={"joining": ["badge"]})
+    msg = replace(hr_contribution(RULES, MV_ID, projected=True), joining=["badge"])
     mv, outputs = step(None, msg)
     assert mv is not None
     [add] = of_type(outputs, PendingExport)

@@ -6,16 +6,9 @@ from __future__ import annotations
 from engine.inbound import on_operator, route
 from engine.metaverse import metaverse_step
 from engine.staging import stage
-from schemas.records import (
-    CSLink,
-    ErrorRecord,
-    JoinIndexUpdate,
-    JoinRequest,
-    MVContribution,
-    MVDisconnect,
-    OperatorLink,
-)
+from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect, OperatorLink
 from schemas.state import ConnectorState
+from schemas.wire import ErrorRecord
 
 from .helpers import cs_object, demo_rules, hr_attrs, hr_contribution, of_type, record
 

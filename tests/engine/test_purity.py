@@ -18,7 +18,8 @@ FORBIDDEN = frozenset(
 NONDETERMINISTIC = frozenset({"time", "random", "datetime", "secrets"})
 #: Non-stdlib packages the engine may use. ``cel`` (common-expression-language) evaluates flow
 #: expressions: CEL has no clock, randomness or I/O, and only the pure extension functions are registered.
-ALLOWED_THIRD_PARTY = frozenset({"engine", "schemas", "pydantic", "cel"})
+#: ``msgspec`` defines the state and message structs (``msgspec.structs.replace`` copies one): no I/O.
+ALLOWED_THIRD_PARTY = frozenset({"engine", "schemas", "pydantic", "cel", "msgspec"})
 #: Calls that are clocks or randomness even though their module is allowed.
 NONDETERMINISTIC_CALLS = frozenset({"uuid1", "uuid4", "urandom", "getrandbits"})
 
@@ -74,7 +75,9 @@ def violations(source: str, filename: str = "<snippet>") -> list[str]:
         elif top == "__future__" or top in ALLOWED_THIRD_PARTY:
             continue
         elif top not in sys.stdlib_module_names:
-            problems.append(f"{where}: imports {module} (not stdlib, engine, schemas or pydantic)")
+            problems.append(
+                f"{where}: imports {module} (not stdlib, engine, schemas, pydantic, cel or msgspec)"
+            )
     return problems
 
 
@@ -139,6 +142,7 @@ def test_checker_rejects(snippet: str) -> None:
         "from . import values",
         "from schemas.records import ChangeRecord",
         "from pydantic import BaseModel",
+        "from msgspec.structs import replace",
         "timestamp = 3  # a name that merely looks like time",
     ],
 )

@@ -6,13 +6,15 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 from pydantic import ValidationError
 
 from engine.references import ref_step, staging_updates
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
-from schemas.records import AttrChange, ExportResult, PendingExport, RefUpdate
+from schemas.messages import ExportResult, RefUpdate
 from schemas.state import ConnectorState, CSObject, JoinEntry
+from schemas.wire import AttrChange, PendingExport
 
 from .refsim import Sim, group_dn, ref_config_dict, ref_rules, user_dn
 
@@ -286,9 +288,9 @@ def test_an_ordinary_update_sends_nothing_to_the_index() -> None:
         mv_id="M1",
         state=ConnectorState.CONNECTOR,
     )
-    changed = cs.model_copy(update={"attributes": {**cs.attributes, "uid": ["ann2"]}, "version": 2})
+    changed = replace(cs, attributes={**cs.attributes, "uid": ["ann2"]}, version=2)
     assert staging_updates(RULES, cs, changed, 5) == []
-    moved = changed.model_copy(update={"dn": user_dn("ann3")})
+    moved = replace(changed, dn=user_dn("ann3"))
     ops = [(u.op, u.route) for u in staging_updates(RULES, changed, moved, 6)]
     assert ops == [
         ("disown", f"ref|ad|{dn_key(user_dn('ann'))}"),
@@ -599,7 +601,7 @@ def test_a_dn_claimed_by_two_objects_resolves_to_the_later_taker_whatever_the_or
     assert step.entry is not None and (step.entry.ref_owner, step.entry.ref_value) == ("B", "MV-B")
     assert step.outputs == []  # nothing changed for the referrers
     # and when B goes too, the DN resolves to nothing (a placeholder again)
-    step = ref_step(step.entry, gone.model_copy(update={"owner": "B"}), lambda: ["R\x00M1\x00manager\x00a"])
+    step = ref_step(step.entry, replace(gone, owner="B"), lambda: ["R\x00M1\x00manager\x00a"])
     assert step.entry is None
     [answer] = step.outputs
     assert answer.value is None and answer.mv_id == "M1"
@@ -629,7 +631,7 @@ def test_the_claimant_that_loses_its_dn_is_told_it_is_transient_and_told_again_w
     marked = apply_dn_claim(cs, lost)
     assert marked is not None and marked.transient
     assert apply_dn_claim(marked, lost) is None  # already so
-    moved = cs.model_copy(update={"dn": "cn=elsewhere"})
+    moved = replace(cs, dn="cn=elsewhere")
     assert apply_dn_claim(moved, lost) is None
     assert apply_dn_claim(None, lost) is None
 
@@ -640,4 +642,4 @@ def test_every_connector_with_dns_claims_them_but_only_referenced_ones_carry_the
     [own] = staging_updates(rules, None, plain, 1)
     assert (own.op, own.route, own.owner, own.value) == ("own", "ref|hr|uid=e1,o=hr", "E1", None)
     # its join changes nothing the index needs to hear
-    assert staging_updates(rules, plain.model_copy(update={"mv_id": None}), plain, 2) == []
+    assert staging_updates(rules, replace(plain, mv_id=None), plain, 2) == []

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from msgspec.structs import replace
+
 from engine.deletion import due_deletions
 from engine.join import mv_id_for
 from engine.metaverse import expire, metaverse_step
 from engine.rules import Rules
-from schemas.records import CSLink, JoinIndexUpdate, MVChange, PendingExport
+from schemas.messages import CSLink, JoinIndexUpdate
 from schemas.state import MVObject
+from schemas.wire import MVChange, PendingExport
 
 from .helpers import badge_contribution, demo_rules, disconnect, hr_contribution, of_type
 
@@ -46,7 +49,7 @@ def test_due_deletions_is_pure_over_state_and_now() -> None:
     assert due_deletions([mv, other, None], DUE - 6) == []
     assert due_deletions([mv, other, None], DUE - 1) == ["early"]
     assert due_deletions([mv, other], DUE) == ["early", MV_ID]
-    assert due_deletions([mv.model_copy(update={"deleted": True})], DUE) == []
+    assert due_deletions([replace(mv, deleted=True)], DUE) == []
 
 
 def test_expire_deletes_at_or_after_the_due_time_only() -> None:

@@ -15,7 +15,8 @@ from engine.rules import compile_rules
 from engine.staging import stage
 from schemas.config import ExportFlowConfig, IdsyncConfig, ImportFlowConfig
 from schemas.errors import ConfigError
-from schemas.records import ErrorRecord, JoinRequest, MVContribution, PendingExport
+from schemas.messages import JoinRequest, MVContribution
+from schemas.wire import ErrorRecord, PendingExport
 from streams.config import parse_config
 
 from .helpers import HR_CSV, cs_object, demo_config_dict, hr_attrs, hr_contribution, of_type, record

@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from engine.inbound import route as inbound_route
 from engine.join import candidates, join_routes, join_step, mv_id_for, mv_join_keys
@@ -15,8 +16,9 @@ from engine.metaverse import metaverse_step
 from engine.rules import Rules, compile_rules
 from engine.staging import apply_link, stage
 from schemas.config import IdsyncConfig
-from schemas.records import CSLink, ErrorRecord, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
+from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
 from schemas.state import JoinEntry, MVObject
+from schemas.wire import ErrorRecord
 
 from .helpers import cs_object, demo_config_dict, hr_attrs, record
 
@@ -490,7 +492,7 @@ def test_directory_object_joins_by_second_group_over_a_metaverse_value() -> None
 
 
 def test_staging_keeps_routes_while_ambiguous_and_drops_them_when_unlinked() -> None:
-    cs = cs_object(join_route=BY_ID).model_copy(update={"join_routes": [BY_ID, BY_MAIL]})
+    cs = replace(cs_object(join_route=BY_ID), join_routes=[BY_ID, BY_MAIL])
     assert apply_link(cs, None, "ambiguous").join_routes == [BY_ID, BY_MAIL]
     unlinked = apply_link(cs, None, "unlinked")
     assert unlinked.join_route is None and unlinked.join_routes == []
@@ -500,7 +502,7 @@ def test_staging_keeps_routes_while_ambiguous_and_drops_them_when_unlinked() -> 
 
 def test_connected_object_leaving_tells_its_home_to_forget_the_join() -> None:
     rules = compile_rules(config())
-    cs = cs_object(mv_id="mv-1", join_route=BY_ID).model_copy(update={"join_routes": [BY_ID, BY_MAIL]})
+    cs = replace(cs_object(mv_id="mv-1", join_route=BY_ID), join_routes=[BY_ID, BY_MAIL])
     _cs, outputs = inbound_route(rules, stage(cs, record(op="d", version=2)), ts_ms=5)
     assert [type(o) for o in outputs] == [MVDisconnect, JoinIndexUpdate]
     leave = outputs[1]

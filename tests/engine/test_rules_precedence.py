@@ -6,13 +6,15 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from msgspec.structs import replace
 
 from engine.join import mv_id_for
 from engine.metaverse import metaverse_step
 from engine.rules import Rules, compile_rules
 from schemas.config import IdsyncConfig
-from schemas.records import ErrorRecord, JoinIndexUpdate, MVChange, MVContribution
+from schemas.messages import JoinIndexUpdate, MVContribution
 from schemas.state import MVObject
+from schemas.wire import ErrorRecord, MVChange
 
 from .helpers import badge_contribution, demo_config_dict, disconnect, hr_attrs, hr_contribution, of_type
 
@@ -34,12 +36,12 @@ def hr(
     rules: Rules, src_ts: int, version: int = 1, projected: bool = False, **attrs: str | None
 ) -> MVContribution:
     msg = hr_contribution(rules, MV_ID, hr_attrs(**attrs), version=version, projected=projected)
-    return msg.model_copy(update={"source_ts_ms": src_ts})
+    return replace(msg, source_ts_ms=src_ts)
 
 
 def badge(flows: dict[str, list[str]], src_ts: int, version: int = 1) -> MVContribution:
     msg = badge_contribution(MV_ID, flows, version=version, ts_ms=90_000 + version)
-    return msg.model_copy(update={"source_ts_ms": src_ts})
+    return replace(msg, source_ts_ms=src_ts)
 
 
 def apply(rules: Rules, mv: MVObject | None, *msgs: MVContribution) -> tuple[MVObject, list[object]]:
@@ -113,7 +115,7 @@ def test_equal_precedence_result_does_not_depend_on_arrival_order(
 
     def final(order: list[MVContribution]) -> tuple[Any, Any]:
         # processing time (ts_ms) follows the arrival order, as in the stage; source time does not
-        arrived = [m.model_copy(update={"ts_ms": 10_000 + i}) for i, m in enumerate(order)]
+        arrived = [replace(m, ts_ms=10_000 + i) for i, m in enumerate(order)]
         mv, _ = apply(rules, None, start, *arrived)
         return mv.attributes.get("title"), mv.contributors.get("title")
 
@@ -184,7 +186,7 @@ def grouped_rules(resolver: str | None = None) -> Rules:
 def test_metaverse_registers_its_join_values_and_follows_changes() -> None:
     rules = grouped_rules()
     mail_route = "person|mail=gabriel.white@example.org"
-    projected = hr(rules, 1, projected=True).model_copy(update={"routes": [mail_route]})
+    projected = replace(hr(rules, 1, projected=True), routes=[mail_route])
     mv, outputs = apply(rules, None, projected)
     # the projection's claims already registered both routes: nothing to send
     assert of_type(outputs, JoinIndexUpdate) == []

@@ -9,8 +9,9 @@ from engine.provisioning import desired
 from engine.rules import compile_rules
 from engine.values import condition_holds
 from schemas.config import ConditionConfig, IdsyncConfig
-from schemas.records import Attrs, PendingExport
+from schemas.records import Attrs
 from schemas.state import MVObject
+from schemas.wire import PendingExport
 
 from .helpers import demo_config_dict
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from msgspec.structs import replace
 
 from engine.inbound import on_link, route
 from engine.join import join_route
 from engine.staging import Staged, apply_link, changed_attributes, stage, stage_absent
-from schemas.records import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
+from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
 from schemas.state import ConnectorState
 
 from .helpers import cs_object, demo_rules, hr_attrs, record
@@ -573,7 +574,7 @@ def test_a_record_older_than_the_delete_does_not_bring_the_object_back() -> None
 
 
 def test_a_rename_clears_the_transient_mark_of_the_old_dn() -> None:
-    current = cs_object(dn="cn=a,o=x").model_copy(update={"transient": True})
+    current = replace(cs_object(dn="cn=a,o=x"), transient=True)
     staged = stage(current, record(version=2, dn="cn=b,o=x"))
     assert staged.pending == "rename" and staged.after is not None and not staged.after.transient
     same = stage(current, record(version=3, dn="CN=A,O=X", after=hr_attrs(title="CTO")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from schemas.codec import unpack
 from schemas.config import IdsyncConfig
 from schemas.state import CSObject, MVObject
 from streams.consumer import restore
@@ -21,8 +22,8 @@ async def restored(
         cs_store, mv_store = reader.store("cs"), reader.store("mv")
         await restore(reader, cs_store, parts)
         await restore(reader, mv_store, parts)
-        cs = [CSObject.model_validate_json(v) for _p, _k, v in cs_store.scan_all()]
-        mv = [MVObject.model_validate_json(v) for _p, _k, v in mv_store.scan_all()]
+        cs = [unpack(v, CSObject) for _p, _k, v in cs_store.scan_all()]
+        mv = [unpack(v, MVObject) for _p, _k, v in mv_store.scan_all()]
     finally:
         await reader.stop()
     return cs, mv

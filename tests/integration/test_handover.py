@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from schemas.codec import as_dict
 from schemas.records import MVChange
 from streams.app import ensure_topics
 from streams.bench import kafka
@@ -90,8 +91,8 @@ async def metaverse(bootstrap: str, rt: Runtime, scratch: Path) -> dict[str, dic
     cs, objects = await restored(bootstrap, rt.config, scratch)
     STATES[rt.config.name] = {
         # keyed like the store: a tombstone of a deleted object beside a live one of the same anchor
-        "cs": {(o.connector, o.anchor, o.deleted_ts_ms is not None): _stable(o.model_dump()) for o in cs},
-        "mv": {o.mv_id: _stable(o.model_dump()) for o in objects},
+        "cs": {(o.connector, o.anchor, o.deleted_ts_ms is not None): _stable(as_dict(o)) for o in cs},
+        "mv": {o.mv_id: _stable(as_dict(o)) for o in objects},
     }
     feed = await mv_changes(bootstrap, rt)
     by_join: dict[str, dict[str, Any]] = {}

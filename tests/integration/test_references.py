@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from schemas.codec import unpack
 from schemas.state import MVObject
 from streams.config import load_config
 from streams.runtime import Runtime, Settings
@@ -87,7 +88,7 @@ def test_a_report_whose_manager_arrives_10000_records_later_gets_the_right_manag
 
     rt = Runtime(Settings(bootstrap_servers="127.0.0.1:1", data_dir=data), load_config(cfg))
     try:
-        objects = [MVObject.model_validate_json(v) for _p, k, v in rt.store("mv").scan_all()]
+        objects = [unpack(v, MVObject) for _p, k, v in rt.store("mv").scan_all()]
     finally:
         rt.close_stores()
     by_emp = {m.attributes["employeeId"][0]: m for m in objects if not m.deleted}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
-from pydantic import BaseModel
 
 from streams.app import ensure_topics
 from streams.bench.records import bench_config
@@ -19,7 +19,7 @@ from streams.stages.base import Batch
 pytestmark = pytest.mark.integration
 
 
-class Item(BaseModel):
+class Item(msgspec.Struct):
     value: str
 
 
@@ -43,7 +43,7 @@ async def write(rt: Runtime, partition: int, puts: dict[bytes, str | None]) -> N
 
 def contents(rt: Runtime, partition: int) -> dict[bytes, str]:
     part = rt.store("cs").partition(partition)
-    return {k: Item.model_validate_json(v).value for k, v in part.scan(b"")}
+    return {k: msgspec.msgpack.decode(v, type=Item).value for k, v in part.scan(b"")}
 
 
 def test_restore_catch_up_and_seed(tmp_path: Path) -> None:
