@@ -23,6 +23,7 @@ Several mapping groups (``join_groups:``) are a small protocol between entries (
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import traceback
 import uuid
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from engine.rules import JoinSignature, Rules
 
 _MV_NAMESPACE = uuid.UUID("6f1d7c1e-5b0e-4c8e-9a51-3b6f7f0c1d2a")
+_MV_NAMESPACE_BYTES = _MV_NAMESPACE.bytes
 #: Join keys registered per mapping group of one metaverse object at most (multi-valued attributes).
 MAX_KEYS_PER_GROUP = 32
 
@@ -125,8 +127,15 @@ def mv_join_keys(mv_type: str, signatures: Sequence[JoinSignature], attrs: Attrs
 
 
 def mv_id_for(route: str, generation: int) -> str:
-    """Deterministic mv_id: replaying the same imports rebuilds the same metaverse (invariant 4)."""
-    return str(uuid.uuid5(_MV_NAMESPACE, f"{route}#{generation}"))
+    """Deterministic mv_id: replaying the same imports rebuilds the same metaverse (invariant 4).
+
+    RFC 4122 version 5 (``uuid.uuid5(_MV_NAMESPACE, "<route>#<generation>")``), computed without the
+    UUID object: this runs once per projection."""
+    digest = bytearray(hashlib.sha1(_MV_NAMESPACE_BYTES + f"{route}#{generation}".encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def member_key(connector: str, anchor: str) -> str:

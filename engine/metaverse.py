@@ -5,6 +5,7 @@ settle the export ledger."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
@@ -306,7 +307,10 @@ def _contribute(
         confirmed, errors = confirm_import(target, msg.connector, mv.mv_id, msg.image, msg.dn, msg.ts_ms)
         outputs.extend(confirmed)
         outputs.extend(errors)
-    outputs.extend(_sync(rules, mv, created, msg.connector, msg.ts_ms))
+    # Only the attributes this connector flowed before or flows now can change: the rest keep their
+    # values and winners (a new object has no others).
+    touched = None if created else {*flows, *(old.flows if old is not None else ())}
+    outputs.extend(_sync(rules, mv, created, msg.connector, msg.ts_ms, touched))
     return mv, outputs
 
 
@@ -395,17 +399,31 @@ def _maybe_drop(mv: MVObject) -> MVObject | None:
     return None
 
 
-def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> list[MVOutput]:
-    """Recompute attributes by precedence, publish the change, plan exports for every target."""
+def _sync(
+    rules: Rules,
+    mv: MVObject,
+    created: bool,
+    cause: str,
+    ts_ms: int,
+    touched: Collection[str] | None = None,
+) -> list[MVOutput]:
+    """Recompute attributes by precedence, publish the change, plan exports for every target.
+
+    ``touched``: the only attributes that can have changed (one connector's contribution); None: any."""
     res = resolve_all(
         mv.links,
         rules.contributors.get(mv.object_type, {}),
         mv.attributes,
         rules.equal.get(mv.object_type, frozenset()),
         mv.retained,
+        only=touched,
+        winners=mv.contributors,
     )
     attrs = res.attributes
-    changed = changed_attributes(mv.attributes, attrs)
+    if touched is None:
+        changed = changed_attributes(mv.attributes, attrs)
+    else:
+        changed = frozenset(a for a in touched if not same_values(mv.attributes.get(a), attrs.get(a)))
     mv.attributes = attrs
     mv.contributors = res.winners
     outputs: list[MVOutput] = [
@@ -424,7 +442,9 @@ def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> 
         for attr, tied in sorted(res.ties.items())
         if cause in tied
     ]
-    outputs.extend(_register(rules, mv, bool(created or changed), ts_ms))
+    snapshot = mv.object_type in rules.snapshot_types
+    if created or (snapshot and changed) or changed & rules.join_attributes.get(mv.object_type, frozenset()):
+        outputs.extend(_register(rules, mv, bool(created or changed), ts_ms))
     connectors = sorted(mv.links)
     if created or changed or connectors != mv.published_connectors:
         mv.version += 1
@@ -441,11 +461,28 @@ def _sync(rules: Rules, mv: MVObject, created: bool, cause: str, ts_ms: int) -> 
                 ts_ms=ts_ms,
             )
         )
-    exports: list[OutboundOutput] = []
-    for rule in rules.outbound.get(mv.object_type, []):
-        exports.extend(_plan(rules, mv, rule, ts_ms))
-    outputs.extend(exports)
+    reads = rules.outbound_reads.get(mv.object_type, ())
+    for rule, read in zip(rules.outbound.get(mv.object_type, []), reads, strict=True):
+        if not created and _unaffected(mv, rule, read, cause, changed):
+            continue
+        outputs.extend(_plan(rules, mv, rule, ts_ms))
     return outputs
+
+
+#: Target states in which a plan changes only when what the rule reads changes, or the target does.
+_SETTLED = frozenset({"exists", "pending-add", "joining", "pending-delete", "disconnected"})
+
+
+def _unaffected(
+    mv: MVObject, rule: OutboundRuleConfig, reads: frozenset[str] | None, cause: str, changed: frozenset[str]
+) -> bool:
+    """Whether planning ``rule`` again would find nothing to export: nothing it reads changed, the change
+    did not come from its target (a new image to compare and confirm), and the target is settled (not
+    waiting to be provisioned, no failed export to make again)."""
+    if reads is None or cause == rule.connector or changed & reads:
+        return False
+    target = mv.targets.get(rule.connector)
+    return target is not None and target.status in _SETTLED and target.error is None
 
 
 def _register(rules: Rules, mv: MVObject, changed: bool, ts_ms: int) -> list[MVOutput]:

@@ -12,7 +12,7 @@ without recall stays until a flow changes the attribute.
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Collection, Container, Mapping
 from dataclasses import dataclass, field
 
 from engine.values import same_values
@@ -54,23 +54,50 @@ def resolve_all(
     current: Attrs,
     equal: Container[str] = (),
     retained: Mapping[str, RetainedValue] | None = None,
+    only: Collection[str] | None = None,
+    winners: Mapping[str, str] | None = None,
 ) -> Resolution:
-    """Resolve every attribute some connector flows (``equal``: attributes with equal precedence)."""
+    """Resolve every attribute some connector flows (``equal``: attributes with equal precedence).
+
+    ``only``: resolve just these attributes and keep the others as ``current`` (their winners as
+    ``winners``) — what a full resolution gives when one connector's contribution changed and ``only``
+    names every attribute it flowed before or flows now: no other attribute's candidates changed.
+    """
     candidates: dict[str, list[tuple[tuple[int, int, str], str, list[str]]]] = {}
     for connector, link in links.items():
         info = contributors.get(connector, _NOBODY)
+        rank, newest = info.rank, -link.ts_ms
+        changed_ts = link.changed_ts
         for attr, values in link.flows.items():
-            ts = changed_at(link, attr)
-            key = (-ts, 0, connector) if attr in equal else (info.rank, -link.ts_ms, connector)
-            candidates.setdefault(attr, []).append((key, connector, values))
-    res = Resolution({}, {})
+            if only is not None and attr not in only:
+                continue
+            if attr in equal:
+                key = (-changed_ts.get(attr, link.ts_ms), 0, connector)
+            else:
+                key = (rank, newest, connector)
+            option = (key, connector, values)
+            found = candidates.get(attr)
+            if found is None:
+                candidates[attr] = [option]
+            else:
+                found.append(option)
+    if only is None:
+        res = Resolution({}, {})
+    else:
+        res = Resolution(
+            {a: v for a, v in current.items() if a not in only},
+            {a: c for a, c in (winners or {}).items() if a not in only},
+        )
     for attr, kept in (retained or {}).items():
+        if only is not None and attr not in only:
+            continue
         res.attributes[attr] = list(kept.values)
         res.winners[attr] = kept.connector
     for attr, options in candidates.items():
         if attr in res.winners:
             continue  # retained until a flow changes it
-        options.sort(key=lambda o: o[0])
+        if len(options) > 1:
+            options.sort(key=_first)
         effective: list[tuple[tuple[int, int, str], str, list[str]]] = []
         for key, connector, values in options:
             info = contributors.get(connector, _NOBODY)
@@ -92,6 +119,10 @@ def resolve_all(
             if tied:
                 res.ties[attr] = [winner, *tied]
     return res
+
+
+def _first(option: tuple[tuple[int, int, str], str, list[str]]) -> tuple[int, int, str]:
+    return option[0]
 
 
 def resolve(

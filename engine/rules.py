@@ -72,6 +72,12 @@ class Rules:
     export_references: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     #: Per (target connector, metaverse type): how its target attributes are exported.
     export_shapes: dict[tuple[str, str], ExportShape] = field(default_factory=dict)
+    #: Per metaverse type, beside ``outbound``: the metaverse attributes each outbound rule reads (scope,
+    #: DN template, flows); None where an expression may read any. A change to none of them leaves what
+    #: the rule wants unchanged.
+    outbound_reads: dict[str, tuple[frozenset[str] | None, ...]] = field(default_factory=dict)
+    #: Per metaverse type: the attributes its mapping groups join on (the join-index registration).
+    join_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def inbound_rule(self, connector: str, object_type: str) -> InboundRuleConfig | None:
         return self.inbound.get((connector, object_type))
@@ -105,6 +111,28 @@ def flow_reads(flow: ExportFlowConfig, attrs: Iterable[str]) -> set[str]:
         expr = flow.expression
         return {a for a in wanted if re.search(rf"\bmv(_all)?\.{re.escape(a)}\b", expr)}
     return set()
+
+
+_MV_NAME = re.compile(r"\bmv(?:_all)?\b")
+_MV_ATTRIBUTE = re.compile(r"\bmv(?:_all)?\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()")
+
+
+def rule_reads(rule: OutboundRuleConfig) -> frozenset[str] | None:
+    """The metaverse attributes an outbound rule reads; None when an expression may read any (it uses
+    ``mv``/``mv_all`` other than as ``mv.<attribute>``)."""
+    reads: set[str] = {c.attribute for group in rule.scope for c in group}
+    reads.update(template_fields(rule.dn))
+    for f in rule.flows:
+        if f.source is not None:
+            reads.add(f.source)
+        elif f.template is not None:
+            reads.update(template_fields(f.template))
+        elif f.expression is not None:
+            named = _MV_ATTRIBUTE.findall(f.expression)
+            if len(named) != len(_MV_NAME.findall(f.expression)):
+                return None
+            reads.update(named)
+    return frozenset(reads)
 
 
 def _exported_references(rule: OutboundRuleConfig, refs: frozenset[str]) -> frozenset[str]:
@@ -192,4 +220,8 @@ def compile_rules(config: IdsyncConfig) -> Rules:
         reference_connectors=frozenset(c for (c, _t), v in reference_flows.items() if v),
         export_references={k: v for k, v in export_references.items() if v},
         export_shapes=shapes,
+        outbound_reads={name: tuple(rule_reads(r) for r in config.outbound_rules(name)) for name in types},
+        join_attributes={
+            n: frozenset(attr for sig in sigs for attr, _ops in sig) for n, sigs in signatures.items()
+        },
     )

@@ -32,6 +32,8 @@ class Staged:
 
 def changed_attributes(old: Attrs, new: Attrs) -> frozenset[str]:
     """Names of attributes whose value sets differ."""
+    if not old:
+        return frozenset(k for k, v in new.items() if v)
     return frozenset(k for k in old.keys() | new.keys() if not same_values(old.get(k), new.get(k)))
 
 

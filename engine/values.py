@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from decimal import Decimal, InvalidOperation
@@ -106,24 +107,39 @@ def any_group_holds(groups: Sequence[Sequence[ConditionConfig]], attrs: Attrs) -
 def render(template: str, attrs: Attrs, escape: bool = False) -> str | None:
     """Fill ``{attr}`` placeholders with first values; None when one is missing."""
     out: list[str] = []
-    i = 0
-    while i < len(template):
-        ch = template[i]
-        if ch == "{":
-            end = template.index("}", i)
-            value = first(attrs, template[i + 1 : end])
+    for literal, name in template_parts(template):
+        out.append(literal)
+        if name:
+            value = first(attrs, name)
             if value is None:
                 return None
             out.append(escape_rdn_value(value) if escape else value)
-            i = end + 1
-        else:
-            out.append(ch)
-            i += 1
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def template_parts(template: str) -> tuple[tuple[str, str], ...]:
+    """A template as (literal text, placeholder name or "") pairs, parsed once per template."""
+    parts: list[tuple[str, str]] = []
+    i = 0
+    while i < len(template):
+        start = template.find("{", i)
+        if start < 0:
+            parts.append((template[i:], ""))
+            break
+        end = template.index("}", start)
+        parts.append((template[i:start], template[start + 1 : end]))
+        i = end + 1
+    return tuple(parts)
+
+
+_RDN_SPECIAL = re.compile(r'[,+"\\<>;=\x00]|^[# ]| $')
 
 
 def escape_rdn_value(value: str) -> str:
     """Escape an attribute value for use in a DN (RFC 4514 section 2.4)."""
+    if not _RDN_SPECIAL.search(value):
+        return value  # the common case: nothing to escape
     out = []
     for i, ch in enumerate(value):
         if ch in ',+"\\<>;=' or (ch == "#" and i == 0) or (ch == " " and i in (0, len(value) - 1)):
