@@ -251,6 +251,7 @@ def plan_exports(
 
     ``shape``: reference attributes (exported as the targets' DNs) and value-level attributes."""
     target = mv.targets.setdefault(rule.connector, TargetState())
+    target.replan = False
     if target.status in ("disconnected", "joining"):
         return []
     link = mv.links.get(rule.connector)
@@ -281,6 +282,7 @@ def record_result(target: TargetState, result: ExportResult) -> None:
     """Record what an export worker did. Mutates ``target`` (not its ledger entries: they are replaced)."""
     if result.status == "failed":
         target.error = f"{result.error_type}: {result.message}"
+        target.replan = True
         for attr, entry in list(target.ledger.items()):
             if entry.export_id == result.export_id:
                 del target.ledger[attr]

@@ -442,8 +442,7 @@ def _sync(
         for attr, tied in sorted(res.ties.items())
         if cause in tied
     ]
-    snapshot = mv.object_type in rules.snapshot_types
-    if created or (snapshot and changed) or changed & rules.join_attributes.get(mv.object_type, frozenset()):
+    if _registration_changes(rules, mv.object_type, created, changed):
         outputs.extend(_register(rules, mv, bool(created or changed), ts_ms))
     connectors = sorted(mv.links)
     if created or changed or connectors != mv.published_connectors:
@@ -469,6 +468,14 @@ def _sync(
     return outputs
 
 
+def _registration_changes(rules: Rules, mv_type: str, created: bool, changed: frozenset[str]) -> bool:
+    """Whether the object's join-index registration may change: it is new, a join attribute changed, or
+    a resolver needs the index to see its changed attributes."""
+    if created or changed & rules.join_attributes.get(mv_type, frozenset()):
+        return True
+    return bool(changed) and mv_type in rules.snapshot_types
+
+
 #: Target states in which a plan changes only when what the rule reads changes, or the target does.
 _SETTLED = frozenset({"exists", "pending-add", "joining", "pending-delete", "disconnected"})
 
@@ -482,7 +489,7 @@ def _unaffected(
     if reads is None or cause == rule.connector or changed & reads:
         return False
     target = mv.targets.get(rule.connector)
-    return target is not None and target.status in _SETTLED and target.error is None
+    return target is not None and target.status in _SETTLED and not target.replan
 
 
 def _register(rules: Rules, mv: MVObject, changed: bool, ts_ms: int) -> list[MVOutput]:

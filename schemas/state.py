@@ -116,6 +116,9 @@ class TargetState(_State, kw_only=True):
     disabled: bool = False
     #: Last export error, cleared by the next successful export.
     error: str | None = None
+    #: A failed export dropped its values from the ledger: the next evaluation of the object plans this
+    #: target again, whatever changed (so the values are exported again).
+    replan: bool = False
     #: Referenced metaverse objects this object exports references to, -> their DN in this target
     #: ("" while they do not exist there yet: the reference waits for a second pass).
     ref_dns: dict[str, str] = {}
