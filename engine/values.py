@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
@@ -192,10 +193,21 @@ def dn_key(dn: str | None) -> str:
     return _dn_key(dn)
 
 
-@functools.lru_cache(maxsize=1 << 18)
+#: Comparison keys of DNs seen (a group's members are compared by DN on every change of the group). A
+#: plain dict of strings: the garbage collector does not track it, as it would an lru_cache's nodes.
+_DN_KEYS: dict[str, str] = {}
+DN_KEY_CACHE = 1 << 18
+
+
 def _dn_key(dn: str) -> str:
-    # Cached: a group's members are compared by DN on every change of the group (pure, so safe).
-    return ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
+    key = _DN_KEYS.get(dn)
+    if key is None:
+        if len(_DN_KEYS) >= DN_KEY_CACHE:
+            for old in list(itertools.islice(_DN_KEYS, DN_KEY_CACHE // 10)):
+                del _DN_KEYS[old]  # the oldest tenth
+        key = ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
+        _DN_KEYS[dn] = key
+    return key
 
 
 def unescape_rdn_value(value: str) -> str:

@@ -17,7 +17,7 @@ from msgspec import Struct
 from schemas.records import Attrs
 
 
-class _Message(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+class _Message(Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     pass
 
 

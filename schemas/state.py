@@ -29,7 +29,7 @@ class ConnectorState(StrEnum):
     EXPLICIT_DISCONNECTOR = "explicit-disconnector"
 
 
-class _State(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+class _State(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     pass
 
 

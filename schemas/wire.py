@@ -19,7 +19,7 @@ from msgspec import Meta, Struct
 from schemas.records import APPROVE_DELETES_KEY, Attrs
 
 
-class _Public(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class _Public(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
     pass
 
 

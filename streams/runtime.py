@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -152,6 +153,23 @@ class Runtime:
         sys.stderr.write(f"idsync: fatal: {message}\n")
         sys.stderr.flush()
         os._exit(2)
+
+
+#: Collector thresholds for a running pipeline (CPython's default is 700, 10, 10).
+GC_THRESHOLDS = (50_000, 50, 1_000)
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a running pipeline.
+
+    A stage allocates millions of short-lived dicts and lists; at CPython's default thresholds the
+    collector ran every few hundred of them and regularly walked the whole long-lived heap (faust,
+    aiokafka, the configuration, caches): about a third of a worker's time (docs/benchmarks.md).
+    What start-up built is frozen out of collection, and collections run less often. idsync's own
+    structs are not tracked at all (msgspec ``gc=False``: they never form reference cycles)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def now_ms() -> int:

@@ -22,7 +22,7 @@ from schemas.errors import IdsyncError
 from schemas.state import MVObject
 from streams.app import Pipeline, ensure_topics
 from streams.importer import ImportReport, full_import
-from streams.runtime import Runtime
+from streams.runtime import Runtime, tune_gc
 
 log = logging.getLogger("idsync")
 
@@ -164,6 +164,7 @@ def run_pipeline(p: Pipeline, job: Callable[[Pipeline], Awaitable[int]], logleve
     result = {"code": 1}
     worker = faust.Worker(p.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None  # its escape codes would garble the summary
+    tune_gc()
 
     async def main() -> None:
         try:

@@ -14,6 +14,7 @@ import faust
 
 from streams.app import Pipeline, ensure_topics
 from streams.follow import start_followers
+from streams.runtime import tune_gc
 
 log = logging.getLogger("idsync")
 
@@ -25,6 +26,7 @@ def run_worker(p: Pipeline, loglevel: str = "warn") -> int:
     asyncio.run(ensure_topics(p.rt))
     worker = faust.Worker(p.app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
     worker.spinner = None
+    tune_gc()
 
     async def hold_resources() -> None:
         # Runs for the life of the worker; on shutdown faust cancels it and the producer and stores close.
