@@ -51,6 +51,11 @@ class Batch:
         self._puts: dict[bytes, Any] = {}
         self._encoded: dict[bytes, bytes | None] | None = None
 
+    @property
+    def partition(self) -> int:
+        """The partition this batch's state (and the records it came from) belongs to."""
+        return self._store.partition
+
     def get(self, key: bytes) -> Any:
         if key in self._cache:
             return self._cache[key]

@@ -33,6 +33,9 @@ class MetaverseStage(Stage[MVObject]):
         super().__init__(rt)
         self._grace = any(d.grace_period_s > 0 for d in rt.rules.deletion.values())
         self._next_expiry = 0
+        n = rt.names
+        self._changes, self._join, self._mv = n.mv_changes_topic(), n.join_topic(), n.mv_topic()
+        self._exports = {c: n.export_topic(c) for c in rt.rules.targets}
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -57,7 +60,7 @@ class MetaverseStage(Stage[MVObject]):
             for mv_id in due_deletions([batch.get(k) for k in keys], now):
                 mv, outputs = expire(self.rt.rules, batch.get(mv_id.encode()), now)
                 batch.put(mv_id.encode(), mv)
-                self._emit(outputs, out)
+                self._emit(outputs, out, p)
             batches.append(batch)
         await self.commit(batches, out)
 
@@ -65,28 +68,30 @@ class MetaverseStage(Stage[MVObject]):
         key = msg.mv_id.encode()
         mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg)
         batch.put(key, mv)
-        self._emit(outputs, out)
+        self._emit(outputs, out, batch.partition)
 
-    def _emit(self, outputs: list[MVOutput], out: Outputs) -> None:
+    def _emit(self, outputs: list[MVOutput], out: Outputs, partition: int) -> None:
+        """Records keyed by this object's mv_id go to ``partition``, the one its own messages come from
+        (every topic has the same partition count and partitioner): no hashing."""
         n = self.rt.names
         c = self.rt.counters
         for o in outputs:
             if isinstance(o, MVChange):
                 c.count(f"mv-{o.op}")
-                out.add(n.mv_changes_topic(), o.mv_id.encode(), to_json(o))
+                out.add(self._changes, o.mv_id.encode(), to_json(o), partition)
             elif isinstance(o, PendingExport):
                 c.count(
                     f"provisioned:{o.connector}" if o.op == "add" else f"export-{o.op}-planned:{o.connector}"
                 )
-                out.add(n.export_topic(o.connector), o.mv_id.encode(), to_json(o))
+                out.add(self._exports[o.connector], o.mv_id.encode(), to_json(o), partition)
             elif isinstance(o, JoinIndexUpdate | RefUpdate):
-                out.add(n.join_topic(), o.route.encode(), pack(o))
+                out.add(self._join, o.route.encode(), pack(o))
             elif isinstance(o, RefSync):
-                out.add(n.mv_topic(), o.mv_id.encode(), pack(o))
+                out.add(self._mv, o.mv_id.encode(), pack(o), partition)
             elif isinstance(o, CSLink):
                 out.add(n.links_topic(), o.anchor.encode(), pack(o))
             elif isinstance(o, ExportConfirmed):
                 c.count(f"export-confirmed:{o.connector}")
-                out.add(n.confirmations_topic(), o.mv_id.encode(), to_json(o))
+                out.add(n.confirmations_topic(), o.mv_id.encode(), to_json(o), partition)
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)
