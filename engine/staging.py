@@ -129,12 +129,16 @@ def tombstone(deleted: CSObject, version: int, event_id: str, now_ms: int) -> CS
     )
 
 
+def missed_by_run(last_run: str | None, version: int, run_id: str, run_version: int) -> bool:
+    """Did a full import (``run_id`` at ``run_version``) miss an object last seen by ``last_run`` at
+    ``version``? Not if the run saw it, nor if it changed after the run started (a delta raced the full
+    import: newer than the snapshot)."""
+    return last_run != run_id and version <= run_version
+
+
 def stage_absent(current: CSObject, run_id: str, version: int) -> Staged | None:
     """At the end of a full import, an object the run did not see is deleted; None if it was seen."""
-    if current.last_run == run_id:
-        return None
-    if current.version > version:
-        # Changed after the run started (a delta raced the full import): newer than the snapshot.
+    if not missed_by_run(current.last_run, current.version, run_id, version):
         return None
     return Staged("delete", current, None, frozenset(current.attributes))
 

@@ -64,6 +64,13 @@ class CSObject(_State, kw_only=True):
     deleted_ts_ms: int | None = None
 
 
+class CSHead(Struct, kw_only=True):
+    """What a full-import run end needs of a connector-space object (the rest of it is not decoded)."""
+
+    version: int = 0
+    last_run: str | None = None
+
+
 class ConnectorLink(_State, kw_only=True):
     """A connector-space object joined to a metaverse object, as the metaverse step sees it."""
 

@@ -90,11 +90,18 @@ class Batch:
         self._puts[key] = value
         self._encoded = None
 
-    def scan(self, prefix: bytes) -> list[tuple[bytes, Any]]:
-        """Every stored object under a prefix, with this batch's changes applied."""
+    def scan(self, prefix: bytes, head: type[msgspec.Struct] | None = None) -> list[tuple[bytes, Any]]:
+        """Every stored object under a prefix, with this batch's changes applied.
+
+        ``head``: a struct with some of the state's fields, to decode stored objects into (cheaper when a
+        scan only looks at a few fields); objects this batch changed come whole."""
         seen: dict[bytes, Any] = {}
-        for k, _v in self._store.scan(prefix):
-            seen[k] = self.get(k)
+        decoder = unpacker(head) if head is not None else None
+        for k, raw in self._store.scan(prefix):
+            if decoder is not None and k not in self._cache:
+                seen[k] = decoder.decode(raw)
+            else:
+                seen[k] = self.get(k)
         for k, v in self._cache.items():
             if k.startswith(prefix):
                 seen[k] = v

@@ -6,7 +6,15 @@ from typing import Any
 
 from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route
 from engine.references import staging_updates
-from engine.staging import Staged, apply_dn_claim, stage, stage_absent, tombstone, tombstone_key
+from engine.staging import (
+    Staged,
+    apply_dn_claim,
+    missed_by_run,
+    stage,
+    stage_absent,
+    tombstone,
+    tombstone_key,
+)
 from schemas.codec import decode_import, pack, unpacker
 from schemas.errors import DataError
 from schemas.messages import (
@@ -18,7 +26,7 @@ from schemas.messages import (
     OperatorLink,
     RefUpdate,
 )
-from schemas.state import CSObject
+from schemas.state import CSHead, CSObject
 from schemas.wire import ChangeRecord, ErrorRecord, RunMarker
 from streams.output import Outputs
 from streams.runtime import now_ms
@@ -131,7 +139,10 @@ class StagingStage(Stage[CSObject]):
         """Full import end on this partition: objects the run did not see are deleted."""
         prefix = cs_key(marker.connector, "")
         now = now_ms()
-        for key, cs in batch.scan(prefix):
+        for key, head in batch.scan(prefix, head=CSHead):
+            if not missed_by_run(head.last_run, head.version, marker.run_id, marker.run_version):
+                continue  # most objects: seen by the run, decoded no further
+            cs = batch.get(key)
             staged = stage_absent(cs, marker.run_id, marker.run_version)
             if staged is not None:
                 self._apply(batch, key, staged, out)
