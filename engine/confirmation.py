@@ -11,6 +11,11 @@ DN_KEY = "__dn__"
 DELETED_KEY = "__deleted__"
 
 
+def export_id(mv_id: str, connector: str, seq: int) -> str:
+    """The id of a pending export (and of what confirms it): the object, the target, the sequence."""
+    return f"{mv_id}:{connector}:{seq}"
+
+
 def casefold_keys(attrs: Attrs) -> Attrs:
     """Directories answer attribute names in their own case: compare names case-insensitively."""
     return {k.casefold(): v for k, v in attrs.items()}
@@ -33,7 +38,7 @@ def confirm_import(
     """
     folded = casefold_keys(image)
     errors: list[ErrorRecord] = []
-    applied_ids = {e.export_id for e in target.ledger.values() if e.applied}
+    applied = {e.seq for e in target.ledger.values() if e.applied}
     for attr, entry in list(target.ledger.items()):
         if not entry.applied or attr == DELETED_KEY:
             continue
@@ -64,10 +69,14 @@ def confirm_import(
         del target.ledger[attr]
     if target.pending_dn is not None and DN_KEY not in target.ledger:
         target.pending_dn = None
-    remaining = {e.export_id for e in target.ledger.values()}
-    confirmed = sorted(applied_ids - remaining)
+    remaining = {e.seq for e in target.ledger.values()}
     return (
-        [ExportConfirmed(connector=connector, mv_id=mv_id, export_id=x, ts_ms=ts_ms) for x in confirmed],
+        [
+            ExportConfirmed(
+                connector=connector, mv_id=mv_id, export_id=export_id(mv_id, connector, seq), ts_ms=ts_ms
+            )
+            for seq in sorted(applied - remaining)
+        ],
         errors,
     )
 
@@ -103,4 +112,8 @@ def confirm_delete(target: TargetState, connector: str, mv_id: str, ts_ms: int) 
     entry = target.ledger.pop(DELETED_KEY, None)
     if entry is None or not entry.applied:
         return []
-    return [ExportConfirmed(connector=connector, mv_id=mv_id, export_id=entry.export_id, ts_ms=ts_ms)]
+    return [
+        ExportConfirmed(
+            connector=connector, mv_id=mv_id, export_id=export_id(mv_id, connector, entry.seq), ts_ms=ts_ms
+        )
+    ]

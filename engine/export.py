@@ -8,7 +8,7 @@ from typing import Literal
 
 from msgspec.structs import replace
 
-from engine.confirmation import DELETED_KEY, DN_KEY, casefold_keys
+from engine.confirmation import DELETED_KEY, DN_KEY, casefold_keys, export_id
 from engine.provisioning import Desired, desired, moved_dn
 from engine.rules import ExportShape
 from engine.values import dn_key, same_values, split_dn
@@ -55,23 +55,21 @@ def overlay(have: list[str], entry: LedgerEntry) -> list[str]:
 
 
 def _delta_entry(
-    prev: LedgerEntry | None, added: list[str], removed: list[str], dn_valued: bool, export_id: str
+    prev: LedgerEntry | None, added: list[str], removed: list[str], dn_valued: bool, seq: int
 ) -> LedgerEntry:
     """The ledger entry after a value-level change, merged with an unconfirmed one before it."""
     key = value_key(dn_valued)
     if prev is not None and prev.op != "delta":
         # An unconfirmed whole value set (the add): it stays one, with the change applied.
-        delta = LedgerEntry(op="delta", values=added, removed=removed, dn_valued=dn_valued, export_id="")
+        delta = LedgerEntry(op="delta", values=added, removed=removed, dn_valued=dn_valued, seq=0)
         values = overlay(prev.values, delta)
-        return LedgerEntry(values=values, dn_valued=dn_valued, export_id=export_id)
+        return LedgerEntry(values=values, dn_valued=dn_valued, seq=seq)
     old_added = list(prev.values) if prev is not None else []
     old_removed = list(prev.removed) if prev is not None else []
     add_keys, rem_keys = {key(v) for v in added}, {key(v) for v in removed}
     all_added = [v for v in old_added if key(v) not in rem_keys] + added
     all_removed = [v for v in old_removed if key(v) not in add_keys] + removed
-    return LedgerEntry(
-        op="delta", values=all_added, removed=all_removed, dn_valued=dn_valued, export_id=export_id
-    )
+    return LedgerEntry(op="delta", values=all_added, removed=all_removed, dn_valued=dn_valued, seq=seq)
 
 
 def _emit(
@@ -87,24 +85,22 @@ def _emit(
     dn_valued: frozenset[str] = frozenset(),
 ) -> PendingExport:
     target.seq += 1
-    export_id = f"{mv.mv_id}:{rule.connector}:{target.seq}"
+    seq = target.seq
     for attr, change in attributes.items():
         if change.op == "replace":
-            target.ledger[attr] = LedgerEntry(
-                values=change.values, export_id=export_id, dn_valued=attr in dn_valued
-            )
+            target.ledger[attr] = LedgerEntry(values=change.values, seq=seq, dn_valued=attr in dn_valued)
         else:
             added = change.values if change.op == "add" else []
             removed = change.values if change.op == "delete" else []
             prev = target.ledger.get(attr)
-            target.ledger[attr] = _delta_entry(prev, added, removed, attr in dn_valued, export_id)
+            target.ledger[attr] = _delta_entry(prev, added, removed, attr in dn_valued, seq)
     if op in ("add", "rename"):
         target.pending_dn = new_dn or dn
-        target.ledger[DN_KEY] = LedgerEntry(values=[new_dn or dn], export_id=export_id)
+        target.ledger[DN_KEY] = LedgerEntry(values=[new_dn or dn], seq=seq)
     if op == "delete":
-        target.ledger = {DELETED_KEY: LedgerEntry(values=[], export_id=export_id)}
+        target.ledger = {DELETED_KEY: LedgerEntry(values=[], seq=seq)}
     return PendingExport(
-        export_id=export_id,
+        export_id=export_id(mv.mv_id, rule.connector, seq),
         seq=target.seq,
         connector=rule.connector,
         mv_id=mv.mv_id,
@@ -284,7 +280,7 @@ def record_result(target: TargetState, result: ExportResult) -> None:
         target.error = f"{result.error_type}: {result.message}"
         target.replan = True
         for attr, entry in list(target.ledger.items()):
-            if entry.export_id == result.export_id:
+            if entry.seq == result.seq:
                 del target.ledger[attr]
         if result.op == "add":
             # Not created: provisioning is tried again at the object's next change.
@@ -295,7 +291,7 @@ def record_result(target: TargetState, result: ExportResult) -> None:
         return
     target.error = None
     for attr, entry in list(target.ledger.items()):
-        if entry.export_id == result.export_id:
+        if entry.seq == result.seq:
             target.ledger[attr] = replace(entry, applied=True, applied_ts_ms=result.ts_ms)
     if result.anchor is not None:
         target.anchor = result.anchor

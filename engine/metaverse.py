@@ -55,7 +55,7 @@ def metaverse_step(
     elif isinstance(msg, MVDisconnect):
         mv, more = _disconnect(rules, mv, msg)
     elif isinstance(msg, RefResolved):
-        mv, more = _ref_resolved(mv, msg)
+        mv, more = _ref_resolved(rules, mv, msg)
     elif isinstance(msg, RefSync):
         mv, more = _ref_sync(rules, mv, msg)
     else:
@@ -81,7 +81,9 @@ def _expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | 
     return _maybe_drop(mv), outputs
 
 
-def _ref_resolved(mv: MVObject | None, msg: RefResolved) -> tuple[MVObject | None, list[MVOutput]]:
+def _ref_resolved(
+    rules: Rules, mv: MVObject | None, msg: RefResolved
+) -> tuple[MVObject | None, list[MVOutput]]:
     """The reference index answered: a DN of a connector resolved (inbound), or a referenced object's
     DN in a target is known (outbound: the second pass exports the reference).
 
@@ -118,7 +120,8 @@ def _ref_resolved(mv: MVObject | None, msg: RefResolved) -> tuple[MVObject | Non
     if attr in link.flows and same_values(link.flows[attr], values):
         return mv, []
     link.flows[attr] = values
-    link.changed_ts[attr] = msg.ts_ms
+    if attr in rules.equal.get(mv.object_type, frozenset()):
+        link.changed_ts[attr] = msg.ts_ms
     mv.retained.pop(attr, None)
     return mv, _defer(mv, msg.connector, msg.ts_ms)
 
@@ -276,6 +279,9 @@ def _contribute(
             mv.retained.pop(attr, None)
     for attr in msg.references:
         changed_ts.setdefault(attr, source_ts)
+    # Only equal precedence compares change times: the others are not kept.
+    equal = rules.equal.get(mv.object_type, frozenset())
+    changed_ts = {a: t for a, t in changed_ts.items() if a in equal}
     mv.links[msg.connector] = ConnectorLink(
         anchor=msg.anchor,
         dn=msg.dn,

@@ -101,7 +101,9 @@ class LedgerEntry(_State, kw_only=True):
     removed: list[str] = []
     #: Values are DNs (reference attributes): compared as DNs (case, spaces around separators).
     dn_valued: bool = False
-    export_id: str
+    #: The export that carried it: its sequence number for this object and target
+    #: (``engine.export.export_id`` names it).
+    seq: int
     applied: bool = False
     applied_ts_ms: int | None = None
 
