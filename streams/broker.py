@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -32,6 +33,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a (Linux) process has used; 0 when it is gone or unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def broker_binary() -> str:
@@ -97,6 +107,10 @@ class EmbeddedBroker:
             time.sleep(0.05)
         self.stop()
         raise FatalError(f"embedded broker did not listen on {self.bootstrap} within {timeout_s:.0f}s")
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds the broker has used so far (0 when not running)."""
+        return 0.0 if self._proc is None else cpu_seconds(self._proc.pid)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

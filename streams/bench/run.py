@@ -38,7 +38,7 @@ from streams.bench.records import (
     initial_load,
     write_hr_file,
 )
-from streams.broker import EmbeddedBroker
+from streams.broker import EmbeddedBroker, cpu_seconds
 from streams.config import load_config
 from streams.output import Outputs
 from streams.runtime import Runtime, Settings
@@ -60,6 +60,10 @@ class PhaseResult:
     latency_samples: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: list[float] = field(default_factory=list)
+    #: CPU time the workers (all together) and the broker spent per initial-load record, in µs: steadier
+    #: than the rate on a shared machine, and it says where the time goes.
+    cpu_us_per_record: float = 0.0
+    broker_cpu_us_per_record: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
     #: Records on each topic after the run (how many internal messages the inputs caused).
@@ -75,6 +79,15 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (a worker run under py-spy is py-spy's child)."""
+    pids = [pid]
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(c) for c in (task / "children").read_text().split()]
+    return sum(cpu_seconds(p) for p in pids)
 
 
 def _du_mb(path: Path) -> float:
@@ -171,14 +184,21 @@ class Phase:
             ]
             if not self.export:
                 cmd.append("--no-export")
+        profile = os.environ.get("IDSYNC_BENCH_PROFILE")
+        if profile:
+            # py-spy samples the worker for the whole phase (collapsed stacks, one line per stack).
+            out = Path(profile) / f"{self.name}-worker{w}.txt"
+            cmd = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", str(out), "--", *cmd]
         log = (self.work / f"worker{w}.log").open("ab")
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.prod.stop()
+        # py-spy writes its profile on SIGINT (and stops the worker it runs).
+        stop = signal.SIGINT if os.environ.get("IDSYNC_BENCH_PROFILE") else signal.SIGTERM
         for p in self.procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(stop)
         for p in self.procs:
             try:
                 p.wait(30)
@@ -252,7 +272,14 @@ class Phase:
                     "c",
                     f"W{p.employee_id}",
                     "employee",
-                    {**p.hr_row(), "employee_id": [f"W{p.employee_id}"], "status": ["active"]},
+                    {
+                        **p.hr_row(),
+                        # its own ids and mail: a warm-up person must not join the organisation's accounts
+                        "employee_id": [f"W{p.employee_id}"],
+                        "uid": [f"w{p.uid}"],
+                        "email": [f"w{p.uid}@warm-up.example.org"],
+                        "status": ["active"],
+                    },
                     f"warm-{p.employee_id}",
                     kafka.now_ms(),
                 )
@@ -287,10 +314,13 @@ class Phase:
     async def initial_load(self, res: PhaseResult) -> None:
         """Publish the organisation's three full-import runs and time them through the pipeline."""
         expected = initial_count(self.org) + 6 * self.args.partitions  # + run markers
+        cpu, broker = self.cpu_s(), self.broker.cpu_s()
         res.records, res.seconds = await self.timed(
             initial_load(self.org, self.factory, kafka.now_ms()), expected
         )
         res.rate = round(res.records / res.seconds)
+        res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
+        res.broker_cpu_us_per_record = round(1e6 * (self.broker.cpu_s() - broker) / res.records, 1)
 
     async def latency(self, rate: int, seconds: float) -> tuple[int, dict[str, float]]:
         """Steady offered load of title changes; latency = pending export timestamp - send time."""
@@ -327,6 +357,9 @@ class Phase:
         topics = self.input_topics() + self.output_topics()
         sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
         return {t.removeprefix(prefix): n for t, n in sizes.items()}
+
+    def cpu_s(self) -> float:
+        return sum(_cpu_s(p.pid) for p in self.procs)
 
     def rss(self) -> list[float]:
         return [round(_rss_mb(p.pid), 1) for p in self.procs]
@@ -396,6 +429,7 @@ def _table(results: list[PhaseResult]) -> str:
         "lat p50/p95/p99 ms",
         "peak RSS MB",
         "state MB",
+        "CPU µs/rec w+b",
     ]
     rows = []
     for r in results:
@@ -412,6 +446,7 @@ def _table(results: list[PhaseResult]) -> str:
                 f"{lat['p50']}/{lat['p95']}/{lat['p99']}" if lat else "-",
                 "+".join(f"{m:.0f}" for m in r.peak_rss_mb),
                 f"{r.state_mb:.0f}",
+                f"{r.cpu_us_per_record:.0f}+{r.broker_cpu_us_per_record:.0f}" if r.cpu_us_per_record else "-",
             ]
         )
     return format_table(head, rows)
