@@ -479,7 +479,9 @@ class OutboundRuleConfig(_Config):
 # --------------------------------------------------------------------------- pipeline
 class PipelineConfig(_Config):
     partitions: int = Field(default=4, ge=1, le=1024)
+    #: Records a stage takes at most per batch (one multi-get, one WriteBatch, one produce per batch).
     batch_size: int = Field(default=2000, ge=1, le=100000)
+    #: How long a stage waits for records when none are there (a batch never waits to fill up).
     batch_window_ms: int = Field(default=20, ge=1, le=10000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next

@@ -95,7 +95,7 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     # producer would only join an empty consumer group. The app keeps its worker, services and tasks.
     app.boot_strategy = app.BootStrategy(app, enable_kafka=False)
 
-    size = settings.batch_size
+    size = config.pipeline.batch_size
     staging = StagingStage(rt)
     imports = [n.import_topic(c) for c in config.connectors]
     join = JoinStage(rt)

@@ -94,7 +94,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         consumer = self._new_consumer()
         consumer.subscribe(self.topics, listener=self)
         await consumer.start()
-        window_ms = max(1, int(self.rt.settings.batch_window_s * 1000))
+        window_ms = self.rt.config.pipeline.batch_window_ms
         try:
             while True:
                 data = await consumer.getmany(timeout_ms=window_ms, max_records=self.batch_size)

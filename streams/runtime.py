@@ -31,8 +31,6 @@ class Settings:
 
     bootstrap_servers: str
     data_dir: Path
-    batch_size: int = 2000
-    batch_window_s: float = 0.02
     #: Consumer-group timeouts; short for the embedded broker, whose group joins are slow otherwise.
     session_timeout_s: float = 10.0
     heartbeat_interval_s: float = 1.0
