@@ -5,14 +5,14 @@ settle the export ledger."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
 from engine.export import OutboundOutput, plan_exports, record_result
 from engine.join import mv_join_keys
 from engine.precedence import resolve_all
-from engine.references import mv_updates
+from engine.references import mv_updates, published_dns
 from engine.rules import Rules
 from engine.staging import changed_attributes
 from engine.values import same_values
@@ -23,6 +23,7 @@ from schemas.messages import (
     JoinIndexUpdate,
     MVContribution,
     MVDisconnect,
+    MVInbound,
     RefResolved,
     RefSync,
     RefUpdate,
@@ -34,49 +35,77 @@ MVOutput = (
     MVChange | PendingExport | JoinIndexUpdate | CSLink | ErrorRecord | ExportConfirmed | RefUpdate | RefSync
 )
 
-__all__ = ["MVOutput", "due_deletions", "expire", "metaverse_step"]
+__all__ = ["MVOutput", "due_deletions", "expire", "metaverse_step", "metaverse_steps"]
 
 
 def metaverse_step(
     rules: Rules,
     mv: MVObject | None,
-    msg: MVContribution | MVDisconnect | ExportResult | RefResolved | RefSync,
+    msg: MVInbound,
     now_ms: int | None = None,
 ) -> tuple[MVObject | None, list[MVOutput]]:
     """Apply one message to one metaverse object; None as the result removes it from the table.
 
     ``now_ms`` (default: the message's time) first deletes the object if its deletion fell due.
     """
-    before = mv
-    mv, outputs = _expire(rules, mv, msg.ts_ms if now_ms is None else now_ms)
-    more: list[MVOutput]
-    if isinstance(msg, ExportResult):
-        mv, more = _export_result(mv, msg)
-    elif isinstance(msg, MVDisconnect):
-        mv, more = _disconnect(rules, mv, msg)
-    elif isinstance(msg, RefResolved):
-        mv, more = _ref_resolved(rules, mv, msg)
-    elif isinstance(msg, RefSync):
-        mv, more = _ref_sync(rules, mv, msg)
-    else:
-        mv, more = _contribute(rules, mv, msg)
-    mv, refs = mv_updates(rules, before, mv, msg.ts_ms)
-    return mv, [*outputs, *more, *refs]
+    after, [outputs] = metaverse_steps(rules, mv, [msg], now_ms)
+    return after, outputs
+
+
+def metaverse_steps(
+    rules: Rules,
+    mv: MVObject | None,
+    msgs: Sequence[MVInbound],
+    now_ms: int | None = None,
+) -> tuple[MVObject | None, list[list[MVOutput]]]:
+    """Apply messages to one metaverse object in order: the state and, per message, the outputs that
+    applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
+
+    A group hears from each of its members (a reference answer each); one copy per answer would make a
+    large group's initial load quadratic. The given object is never changed: it is copied once, and the
+    copy is changed in place by each message."""
+    work = fork(mv) if mv is not None else None
+    results: list[list[MVOutput]] = []
+    for msg in msgs:
+        published = published_dns(rules, work)
+        held = work
+        work, outputs = _expire(rules, work, msg.ts_ms if now_ms is None else now_ms)
+        more: list[MVOutput]
+        if isinstance(msg, ExportResult):
+            work, more = _export_result(work, msg)
+        elif isinstance(msg, MVDisconnect):
+            work, more = _disconnect(rules, work, msg)
+        elif isinstance(msg, RefResolved):
+            work, more = _ref_resolved(rules, work, msg)
+        elif isinstance(msg, RefSync):
+            work, more = _ref_sync(rules, work, msg)
+        else:
+            work, more = _contribute(rules, work, msg)
+        # A dropped object (None) leaves every registration it had: the object it was still knows them.
+        gone = work is None
+        # Reference answers and export results change no attribute value: the references are as they were.
+        values = not isinstance(msg, RefResolved | ExportResult)
+        refs = mv_updates(
+            rules, msg.mv_id, published, held if gone else work, msg.ts_ms, dropped=gone, registrations=values
+        )
+        results.append([*outputs, *more, *refs])
+    return work, results
 
 
 def expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | None, list[MVOutput]]:
     """Delete the object if its deletion (deletion rule with a grace period) is due at ``now_ms``."""
-    after, outputs = _expire(rules, mv, now_ms)
-    if after is mv:
-        return after, outputs
-    after, refs = mv_updates(rules, mv, after, now_ms)
+    if mv is None or not is_due(mv, now_ms):
+        return mv, []
+    published = published_dns(rules, mv)
+    work = fork(mv)
+    after, outputs = _expire(rules, work, now_ms)
+    refs = mv_updates(rules, mv.mv_id, published, work, now_ms, dropped=after is None)
     return after, [*outputs, *refs]
 
 
 def _expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or not is_due(mv, now_ms):
         return mv, []
-    mv = fork(mv)
     outputs = _delete(rules, mv, None, now_ms)
     return _maybe_drop(mv), outputs
 
@@ -88,41 +117,33 @@ def _ref_resolved(
     DN in a target is known (outbound: the second pass exports the reference).
 
     The answer is recorded now and synced by a ``RefSync`` the object sends itself: a group's members
-    answer one by one, and every answer that arrives before it is synced (and exported) together."""
+    answer one by one, and every answer that arrives before it is synced (and exported) together. So an
+    answer costs the same whatever the size of the group: the set of mv_ids is computed at the sync."""
     if mv is None or mv.deleted:
         return mv, []
     if msg.direction == "out":
         target = mv.targets.get(msg.connector)
         if target is None or msg.key not in target.ref_dns or target.ref_dns[msg.key] == (msg.value or ""):
             return mv, []  # no longer referenced (it unregistered meanwhile), or nothing new
-        mv = fork(mv)
-        mv.targets[msg.connector].ref_dns[msg.key] = msg.value or ""
+        target.ref_dns[msg.key] = msg.value or ""
         return mv, _defer(mv, msg.connector, msg.ts_ms)
     link = mv.links.get(msg.connector)
     attr = msg.attribute
     if link is None or attr is None or link.anchor != msg.anchor:
         return mv, []  # the referring object left (its unrefer follows or came first)
-    if link.refs.get(attr, {}).get(msg.key) == msg.value:
+    refs = link.refs.get(attr)
+    if (refs or {}).get(msg.key) == msg.value:
         return mv, []
-    mv = fork(mv)
-    link = mv.links[msg.connector] = copy.copy(link)
-    link.refs = {**link.refs, attr: dict(link.refs.get(attr, {}))}
-    link.flows = dict(link.flows)
-    link.changed_ts = dict(link.changed_ts)
-    refs = link.refs[attr]
+    if refs is None:
+        refs = link.refs[attr] = {}
     if msg.value is None:
         refs.pop(msg.key, None)
     else:
         refs[msg.key] = msg.value
     if not refs:
         del link.refs[attr]
-    values = sorted(set(refs.values()))
-    if attr in link.flows and same_values(link.flows[attr], values):
-        return mv, []
-    link.flows[attr] = values
-    if attr in rules.equal.get(mv.object_type, frozenset()):
-        link.changed_ts[attr] = msg.ts_ms
-    mv.retained.pop(attr, None)
+    if attr not in link.stale_refs:
+        link.stale_refs.append(attr)
     return mv, _defer(mv, msg.connector, msg.ts_ms)
 
 
@@ -137,18 +158,27 @@ def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject
     if mv is None or mv.deleted or mv.ref_sync is None:
         return mv, []
     cause = mv.ref_sync
-    mv = fork(mv)
     mv.ref_sync = None
+    equal = rules.equal.get(mv.object_type, frozenset())
+    for link in mv.links.values():
+        for attr in link.stale_refs:
+            values = sorted(set(link.refs.get(attr, {}).values()))
+            if attr in link.flows and same_values(link.flows[attr], values):
+                continue  # two DNs resolving to one object, a DN resolved back: nothing new
+            link.flows[attr] = values
+            if attr in equal:
+                link.changed_ts[attr] = msg.ts_ms
+            mv.retained.pop(attr, None)
+        link.stale_refs = []
     return mv, _sync(rules, mv, False, cause, msg.ts_ms)
 
 
 def fork(mv: MVObject) -> MVObject:
-    """A copy of a metaverse object that the step may change without touching the original: the
-    containers the step mutates are copied, values (long lists of a group's members) and links (replaced,
-    never changed in place) are shared. Much cheaper than a deep copy: one member change of a large
-    group must stay cheap."""
+    """A copy of a metaverse object that a step may change in place without touching the original:
+    every container a step changes is copied (one level; a group's member lists, values that are
+    replaced and never changed in place, are shared)."""
     new = copy.copy(mv)
-    new.links = dict(mv.links)
+    new.links = {name: _fork_link(link) for name, link in mv.links.items()}
     new.targets = {name: fork_target(t) for name, t in mv.targets.items()}
     new.retained = dict(mv.retained)
     new.routes = list(mv.routes)
@@ -156,6 +186,15 @@ def fork(mv: MVObject) -> MVObject:
     new.contributors = dict(mv.contributors)
     new.attributes = dict(mv.attributes)
     new.published_connectors = list(mv.published_connectors)
+    return new
+
+
+def _fork_link(link: ConnectorLink) -> ConnectorLink:
+    new = copy.copy(link)
+    new.flows = dict(link.flows)
+    new.changed_ts = dict(link.changed_ts)
+    new.refs = {attr: dict(refs) for attr, refs in link.refs.items()}
+    new.stale_refs = list(link.stale_refs)
     return new
 
 
@@ -174,7 +213,6 @@ def _plan(rules: Rules, mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> l
 def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or msg.connector not in mv.targets:
         return mv, []
-    mv = fork(mv)
     target = mv.targets[msg.connector]
     record_result(target, msg)
     link = mv.links.get(msg.connector)
@@ -237,7 +275,6 @@ def _contribute(
                 mv.targets[connector] = TargetState(status="joining")
         created = True
     else:
-        mv = fork(mv)
         created = False
     old = mv.links.get(msg.connector)
     if old is not None and old.anchor != msg.anchor:
@@ -328,7 +365,6 @@ def _disconnect(
     link = mv.links.get(msg.connector)
     if link is None or link.anchor != msg.anchor or link.cs_version > msg.cs_version:
         return mv, []
-    mv = fork(mv)
     del mv.links[msg.connector]
     outputs: list[MVOutput] = []
     if link.route is not None:

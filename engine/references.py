@@ -289,24 +289,33 @@ def referenced(rules: Rules, mv: MVObject | None, connector: str) -> set[str]:
     return {v for a in attrs for v in mv.attributes.get(a, ())}
 
 
+def published_dns(rules: Rules, mv: MVObject | None) -> dict[str, str | None]:
+    """The object's DN in each target whose referrers need it (``published_dn``), before a step."""
+    return {connector: published_dn(mv, connector) for connector in rules.xref_targets}
+
+
 def mv_updates(
-    rules: Rules, before: MVObject | None, after: MVObject | None, ts_ms: int
-) -> tuple[MVObject | None, list[RefUpdate]]:
+    rules: Rules,
+    mv_id: str,
+    published_before: dict[str, str | None],
+    mv: MVObject | None,
+    ts_ms: int,
+    dropped: bool = False,
+    registrations: bool = True,
+) -> list[RefUpdate]:
     """Outbound reference-index updates after a metaverse step: publish this object's DN in each target
-    that needs it, and (un)register the objects it references there. Registration is recorded in
-    ``TargetState.ref_dns`` of the returned object (copied when it changes)."""
+    that needs it (``published_before``: ``published_dns`` before the step), and (un)register the
+    objects it references there. Registration is recorded in ``TargetState.ref_dns`` of ``mv``, which
+    the step owns (changed in place). ``dropped``: the step removed the object; ``mv`` is what it was,
+    and every registration it had goes. ``registrations=False``: the step changed no attribute value,
+    so what the object references is as it was (a group's member answer: checking would be O(members))."""
     out: list[RefUpdate] = []
-    obj = after or before
-    if obj is None:
-        return after, []
-    mv_id = obj.mv_id
     for connector in sorted(rules.xref_targets):
-        dn_before, dn_after = published_dn(before, connector), published_dn(after, connector)
-        if dn_before != dn_after:
-            route = out_route(connector, mv_id)
+        dn_after = None if dropped else published_dn(mv, connector)
+        if published_before.get(connector) != dn_after:
             out.append(
                 RefUpdate(
-                    route=route,
+                    route=out_route(connector, mv_id),
                     op="own",
                     direction="out",
                     connector=connector,
@@ -316,22 +325,15 @@ def mv_updates(
                     ts_ms=ts_ms,
                 )
             )
-        target = after.targets.get(connector) if after is not None else None
+        if not registrations and not dropped:
+            continue
+        target = mv.targets.get(connector) if mv is not None else None
         registered = set(target.ref_dns) if target is not None else set()
-        if target is None and before is not None and after is None:
-            old_target = before.targets.get(connector)
-            registered = set(old_target.ref_dns) if old_target is not None else set()
-        wanted = referenced(rules, after, connector)
+        wanted = set() if dropped else referenced(rules, mv, connector)
         if registered == wanted:
             continue
-        if after is not None:
-            if after is before:
-                after = copy.copy(after)
-                after.targets = {n: copy.copy(t) for n, t in after.targets.items()}
-            if after.targets.get(connector) is not None:
-                target = after.targets[connector] = copy.copy(after.targets[connector])
-                target.ref_dns = dict(target.ref_dns)
-            target = after.targets.setdefault(connector, TargetState())
+        if mv is not None and not dropped:
+            target = mv.targets.setdefault(connector, TargetState())
             for gone in registered - wanted:
                 target.ref_dns.pop(gone, None)
             for new in wanted - registered:
@@ -353,4 +355,4 @@ def mv_updates(
                         ts_ms=ts_ms,
                     )
                 )
-    return after, out
+    return out

@@ -89,6 +89,9 @@ class ConnectorLink(_State, kw_only=True):
     #: Reference attributes: normalized DN -> mv_id of the object it resolved to (placeholders, DNs not
     #: resolved yet, are absent). The attribute's flow value is the set of these mv_ids.
     refs: dict[str, dict[str, str]] = {}
+    #: Reference attributes whose ``refs`` changed since their flow value was last computed from them
+    #: (the next ``RefSync`` does it once for all the answers that arrived meanwhile).
+    stale_refs: list[str] = []
 
 
 class LedgerEntry(_State, kw_only=True):

@@ -131,6 +131,16 @@ class Stage(ABC, Generic[S]):
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         """Process one event: read and write state through ``batch``, add outputs to ``out``."""
 
+    def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
+        """Process one partition's events in order (``(event, decoded)`` pairs); an event whose handling
+        raises is dead-lettered and changes nothing. A stage may handle several events of one key at
+        once, as long as it gives what handling them one by one gives."""
+        for ev, decoded in items:
+            try:
+                self.handle(batch, ev.message.topic, decoded, out)
+            except Exception as exc:
+                self._dead_letter(ev, out, exc)
+
     async def process(self, events: list[Any]) -> None:
         """Process a batch of faust events (called from the agent; never raises on bad data)."""
         out = await self.rt.outputs()
@@ -146,11 +156,7 @@ class Stage(ABC, Generic[S]):
         for partition, items in by_part.items():
             keys = [k for ev, decoded in items for k in self.keys(ev.message.topic, decoded)]
             batch = Batch(self.store.partition(partition), list(dict.fromkeys(keys)), self.state_model)
-            for ev, decoded in items:
-                try:
-                    self.handle(batch, ev.message.topic, decoded, out)
-                except Exception as exc:
-                    self._dead_letter(ev, out, exc)
+            self.handle_all(batch, items, out)
             batches.append(batch)
         await self.commit(batches, out)
         for ev in events:

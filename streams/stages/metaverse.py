@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step
+from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
 from schemas.codec import pack, to_json, unpacker
 from schemas.messages import CSLink, JoinIndexUpdate, MVInbound, RefSync, RefUpdate
 from schemas.state import MVObject
@@ -69,6 +69,27 @@ class MetaverseStage(Stage[MVObject]):
         mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg)
         batch.put(key, mv)
         self._emit(outputs, out, batch.partition)
+
+    def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
+        """The messages of one metaverse object in this batch are applied together (one copy of the
+        object for all: a large group hears from thousands of members at once). Should that raise,
+        they are applied one by one from the object as it was, and only the failing one is
+        dead-lettered."""
+        by_key: dict[bytes, list[tuple[Any, Any]]] = {}
+        for item in items:
+            by_key.setdefault(item[1].mv_id.encode(), []).append(item)
+        for key, group in by_key.items():
+            if len(group) == 1:
+                super().handle_all(batch, group, out)
+                continue
+            try:
+                mv, outputs = metaverse_steps(self.rt.rules, batch.get(key), [m for _ev, m in group])
+            except Exception:
+                super().handle_all(batch, group, out)
+                continue
+            batch.put(key, mv)
+            for each in outputs:
+                self._emit(each, out, batch.partition)
 
     def _emit(self, outputs: list[MVOutput], out: Outputs, partition: int) -> None:
         """Records keyed by this object's mv_id go to ``partition``, the one its own messages come from

@@ -13,7 +13,7 @@ from typing import Any
 
 from engine.inbound import on_link, on_link_gone, route
 from engine.join import join_step
-from engine.metaverse import metaverse_step
+from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import ref_step, referrer_key, referrer_prefix, staging_updates
 from engine.rules import Rules, compile_rules
 from engine.staging import stage
@@ -171,7 +171,12 @@ class Sim:
         return [k for k, q in self.queues.items() if q]
 
     def step(self, key: tuple[str, str]) -> None:
-        msg = self.queues[key].popleft()
+        queue = self.queues[key]
+        if key[0] == "mv" and len(queue) > 1 and self.rng.random() < 0.5:
+            # As the metaverse stage does with a batch: several messages of one object at once.
+            self._metaverse_many([queue.popleft() for _ in range(self.rng.randint(2, len(queue)))])
+            return
+        msg = queue.popleft()
         topic = key[0]
         if topic == "import" or topic == "links":
             self._staging(msg)
@@ -235,6 +240,16 @@ class Sim:
         else:
             self.mv[msg.mv_id] = mv
         self._emit(outputs)
+
+    def _metaverse_many(self, msgs: list[Any]) -> None:
+        mv_id = msgs[0].mv_id
+        mv, outputs = metaverse_steps(self.rules, self.mv.get(mv_id), msgs)
+        if mv is None:
+            self.mv.pop(mv_id, None)
+        else:
+            self.mv[mv_id] = mv
+        for each in outputs:
+            self._emit(each)
 
     def _store(self, key: str, entry: JoinEntry | None) -> None:
         if entry is None:

@@ -101,6 +101,7 @@ def _run(
         version = {"hr": 1, "badge": 0, "ldap": 0}
         exports: list[PendingExport] = []
         trace: list[Any] = []
+        sent: list[Any] = []
         ts = 1_000
         for kind, arg in _messages(steps):
             ts += 1_000
@@ -145,10 +146,16 @@ def _run(
                 anchor = "B1" if arg == "badge" else "uuid-1"
                 version[arg] += 1
                 msg = disconnect(MV_ID, arg, anchor, version=version[arg], ts_ms=ts)
+            sent.append(msg)
             mv, outputs = metaverse.metaverse_step(rules, mv, msg)
             exports += [o for o in outputs if isinstance(o, PendingExport)]
             trace.append((kind, None if mv is None else as_dict(mv), [as_dict(o) for o in outputs]))
+    SENT[:] = sent
     return trace
+
+
+#: The messages the last ``_run`` sent (for replaying them in batches).
+SENT: list[Any] = []
 
 
 @settings(max_examples=150, deadline=None)
@@ -181,3 +188,30 @@ def test_a_contribution_that_no_outbound_rule_reads_plans_nothing(monkeypatch: p
         RULES, mv, hr_contribution(RULES, MV_ID, hr_attrs(title="CTO"), version=2)
     )
     assert planned == ["ldap", "ldap"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(step, max_size=12), cuts=st.lists(st.integers(1, 4), max_size=12))
+def test_messages_applied_together_equal_one_by_one(steps: list[tuple[str, Any]], cuts: list[int]) -> None:
+    """What the metaverse stage does with a batch (metaverse_steps over one object's messages, one copy
+    of the object for all) gives the states and outputs of applying them one by one."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        one_by_one = _run(RULES, steps, False, monkeypatch)
+    msgs = list(SENT)
+    original = msgs[0]
+    mv: MVObject | None = None
+    got: list[Any] = []
+    i = 0
+    for n in [*cuts, len(msgs)]:
+        chunk = msgs[i : i + n]
+        if not chunk:
+            break
+        before = None if mv is None else as_dict(mv)
+        after, outputs = metaverse.metaverse_steps(RULES, mv, chunk)
+        assert (None if mv is None else as_dict(mv)) == before  # the given object is not changed
+        got += [as_dict(o) for each in outputs for o in each]
+        mv, i = after, i + n
+    assert original is msgs[0]
+    want = [o for _kind, _state, outputs in one_by_one for o in outputs]
+    assert got == want
+    assert (None if mv is None else as_dict(mv)) == one_by_one[-1][1]
