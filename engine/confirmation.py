@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.values import dn_key, same_values
+from engine.values import dn_key, dn_keys, same_values
 from schemas.records import Attrs
 from schemas.state import LedgerEntry, TargetState
 from schemas.wire import ErrorRecord, ExportConfirmed
@@ -96,14 +96,12 @@ def _exported(entry: LedgerEntry) -> str:
 
 def _shows(seen: list[str], entry: LedgerEntry) -> bool:
     """Does an imported value set show what the ledger entry exported?"""
-    key = dn_key if entry.dn_valued else None
     if entry.op == "delta":
-        have = {key(v) if key else v for v in seen}
-        return all((key(v) if key else v) in have for v in entry.values) and not any(
-            (key(v) if key else v) in have for v in entry.removed
-        )
-    if key is not None:
-        return sorted(map(key, seen)) == sorted(map(key, entry.values))
+        keys = dn_keys if entry.dn_valued else list
+        have = set(keys(seen))
+        return all(k in have for k in keys(entry.values)) and not any(k in have for k in keys(entry.removed))
+    if entry.dn_valued:
+        return sorted(dn_keys(seen)) == sorted(dn_keys(entry.values))
     return same_values(seen, entry.values)
 
 

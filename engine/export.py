@@ -11,7 +11,7 @@ from msgspec.structs import replace
 from engine.confirmation import DELETED_KEY, DN_KEY, casefold_keys, export_id
 from engine.provisioning import Desired, desired, moved_dn
 from engine.rules import ExportShape
-from engine.values import dn_key, same_values, split_dn
+from engine.values import dn_key, dn_keys, same_values, split_dn
 from schemas.config import OutboundRuleConfig
 from schemas.messages import CSLink, ExportResult
 from schemas.records import Attrs
@@ -45,13 +45,19 @@ def value_key(dn_valued: bool) -> Callable[[str], str]:
     return dn_key if dn_valued else _identity
 
 
+def value_keys(values: list[str], dn_valued: bool) -> list[str]:
+    """``value_key`` of each value, in order."""
+    return dn_keys(values) if dn_valued else values
+
+
 def overlay(have: list[str], entry: LedgerEntry) -> list[str]:
     """Values after a value-level (delta) ledger entry is applied to ``have``."""
-    key = value_key(entry.dn_valued)
-    removed = {key(v) for v in entry.removed}
-    kept = [v for v in have if key(v) not in removed]
-    present = {key(v) for v in kept}
-    return kept + [v for v in entry.values if key(v) not in present]
+    removed = set(value_keys(entry.removed, entry.dn_valued))
+    have_keys = value_keys(have, entry.dn_valued)
+    kept = [v for v, k in zip(have, have_keys, strict=True) if k not in removed]
+    present = {k for k in have_keys if k not in removed}
+    added = zip(entry.values, value_keys(entry.values, entry.dn_valued), strict=True)
+    return kept + [v for v, k in added if k not in present]
 
 
 def _delta_entry(
@@ -154,18 +160,23 @@ def _update(
     old: Attrs = {}
     for attr, values in sorted(want.attributes.items()):
         have = view.get(attr.casefold(), [])
-        key = value_key(attr in shape.dn_valued)
+        dn_valued = attr in shape.dn_valued
+        have_keys = value_keys(have, dn_valued)
         if attr in shape.value_level:
             # Membership: only the values that changed go out (a group is never rewritten whole).
-            have_keys = {key(v) for v in have}
-            wanted = {key(v): v for v in values}
-            added = [v for k, v in wanted.items() if k not in have_keys]
-            removed = [] if attr in want.adds_only else [v for v in have if key(v) not in wanted]
+            held = set(have_keys)
+            wanted = dict(zip(value_keys(values, dn_valued), values, strict=True))
+            added = [v for k, v in wanted.items() if k not in held]
+            removed = (
+                []
+                if attr in want.adds_only
+                else [v for v, k in zip(have, have_keys, strict=True) if k not in wanted]
+            )
             if removed:
                 changes[attr] = AttrChange(op="delete", values=removed)
             if added:
                 adds[attr] = AttrChange(op="add", values=added)
-        elif sorted(map(key, have)) != sorted(map(key, values)):
+        elif sorted(have_keys) != sorted(value_keys(values, dn_valued)):
             changes[attr] = AttrChange(op="replace", values=values)
             old[attr] = have
     current_dn = target.pending_dn or target.dn or want.dn

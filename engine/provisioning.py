@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from engine.flow import FlowIssue, evaluate_export_flows
 from engine.rules import flow_reads
-from engine.values import any_group_holds, dn_key, render, split_dn
+from engine.values import any_group_holds, render, split_dn
 from schemas.config import OutboundRuleConfig
 from schemas.records import Attrs
 from schemas.state import MVObject
@@ -39,7 +39,7 @@ def translate_references(mv: MVObject, connector: str, references: Iterable[str]
         values = mv.attributes.get(attr, [])
         if not values:
             continue
-        got = sorted({dns[v] for v in values if dns.get(v)}, key=dn_key)
+        got = sorted({dns[v] for v in values if dns.get(v)})
         view[attr] = got
         if len(got) < len(set(values)):
             waiting.add(attr)

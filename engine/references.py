@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.rules import Rules
-from engine.values import dn_key
+from engine.values import dn_key, dn_keys
 from schemas.messages import DnClaim, RefResolved, RefUpdate
 from schemas.state import CSObject, JoinEntry, MVObject, TargetState
 
@@ -77,11 +77,22 @@ def cs_references(rules: Rules, cs: CSObject | None) -> set[tuple[str, str]]:
     single = rules.single_valued.get(rule.mv_type, frozenset()) if rule is not None else frozenset()
     pairs: set[tuple[str, str]] = set()
     for attr, source in flows:
-        keys = {dn_key(v) for v in cs.attributes.get(source, ()) if v.strip()}
+        keys = set(dn_keys([v for v in cs.attributes.get(source, ()) if v.strip()]))
         if attr in single and len(keys) > 1:
             continue
         pairs.update((attr, k) for k in keys)
     return pairs
+
+
+def _same_references(rules: Rules, before: CSObject | None, after: CSObject | None) -> bool:
+    """Whether two versions of an object refer to the same DNs, value for value (then their reference
+    pairs are equal without normalizing a large group's member DNs)."""
+    if before is None or after is None or before.mv_id != after.mv_id:
+        return False
+    return all(
+        before.attributes.get(source) == after.attributes.get(source)
+        for _attr, source in rules.ref_flows(after.connector, after.object_type)
+    )
 
 
 def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | None:
@@ -146,6 +157,8 @@ def staging_updates(
             )
     if not referenced:
         return out
+    if _same_references(rules, before, after):
+        return out  # an ordinary update of a group: its members did not change, nothing to compare
     old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
     old_mv = before.mv_id if before is not None else None
     new_mv = after.mv_id if after is not None else None

@@ -210,6 +210,16 @@ def _dn_key(dn: str) -> str:
     return key
 
 
+def dn_keys(dns: Iterable[str]) -> list[str]:
+    """``dn_key`` of each DN, in order (one loop with the cache at hand: a group has many members)."""
+    cache = _DN_KEYS
+    out: list[str] = []
+    for dn in dns:
+        key = cache.get(dn)
+        out.append(key if key is not None else _dn_key(dn))
+    return out
+
+
 def unescape_rdn_value(value: str) -> str:
     """Undo RFC 4514 escapes in an attribute value of a DN (``\\,`` and ``\\2C`` give ``,``)."""
     out = bytearray()
