@@ -182,6 +182,8 @@ class Phase:
                 "--data-dir",
                 str(data),
             ]
+            # The embedded broker holds a fetch for its whole wait, even when data arrives (streams.app).
+            cmd += ["--fetch-max-wait-ms", "10"]
             if not self.export:
                 cmd.append("--no-export")
         profile = os.environ.get("IDSYNC_BENCH_PROFILE")
