@@ -323,7 +323,7 @@ def mv_updates(
     and every registration it had goes. ``registrations=False``: the step changed no attribute value,
     so what the object references is as it was (a group's member answer: checking would be O(members))."""
     out: list[RefUpdate] = []
-    for connector in sorted(rules.xref_targets):
+    for connector in rules.xref_targets:
         dn_after = None if dropped else published_dn(mv, connector)
         if published_before.get(connector) != dn_after:
             out.append(

@@ -78,6 +78,8 @@ class Rules:
     outbound_reads: dict[str, tuple[frozenset[str] | None, ...]] = field(default_factory=dict)
     #: Per metaverse type: the attributes its mapping groups join on (the join-index registration).
     join_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
+    #: Target connectors that need the DNs of referenced objects, in name order.
+    xref_targets: tuple[str, ...] = ()
 
     def inbound_rule(self, connector: str, object_type: str) -> InboundRuleConfig | None:
         return self.inbound.get((connector, object_type))
@@ -91,10 +93,6 @@ class Rules:
     def export_shape(self, connector: str, mv_type: str) -> ExportShape:
         return self.export_shapes.get((connector, mv_type), _PLAIN)
 
-    @property
-    def xref_targets(self) -> frozenset[str]:
-        """Target connectors that need the DNs of referenced objects."""
-        return frozenset(c for (c, _t), attrs in self.export_references.items() if attrs)
 
 
 _PLAIN = ExportShape()
@@ -220,6 +218,7 @@ def compile_rules(config: IdsyncConfig) -> Rules:
         reference_connectors=frozenset(c for (c, _t), v in reference_flows.items() if v),
         export_references={k: v for k, v in export_references.items() if v},
         export_shapes=shapes,
+        xref_targets=tuple(sorted({c for (c, _t), attrs in export_references.items() if attrs})),
         outbound_reads={name: tuple(rule_reads(r) for r in config.outbound_rules(name)) for name in types},
         join_attributes={
             n: frozenset(attr for sig in sigs for attr, _ops in sig) for n, sigs in signatures.items()
