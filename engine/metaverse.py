@@ -57,13 +57,18 @@ def metaverse_steps(
     mv: MVObject | None,
     msgs: Sequence[MVInbound],
     now_ms: int | None = None,
+    settle: bool = False,
 ) -> tuple[MVObject | None, list[list[MVOutput]]]:
     """Apply messages to one metaverse object in order: the state and, per message, the outputs that
     applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
 
     A group hears from each of its members (a reference answer each); one copy per answer would make a
     large group's initial load quadratic. The given object is never changed: it is copied once, and the
-    copy is changed in place by each message."""
+    copy is changed in place by each message.
+
+    ``settle``: reference answers still waiting for their ``RefSync`` at the end are synced now (with
+    the last message's outputs), and no ``RefSync`` is sent: what that message would do when it
+    arrived, one hop sooner (a ``RefSync`` already on its way then finds nothing to do)."""
     work = fork(mv) if mv is not None else None
     results: list[list[MVOutput]] = []
     for msg in msgs:
@@ -89,6 +94,15 @@ def metaverse_steps(
             rules, msg.mv_id, published, held if gone else work, msg.ts_ms, dropped=gone, registrations=values
         )
         results.append([*outputs, *more, *refs])
+    if settle and work is not None and work.ref_sync is not None and msgs:
+        for each in results:
+            each[:] = [o for o in each if not isinstance(o, RefSync)]
+        last = msgs[-1]
+        published = published_dns(rules, work)
+        work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms))
+        results[-1] += synced
+        if work is not None:
+            results[-1] += mv_updates(rules, work.mv_id, published, work, last.ts_ms)
     return work, results
 
 

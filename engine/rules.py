@@ -94,7 +94,6 @@ class Rules:
         return self.export_shapes.get((connector, mv_type), _PLAIN)
 
 
-
 _PLAIN = ExportShape()
 
 

@@ -89,6 +89,8 @@ class Org:
     dir_accounts: list[int]
     app_accounts: list[int]
     groups: dict[str, list[int]] = field(default_factory=dict)
+    #: How many members all-staff has at most.
+    big_group: int = 50_000
 
     @property
     def departments(self) -> list[str]:
@@ -121,6 +123,15 @@ class Org:
             "email": [p.email.upper() if i % 7 == 0 else p.email],  # join normalises case
             "role": ["admin" if i % 50 == 0 else "user"],
         }
+
+    def regroup(self) -> dict[str, list[int]]:
+        """Recompute the groups from the people as they are now; returns the groups that changed."""
+        groups = _groups(self.people, self.big_group)
+        changed = {n: m for n, m in groups.items() if self.groups.get(n) != m}
+        for name in set(self.groups) - set(groups):
+            changed[name] = []
+        self.groups = groups
+        return changed
 
     def delta(self, round_no: int) -> list[tuple[str, Person | None, Person | None]]:
         """One delta round: (op, before, after) for 1% adds, 1% deletes and 5% modifies of HR."""
@@ -190,11 +201,18 @@ def generate(size: int, seed: int = 7, big_group: int = 50_000) -> Org:
         people.append(_person(rng, i, people, departments))
     dir_accounts = [i for i in range(size) if rng.random() < 0.2]
     app_accounts = [i for i in range(size) if rng.random() < 0.5]
+    return Org(seed, size, people, dir_accounts, app_accounts, _groups(people, big_group), big_group)
+
+
+def _groups(people: list[Person], big_group: int) -> dict[str, list[int]]:
+    """One group per department, and all-staff: the first ``big_group`` people; those who left are in
+    none."""
     groups: dict[str, list[int]] = {}
     for p in people:
-        groups.setdefault(f"dept-{p.department}", []).append(p.index)
-    groups["all-staff"] = list(range(min(size, big_group)))
-    return Org(seed, size, people, dir_accounts, app_accounts, groups)
+        if p.status != "left":
+            groups.setdefault(f"dept-{p.department}", []).append(p.index)
+    groups["all-staff"] = [p.index for p in people[:big_group] if p.status != "left"]
+    return groups
 
 
 def iter_hr(org: Org) -> Iterator[tuple[str, dict[str, list[str]]]]:

@@ -1,4 +1,9 @@
-"""The benchmark's configuration and change records for a synthetic organisation."""
+"""The benchmark's configuration and change records for a synthetic organisation.
+
+HR is the source of people and of groups (one per department, and all-staff with up to 50,000
+members): HR objects have DNs (``employeeNumber=E...,ou=people,o=hr``), a person's manager and a group's
+members are references to them, translated to the directory's DNs on export.
+"""
 
 from __future__ import annotations
 
@@ -28,11 +33,20 @@ def bench_config(name: str, work: Path, partitions: int, hr_file: Path) -> Path:
                 "bind_dn": "${IDSYNC_BENCH_LDAP_BIND_DN:-cn=admin,dc=example,dc=org}",
                 "password": "${IDSYNC_BENCH_LDAP_PASSWORD:-unused}",
                 "base_dn": "dc=example,dc=org",
-                "object_classes": {"person": "inetOrgPerson"},
+                "object_classes": {"person": "inetOrgPerson", "group": "groupOfNames"},
             },
             "appdb": {"kind": "csv", "path": str(hr_file), "object_type": "account", "anchor": "account_id"},
         },
-        "metaverse": {"person": {"deletion": {"rule": "source-disconnects", "sources": ["hr"]}}},
+        "metaverse": {
+            "person": {
+                "deletion": {"rule": "source-disconnects", "sources": ["hr"]},
+                "attributes": {"manager": {"reference": True}},
+            },
+            "group": {
+                "deletion": {"rule": "source-disconnects", "sources": ["hr"]},
+                "attributes": {"member": {"reference": True, "multi_valued": True}},
+            },
+        },
         "inbound": [
             {
                 "connector": "hr",
@@ -52,7 +66,16 @@ def bench_config(name: str, work: Path, partitions: int, hr_file: Path) -> Path:
                     {"mv": "title", "source": "title"},
                     {"mv": "location", "source": "location"},
                     {"mv": "status", "source": "status"},
+                    {"mv": "manager", "source": "manager"},
                 ],
+            },
+            {
+                "connector": "hr",
+                "object_type": "group",
+                "mv_type": "group",
+                "join": [{"cs": "cn", "mv": "name"}],
+                "project": True,
+                "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
             },
             {
                 "connector": "dir",
@@ -91,9 +114,22 @@ def bench_config(name: str, work: Path, partitions: int, hr_file: Path) -> Path:
                     {"target": "departmentNumber", "source": "department", "allow_null": True},
                     {"target": "title", "source": "title", "allow_null": True},
                     {"target": "l", "source": "location", "allow_null": True},
+                    {"target": "manager", "source": "manager", "allow_null": True},
                 ],
                 "deprovision": {"action": "delete"},
-            }
+            },
+            {
+                "connector": "dir",
+                "mv_type": "group",
+                "object_type": "group",
+                "dn": "cn={name},ou=groups,dc=example,dc=org",
+                "flows": [
+                    {"target": "objectClass", "constant": ["top", "groupOfNames"]},
+                    {"target": "cn", "source": "name"},
+                    {"target": "member", "source": "member"},
+                ],
+                "deprovision": {"action": "delete"},
+            },
         ],
         "pipeline": {"partitions": partitions},
     }
@@ -178,6 +214,7 @@ class RecordFactory:
         after: dict[str, list[str]] | None,
         event_id: str,
         ts_ms: int,
+        dn: str | None = None,
     ) -> Message:
         """One delta change record (op c/u/d) with a fresh version."""
         self.version += 1
@@ -187,27 +224,62 @@ class RecordFactory:
             object_type=object_type,
             after=after,  # type: ignore[arg-type]
             source=Source(
-                connector=connector, version=self.version, event_id=event_id, ts_ms=ts_ms, locator=anchor
+                connector=connector,
+                dn=dn,
+                version=self.version,
+                event_id=event_id,
+                ts_ms=ts_ms,
+                locator=anchor,
             ),
         )
         return self.topic_of[connector], anchor.encode(), rec.model_dump_json().encode(), None
+
+
+def hr_dn(employee_id: str) -> str:
+    return f"employeeNumber={employee_id},ou=people,o=hr"
+
+
+def group_dn(name: str) -> str:
+    return f"cn={name},ou=groups,o=hr"
+
+
+def hr_image(p: Person) -> dict[str, list[str]]:
+    """A person as HR publishes it: the row, and the manager as a reference (a DN of HR)."""
+    row = p.hr_row()
+    if p.manager:
+        row["manager"] = [hr_dn(p.manager)]
+    return row
+
+
+def group_image(org: Org, name: str, members: list[int]) -> dict[str, list[str]]:
+    return {"cn": [name], "member": [hr_dn(org.people[i].employee_id) for i in members]}
 
 
 def initial_load(org: Org, f: RecordFactory, ts_ms: int) -> Iterator[Message]:
     """Target first (existing accounts join rather than provision), then the sources."""
     dir_objects = ((a, "person", dn, attrs) for a, dn, attrs in (org.dir_entry(i) for i in org.dir_accounts))
     yield from f.run("dir", dir_objects, f"dir-initial-{org.seed}", ts_ms)
-    hr_objects = (
-        (eid, "employee", None, row) for eid, row in ((p.employee_id, p.hr_row()) for p in org.people)
-    )
-    yield from f.run("hr", hr_objects, f"hr-initial-{org.seed}", ts_ms)
+
+    def hr_objects() -> Iterator[tuple[str, str, str | None, dict[str, list[str]]]]:
+        for p in org.people:
+            yield p.employee_id, "employee", hr_dn(p.employee_id), hr_image(p)
+        for name, members in sorted(org.groups.items()):
+            yield f"group-{name}", "group", group_dn(name), group_image(org, name, members)
+
+    yield from f.run("hr", hr_objects(), f"hr-initial-{org.seed}", ts_ms)
     app_objects = ((a, "account", None, row) for a, row in (org.app_row(i) for i in org.app_accounts))
     yield from f.run("appdb", app_objects, f"appdb-initial-{org.seed}", ts_ms)
 
 
 def delta_records(
-    changes: list[tuple[str, Person | None, Person | None]], f: RecordFactory, round_no: int, ts_ms: int
+    changes: list[tuple[str, Person | None, Person | None]],
+    f: RecordFactory,
+    round_no: int,
+    ts_ms: int,
+    org: Org | None = None,
 ) -> Iterator[Message]:
+    """One delta round's HR change records; with ``org`` (after the round), also the groups whose
+    membership the round changed (a department change moves a person between two department groups)."""
     for n, (op, before, after) in enumerate(changes):
         p = after or before
         assert p is not None
@@ -216,11 +288,25 @@ def delta_records(
             op,
             p.employee_id,
             "employee",
-            after.hr_row() if after else None,
+            hr_image(after) if after else None,
             f"delta-{round_no}-{n}",
             ts_ms,
+            dn=hr_dn(p.employee_id),
+        )
+    if org is None:
+        return
+    for name, members in sorted(org.regroup().items()):
+        yield f.change(
+            "hr",
+            "u",
+            f"group-{name}",
+            "group",
+            group_image(org, name, members),
+            f"delta-{round_no}-group-{name}",
+            ts_ms,
+            dn=group_dn(name),
         )
 
 
 def initial_count(org: Org) -> int:
-    return len(org.people) + len(org.dir_accounts) + len(org.app_accounts)
+    return len(org.people) + len(org.groups) + len(org.dir_accounts) + len(org.app_accounts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.records import PendingExport
+from schemas.records import MVChange, PendingExport
 from streams.app import ensure_topics
 from streams.bench import kafka
 from streams.bench.follow import follow_phase
@@ -34,6 +35,8 @@ from streams.bench.records import (
     RecordFactory,
     bench_config,
     delta_records,
+    group_dn,
+    group_image,
     initial_count,
     initial_load,
     write_hr_file,
@@ -64,6 +67,11 @@ class PhaseResult:
     #: than the rate on a shared machine, and it says where the time goes.
     cpu_us_per_record: float = 0.0
     broker_cpu_us_per_record: float = 0.0
+    #: One membership change of all-staff (``group_members`` members): median ms from its change record
+    #: to its mv.changes record, and the workers' CPU ms per change.
+    group_members: int = 0
+    group_change_ms: float = 0.0
+    group_change_cpu_ms: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
     #: Records on each topic after the run (how many internal messages the inputs caused).
@@ -354,6 +362,49 @@ class Phase:
             await watcher.stop()
         return n, _percentiles(lat)
 
+    async def group_change(self, res: PhaseResult, changes: int = 6) -> None:
+        """One member removed from or added back to all-staff, one change at a time: the time from
+        publishing the group's change record to its mv.changes record, and the workers' CPU per change
+        (how the cost of one membership change grows with the group)."""
+        name = "all-staff"
+        members = list(self.org.groups[name])
+        seen: dict[int, int] = {}
+
+        def on_change(r: Any) -> None:
+            change = MVChange.model_validate_json(r.value)
+            if change.object_type == "group" and change.attributes.get("name") == [name]:
+                seen[len(change.attributes.get("member", []))] = r.timestamp
+
+        watcher = await kafka.Watcher(
+            self.broker.bootstrap, self.rt.names.mv_changes_topic(), on_change
+        ).start()
+        took: list[float] = []
+        cpu = self.cpu_s()
+        try:
+            for k in range(changes):
+                now = members[1:] if k % 2 == 0 else members
+                seen.clear()
+                sent = kafka.now_ms()
+                msg = self.factory.change(
+                    "hr",
+                    "u",
+                    f"group-{name}",
+                    "group",
+                    group_image(self.org, name, now),
+                    f"group-{k}",
+                    sent,
+                    dn=group_dn(name),
+                )
+                await kafka.produce_all(self.out, [msg])
+                count = len(now)
+                await kafka.wait_for(functools.partial(dict.__contains__, seen, count), 120, "the change")
+                took.append(seen[count] - sent)
+        finally:
+            await watcher.stop()
+        res.group_members = len(members)
+        res.group_change_ms = _percentiles(took).get("p50", 0.0)
+        res.group_change_cpu_ms = round(1e3 * (self.cpu_s() - cpu) / changes, 1)
+
     async def sizes(self) -> dict[str, int]:
         prefix = f"idsync.{self.name}."
         topics = self.input_topics() + self.output_topics()
@@ -376,12 +427,12 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         await ph.warm_up()
         await ph.initial_load(res)
         changes = org.delta(1)
-        res.delta_records, res.delta_seconds = await ph.timed(
-            delta_records(changes, ph.factory, 1, kafka.now_ms()), len(changes)
-        )
+        delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
+        res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
         res.delta_rate = round(res.delta_records / res.delta_seconds)
         res.latency_rate = args.rate
         res.latency_samples, res.latency_ms = await ph.latency(args.rate, args.latency_seconds)
+        await ph.group_change(res)
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
         res.topics = await ph.sizes()
@@ -432,6 +483,7 @@ def _table(results: list[PhaseResult]) -> str:
         "peak RSS MB",
         "state MB",
         "CPU µs/rec w+b",
+        "group change ms (CPU)",
     ]
     rows = []
     for r in results:
@@ -449,6 +501,9 @@ def _table(results: list[PhaseResult]) -> str:
                 "+".join(f"{m:.0f}" for m in r.peak_rss_mb),
                 f"{r.state_mb:.0f}",
                 f"{r.cpu_us_per_record:.0f}+{r.broker_cpu_us_per_record:.0f}" if r.cpu_us_per_record else "-",
+                f"{r.group_change_ms:.0f} ({r.group_change_cpu_ms:.0f}) @{r.group_members:,}"
+                if r.group_members
+                else "-",
             ]
         )
     return format_table(head, rows)

@@ -13,6 +13,7 @@ the changelog (invariant 11).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import traceback
 from abc import ABC, abstractmethod
@@ -49,6 +50,8 @@ class Batch:
         self._raw: dict[bytes, bytes | None] = dict(zip(keys, raw, strict=True))
         self._cache: dict[bytes, Any] = {}
         self._puts: dict[bytes, Any] = {}
+        #: The keys of ``_puts``, sorted (for ``scan``).
+        self._put_keys: list[bytes] = []
         self._encoded: dict[bytes, bytes | None] | None = None
 
     @property
@@ -87,6 +90,8 @@ class Batch:
 
     def put(self, key: bytes, value: msgspec.Struct | None) -> None:
         self._cache[key] = value
+        if key not in self._puts:
+            bisect.insort(self._put_keys, key)
         self._puts[key] = value
         self._encoded = None
 
@@ -102,9 +107,13 @@ class Batch:
                 seen[k] = decoder.decode(raw)
             else:
                 seen[k] = self.get(k)
-        for k, v in self._cache.items():
-            if k.startswith(prefix):
-                seen[k] = v
+        # Only what this batch wrote can differ from the store: its keys are kept sorted, so a scan does
+        # not walk every key the batch touched (a reference index lists a DN's referrers this way).
+        keys = self._put_keys
+        i = bisect.bisect_left(keys, prefix)
+        while i < len(keys) and keys[i].startswith(prefix):
+            seen[keys[i]] = self._puts[keys[i]]
+            i += 1
         return [(k, v) for k, v in sorted(seen.items()) if v is not None]
 
 

@@ -79,11 +79,10 @@ class MetaverseStage(Stage[MVObject]):
         for item in items:
             by_key.setdefault(item[1].mv_id.encode(), []).append(item)
         for key, group in by_key.items():
-            if len(group) == 1:
-                super().handle_all(batch, group, out)
-                continue
             try:
-                mv, outputs = metaverse_steps(self.rt.rules, batch.get(key), [m for _ev, m in group])
+                mv, outputs = metaverse_steps(
+                    self.rt.rules, batch.get(key), [m for _ev, m in group], settle=True
+                )
             except Exception:
                 super().handle_all(batch, group, out)
                 continue

@@ -172,9 +172,9 @@ class Sim:
 
     def step(self, key: tuple[str, str]) -> None:
         queue = self.queues[key]
-        if key[0] == "mv" and len(queue) > 1 and self.rng.random() < 0.5:
+        if key[0] == "mv" and self.rng.random() < 0.5:
             # As the metaverse stage does with a batch: several messages of one object at once.
-            self._metaverse_many([queue.popleft() for _ in range(self.rng.randint(2, len(queue)))])
+            self._metaverse_many([queue.popleft() for _ in range(self.rng.randint(1, len(queue)))])
             return
         msg = queue.popleft()
         topic = key[0]
@@ -243,7 +243,9 @@ class Sim:
 
     def _metaverse_many(self, msgs: list[Any]) -> None:
         mv_id = msgs[0].mv_id
-        mv, outputs = metaverse_steps(self.rules, self.mv.get(mv_id), msgs)
+        # Sometimes as the stage does it: pending answers synced at once, no RefSync sent.
+        settle = self.rng.random() < 0.5
+        mv, outputs = metaverse_steps(self.rules, self.mv.get(mv_id), msgs, settle=settle)
         if mv is None:
             self.mv.pop(mv_id, None)
         else:
