@@ -49,6 +49,7 @@ CLEAN_MARKER = "LAST-SYNC-FINISHED"
 def cmd_sync(args: argparse.Namespace) -> int:
     from streams.app import create_app
     from streams.broker import EmbeddedBroker
+    from streams.store import STATE_FORMAT, state_format
     from streams.sync import exports_applied, format_errors, format_summary, run_pipeline, summary, sync_cycle
 
     config = load_config(Path(args.config))
@@ -60,9 +61,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
         # finished (nothing was in flight): each store seeds its empty changelog from it
         # (streams.consumer.restore), so this run knows what the last one imported and exported, and an
         # object gone from a source since is deleted, not forgotten. After a run that was killed, state
-        # that waits for messages the old broker took with it is dropped: the run starts from empty (the
-        # targets' existing objects join again).
-        if not clean.exists():
+        # that waits for messages the old broker took with it is dropped, and so is state an older idsync
+        # wrote in another format: the run starts from empty (the targets' existing objects join again).
+        if not clean.exists() or state_format(data_dir / "state") not in (None, STATE_FORMAT):
             shutil.rmtree(data_dir / "state", ignore_errors=True)
         clean.unlink(missing_ok=True)
         broker = EmbeddedBroker(data_dir).start()

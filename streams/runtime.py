@@ -19,7 +19,7 @@ from schemas.codec import to_json
 from schemas.config import IdsyncConfig
 from schemas.wire import ErrorRecord
 from streams.output import Outputs
-from streams.store import Store
+from streams.store import Store, claim_state_dir
 from streams.topics import Names
 
 log = logging.getLogger("idsync")
@@ -103,7 +103,10 @@ class Runtime:
         name = self.names.store(stage)
         if name not in self._stores:
             changelog = self.names.changelog_topic(stage) if stage in self.state_stores() else None
-            self._stores[name] = Store(self.settings.data_dir / "state", name, changelog)
+            root = self.settings.data_dir / "state"
+            if not self._stores:
+                claim_state_dir(root)
+            self._stores[name] = Store(root, name, changelog)
         return self._stores[name]
 
     def close_stores(self) -> None:

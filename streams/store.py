@@ -19,12 +19,43 @@ from pathlib import Path
 
 from rocksdict import Options, Rdict, WriteBatch
 
+from schemas.errors import FatalError
+
 #: Size of one memtable of one partition's database.
 MEMTABLE_BYTES = 8 << 20
 #: Reserved key prefix for the store's own bookkeeping; state keys never start with it.
 META = b"\x00\x00idsync:"
 #: Changelog records with an offset below this one are reflected in the local database.
 CHANGELOG_OFFSET = META + b"changelog-offset"
+#: How state values are encoded (schemas.codec); a state directory records it in ``FORMAT_FILE``.
+STATE_FORMAT = "msgpack-1"
+FORMAT_FILE = "FORMAT"
+
+
+def state_format(root: Path) -> str | None:
+    """The format a state directory was written in: None for an empty or new one, "unknown" for one
+    written before formats were recorded (JSON values)."""
+    marker = root / FORMAT_FILE
+    if marker.exists():
+        return marker.read_text().strip()
+    if root.is_dir() and any(p.is_dir() for p in root.iterdir()):
+        return "unknown"
+    return None
+
+
+def claim_state_dir(root: Path) -> None:
+    """Use ``root`` for state: record the format in a new one; refuse one in another format (its values
+    would not decode), naming what to do."""
+    found = state_format(root)
+    if found is None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / FORMAT_FILE).write_text(STATE_FORMAT + "\n")
+    elif found != STATE_FORMAT:
+        raise FatalError(
+            f"the state in {root} is in format {found!r}, this idsync writes {STATE_FORMAT!r}: remove the "
+            "directory (with the embedded broker, idsync sync rebuilds it; with Kafka, also use a new "
+            "instance name or delete the instance's changelog topics, then replay the imports)"
+        )
 
 
 class PartitionStore:
