@@ -88,6 +88,12 @@ class Batch:
         end = None if topic is None or offsets is None else offsets.get((topic, self._store.partition))
         self._store.write(self.puts, end)
 
+    def update(self, key: bytes, value: msgspec.Struct | None) -> None:
+        """``put`` unless the key already holds an equal value (no write, no changelog record: a
+        reference registration or a message that changed nothing)."""
+        if self.get(key) != value:
+            self.put(key, value)
+
     def put(self, key: bytes, value: msgspec.Struct | None) -> None:
         self._cache[key] = value
         if key not in self._puts:

@@ -43,7 +43,7 @@ class JoinStage(Stage[JoinEntry]):
             return
         key = msg.route.encode()
         entry, outputs = join_step(batch.get(key), msg, self.rt.rules)
-        batch.put(key, entry)
+        batch.update(key, entry)
         n = self.rt.names
         for o in outputs:
             if isinstance(o, MVContribution):
@@ -66,10 +66,10 @@ class JoinStage(Stage[JoinEntry]):
             return [k.decode() for k, _v in batch.scan(prefix)]
 
         step = ref_step(batch.get(key), msg, referrers)
-        batch.put(key, step.entry)
+        batch.update(key, step.entry)
         if step.referrer is not None:
             sub, present = step.referrer
-            batch.put(sub.encode(), JoinEntry() if present else None)
+            batch.update(sub.encode(), JoinEntry() if present else None)
         mv_topic = self.rt.names.mv_topic()
         for o in step.outputs:
             out.add(mv_topic, o.mv_id.encode(), pack(o))

@@ -67,7 +67,7 @@ class MetaverseStage(Stage[MVObject]):
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.mv_id.encode()
         mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg)
-        batch.put(key, mv)
+        batch.update(key, mv)
         self._emit(outputs, out, batch.partition)
 
     def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
@@ -86,7 +86,7 @@ class MetaverseStage(Stage[MVObject]):
             except Exception:
                 super().handle_all(batch, group, out)
                 continue
-            batch.put(key, mv)
+            batch.update(key, mv)
             for each in outputs:
                 self._emit(each, out, batch.partition)
 

@@ -46,3 +46,15 @@ def test_scan_into_a_head_decodes_stored_objects_partly(tmp_path: Path) -> None:
     assert got[b"k1"] == Head("one")  # stored: only the head's fields
     assert got[b"k2"] == Item("two-changed", extra="z")  # written by the batch: whole
     part.close()
+
+
+def test_update_writes_only_what_changed(tmp_path: Path) -> None:
+    part = PartitionStore(tmp_path / "p0")
+    part.write({b"same": pack(Item("v")), b"gone": pack(Item("g"))})
+    batch = Batch(part, [b"same", b"gone", b"absent"], Item)
+    batch.update(b"same", Item("v"))  # equal to what is stored: no write, no changelog record
+    batch.update(b"absent", None)  # deleting what is not there: nothing either
+    batch.update(b"gone", None)
+    batch.update(b"new", Item("n"))
+    assert batch.puts == {b"gone": None, b"new": pack(Item("n"))}
+    part.close()
