@@ -1,15 +1,17 @@
 """The naive baseline for ``idsync bench``: the same engine work written the obvious faust way.
 
-One agent consumes the import topics event by event; connector space, join index and metaverse live in
-RocksDB-backed faust Tables (a changelog ``send()`` per write); each event's internal messages (join
-requests, links, contributions) are handled in-process right away, and each pending export is sent with its
-own ``topic.send()``. It is not used by idsync: it exists so the benchmark can show, in the same run, what
-the batched stages buy over the per-event path that the issue measured at ~5k events/s.
+One agent consumes the import topics event by event; connector space, join and reference index and
+metaverse live in RocksDB-backed faust Tables (a changelog ``send()`` per write); each event's internal
+messages (join requests, links, contributions, reference updates and answers) are handled in-process right
+away, and each pending export is sent with its own ``topic.send()``. It is not used by idsync: it exists
+so the benchmark can show, in the same run, what the batched stages buy over the per-event path that the
+issue measured at ~5k events/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections import deque
 from pathlib import Path
@@ -21,12 +23,23 @@ import msgspec
 from engine.inbound import on_link, route
 from engine.join import join_step
 from engine.metaverse import metaverse_step
+from engine.references import ref_step, staging_updates
 from engine.rules import compile_rules
-from engine.staging import stage, stage_absent
+from engine.staging import apply_dn_claim, stage, stage_absent
 from schemas.codec import decode_import, pack, to_json, unpack
-from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, MVContribution, MVDisconnect
+from schemas.messages import (
+    CSLink,
+    DnClaim,
+    JoinIndexUpdate,
+    JoinRequest,
+    MVContribution,
+    MVDisconnect,
+    RefResolved,
+    RefSync,
+    RefUpdate,
+)
 from schemas.state import CSObject, JoinEntry, MVObject
-from schemas.wire import ChangeRecord, PendingExport, RunMarker
+from schemas.wire import ChangeRecord, ErrorRecord, ExportConfirmed, MVChange, PendingExport, RunMarker
 from streams.config import load_config
 from streams.runtime import now_ms
 from streams.topics import Names
@@ -64,15 +77,22 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
     cs_table = app.Table("cs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
     join_table = app.Table("join", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
     mv_table = app.Table("mv", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
+    ref_table = app.Table("refs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
     imports = app.topic(
         *[names.import_topic(c) for c in config.connectors], key_serializer="raw", value_serializer="raw"
     )
     export_topic = app.topic(f"naive-{config.name}.export.dir", key_serializer="raw", value_serializer="raw")
 
+    def stage_cs(key: str, before: CSObject | None, cs: CSObject | None, outs: list[Any]) -> list[Any]:
+        """Store a connector-space object; its reference-index updates join its outputs."""
+        _store(cs_table, key, cs)
+        return [*outs, *staging_updates(rules, before, cs, now_ms())]
+
     async def handle(msg: Any) -> None:
         queue: deque[Any] = deque([msg])
         while queue:
             m = queue.popleft()
+            outs: list[Any] = []
             if isinstance(m, RunMarker):
                 if m.op == "run-end":
                     for key in [k for k in cs_table if k.startswith(f"{m.connector}\x00")]:
@@ -81,35 +101,47 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
                             continue
                         staged = stage_absent(current, m.run_id, m.run_version)
                         if staged is not None and not staged.skipped:
-                            cs, outs = route(rules, staged, now_ms())
-                            _store(cs_table, key, cs)
-                            queue.extend(outs)
+                            cs, routed = route(rules, staged, now_ms())
+                            outs += stage_cs(key, current, cs, routed)
             elif isinstance(m, ChangeRecord):
                 key = f"{m.source.connector}\x00{m.anchor}"
                 staged = stage(_load(cs_table, key, CSObject), m)
                 if not staged.skipped:
-                    cs, outs = route(rules, staged, now_ms())
-                    _store(cs_table, key, cs)
-                    queue.extend(outs)
+                    cs, routed = route(rules, staged, now_ms())
+                    outs = stage_cs(key, staged.before, cs, routed)
             elif isinstance(m, CSLink):
                 key = f"{m.connector}\x00{m.anchor}"
                 cs = _load(cs_table, key, CSObject)
                 if cs is not None:
-                    new, outs = on_link(rules, cs, m)
-                    _store(cs_table, key, new)
-                    queue.extend(outs)
+                    new, linked = on_link(rules, cs, m)
+                    outs = stage_cs(key, cs, new, linked)
+            elif isinstance(m, DnClaim):
+                key = f"{m.connector}\x00{m.anchor}"
+                changed = apply_dn_claim(_load(cs_table, key, CSObject), m)
+                if changed is not None:
+                    _store(cs_table, key, changed)
+            elif isinstance(m, RefUpdate):
+                # The obvious way: the route's referrers are a list in a table of their own.
+                raw = ref_table.get(m.route)
+                referrers: list[str] = [] if raw is None else msgspec.msgpack.decode(raw)
+                step = ref_step(_load(join_table, m.route, JoinEntry), m, functools.partial(list, referrers))
+                _store(join_table, m.route, step.entry)
+                if step.referrer is not None:
+                    sub, present = step.referrer
+                    kept = [r for r in referrers if r != sub] + ([sub] if present else [])
+                    ref_table[m.route] = pack(kept)
+                outs = [*step.outputs, *step.claims]
             elif isinstance(m, JoinRequest | JoinIndexUpdate):
                 entry, outs = join_step(_load(join_table, m.route, JoinEntry), m, rules)
                 _store(join_table, m.route, entry)
-                queue.extend(outs)
-            elif isinstance(m, MVContribution | MVDisconnect):
+            elif isinstance(m, MVContribution | MVDisconnect | RefResolved | RefSync):
                 mv, outs = metaverse_step(rules, _load(mv_table, m.mv_id, MVObject), m)
                 _store(mv_table, m.mv_id, mv)
-                for o in outs:
-                    if isinstance(o, PendingExport):
-                        await export_topic.send(key=o.mv_id.encode(), value=to_json(o))
-                    elif isinstance(o, JoinIndexUpdate | CSLink):
-                        queue.append(o)
+            for o in outs:
+                if isinstance(o, PendingExport):
+                    await export_topic.send(key=o.mv_id.encode(), value=to_json(o))
+                elif not isinstance(o, MVChange | ErrorRecord | ExportConfirmed):
+                    queue.append(o)
 
     @app.agent(imports)
     async def naive(stream: Any) -> None:
