@@ -17,12 +17,43 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from rocksdict import Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 from schemas.errors import FatalError
 
 #: Size of one memtable of one partition's database.
 MEMTABLE_BYTES = 8 << 20
+#: What all of a process's databases may use together, whatever the number of stores and partitions:
+#: memtables, and a block cache that also holds the SST files' index and filter blocks.
+MEMTABLES_TOTAL_BYTES = 64 << 20
+BLOCK_CACHE_BYTES = 64 << 20
+_SHARED: tuple[Cache, WriteBufferManager] | None = None
+
+
+def _options() -> Options:
+    """Options of a partition's database. A worker opens one per store and partition (4 stores x P
+    partitions); RocksDB's defaults (two 64 MiB memtables, an 8 MiB block cache, index and filter blocks
+    held outside it) are per database, so memory grew with partitions and with data. Here every database
+    of the process shares one memtable budget and one block cache that holds the index and filter blocks
+    too: state lives on disk, and a worker's memory stays flat as N grows."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = (Cache(BLOCK_CACHE_BYTES), WriteBufferManager(MEMTABLES_TOTAL_BYTES, False))
+    cache, memtables = _SHARED
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_write_buffer_size(MEMTABLE_BYTES)
+    opts.set_max_write_buffer_number(2)
+    opts.set_write_buffer_manager(memtables)
+    table = BlockBasedOptions()
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_bloom_filter(10, False)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
 #: Reserved key prefix for the store's own bookkeeping; state keys never start with it.
 META = b"\x00\x00idsync:"
 #: Changelog records with an offset below this one are reflected in the local database.
@@ -63,13 +94,7 @@ class PartitionStore:
 
     def __init__(self, path: Path, partition: int = 0, changelog: str | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        # A worker opens one database per store and partition (4 stores x P partitions). RocksDB's default
-        # memtables (64 MiB, two of them) would let each grow to 128 MiB before a flush; state lives on
-        # disk, so small memtables keep a worker's memory flat as N grows.
-        opts.set_write_buffer_size(MEMTABLE_BYTES)
-        opts.set_max_write_buffer_number(2)
+        opts = _options()
         self.path = path
         self.partition = partition
         #: Topic this partition's writes are logged to (partition ``partition`` of it); None: local only.
