@@ -88,8 +88,9 @@ def metaverse_steps(
             work, more = _contribute(rules, work, msg)
         # A dropped object (None) leaves every registration it had: the object it was still knows them.
         gone = work is None
-        # Reference answers and export results change no attribute value: the references are as they were.
-        values = not isinstance(msg, RefResolved | ExportResult)
+        # Reference answers and export results change no attribute value: the references are as they
+        # were, unless the object's deletion fell due first.
+        values = bool(outputs) or not isinstance(msg, RefResolved | ExportResult)
         refs = mv_updates(
             rules, msg.mv_id, published, held if gone else work, msg.ts_ms, dropped=gone, registrations=values
         )

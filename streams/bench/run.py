@@ -266,7 +266,9 @@ class Phase:
         # offsets add up to at least this much, whatever a broker's end offsets say at that moment.
         imports = {self.rt.names.import_topic(c) for c in self.config.connectors}
         produced = {t: n for t, n in self.rt.counters.produced.items() if t in imports}
-        await kafka.wait_drained(self.broker.bootstrap, self.groups(), produced=produced)
+        # Generous: 1M people take about half an hour to load on a 2-core machine.
+        timeout = max(1800.0, sum(produced.values()) / 200)
+        await kafka.wait_drained(self.broker.bootstrap, self.groups(), timeout_s=timeout, produced=produced)
 
     async def warm_up(self) -> None:
         """Until every worker has joined and records flow end to end on every partition."""

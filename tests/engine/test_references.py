@@ -9,10 +9,12 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 from pydantic import ValidationError
 
+from engine.metaverse import metaverse_step
 from engine.references import ref_step, staging_updates
+from engine.rules import compile_rules
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
-from schemas.messages import ExportResult, RefUpdate
+from schemas.messages import ExportResult, RefResolved, RefUpdate
 from schemas.state import ConnectorState, CSObject, JoinEntry
 from schemas.wire import AttrChange, PendingExport
 
@@ -643,3 +645,38 @@ def test_every_connector_with_dns_claims_them_but_only_referenced_ones_carry_the
     assert (own.op, own.route, own.owner, own.value) == ("own", "ref|hr|uid=e1,o=hr", "E1", None)
     # its join changes nothing the index needs to hear
     assert staging_updates(rules, replace(plain, mv_id=None), plain, 2) == []
+
+
+def test_an_object_deleted_when_its_grace_period_ends_leaves_the_outbound_index() -> None:
+    """A deletion that falls due while a reference answer is applied (metaverse_steps expires the object
+    first) unregisters what the object referenced in the target, like any other deletion."""
+    cfg = ref_config_dict(targets=True)
+    cfg["metaverse"]["person"]["deletion"] = {
+        "rule": "source-disconnects",
+        "sources": ["ad"],
+        "grace_period_s": 60,
+    }
+    rules = compile_rules(IdsyncConfig.model_validate(cfg))
+    sim = Sim(rules)
+    user(sim, "boss")
+    user(sim, "ann", manager=user_dn("boss"))
+    sim.run(shuffle=False)
+    ann, boss = sim.mv_of("ann"), sim.mv_of("boss")
+    assert boss.mv_id in ann.targets["ldap"].ref_dns  # ann exports a reference to boss: registered
+    sim.delete("ann", "user")
+    sim.run(shuffle=False)
+    ann = sim.mv[ann.mv_id]
+    assert ann.delete_due_ms is not None and not ann.deleted  # waiting for its grace period
+    late = RefResolved(
+        mv_id=ann.mv_id,
+        direction="out",
+        connector="ldap",
+        key=boss.mv_id,
+        value="uid=boss",
+        ts_ms=ann.delete_due_ms,
+    )
+    gone, outputs = metaverse_step(rules, ann, late)
+    assert gone is None or gone.deleted
+    assert [
+        (o.op, o.key) for o in outputs if isinstance(o, RefUpdate) and o.direction == "out" and o.referrer
+    ] == [("unrefer", boss.mv_id)]
