@@ -39,7 +39,11 @@ def translate_references(mv: MVObject, connector: str, references: Iterable[str]
         values = mv.attributes.get(attr, [])
         if not values:
             continue
-        got = sorted({dns[v] for v in values if dns.get(v)})
+        # One C-level pass (a group has many members); "" is a registered reference not answered yet.
+        found = set(map(dns.get, values))
+        found.discard(None)
+        found.discard("")
+        got: list[str] = sorted(found)  # type: ignore[arg-type]  # no None left
         view[attr] = got
         if len(got) < len(set(values)):
             waiting.add(attr)

@@ -62,26 +62,35 @@ def parse_referrer(key: str) -> tuple[str, str, str]:
 
 
 # --------------------------------------------------------------------------- staging side
-def cs_references(rules: Rules, cs: CSObject | None) -> set[tuple[str, str]]:
-    """(metaverse attribute, normalized DN) pairs a connector-space object refers to through its
-    reference flows; none while it has no metaverse object (nothing to resolve them into).
+def _ref_keys(values: list[str]) -> set[str]:
+    """Normalized DNs of a reference attribute's values (blank values refer to nothing)."""
+    keys = set(dn_keys(values))
+    if "" in keys:  # only a blank value has an empty key
+        keys = set(dn_keys([v for v in values if v.strip()]))
+    return keys
+
+
+def cs_references(rules: Rules, cs: CSObject | None) -> dict[str, set[str]]:
+    """Normalized DNs a connector-space object refers to through its reference flows, per metaverse
+    attribute; none while it has no metaverse object (nothing to resolve them into).
 
     A single-valued reference attribute with several DNs refers to none (staging reports the
     ``flow-multi-values-to-single-value`` error for it)."""
     if cs is None or cs.mv_id is None:
-        return set()
+        return {}
     flows = rules.ref_flows(cs.connector, cs.object_type)
     if not flows:
-        return set()
+        return {}
     rule = rules.inbound_rule(cs.connector, cs.object_type)
     single = rules.single_valued.get(rule.mv_type, frozenset()) if rule is not None else frozenset()
-    pairs: set[tuple[str, str]] = set()
+    refs: dict[str, set[str]] = {}
     for attr, source in flows:
-        keys = set(dn_keys([v for v in cs.attributes.get(source, ()) if v.strip()]))
+        keys = _ref_keys(cs.attributes.get(source, []))
         if attr in single and len(keys) > 1:
             continue
-        pairs.update((attr, k) for k in keys)
-    return pairs
+        if keys:
+            refs.setdefault(attr, set()).update(keys)
+    return refs
 
 
 def _same_references(rules: Rules, before: CSObject | None, after: CSObject | None) -> bool:
@@ -162,11 +171,15 @@ def staging_updates(
     old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
     old_mv = before.mv_id if before is not None else None
     new_mv = after.mv_id if after is not None else None
-    if old_mv == new_mv:
-        removed, added = old_refs - new_refs, new_refs - old_refs
-    else:
-        removed, added = old_refs, new_refs
-    changes: tuple[tuple[RefOp, str | None, set[tuple[str, str]]], ...] = (
+    removed: list[tuple[str, str]] = []
+    added: list[tuple[str, str]] = []
+    for attr in old_refs.keys() | new_refs.keys():
+        was, now = old_refs.get(attr, set()), new_refs.get(attr, set())
+        if old_mv == new_mv:  # compared per attribute as sets of keys: a group's member change is C-level
+            was, now = was - now, now - was
+        removed.extend((attr, key) for key in was)
+        added.extend((attr, key) for key in now)
+    changes: tuple[tuple[RefOp, str | None, list[tuple[str, str]]], ...] = (
         ("unrefer", old_mv, removed),
         ("refer", new_mv, added),
     )
@@ -299,7 +312,7 @@ def referenced(rules: Rules, mv: MVObject | None, connector: str) -> set[str]:
     if mv is None or mv.deleted:
         return set()
     attrs = rules.export_references.get((connector, mv.object_type), frozenset())
-    return {v for a in attrs for v in mv.attributes.get(a, ())}
+    return set().union(*(mv.attributes.get(a, ()) for a in attrs))
 
 
 def published_dns(rules: Rules, mv: MVObject | None) -> dict[str, str | None]:

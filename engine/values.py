@@ -211,13 +211,13 @@ def _dn_key(dn: str) -> str:
 
 
 def dn_keys(dns: Iterable[str]) -> list[str]:
-    """``dn_key`` of each DN, in order (one loop with the cache at hand: a group has many members)."""
-    cache = _DN_KEYS
-    out: list[str] = []
-    for dn in dns:
-        key = cache.get(dn)
-        out.append(key if key is not None else _dn_key(dn))
-    return out
+    """``dn_key`` of each DN, in order. A group has many members: the cached keys are looked up in one
+    C-level pass, and only the DNs not cached yet are parsed."""
+    dns = dns if isinstance(dns, list) else list(dns)
+    keys = list(map(_DN_KEYS.get, dns))
+    if None in keys:
+        return [key if key is not None else _dn_key(dn) for key, dn in zip(keys, dns, strict=True)]
+    return keys  # type: ignore[return-value]  # no None left
 
 
 def unescape_rdn_value(value: str) -> str:
