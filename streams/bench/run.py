@@ -381,6 +381,9 @@ class Phase:
             self.broker.bootstrap, self.rt.names.mv_changes_topic(), on_change
         ).start()
         took: list[float] = []
+        spies = self._spy("group-change")
+        if spies:
+            await asyncio.sleep(1.0)  # py-spy attaches
         cpu = self.cpu_s()
         try:
             for k in range(changes):
@@ -403,9 +406,37 @@ class Phase:
                 took.append(seen[count] - sent)
         finally:
             await watcher.stop()
+            self._unspy(spies)
         res.group_members = len(members)
         res.group_change_ms = _percentiles(took).get("p50", 0.0)
         res.group_change_cpu_ms = round(1e3 * (self.cpu_s() - cpu) / changes, 1)
+
+    def _spy(self, what: str) -> list[subprocess.Popen[bytes]]:
+        """With ``IDSYNC_BENCH_PROFILE_GROUP=DIR``: py-spy attached to every worker for one measurement
+        (its collapsed stacks in DIR), so that measurement's profile is not buried in the initial load's."""
+        where = os.environ.get("IDSYNC_BENCH_PROFILE_GROUP")
+        if not where:
+            return []
+        Path(where).mkdir(parents=True, exist_ok=True)
+        spy = ["py-spy", "record", "-r", "500", "-f", "raw", "--nonblocking"]
+        return [
+            subprocess.Popen(
+                [*spy, "-o", f"{where}/{self.name}-{what}-worker{w}.txt", "--pid", str(p.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for w, p in enumerate(self.procs)
+        ]
+
+    @staticmethod
+    def _unspy(spies: list[subprocess.Popen[bytes]]) -> None:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its profile on SIGINT, the worker runs on
+        for spy in spies:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
 
     async def sizes(self) -> dict[str, int]:
         prefix = f"idsync.{self.name}."
