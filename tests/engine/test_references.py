@@ -680,3 +680,42 @@ def test_an_object_deleted_when_its_grace_period_ends_leaves_the_outbound_index(
     assert [
         (o.op, o.key) for o in outputs if isinstance(o, RefUpdate) and o.direction == "out" and o.referrer
     ] == [("unrefer", boss.mv_id)]
+
+
+def test_a_member_change_registers_only_the_members_that_changed_by_normalized_dn() -> None:
+    """A group's member change compares normalized DNs per attribute: a member respelled (case, spaces)
+    is the same reference, blank values refer to nothing, and only the real change is (un)registered."""
+    rules = ref_rules()
+    base = CSObject(
+        connector="ad",
+        anchor="g",
+        object_type="group",
+        dn=group_dn("staff"),
+        attributes={"cn": ["staff"], "member": [user_dn("a"), user_dn("b"), "", user_dn("c")]},
+        version=1,
+        state=ConnectorState.CONNECTOR,
+        mv_id="mv-g",
+    )
+    respelled = replace(
+        base,
+        version=2,
+        attributes={
+            "cn": ["staff"],
+            "member": ["UID=a, OU=People,dc=example,dc=org", user_dn("b"), "  ", user_dn("d")],
+        },
+    )
+    ups = staging_updates(rules, base, respelled, 5)
+    assert [(u.op, u.key, u.referrer, u.attribute) for u in ups] == [
+        ("unrefer", dn_key(user_dn("c")), "mv-g", "member"),
+        ("refer", dn_key(user_dn("d")), "mv-g", "member"),
+    ]
+    # Linked to another metaverse object: every reference moves, blank values still refer to nothing.
+    moved = replace(respelled, version=3, mv_id="mv-h")
+    ups = staging_updates(rules, respelled, moved, 6)
+    keys = sorted(dn_key(user_dn(u)) for u in "abd")
+    refs = [u for u in ups if u.op in ("refer", "unrefer")]
+    assert sorted((u.op, u.referrer) for u in refs) == [("refer", "mv-h")] * 3 + [("unrefer", "mv-g")] * 3
+    assert sorted(u.key for u in refs if u.op == "refer") == keys
+    assert sorted(u.key for u in refs if u.op == "unrefer") == keys
+    # and the group's own DN now answers with the new object
+    assert [(u.op, u.value) for u in ups if u.op == "own"] == [("own", "mv-h")]
