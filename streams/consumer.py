@@ -72,6 +72,8 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.batch_size = batch_size
         self.assigned: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
+        #: The last batch's offset commit, still in flight while the next batch is processed.
+        self._committing: asyncio.Task[None] | None = None
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.rt.settings
@@ -112,9 +114,32 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                         log.exception("%s: batch failed", self.stage)
                         self.rt.fatal(f"stage {self.stage}: {type(exc).__name__}: {exc}")
                         raise
-                    await self._commit(consumer, {tp: recs[-1].offset + 1 for tp, recs in owned.items()})
+                    # The commit's round trip overlaps the next batch. Commits stay in order (the previous
+                    # one is awaited first), and a revocation waits for the one in flight.
+                    await self._committed()
+                    offsets = {tp: recs[-1].offset + 1 for tp, recs in owned.items()}
+                    self._committing = asyncio.ensure_future(self._commit(consumer, offsets))
         finally:
+            await self._committed(quiet=True)
             await consumer.stop()
+
+    async def _committed(self, quiet: bool = False) -> None:
+        """Wait for the commit in flight, if any. Its error (one not about a rebalance) is raised here,
+        or with ``quiet`` logged: the batch is then delivered again, which the steps make harmless."""
+        task, self._committing = self._committing, None
+        if task is None:
+            return
+        try:
+            await task
+        except Exception as exc:
+            if not quiet:
+                raise
+            log.warning(
+                "%s: offset commit failed (%s: %s); the batch is delivered again",
+                self.stage,
+                type(exc).__name__,
+                exc,
+            )
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
         try:
@@ -126,6 +151,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     # ---- rebalance listener (aiokafka awaits these inside the group protocol)
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # the batch in flight finishes (and commits) first
+            await self._committed(quiet=True)
             parts = {tp.partition for tp in revoked}
             self.assigned -= set(revoked)
             still = {tp.partition for tp in self.assigned}

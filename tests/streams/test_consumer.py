@@ -1,0 +1,74 @@
+"""A stage's consumer on a real broker: a batch's offsets are committed after it was processed, and
+the commit's round trip overlaps the next batch — yet the last batch's commit does not wait for one."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.app import ensure_topics
+from streams.bench.records import bench_config
+from streams.broker import EmbeddedBroker
+from streams.config import load_config
+from streams.consumer import StageConsumer
+from streams.runtime import Runtime, Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_processed_batch_is_committed_the_last_one_without_a_next(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            hr = tmp_path / "hr.csv"
+            hr.write_text("employee_id\n")
+            config = load_config(bench_config("commits", tmp_path, 2, hr))
+            settings = Settings(
+                bootstrap_servers=broker.bootstrap, data_dir=tmp_path / "w", fetch_max_wait_ms=10
+            )
+            rt = Runtime(settings, config)
+            await ensure_topics(rt)
+            topic = rt.names.import_topic("hr")
+            seen: list[tuple[int, int]] = []
+            committed_while_processing: list[dict[int, int | None]] = []
+            probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=rt.names.group_id("probe"))
+            await probe.start()
+
+            async def committed() -> dict[int, int | None]:
+                return {p: await probe.committed(TopicPartition(topic, p)) for p in (0, 1)}
+
+            async def process(events: list[Any]) -> None:
+                # Offsets are never committed ahead of processing (at-least-once).
+                now = await committed()
+                committed_while_processing.append(now)
+                for e in events:
+                    done = now[e.message.partition]
+                    assert done is None or done <= e.message.offset
+                seen.extend((e.message.partition, e.message.offset) for e in events)
+
+            stage = StageConsumer(rt, "probe", [topic], process, [], batch_size=10)
+            task = asyncio.create_task(stage.run())
+            try:
+                out = await rt.outputs()
+                for i in range(50):
+                    out.add(topic, f"k{i}".encode(), b"{}", partition=i % 2)
+                await out.flush()
+                # No record follows the last batch, and still its offsets reach the broker.
+                for _ in range(500):
+                    if await committed() == {0: 25, 1: 25}:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await committed() == {0: 25, 1: 25}
+                assert sorted(seen) == sorted((i % 2, i // 2) for i in range(50))
+                assert len(committed_while_processing) >= 5  # batches of at most 10
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                await probe.stop()
+                await rt.stop()
+
+    asyncio.run(scenario())
