@@ -63,10 +63,10 @@ def parse_referrer(key: str) -> tuple[str, str, str]:
 
 # --------------------------------------------------------------------------- staging side
 def _ref_keys(values: list[str]) -> set[str]:
-    """Normalized DNs of a reference attribute's values (blank values refer to nothing)."""
+    """Normalized DNs of a reference attribute's values. Blank values refer to nothing: theirs is the
+    empty key, which no other value has (``dn_key`` strips what ``str.strip`` strips, and keeps the rest)."""
     keys = set(dn_keys(values))
-    if "" in keys:  # only a blank value has an empty key
-        keys = set(dn_keys([v for v in values if v.strip()]))
+    keys.discard("")
     return keys
 
 
