@@ -294,8 +294,11 @@ def record_result(target: TargetState, result: ExportResult) -> None:
             if entry.seq == result.seq:
                 del target.ledger[attr]
         if result.op == "add":
-            # Not created: provisioning is tried again at the object's next change.
-            target.status = "none"
+            # Not created: provisioning is tried again at the object's next change — unless an import has
+            # shown the object in the target meanwhile (joined: it exists, the next plan updates it; a
+            # second add would plan values against nothing while the image holds others).
+            if target.status == "pending-add":
+                target.status = "none"
             target.pending_dn = None
         elif result.op == "rename":
             target.pending_dn = None

@@ -337,6 +337,38 @@ def test_failed_add_is_provisioned_again_at_next_change() -> None:
     assert again.attributes["title"].values == ["Lead"]
 
 
+def test_failed_add_of_an_object_an_import_has_joined_meanwhile_updates_it_instead() -> None:
+    """The add failed (e.g. the entry was there already), but an import showed the object first: it exists,
+    so the next change updates it against its image — a second add would leave the image's values that the
+    metaverse no longer has (here mail) in place, and the plan after it would export them."""
+    mv, add = provisioned()
+    mv, _ = step(mv, ldap_contribution(MV_ID, image_of(add), DN))
+    assert mv is not None and mv.targets["ldap"].status == "exists"
+    failed = ExportResult(
+        mv_id=MV_ID,
+        connector="ldap",
+        export_id=add.export_id,
+        seq=1,
+        status="failed",
+        op="add",
+        error_type="cd-already-exists",
+        message="entry exists",
+        ts_ms=2_000,
+    )
+    mv, outputs = step(mv, failed)
+    assert outputs == []
+    assert mv is not None and mv.targets["ldap"].status == "exists"
+    attrs = hr_attrs()
+    del attrs["email"]
+    mv, outputs = step(mv, hr_contribution(RULES, MV_ID, attrs, version=2))
+    [update] = of_type(outputs, PendingExport)
+    assert update.op == "update"
+    assert update.attributes["mail"] == AttrChange(op="replace", values=[])
+    # Nothing changed: nothing more to export (the plan is idempotent).
+    mv, outputs = step(mv, hr_contribution(RULES, MV_ID, attrs, version=3))
+    assert of_type(outputs, PendingExport) == []
+
+
 def test_export_result_for_unknown_object_is_ignored() -> None:
     _mv, add = provisioned()
     assert step(None, applied(add)) == (None, [])
