@@ -483,6 +483,15 @@ class PipelineConfig(_Config):
     batch_size: int = Field(default=2000, ge=1, le=100000)
     #: How long a stage waits for records when none are there (a batch never waits to fill up).
     batch_window_ms: int = Field(default=20, ge=1, le=10000)
+    #: How often a stage saves its state (changelog, then local copy) and commits its input offsets; it
+    #: also does when it goes idle and before giving partitions up. Writes of one key between two
+    #: checkpoints are saved once. After a crash, what was processed since the last checkpoint is
+    #: processed again. 0 (the default): after every batch. Longer intervals are faster
+    #: (docs/benchmarks.md) but not yet safe after a crash: replaying a longer window exposed a
+    #: convergence defect (a re-provisioned directory entry, docs/architecture.md#checkpoints).
+    checkpoint_interval_ms: int = Field(default=0, ge=0, le=600_000)
+    #: A stage also saves when this many state keys wait to be saved (bounds the memory they hold).
+    checkpoint_max_keys: int = Field(default=20_000, ge=1, le=10_000_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.

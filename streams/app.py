@@ -103,9 +103,12 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     connectors = {name: build_connector(name, cfg) for name, cfg in config.connectors.items()}
     pipeline = Pipeline(app, rt, connectors)
     pipeline.consumers += [
-        StageConsumer(rt, "staging", [*imports, n.links_topic()], staging.process, [staging.store], size),
-        StageConsumer(rt, "join", [n.join_topic()], join.process, [join.store], size),
-        StageConsumer(rt, "metaverse", [n.mv_topic()], mv.process, [mv.store], size),
+        StageConsumer(rt, name, topics, s.process, [s.store], size, s.checkpoint, s.unsaved)
+        for name, topics, s in (
+            ("staging", [*imports, n.links_topic()], staging),
+            ("join", [n.join_topic()], join),
+            ("metaverse", [n.mv_topic()], mv),
+        )
     ]
     if exports:
         for target in sorted(rt.rules.targets):

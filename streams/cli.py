@@ -310,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also measure applied LDAP writes (throwaway slapd)",
     )
     p.add_argument("--partitions", type=int, default=4)
+    p.add_argument(
+        "--checkpoint-ms",
+        type=int,
+        default=0,
+        help="pipeline.checkpoint_interval_ms of the batched pipeline (0, the default: save every batch)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", default="bench.json", help="write the figures here")
     p.add_argument("--work-dir", help="keep working files here (default: a temp dir, removed)")

@@ -5,7 +5,9 @@ faust delivers records one event at a time (a channel, an Event, an ack per reco
 measured in docs/benchmarks.md), which caps a pipeline of several stages far below the speed an identity
 engine needs. So the hot path does not go through faust streams: each stage runs a ``StageConsumer``
 — an aiokafka consumer that ``getmany``-s up to a batch of records, hands them to the stage's
-``process`` in one call, and commits the offsets once the batch's outputs and state are safe. faust
+``process`` in one call, and commits the offsets once the batch's outputs are acked and its state is
+saved (a checkpoint: every ``pipeline.checkpoint_interval_ms``, when the stage goes idle, before a
+revocation). faust
 still hosts the app (its worker, services, tasks and timers); the consumers run as its tasks.
 
 Co-partitioning: every stage consumes its topics with the range assignor, and every topic has the same
@@ -37,6 +39,8 @@ from streams.store import META, PartitionStore, Store
 
 log = logging.getLogger("idsync.consumer")
 
+#: A stage that received nothing for this long is idle: it saves its state and commits at once.
+IDLE_S = 0.2
 #: Key of the marker a restore writes to a changelog partition to know where "now" is (see ``restore``).
 FENCE_KEY = META + b"fence"
 
@@ -62,6 +66,8 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         process: Callable[[list[Any]], Awaitable[None]],
         stores: Iterable[Store],
         batch_size: int,
+        checkpoint: Callable[[], Awaitable[None]] | None = None,
+        unsaved: Callable[[], int] | None = None,
     ) -> None:
         self.rt = rt
         self.stage = stage
@@ -70,10 +76,24 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.process = process
         self.stores = list(stores)
         self.batch_size = batch_size
+        #: Saves the state of the batches processed since the last call (None: ``process`` saves its own,
+        #: every batch is committed as it ends); ``unsaved`` tells how many keys wait.
+        self.checkpoint = checkpoint
+        self.unsaved = unsaved
+        pipeline = rt.config.pipeline
+        self.interval_s = pipeline.checkpoint_interval_ms / 1000
+        self.max_unsaved = pipeline.checkpoint_max_keys
         self.assigned: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
-        #: The last batch's offset commit, still in flight while the next batch is processed.
+        #: Offsets after the last record processed per partition, not committed yet (held until the
+        #: state they produced is saved).
+        self._processed: dict[TopicPartition, int] = {}
+        self._saved_at = self._busy_at = time.monotonic()
+        self._consumer: AIOKafkaConsumer | None = None
+        #: The last checkpoint's offset commit, still in flight while the next batch is processed.
         self._committing: asyncio.Task[None] | None = None
+        #: Set when ``run`` has ended (and saved what it could).
+        self.stopped = asyncio.Event()
 
     def _new_consumer(self) -> AIOKafkaConsumer:
         s = self.rt.settings
@@ -93,35 +113,83 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def run(self) -> None:
         """Consume until cancelled. An error that is not about data stops the process (nothing is acked)."""
-        consumer = self._new_consumer()
+        consumer = self._consumer = self._new_consumer()
         consumer.subscribe(self.topics, listener=self)
         await consumer.start()
         window_ms = self.rt.config.pipeline.batch_window_ms
+        stopping = False
         try:
             while True:
                 data = await consumer.getmany(timeout_ms=window_ms, max_records=self.batch_size)
-                if not data:
-                    continue
                 async with self._lock:
                     # Records fetched before a revocation belong to another worker now: leave them.
                     owned = {tp: recs for tp, recs in data.items() if tp in self.assigned and recs}
-                    if not owned:
-                        continue
-                    events = [Event(r) for recs in owned.values() for r in recs]
-                    try:
-                        await self.process(events)
-                    except Exception as exc:  # process() never raises on bad data: this is a bug or I/O
-                        log.exception("%s: batch failed", self.stage)
-                        self.rt.fatal(f"stage {self.stage}: {type(exc).__name__}: {exc}")
-                        raise
-                    # The commit's round trip overlaps the next batch. Commits stay in order (the previous
-                    # one is awaited first), and a revocation waits for the one in flight.
-                    await self._committed()
-                    offsets = {tp: recs[-1].offset + 1 for tp, recs in owned.items()}
-                    self._committing = asyncio.ensure_future(self._commit(consumer, offsets))
+                    if owned:
+                        events = [Event(r) for recs in owned.values() for r in recs]
+                        try:
+                            await self.process(events)
+                        except Exception as exc:  # never raised on bad data: this is a bug or I/O
+                            log.exception("%s: batch failed", self.stage)
+                            self.rt.fatal(f"stage {self.stage}: {type(exc).__name__}: {exc}")
+                            raise
+                        for tp, recs in owned.items():
+                            self._processed[tp] = recs[-1].offset + 1
+                        self._busy_at = time.monotonic()
+                    # Idle (nothing came for a while): save now, so nothing waits on a next batch.
+                    if self._processed and self._save_due(idle=not owned):
+                        await self._save(consumer)
+                    elif self.unsaved is not None:
+                        self.rt.counters.unsaved[self.stage] = self.unsaved()
+        except asyncio.CancelledError:
+            stopping = True
+            raise
         finally:
-            await self._committed(quiet=True)
-            await consumer.stop()
+            try:
+                if stopping and not self.rt.closed:
+                    # Stopped (SIGTERM): save what was processed, so a restart does not process it again.
+                    async with self._lock:
+                        await asyncio.wait_for(self._save(consumer, wait=True), 15)
+            except Exception as exc:
+                log.warning("%s: state not saved at stop (%s); it is processed again", self.stage, exc)
+            finally:
+                await self._committed(quiet=True)
+                await consumer.stop()
+                self.stopped.set()
+
+    def _save_due(self, idle: bool) -> bool:
+        """Whether to checkpoint now: the interval is over, too many keys wait, or no record came for
+        ``IDLE_S`` (short pauses between an upstream stage's batches do not count)."""
+        if self.checkpoint is None:
+            return True
+        now = time.monotonic()
+        if now - self._saved_at >= self.interval_s:
+            return True
+        if idle and now - self._busy_at >= min(IDLE_S, self.interval_s):
+            return True
+        return self.unsaved is not None and self.unsaved() >= self.max_unsaved
+
+    async def _save(self, consumer: AIOKafkaConsumer, wait: bool = False) -> None:
+        """Checkpoint the stage's state, then commit the offsets of everything processed before it.
+
+        The commit's round trip overlaps the next batch (``wait``: awaited here). Commits stay in order
+        (the previous one is awaited first), and a revocation waits for the one in flight."""
+        if self.checkpoint is not None:
+            try:
+                await self.checkpoint()
+            except Exception as exc:
+                log.exception("%s: checkpoint failed", self.stage)
+                self.rt.fatal(f"stage {self.stage}: checkpoint: {type(exc).__name__}: {exc}")
+                raise
+            self.rt.counters.unsaved[self.stage] = 0
+            self.rt.counters.last_activity = asyncio.get_running_loop().time()
+        self._saved_at = time.monotonic()
+        await self._committed()
+        offsets, self._processed = self._processed, {}
+        if not offsets:
+            return
+        self._committing = asyncio.ensure_future(self._commit(consumer, offsets))
+        if wait:
+            await self._committed()
 
     async def _committed(self, quiet: bool = False) -> None:
         """Wait for the commit in flight, if any. Its error (one not about a rebalance) is raised here,
@@ -150,8 +218,16 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
 
     # ---- rebalance listener (aiokafka awaits these inside the group protocol)
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self._lock:  # the batch in flight finishes (and commits) first
+        async with self._lock:  # the batch in flight finishes first, then its state is saved and committed
+            consumer = self._consumer
+            try:
+                if consumer is not None and self._processed:
+                    await self._save(consumer, wait=True)
+            except Exception as exc:
+                # Not committed: the next owner processes those records again from the saved state.
+                log.warning("%s: state not saved before the revocation (%s)", self.stage, exc)
             await self._committed(quiet=True)
+            self._processed = {tp: o for tp, o in self._processed.items() if tp not in set(revoked)}
             parts = {tp.partition for tp in revoked}
             self.assigned -= set(revoked)
             still = {tp.partition for tp in self.assigned}

@@ -48,6 +48,8 @@ class Counters:
     consumed: Counter[str] = field(default_factory=Counter)
     steps: Counter[str] = field(default_factory=Counter)
     last_activity: float = field(default_factory=time.monotonic)
+    #: Per stage: state keys processed and not saved yet (a checkpoint saves them).
+    unsaved: Counter[str] = field(default_factory=Counter)
 
     def count(self, name: str, n: int = 1) -> None:
         self.steps[name] += n
@@ -67,6 +69,8 @@ class Runtime:
         self.stage_topics: set[str] = set()
         self.errors: list[ErrorRecord] = []
         self._stores: dict[str, Store] = {}
+        #: Set by ``stop``: the producer and the stores are closed.
+        self.closed = False
         self._topic_partitions = self._all_topics()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
@@ -133,6 +137,7 @@ class Runtime:
         return Outputs(await self.producer(), self.topic_partitions(), self.counters.produced)
 
     async def stop(self) -> None:
+        self.closed = True
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

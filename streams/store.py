@@ -13,9 +13,11 @@ can rebuild it (``streams.consumer.restore``) by reading the changelog from the 
 
 from __future__ import annotations
 
+import bisect
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
@@ -100,6 +102,37 @@ class PartitionStore:
         #: Topic this partition's writes are logged to (partition ``partition`` of it); None: local only.
         self.changelog = changelog
         self._db = Rdict(str(path), options=opts)
+        #: State written by processed batches and not saved yet (decoded values; None deletes the key):
+        #: the stage's checkpoint logs it to the changelog and writes it here (streams.stages.base). Reads
+        #: see it before the database.
+        self.unsaved: dict[bytes, Any] = {}
+        self._unsaved_sorted: list[bytes] = []
+        self._unsaved_new: list[bytes] = []
+
+    def stash(self, puts: dict[bytes, Any], sorted_keys: list[bytes]) -> None:
+        """Keep a processed batch's writes (``sorted_keys``: their keys in order) until the checkpoint."""
+        unsaved = self.unsaved
+        self._unsaved_new.extend(k for k in sorted_keys if k not in unsaved)
+        unsaved.update(puts)
+
+    def unsaved_under(self, prefix: bytes) -> list[bytes]:
+        """Unsaved keys under ``prefix``, in order."""
+        if self._unsaved_new:
+            # Each batch's keys are one sorted run: sorting runs is a linear merge.
+            self._unsaved_sorted = sorted(self._unsaved_sorted + sorted(self._unsaved_new))
+            self._unsaved_new = []
+        keys = self._unsaved_sorted
+        i = bisect.bisect_left(keys, prefix)
+        j = i
+        while j < len(keys) and keys[j].startswith(prefix):
+            j += 1
+        return keys[i:j]
+
+    def saved(self) -> None:
+        """The unsaved state is in the changelog and the database now."""
+        self.unsaved = {}
+        self._unsaved_sorted = []
+        self._unsaved_new = []
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
@@ -165,6 +198,14 @@ class Store:
         self._parts: dict[int, PartitionStore] = {}
         #: Partitions this worker owns now (set by the stage's consumer on assignment/revocation).
         self.owned: set[int] = set()
+
+    def opened(self) -> list[PartitionStore]:
+        """The partitions this worker has open."""
+        return list(self._parts.values())
+
+    def unsaved(self) -> int:
+        """State keys written and not saved yet, over the open partitions."""
+        return sum(len(part.unsaved) for part in self._parts.values())
 
     def partition(self, p: int) -> PartitionStore:
         part = self._parts.get(p)

@@ -8,6 +8,7 @@ producer of change records; the worker syncs and exports whatever arrives.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import faust
@@ -33,6 +34,11 @@ def run_worker(p: Pipeline, loglevel: str = "warn") -> int:
         try:
             await asyncio.Event().wait()
         finally:
+            # The stage consumers are stopped with it: let them save their state first.
+            waiting = [c.stopped.wait() for c in p.consumers]
+            if waiting:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.gather(*waiting), 20)
             await p.rt.stop()
 
     p.app.task(hold_resources)

@@ -142,7 +142,7 @@ class Phase:
         self.naive = naive
         self.env = {**os.environ, **(env or {})}
         os.environ.update(env or {})
-        self.config_path = bench_config(name, self.work, args.partitions, work / "hr.csv")
+        self.config_path = bench_config(name, self.work, args.partitions, work / "hr.csv", args.checkpoint_ms)
         self.config = load_config(self.config_path)
         self.broker = EmbeddedBroker(self.work)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -441,6 +441,9 @@ class Phase:
     async def sizes(self) -> dict[str, int]:
         prefix = f"idsync.{self.name}."
         topics = self.input_topics() + self.output_topics()
+        if not self.naive:
+            # State writes: what checkpointing saves shows here (records, not bytes).
+            topics += [self.rt.names.changelog_topic(s) for s in ("cs", "join", "mv")]
         sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
         return {t.removeprefix(prefix): n for t, n in sizes.items()}
 

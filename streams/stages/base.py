@@ -2,12 +2,14 @@
 
 For each batch: group events by partition, multi-get their state, call the engine per event (an
 exception dead-letters that event, never the batch), then produce all outputs and wait for the broker,
-then the state changes to the store's changelog and wait, write state in one WriteBatch per partition,
-and return so the consumer commits the offsets. Outputs go out before any record of the new state, and
-the changelog before the local copy: after a crash the batch is re-delivered against the old state and
-recomputes the same outputs, which every downstream step treats idempotently (invariant 5), and the
-changelog never lacks a write the local copy has, so another worker can take the partition over from
-the changelog (invariant 11).
+and keep the state changes as the partition's unsaved state (later batches read it). A checkpoint —
+every ``pipeline.checkpoint_interval_ms``, when the stage goes idle, before a revocation — writes the
+unsaved state to the store's changelog and waits, then writes it locally in one WriteBatch per
+partition; only then does the consumer commit the input offsets. Outputs go out before any record of the
+new state, and the changelog before the local copy: after a crash the batches since the last checkpoint
+are re-delivered against the saved state and recompute the same outputs, which every downstream step
+treats idempotently (invariant 5), and the changelog never lacks a write the local copy has, so another
+worker can take the partition over from the changelog (invariant 11).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Batch:
     def __init__(self, store: PartitionStore, keys: list[bytes], model: type[msgspec.Struct]) -> None:
         self._store = store
         self._decoder = unpacker(model)
+        #: Written by earlier batches, not saved yet: read from there, decoded already.
+        self._unsaved = store.unsaved
+        keys = [k for k in keys if k not in self._unsaved]
         raw = store.get_many(keys)
         self._raw: dict[bytes, bytes | None] = dict(zip(keys, raw, strict=True))
         self._cache: dict[bytes, Any] = {}
@@ -62,6 +67,9 @@ class Batch:
     def get(self, key: bytes) -> Any:
         if key in self._cache:
             return self._cache[key]
+        if key in self._unsaved:
+            value = self._cache[key] = self._unsaved[key]
+            return value
         raw = self._raw.get(key) if key in self._raw else self._store.get(key)
         value = None if raw is None else self._decoder.decode(raw)
         self._cache[key] = value
@@ -73,6 +81,11 @@ class Batch:
         if self._encoded is None:
             self._encoded = {k: None if v is None else pack(v) for k, v in self._puts.items()}
         return self._encoded
+
+    def stash(self) -> None:
+        """Keep this batch's changes in the partition's unsaved state (after its outputs were acked): the
+        stage's next checkpoint saves them with those of the other batches since the last one."""
+        self._store.stash(self._puts, self._put_keys)
 
     def log(self, out: Outputs) -> None:
         """Add this batch's changes to the outputs, on the store's changelog partition."""
@@ -108,11 +121,14 @@ class Batch:
         scan only looks at a few fields); objects this batch changed come whole."""
         seen: dict[bytes, Any] = {}
         decoder = unpacker(head) if head is not None else None
+        unsaved = self._unsaved
         for k, raw in self._store.scan(prefix):
-            if decoder is not None and k not in self._cache:
+            if decoder is not None and k not in self._cache and k not in unsaved:
                 seen[k] = decoder.decode(raw)
             else:
                 seen[k] = self.get(k)
+        for k in self._store.unsaved_under(prefix) if unsaved else ():
+            seen[k] = self.get(k)
         # Only what this batch wrote can differ from the store: its keys are kept sorted, so a scan does
         # not walk every key the batch touched (a reference index lists a DN's referrers this way).
         keys = self._put_keys
@@ -210,8 +226,8 @@ class Stage(ABC, Generic[S]):
         )
 
     async def commit(self, batches: list[Batch], out: Outputs) -> None:
-        """Produce the outputs and wait for the broker; then the changelog, and wait; then write the
-        batches' state locally.
+        """Produce the outputs and wait for the broker; then keep the batches' state changes as unsaved
+        state, which the next ``checkpoint`` saves.
 
         The order is what makes a crash harmless: a state change is never on record (changelog or local
         copy) before the outputs it caused are acknowledged. Were both sent together, a crash mid-flush
@@ -220,10 +236,37 @@ class Stage(ABC, Generic[S]):
         the outputs would be lost for good."""
         await self._flush(out)
         for batch in batches:
-            batch.log(out)
+            batch.stash()
+
+    def unsaved(self) -> int:
+        """State keys written since the last checkpoint."""
+        return self.store.unsaved()
+
+    async def checkpoint(self) -> None:
+        """Save the state of every batch processed since the last checkpoint: to the changelog, wait for
+        the broker, then to the local copy in one WriteBatch per partition with the changelog offset.
+
+        The stage's consumer commits its input offsets only after a checkpoint (streams.consumer): after
+        a crash, the batches since the last one are delivered again and recompute their outputs from the
+        saved state (duplicates, which every step treats idempotently). A key written by many batches
+        between two checkpoints (a large group, a hot reference-index entry) is encoded, logged and
+        written once — as Kafka Streams' record cache does between two commits."""
+        parts = [part for part in self.store.opened() if part.unsaved]
+        if not parts:
+            return
+        out = await self.rt.outputs()
+        encoded: list[tuple[PartitionStore, dict[bytes, bytes | None]]] = []
+        for part in parts:
+            puts = {k: None if v is None else pack(v) for k, v in part.unsaved.items()}
+            if part.changelog is not None:
+                for k, v in puts.items():
+                    out.add(part.changelog, k, v, partition=part.partition)
+            encoded.append((part, puts))
         offsets = await self._flush(out)
-        for batch in batches:
-            batch.commit(offsets)
+        for part, puts in encoded:
+            end = None if part.changelog is None else offsets.get((part.changelog, part.partition))
+            part.write(puts, end)
+            part.saved()
 
     async def _flush(self, out: Outputs) -> dict[tuple[str, int], int]:
         delay = 0.2

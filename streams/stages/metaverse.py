@@ -53,7 +53,8 @@ class MetaverseStage(Stage[MVObject]):
         batches = []
         for p in sorted(self.store.owned):
             part = self.store.partition(p)
-            keys = [k for k, raw in part.scan(b"") if b"delete_due_ms" in raw]
+            keys = [k for k, raw in part.scan(b"") if b"delete_due_ms" in raw and k not in part.unsaved]
+            keys += [k for k, mv in part.unsaved.items() if mv is not None and mv.delete_due_ms is not None]
             if not keys:
                 continue
             batch = Batch(part, keys, MVObject)

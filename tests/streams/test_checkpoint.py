@@ -1,0 +1,201 @@
+"""Checkpoints on a real broker and real RocksDB: a stage keeps its batches' state unsaved (later
+batches read it), saves it at a checkpoint — each key once, changelog first — and its consumer commits
+input offsets only for what a checkpoint saved, so what was processed after the last one is delivered
+again after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams import consumer as consumer_module
+from streams.app import ensure_topics
+from streams.bench.records import bench_config
+from streams.broker import EmbeddedBroker
+from streams.config import load_config
+from streams.consumer import StageConsumer, restore
+from streams.output import Outputs
+from streams.runtime import Runtime, Settings
+from streams.stages.base import Batch, Stage
+
+pytestmark = pytest.mark.integration
+
+
+class Tally(msgspec.Struct):
+    count: int
+
+
+@dataclass
+class Message:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Ev:
+    message: Message
+    value: bytes
+
+
+class TallyStage(Stage[Tally]):
+    """Counts records per key (the record's value is the key): a key written by every batch."""
+
+    step_id = "tally"
+    store_name = "cs"  # a store with a changelog topic
+    state_model = Tally
+
+    def decode(self, topic: str, value: bytes) -> Any:
+        return value
+
+    def keys(self, topic: str, msg: Any) -> list[bytes]:
+        return [msg]
+
+    def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
+        current = batch.get(msg)
+        batch.put(msg, Tally(count=(current.count if current else 0) + 1))
+
+
+def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
+    hr = tmp / "hr.csv"
+    hr.write_text("employee_id\n")
+    config = load_config(bench_config("ckpt", tmp, 2, hr))
+    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+
+
+def test_batches_read_unsaved_state_and_a_checkpoint_saves_each_key_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(rt)
+            stage = TallyStage(rt)
+            offset = 0
+
+            def events(*keys: bytes) -> list[Ev]:
+                nonlocal offset
+                out = []
+                for k in keys:
+                    out.append(Ev(Message("in", 0, offset), k))
+                    offset += 1
+                return out
+
+            await stage.process(events(b"group", b"a"))
+            await stage.process(events(b"group", b"b", b"group"))
+            part = stage.store.partition(0)
+            # Processed, not saved: nothing in the changelog or the local copy yet; three keys wait.
+            assert part.changelog_offset() is None
+            assert list(part.scan(b"")) == []
+            assert stage.unsaved() == 3
+            # The second batch read the first one's unsaved value.
+            assert part.unsaved[b"group"] == Tally(count=3)
+
+            await stage.checkpoint()
+            assert stage.unsaved() == 0
+            # One changelog record per key, though "group" was written by both batches.
+            assert part.changelog_offset() == 3
+            saved = {k: msgspec.msgpack.decode(v, type=Tally) for k, v in part.scan(b"")}
+            assert saved == {b"group": Tally(count=3), b"a": Tally(count=1), b"b": Tally(count=1)}
+
+            # The next batch reads the saved state from the database; a delete is saved too.
+            await stage.process(events(b"group"))
+            batch = Batch(part, [b"a"], Tally)
+            batch.put(b"a", None)
+            batch.stash()
+            await stage.checkpoint()
+            assert part.changelog_offset() == 5
+            assert msgspec.msgpack.decode(part.get(b"group") or b"", type=Tally) == Tally(count=4)
+            assert part.get(b"a") is None
+
+            # Another worker rebuilds exactly that from the changelog.
+            other = runtime(broker.bootstrap, tmp_path, "b")
+            await restore(other, other.store("cs"), [0])
+            rebuilt = {
+                k: msgspec.msgpack.decode(v, type=Tally) for k, v in other.store("cs").partition(0).scan(b"")
+            }
+            assert rebuilt == {b"group": Tally(count=4), b"b": Tally(count=1)}
+            await other.stop()
+            await rt.stop()
+
+    asyncio.run(scenario())
+
+
+def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(rt)
+            topic = rt.names.import_topic("hr")
+            probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=rt.names.group_id("probe"))
+            await probe.start()
+
+            async def committed() -> dict[int, int | None]:
+                return {p: await probe.committed(TopicPartition(topic, p)) for p in (0, 1)}
+
+            seen: list[list[tuple[int, int]]] = [[], []]
+            saves: list[dict[int, int | None]] = []
+
+            def consumer(run: int) -> StageConsumer:
+                async def process(events: list[Any]) -> None:
+                    seen[run].extend((e.message.partition, e.message.offset) for e in events)
+
+                async def checkpoint() -> None:
+                    saves.append(await committed())
+
+                c = StageConsumer(
+                    rt, "probe", [topic], process, [], 10, checkpoint=checkpoint, unsaved=lambda: 0
+                )
+                c.interval_s = 3600.0
+                return c
+
+            out = await rt.outputs()
+            for i in range(40):
+                out.add(topic, f"k{i}".encode(), b"{}", partition=i % 2)
+            await out.flush()
+
+            # First run: never idle long enough to save, then it crashes (stopped without saving).
+            monkeypatch.setattr(consumer_module, "IDLE_S", 3600.0)
+            first = consumer(0)
+            task = asyncio.create_task(first.run())
+            for _ in range(500):
+                if len(seen[0]) == 40:
+                    break
+                await asyncio.sleep(0.02)
+            assert sorted(seen[0]) == sorted((i % 2, i // 2) for i in range(40))
+            rt.closed = True  # what a crash does: no save, no commit at the end
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            rt.closed = False
+            assert saves == []
+            assert await committed() == {0: None, 1: None}
+
+            # Second run (it joins once the group let the first member go: seconds on the embedded broker):
+            # everything is delivered again; once idle it saves, then commits.
+            monkeypatch.setattr(consumer_module, "IDLE_S", 0.2)
+            second = consumer(1)
+            task = asyncio.create_task(second.run())
+            try:
+                for _ in range(1500):
+                    if await committed() == {0: 20, 1: 20}:
+                        break
+                    await asyncio.sleep(0.02)
+                assert await committed() == {0: 20, 1: 20}
+                assert sorted(seen[1]) == sorted(seen[0])
+                # The checkpoint ran before the offsets were committed.
+                assert saves and saves[0] == {0: None, 1: None}
+            finally:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                await probe.stop()
+                await rt.stop()
+
+    asyncio.run(scenario())
