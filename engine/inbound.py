@@ -182,10 +182,16 @@ def _evaluate(
 GONE_VERSION = 2**62
 
 
-def on_link_gone(link: CSLink) -> list[InboundOutput]:
-    """The join answered for an object deleted meanwhile: it leaves the metaverse object it joined or
-    projected (otherwise that object would keep a link nobody removes)."""
-    if link.outcome not in ("joined", "projected") or link.mv_id is None:
+def on_link_gone(link: CSLink, tomb: CSObject | None) -> list[InboundOutput]:
+    """The join answered for an object staging does not hold.
+
+    Deleted meanwhile (``tomb``, its tombstone, is there): it leaves the metaverse object it joined or
+    projected (otherwise that object would keep a link nobody removes). Never staged (no tombstone):
+    nothing. That happens after a crash — a stage's input is delivered again from its last saved state,
+    and the links topic can deliver the answer before the import record that caused it; that record is
+    staged again, joins again and gets its answer again. Leaving would delete the metaverse object of a
+    live person (deletion rule) and deprovision its accounts."""
+    if tomb is None or link.outcome not in ("joined", "projected") or link.mv_id is None:
         return []
     return [
         MVDisconnect(

@@ -69,7 +69,9 @@ class StagingStage(Stage[CSObject]):
     def keys(self, topic: str, msg: Any) -> list[bytes]:
         if isinstance(msg, ChangeRecord):
             return [cs_key(msg.source.connector, msg.anchor), tombstone_key(msg.source.connector, msg.anchor)]
-        if isinstance(msg, CSLink | OperatorLink | DnClaim):
+        if isinstance(msg, CSLink):
+            return [cs_key(msg.connector, msg.anchor), tombstone_key(msg.connector, msg.anchor)]
+        if isinstance(msg, OperatorLink | DnClaim):
             return [cs_key(msg.connector, msg.anchor)]
         return []
 
@@ -96,7 +98,10 @@ class StagingStage(Stage[CSObject]):
             key = cs_key(msg.connector, msg.anchor)
             cs = batch.get(key)
             if cs is None:
-                self._emit(on_link_gone(msg), out)  # deleted meanwhile: leave what it joined
+                # Deleted meanwhile: leave what it joined; not staged yet (a replay): wait for its record.
+                tomb = batch.get(tombstone_key(msg.connector, msg.anchor))
+                c.count(f"link-{'gone' if tomb is not None else 'early'}:{msg.connector}")
+                self._emit(on_link_gone(msg, tomb), out)
                 return
             new, outputs = on_link(self.rt.rules, cs, msg)
             outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms))

@@ -16,7 +16,7 @@ from engine.join import join_step
 from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import ref_step, referrer_key, referrer_prefix, staging_updates
 from engine.rules import Rules, compile_rules
-from engine.staging import stage
+from engine.staging import stage, tombstone
 from schemas.config import IdsyncConfig
 from schemas.messages import (
     CSLink,
@@ -117,6 +117,8 @@ class Sim:
     def __init__(self, rules: Rules, seed: int = 0) -> None:
         self.rules = rules
         self.cs: dict[str, CSObject] = {}
+        #: Tombstones of deleted objects, as staging keeps them.
+        self.tombs: dict[str, CSObject] = {}
         self.join: dict[str, JoinEntry] = {}
         self.mv: dict[str, MVObject] = {}
         self.queues: dict[tuple[str, str], deque[Any]] = {}
@@ -199,7 +201,7 @@ class Sim:
             key = f"{msg.connector}|{msg.anchor}"
             cs = self.cs.get(key)
             if cs is None:
-                self._emit(on_link_gone(msg))
+                self._emit(on_link_gone(msg, self.tombs.get(key)))
                 return
             new, outputs = on_link(self.rules, cs, msg)
             refs = staging_updates(self.rules, cs, new, msg.ts_ms)
@@ -213,9 +215,18 @@ class Sim:
         cs, outputs = route(self.rules, staged, msg.source.ts_ms)
         refs = staging_updates(self.rules, staged.before, cs, msg.source.ts_ms)
         if cs is None:
-            self.cs.pop(key, None)
+            gone = self.cs.pop(key, None)
+            # Staging keeps a tombstone of a deleted object (streams/stages/staging.py).
+            unseen = CSObject(connector=msg.source.connector, anchor=msg.anchor, object_type=msg.object_type)
+            self.tombs[key] = tombstone(
+                gone or unseen,
+                msg.source.version,
+                msg.source.event_id,
+                msg.source.ts_ms,
+            )
         else:
             self.cs[key] = cs
+            self.tombs.pop(key, None)
         self._emit([*outputs, *refs])
 
     def _join(self, msg: JoinRequest | JoinIndexUpdate | RefUpdate) -> None:

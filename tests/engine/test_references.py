@@ -9,12 +9,14 @@ from hypothesis import strategies as st
 from msgspec.structs import replace
 from pydantic import ValidationError
 
+from engine.inbound import on_link_gone
 from engine.metaverse import metaverse_step
 from engine.references import ref_step, staging_updates
 from engine.rules import compile_rules
+from engine.staging import tombstone
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
-from schemas.messages import ExportResult, RefResolved, RefUpdate
+from schemas.messages import CSLink, ExportResult, MVDisconnect, RefResolved, RefUpdate
 from schemas.state import ConnectorState, CSObject, JoinEntry
 from schemas.wire import AttrChange, PendingExport
 
@@ -229,6 +231,19 @@ def test_an_object_deleted_while_its_projection_is_in_flight_leaves_no_metaverse
     sim.step(("import", "ann"))  # deleted before the join answered
     sim.run(shuffle=False)
     assert sim.cs == {} and sim.live() == []
+
+
+def test_a_join_answer_for_an_object_staging_never_held_leaves_nothing() -> None:
+    """After a crash a stage's input is delivered again from its last saved state, and the links topic
+    can bring the join's answer before the import record that caused it. Only a deleted object (its
+    tombstone) leaves its metaverse object; one not staged yet must not, or the deletion rule deletes a
+    live person and deprovisions them (found by tests/integration/test_export_crash.py)."""
+    link = CSLink(connector="hr", anchor="E1", mv_id="M1", outcome="projected", ts_ms=5)
+    assert on_link_gone(link, None) == []
+    deleted = tombstone(CSObject(connector="hr", anchor="E1", object_type="user"), 3, "ev-3", 4)
+    [leave] = on_link_gone(link, deleted)
+    assert isinstance(leave, MVDisconnect)
+    assert (leave.mv_id, leave.connector, leave.anchor, leave.reason) == ("M1", "hr", "E1", "deleted")
 
 
 # --------------------------------------------------------------------------- the pieces
