@@ -313,20 +313,23 @@ def test_import_before_export_applied_is_not_a_divergence() -> None:
     assert mv2 is not None and mv2.targets["ldap"].ledger  # still waiting for the export
 
 
-def test_failed_add_is_provisioned_again_at_next_change() -> None:
-    mv, add = provisioned()
-    failed = ExportResult(
+def failed_add(add: PendingExport, error_type: str, message: str) -> ExportResult:
+    return ExportResult(
         mv_id=MV_ID,
         connector="ldap",
         export_id=add.export_id,
-        seq=1,
+        seq=add.seq,
         status="failed",
         op="add",
-        error_type="cd-connection-failure",
-        message="down",
+        error_type=error_type,
+        message=message,
         ts_ms=2_000,
     )
-    mv, outputs = step(mv, failed)
+
+
+def test_failed_add_is_provisioned_again_at_next_change() -> None:
+    mv, add = provisioned()
+    mv, outputs = step(mv, failed_add(add, "cd-connection-failure", "down"))
     assert outputs == []
     assert mv is not None
     assert mv.targets["ldap"].status == "none"
@@ -344,18 +347,7 @@ def test_failed_add_of_an_object_an_import_has_joined_meanwhile_updates_it_inste
     mv, add = provisioned()
     mv, _ = step(mv, ldap_contribution(MV_ID, image_of(add), DN))
     assert mv is not None and mv.targets["ldap"].status == "exists"
-    failed = ExportResult(
-        mv_id=MV_ID,
-        connector="ldap",
-        export_id=add.export_id,
-        seq=1,
-        status="failed",
-        op="add",
-        error_type="cd-already-exists",
-        message="entry exists",
-        ts_ms=2_000,
-    )
-    mv, outputs = step(mv, failed)
+    mv, outputs = step(mv, failed_add(add, "cd-already-exists", "entry exists"))
     assert outputs == []
     assert mv is not None and mv.targets["ldap"].status == "exists"
     attrs = hr_attrs()
