@@ -160,7 +160,15 @@ def test_disjoin_join_and_release_through_the_pipeline(env: Env) -> None:
     # disjoin: E1 loses the account and its value; A1 is an explicit disconnector
     out = env.idsync("disjoin", "app", "A1")
     assert "explicit disconnector" in out
-    cs, mv = env.until("A1 disjoined", lambda cs, mv: "app" not in mv["E1"].links and (cs, mv))
+    # Each stage saves its own state (checkpoints): the two stores are read until both show it.
+    cs, mv = env.until(
+        "A1 disjoined",
+        lambda cs, mv: (
+            "app" not in mv["E1"].links
+            and cs["A1"].state == ConnectorState.EXPLICIT_DISCONNECTOR
+            and (cs, mv)
+        ),
+    )
     assert cs["A1"].state == ConnectorState.EXPLICIT_DISCONNECTOR and cs["A1"].mv_id is None
     assert "appRole" not in mv["E1"].attributes
 
@@ -174,7 +182,12 @@ def test_disjoin_join_and_release_through_the_pipeline(env: Env) -> None:
     # join: A2 (whose email matches nobody) becomes an explicit connector of E2
     env.idsync("join", "app", "A2", mv["E2"].mv_id)
     cs, mv = env.until(
-        "A2 joined to E2", lambda cs, mv: mv["E2"].attributes.get("appRole") == ["user"] and (cs, mv)
+        "A2 joined to E2",
+        lambda cs, mv: (
+            mv["E2"].attributes.get("appRole") == ["user"]
+            and cs["A2"].state == ConnectorState.EXPLICIT_CONNECTOR
+            and (cs, mv)
+        ),
     )
     assert cs["A2"].state == ConnectorState.EXPLICIT_CONNECTOR and cs["A2"].mv_id == mv["E2"].mv_id
     assert mv["E2"].links["app"].anchor == "A2"
