@@ -227,7 +227,8 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 # Not committed: the next owner processes those records again from the saved state.
                 log.warning("%s: state not saved before the revocation (%s)", self.stage, exc)
             await self._committed(quiet=True)
-            self._processed = {tp: o for tp, o in self._processed.items() if tp not in set(revoked)}
+            gone = set(revoked)
+            self._processed = {tp: o for tp, o in self._processed.items() if tp not in gone}
             parts = {tp.partition for tp in revoked}
             self.assigned -= set(revoked)
             still = {tp.partition for tp in self.assigned}
