@@ -4,11 +4,12 @@ A stage reads the keys of a whole batch with one multi-get and writes the batch'
 WriteBatch, so per-event Python work, not RocksDB, bounds the speed.
 
 Every store has a changelog topic, co-partitioned with the stage's input topics (invariant 11). A stage
-produces each batch's writes to the changelog together with its outputs, waits for the broker, and only
-then writes them locally — in one WriteBatch with the changelog offset they start at. So the local
-database is always a prefix of the changelog plus nothing else, and any worker that is given the partition
-can rebuild it (``streams.consumer.restore``) by reading the changelog from the offset its own copy holds
-(the offset after the last changelog record it reflects).
+keeps the writes of its batches as the partition's unsaved state (``PartitionStore.unsaved``, read before
+the database) until a checkpoint (``streams.stages.base.save``) produces them to the changelog, waits for
+the broker, and only then writes them locally — in one WriteBatch with the changelog offset after them. So
+the local database is always a prefix of the changelog plus nothing else, and any worker that is given the
+partition can rebuild it (``streams.consumer.restore``) by reading the changelog from the offset its own
+copy holds (the offset after the last changelog record it reflects).
 """
 
 from __future__ import annotations

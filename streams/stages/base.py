@@ -57,7 +57,6 @@ class Batch:
         self._puts: dict[bytes, Any] = {}
         #: The keys of ``_puts``, sorted (for ``scan``).
         self._put_keys: list[bytes] = []
-        self._encoded: dict[bytes, bytes | None] | None = None
 
     @property
     def partition(self) -> int:
@@ -75,31 +74,10 @@ class Batch:
         self._cache[key] = value
         return value
 
-    @property
-    def puts(self) -> dict[bytes, bytes | None]:
-        """This batch's writes, encoded (None deletes the key)."""
-        if self._encoded is None:
-            self._encoded = {k: None if v is None else pack(v) for k, v in self._puts.items()}
-        return self._encoded
-
     def stash(self) -> None:
         """Keep this batch's changes in the partition's unsaved state (after its outputs were acked): the
-        stage's next checkpoint saves them with those of the other batches since the last one."""
+        stage's next checkpoint (``save``) saves them with those of the other batches since the last one."""
         self._store.stash(self._puts, self._put_keys)
-
-    def log(self, out: Outputs) -> None:
-        """Add this batch's changes to the outputs, on the store's changelog partition."""
-        topic = self._store.changelog
-        if topic is None:
-            return
-        for k, v in self.puts.items():
-            out.add(topic, k, v, partition=self._store.partition)
-
-    def commit(self, offsets: dict[tuple[str, int], int] | None = None) -> None:
-        """Write this batch's changes locally in one WriteBatch (after ``log`` and the flush)."""
-        topic = self._store.changelog
-        end = None if topic is None or offsets is None else offsets.get((topic, self._store.partition))
-        self._store.write(self.puts, end)
 
     def update(self, key: bytes, value: msgspec.Struct | None) -> None:
         """``put`` unless the key already holds an equal value (no write, no changelog record: a
@@ -112,7 +90,6 @@ class Batch:
         if key not in self._puts:
             bisect.insort(self._put_keys, key)
         self._puts[key] = value
-        self._encoded = None
 
     def scan(self, prefix: bytes, head: type[msgspec.Struct] | None = None) -> list[tuple[bytes, Any]]:
         """Every stored object under a prefix, with this batch's changes applied.
@@ -234,7 +211,7 @@ class Stage(ABC, Generic[S]):
         could leave the new state in the changelog without its outputs; the worker taking the partition
         over would restore that state, re-process the batch, find nothing changed and publish nothing —
         the outputs would be lost for good."""
-        await self._flush(out)
+        await flush(out, self.step_id)
         for batch in batches:
             batch.stash()
 
@@ -251,33 +228,42 @@ class Stage(ABC, Generic[S]):
         saved state (duplicates, which every step treats idempotently). A key written by many batches
         between two checkpoints (a large group, a hot reference-index entry) is encoded, logged and
         written once — as Kafka Streams' record cache does between two commits."""
-        parts = [part for part in self.store.opened() if part.unsaved]
-        if not parts:
-            return
-        out = await self.rt.outputs()
-        encoded: list[tuple[PartitionStore, dict[bytes, bytes | None]]] = []
-        for part in parts:
-            puts = {k: None if v is None else pack(v) for k, v in part.unsaved.items()}
-            if part.changelog is not None:
-                for k, v in puts.items():
-                    out.add(part.changelog, k, v, partition=part.partition)
-            encoded.append((part, puts))
-        offsets = await self._flush(out)
-        for part, puts in encoded:
-            end = None if part.changelog is None else offsets.get((part.changelog, part.partition))
-            part.write(puts, end)
-            part.saved()
+        await save(self.rt, self.store.opened(), self.step_id)
 
-    async def _flush(self, out: Outputs) -> dict[tuple[str, int], int]:
-        delay = 0.2
-        while True:
-            try:
-                return await out.flush()
-            except KafkaError as exc:
-                # The broker is unreachable: keep the batch (not acked) and retry; never drop outputs.
-                log.warning("%s: producing failed (%s), retrying in %.1fs", self.step_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+async def save(rt: Runtime, parts: list[PartitionStore], step_id: str) -> None:
+    """Save the unsaved state of ``parts`` (a checkpoint): each key encoded once and produced to its
+    store's changelog partition; once the broker has acknowledged all of it, written locally in one
+    WriteBatch per partition together with the changelog offset after it."""
+    parts = [part for part in parts if part.unsaved]
+    if not parts:
+        return
+    out = await rt.outputs()
+    encoded: list[tuple[PartitionStore, dict[bytes, bytes | None]]] = []
+    for part in parts:
+        puts = {k: None if v is None else pack(v) for k, v in part.unsaved.items()}
+        if part.changelog is not None:
+            for k, v in puts.items():
+                out.add(part.changelog, k, v, partition=part.partition)
+        encoded.append((part, puts))
+    offsets = await flush(out, step_id)
+    for part, puts in encoded:
+        end = None if part.changelog is None else offsets.get((part.changelog, part.partition))
+        part.write(puts, end)
+        part.saved()
+
+
+async def flush(out: Outputs, step_id: str) -> dict[tuple[str, int], int]:
+    """Produce ``out`` and wait for every acknowledgement; while the broker is unreachable, keep the
+    records (not acked) and retry with backoff — outputs are never dropped."""
+    delay = 0.2
+    while True:
+        try:
+            return await out.flush()
+        except KafkaError as exc:
+            log.warning("%s: producing failed (%s), retrying in %.1fs", step_id, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def record_text(raw: bytes, limit: int = 2000) -> str:
@@ -293,4 +279,4 @@ def record_text(raw: bytes, limit: int = 2000) -> str:
         return repr(raw[:limit])
 
 
-__all__ = ["Batch", "Stage", "record_text"]
+__all__ = ["Batch", "Stage", "flush", "record_text", "save"]

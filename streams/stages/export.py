@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from connectors.base import BatchExport, Export, ExportOutcome
 from engine.threshold import DeleteWindow, approved, decide, needs_base, superseded
@@ -43,6 +42,7 @@ from schemas.records import APPROVE_DELETES_KEY, ApproveDeletes, PendingExport
 from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
+from streams.stages.base import flush
 
 log = logging.getLogger("idsync.export")
 
@@ -230,7 +230,7 @@ class ExportWorker:
                 None,
                 record=bytes(ev.value[:2000]).decode("utf-8", "replace"),
             )
-            await self._flush(out)
+            await flush(out, self.step_id)
             return
         p = msg.partition
         held = [
@@ -262,14 +262,14 @@ class ExportWorker:
                 self._result(export, result, out)
         # Results first, acknowledged, then the ledger: a ledger entry never records an export whose
         # result was not published (streams.stages.base.Stage.commit explains the order).
-        await self._flush(out)
+        await flush(out, self.step_id)
         for p, puts in work.puts.items():
             # The ledger (held deletes included) moves with its partition through the store's changelog.
             changelog = getattr(self.ledger.partition(p), "changelog", None)
             if changelog is not None:
                 for k, v in puts.items():
                     out.add(changelog, k, v, partition=p)
-        offsets = await self._flush(out) or {}
+        offsets = await flush(out, self.step_id)
         if work.todo:
             self._maybe_kill("after-flush")
         for p, puts in work.puts.items():
@@ -406,17 +406,6 @@ class ExportWorker:
                 ts_ms=now_ms(),
             )
         out.add(self.rt.names.mv_topic(), export.mv_id.encode(), pack(result))
-
-    async def _flush(self, out: Outputs) -> dict[tuple[str, int], int] | None:
-        delay = 0.2
-        while True:
-            try:
-                return await out.flush()
-            except KafkaError as exc:
-                # The broker is unreachable: keep the results (the ledger waits for them) and retry.
-                log.warning("%s: producing failed (%s), retrying in %.1fs", self.step_id, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     def _error(
         self,

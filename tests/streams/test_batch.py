@@ -56,5 +56,6 @@ def test_update_writes_only_what_changed(tmp_path: Path) -> None:
     batch.update(b"absent", None)  # deleting what is not there: nothing either
     batch.update(b"gone", None)
     batch.update(b"new", Item("n"))
-    assert batch.puts == {b"gone": None, b"new": pack(Item("n"))}
+    batch.stash()
+    assert part.unsaved == {b"gone": None, b"new": Item("n")}
     part.close()

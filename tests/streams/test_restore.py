@@ -14,7 +14,7 @@ from streams.broker import EmbeddedBroker
 from streams.config import load_config
 from streams.consumer import restore
 from streams.runtime import Runtime, Settings
-from streams.stages.base import Batch
+from streams.stages.base import Batch, save
 
 pytestmark = pytest.mark.integration
 
@@ -31,14 +31,14 @@ def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
 
 
 async def write(rt: Runtime, partition: int, puts: dict[bytes, str | None]) -> None:
-    """What a stage does with a batch: log to the changelog with the outputs, flush, then write locally."""
+    """What a stage does with a batch and its checkpoint: keep the writes unsaved, then log them to the
+    changelog, wait for the broker and write them locally."""
     part = rt.store("cs").partition(partition)
     batch = Batch(part, list(puts), Item)
     for k, v in puts.items():
         batch.put(k, None if v is None else Item(value=v))
-    out = await rt.outputs()
-    batch.log(out)
-    batch.commit(await out.flush())
+    batch.stash()
+    await save(rt, [part], "test")
 
 
 def contents(rt: Runtime, partition: int) -> dict[bytes, str]:
