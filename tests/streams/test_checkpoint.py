@@ -23,6 +23,7 @@ from streams.consumer import StageConsumer, restore
 from streams.output import Outputs
 from streams.runtime import Runtime, Settings
 from streams.stages.base import Batch, Stage
+from tests.streams.helpers import cancel, until
 
 pytestmark = pytest.mark.integration
 
@@ -139,6 +140,9 @@ def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
             async def committed() -> dict[int, int | None]:
                 return {p: await probe.committed(TopicPartition(topic, p)) for p in (0, 1)}
 
+            async def committed_is(expected: dict[int, int | None]) -> bool:
+                return await committed() == expected
+
             seen: list[list[tuple[int, int]]] = [[], []]
             saves: list[dict[int, int | None]] = []
 
@@ -164,10 +168,7 @@ def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
             monkeypatch.setattr(consumer_module, "IDLE_S", 3600.0)
             first = consumer(0)
             task = asyncio.create_task(first.run())
-            for _ in range(500):
-                if len(seen[0]) == 40:
-                    break
-                await asyncio.sleep(0.02)
+            await until(lambda: len(seen[0]) == 40, 10)
             assert sorted(seen[0]) == sorted((i % 2, i // 2) for i in range(40))
             rt.closed = True  # what a crash does: no save, no commit at the end
             task.cancel()
@@ -183,19 +184,12 @@ def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
             second = consumer(1)
             task = asyncio.create_task(second.run())
             try:
-                for _ in range(1500):
-                    if await committed() == {0: 20, 1: 20}:
-                        break
-                    await asyncio.sleep(0.02)
+                await until(lambda: committed_is({0: 20, 1: 20}), 30)
                 assert await committed() == {0: 20, 1: 20}
                 assert sorted(seen[1]) == sorted(seen[0])
                 # The checkpoint ran before the offsets were committed.
                 assert saves and saves[0] == {0: None, 1: None}
             finally:
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                await probe.stop()
-                await rt.stop()
+                await cancel(task, probe.stop, rt.stop)
 
     asyncio.run(scenario())

@@ -16,6 +16,7 @@ from streams.broker import EmbeddedBroker
 from streams.config import load_config
 from streams.consumer import StageConsumer
 from streams.runtime import Runtime, Settings
+from tests.streams.helpers import cancel, until
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +41,9 @@ def test_every_processed_batch_is_committed_the_last_one_without_a_next(tmp_path
             async def committed() -> dict[int, int | None]:
                 return {p: await probe.committed(TopicPartition(topic, p)) for p in (0, 1)}
 
+            async def committed_is(expected: dict[int, int | None]) -> bool:
+                return await committed() == expected
+
             async def process(events: list[Any]) -> None:
                 # Offsets are never committed ahead of processing (at-least-once).
                 now = await committed()
@@ -57,18 +61,11 @@ def test_every_processed_batch_is_committed_the_last_one_without_a_next(tmp_path
                     out.add(topic, f"k{i}".encode(), b"{}", partition=i % 2)
                 await out.flush()
                 # No record follows the last batch, and still its offsets reach the broker.
-                for _ in range(500):
-                    if await committed() == {0: 25, 1: 25}:
-                        break
-                    await asyncio.sleep(0.02)
+                await until(lambda: committed_is({0: 25, 1: 25}), 10)
                 assert await committed() == {0: 25, 1: 25}
                 assert sorted(seen) == sorted((i % 2, i // 2) for i in range(50))
                 assert len(committed_while_processing) >= 5  # batches of at most 10
             finally:
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
-                await probe.stop()
-                await rt.stop()
+                await cancel(task, probe.stop, rt.stop)
 
     asyncio.run(scenario())

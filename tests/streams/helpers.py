@@ -1,0 +1,33 @@
+"""Small helpers of the stream tests that drive a consumer task on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+
+async def until(check: Callable[[], Any], seconds: float, step: float = 0.02) -> None:
+    """Poll ``check`` (a function or a coroutine function) until it returns true or ``seconds`` pass;
+    the caller asserts the outcome afterwards, so a timeout fails with its own message."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(step)
+
+
+async def cancel(task: asyncio.Task[Any], *cleanups: Callable[[], Awaitable[Any]]) -> None:
+    """Cancel a consumer task, expect it to end cancelled, then run the cleanups (stop clients)."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for cleanup in cleanups:
+        await cleanup()
