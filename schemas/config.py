@@ -486,9 +486,9 @@ class PipelineConfig(_Config):
     #: How often a stage saves its state (changelog, then local copy) and commits its input offsets; it
     #: also does when it goes idle and before giving partitions up. Writes of one key between two
     #: checkpoints are saved once. After a crash, what was processed since the last checkpoint is
-    #: processed again (duplicate outputs, which every step absorbs). 0 (the default for now): after
-    #: every batch. 1000 is ~20% faster (docs/benchmarks.md, docs/architecture.md#checkpoints).
-    checkpoint_interval_ms: int = Field(default=0, ge=0, le=600_000)
+    #: processed again (duplicate outputs, which every step absorbs). 0: after every batch (~20% slower,
+    #: docs/benchmarks.md; less to process again after a crash).
+    checkpoint_interval_ms: int = Field(default=1000, ge=0, le=600_000)
     #: A stage also saves when this many state keys wait to be saved (bounds the memory they hold).
     checkpoint_max_keys: int = Field(default=20_000, ge=1, le=10_000_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it

@@ -313,8 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint-ms",
         type=int,
-        default=0,
-        help="pipeline.checkpoint_interval_ms of the batched pipeline (0, the default: save every batch)",
+        default=1000,
+        help="pipeline.checkpoint_interval_ms of the batched pipeline (default 1000; 0: save every batch)",
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", default="bench.json", help="write the figures here")

@@ -21,7 +21,7 @@ from streams.bench.org import Org, Person
 Message = tuple[str, bytes, bytes, int | None]
 
 
-def bench_config(name: str, work: Path, partitions: int, hr_file: Path, checkpoint_ms: int = 0) -> Path:
+def bench_config(name: str, work: Path, partitions: int, hr_file: Path, checkpoint_ms: int = 1000) -> Path:
     """The bench's configuration file: hr projects, dir and appdb join, provisioning into dir."""
     config: dict[str, Any] = {
         "name": name,
