@@ -495,6 +495,23 @@ class PipelineConfig(_Config):
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.
     tombstone_retention_s: int = Field(default=7 * 86400, ge=0)
+    #: Compression of every record batch idsync produces (outputs, changelogs, imports). Kafka
+    #: deployments usually compress: the internal topics repeat DNs and attribute names, and a group's
+    #: image is mostly its members' common DN suffix. lz4, zstd and snappy need the ``cramjam`` package.
+    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
+
+    @field_validator("compression")
+    @classmethod
+    def _codec_installed(cls, value: str) -> str:
+        if value in ("lz4", "zstd", "snappy"):
+            try:
+                importlib.import_module("cramjam")
+            except ImportError:
+                raise ValueError(
+                    f"{value} compression needs the cramjam package (pip install cramjam), "
+                    "or use gzip or none"
+                ) from None
+        return value
 
 
 class IdsyncConfig(_Config):

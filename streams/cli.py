@@ -316,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="pipeline.checkpoint_interval_ms of the batched pipeline (default 1000; 0: save every batch)",
     )
+    p.add_argument(
+        "--compression",
+        choices=["none", "gzip", "lz4", "zstd", "snappy"],
+        default="none",
+        help="pipeline.compression of the batched pipeline and the generated imports (default none)",
+    )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", default="bench.json", help="write the figures here")
     p.add_argument("--work-dir", help="keep working files here (default: a temp dir, removed)")

@@ -55,6 +55,11 @@ class Counters:
         self.steps[name] += n
 
 
+def compression_type(setting: str) -> str | None:
+    """aiokafka's ``compression_type`` for ``pipeline.compression``."""
+    return None if setting == "none" else setting
+
+
 class Runtime:
     """Shared by the stages of one worker process."""
 
@@ -128,6 +133,7 @@ class Runtime:
                     max_batch_size=1 << 20,
                     max_request_size=8 << 20,
                     enable_idempotence=False,
+                    compression_type=compression_type(self.config.pipeline.compression),
                     client_id=f"idsync-{self.config.name}-out",
                 )
                 await self._producer.start()

@@ -21,7 +21,14 @@ from streams.bench.org import Org, Person
 Message = tuple[str, bytes, bytes, int | None]
 
 
-def bench_config(name: str, work: Path, partitions: int, hr_file: Path, checkpoint_ms: int = 1000) -> Path:
+def bench_config(
+    name: str,
+    work: Path,
+    partitions: int,
+    hr_file: Path,
+    checkpoint_ms: int = 1000,
+    compression: str = "none",
+) -> Path:
     """The bench's configuration file: hr projects, dir and appdb join, provisioning into dir."""
     config: dict[str, Any] = {
         "name": name,
@@ -131,7 +138,11 @@ def bench_config(name: str, work: Path, partitions: int, hr_file: Path, checkpoi
                 "deprovision": {"action": "delete"},
             },
         ],
-        "pipeline": {"partitions": partitions, "checkpoint_interval_ms": checkpoint_ms},
+        "pipeline": {
+            "partitions": partitions,
+            "checkpoint_interval_ms": checkpoint_ms,
+            "compression": compression,
+        },
     }
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -142,7 +142,9 @@ class Phase:
         self.naive = naive
         self.env = {**os.environ, **(env or {})}
         os.environ.update(env or {})
-        self.config_path = bench_config(name, self.work, args.partitions, work / "hr.csv", args.checkpoint_ms)
+        self.config_path = bench_config(
+            name, self.work, args.partitions, work / "hr.csv", args.checkpoint_ms, args.compression
+        )
         self.config = load_config(self.config_path)
         self.broker = EmbeddedBroker(self.work)
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -197,6 +199,7 @@ class Phase:
         profile = os.environ.get("IDSYNC_BENCH_PROFILE")
         if profile:
             # py-spy samples the worker for the whole phase (collapsed stacks, one line per stack).
+            Path(profile).mkdir(parents=True, exist_ok=True)
             out = Path(profile) / f"{self.name}-worker{w}.txt"
             cmd = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", str(out), "--", *cmd]
         log = (self.work / f"worker{w}.log").open("ab")
