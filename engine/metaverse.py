@@ -5,7 +5,7 @@ settle the export ledger."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
@@ -57,7 +57,7 @@ def metaverse_steps(
     mv: MVObject | None,
     msgs: Sequence[MVInbound],
     now_ms: int | None = None,
-    settle: bool = False,
+    settle: bool | Callable[[MVObject], bool] = False,
 ) -> tuple[MVObject | None, list[list[MVOutput]]]:
     """Apply messages to one metaverse object in order: the state and, per message, the outputs that
     applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
@@ -68,7 +68,10 @@ def metaverse_steps(
 
     ``settle``: reference answers still waiting for their ``RefSync`` at the end are synced now (with
     the last message's outputs), and no ``RefSync`` is sent: what that message would do when it
-    arrived, one hop sooner (a ``RefSync`` already on its way then finds nothing to do)."""
+    arrived, one hop sooner (a ``RefSync`` already on its way then finds nothing to do). A predicate
+    decides per object: when it says no, the answers are *held* — no ``RefSync`` is sent and the object
+    keeps ``ref_sync`` set, as if one were on its way; the caller must then deliver that ``RefSync``
+    itself (streams.stages.metaverse holds a large group's answers until its checkpoint)."""
     work = fork(mv) if mv is not None else None
     results: list[list[MVOutput]] = []
     for msg in msgs:
@@ -98,6 +101,8 @@ def metaverse_steps(
     if settle and work is not None and work.ref_sync is not None and msgs:
         for each in results:
             each[:] = [o for o in each if not isinstance(o, RefSync)]
+        if callable(settle) and not settle(work):
+            return work, results
         last = msgs[-1]
         published = published_dns(rules, work)
         work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms))

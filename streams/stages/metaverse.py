@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 from typing import Any
 
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
@@ -16,6 +18,14 @@ from streams.stages.base import Batch, Stage
 _MV = unpacker(MVInbound)
 #: How often the stage looks for objects whose deletion grace period ended without a message reaching them.
 EXPIRY_INTERVAL_MS = 10_000
+#: An object with at least this many references (a large group) is synced at most once per checkpoint
+#: interval while its members keep answering: syncing it recomputes and plans all of its values.
+LARGE_REFS = 1_000
+
+
+def ref_count(mv: MVObject) -> int:
+    """References an object holds (a group: its members), over its connectors and attributes."""
+    return sum(len(refs) for link in mv.links.values() for refs in link.refs.values())
 
 
 class MetaverseStage(Stage[MVObject]):
@@ -36,6 +46,11 @@ class MetaverseStage(Stage[MVObject]):
         n = rt.names
         self._changes, self._join, self._mv = n.mv_changes_topic(), n.join_topic(), n.mv_topic()
         self._exports = {c: n.export_topic(c) for c in rt.rules.targets}
+        #: Large objects whose reference answers are held until the checkpoint, per partition, and when
+        #: each large object was last synced (loop time; only large objects are tracked).
+        self._interval_s = rt.config.pipeline.checkpoint_interval_ms / 1000
+        self._held: dict[int, set[bytes]] = {}
+        self._synced_at: dict[bytes, float] = {}
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -79,17 +94,58 @@ class MetaverseStage(Stage[MVObject]):
         by_key: dict[bytes, list[tuple[Any, Any]]] = {}
         for item in items:
             by_key.setdefault(item[1].mv_id.encode(), []).append(item)
+        now = asyncio.get_running_loop().time()
         for key, group in by_key.items():
+
+            def settle(mv: MVObject, key: bytes = key) -> bool:
+                """Sync now, or hold a large object's answers until the checkpoint when it was synced
+                less than a checkpoint interval ago (its members are answering one batch after another:
+                one sync per interval instead of one per batch)."""
+                if self._interval_s <= 0 or ref_count(mv) < LARGE_REFS:
+                    return True
+                if now - self._synced_at.get(key, -math.inf) < self._interval_s:
+                    return False
+                self._synced_at[key] = now
+                return True
+
             try:
-                mv, outputs = metaverse_steps(
-                    self.rt.rules, batch.get(key), [m for _ev, m in group], settle=True
-                )
+                msgs = [m for _ev, m in group]
+                mv, outputs = metaverse_steps(self.rt.rules, batch.get(key), msgs, settle=settle)
             except Exception:
                 super().handle_all(batch, group, out)
                 continue
             batch.update(key, mv)
+            if mv is not None and mv.ref_sync is not None:
+                self._held.setdefault(batch.partition, set()).add(key)
             for each in outputs:
                 self._emit(each, out, batch.partition)
+
+    async def checkpoint(self) -> None:
+        """Sync the objects whose answers are held (their outputs go out first), then save: saved state
+        never holds answers, so neither a crash nor a partition moving to another worker can leave an
+        object waiting for a sync nobody will send."""
+        await self._settle_held()
+        await super().checkpoint()
+
+    async def _settle_held(self) -> None:
+        held, self._held = self._held, {}
+        if not held:
+            return
+        now, ts = asyncio.get_running_loop().time(), now_ms()
+        out = await self.rt.outputs()
+        batches = []
+        for p, keys in sorted(held.items()):
+            batch = Batch(self.store.partition(p), sorted(keys), MVObject)
+            for key in sorted(keys):
+                mv = batch.get(key)
+                if mv is None or mv.ref_sync is None:
+                    continue  # synced since (a RefSync on its way found it) or gone
+                mv, [outputs] = metaverse_steps(self.rt.rules, mv, [RefSync(mv_id=key.decode(), ts_ms=ts)])
+                batch.update(key, mv)
+                self._synced_at[key] = now
+                self._emit(outputs, out, p)
+            batches.append(batch)
+        await self.commit(batches, out)
 
     def _emit(self, outputs: list[MVOutput], out: Outputs, partition: int) -> None:
         """Records keyed by this object's mv_id go to ``partition``, the one its own messages come from

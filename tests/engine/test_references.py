@@ -10,19 +10,20 @@ from msgspec.structs import replace
 from pydantic import ValidationError
 
 from engine.inbound import on_link_gone
-from engine.metaverse import metaverse_step
+from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import ref_step, staging_updates
 from engine.rules import compile_rules
 from engine.staging import tombstone
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
-from schemas.messages import CSLink, ExportResult, MVDisconnect, RefResolved, RefUpdate
+from schemas.messages import CSLink, ExportResult, MVDisconnect, RefResolved, RefSync, RefUpdate
 from schemas.state import ConnectorState, CSObject, JoinEntry
 from schemas.wire import AttrChange, PendingExport
 
 from .refsim import Sim, group_dn, ref_config_dict, ref_rules, user_dn
 
 RULES = ref_rules()
+RULES_T = ref_rules(targets=True)
 
 
 def user(sim: Sim, uid: str, manager: str | None = None, *, dn: str | None = None) -> None:
@@ -448,6 +449,59 @@ def test_one_member_added_or_removed_exports_exactly_that_value() -> None:
     }
 
 
+def test_held_answers_change_nothing_until_the_refsync_then_export_what_settling_at_once_does() -> None:
+    """The metaverse stage holds a large group's member answers until its checkpoint (no RefSync sent,
+    ``ref_sync`` kept set); the RefSync it then delivers gives the state and exports of syncing at once."""
+    sim, seen = settled_group(["a", "b", "c"])
+    for uid in "de":
+        user(sim, uid)
+    for _ in range(3):  # d and e exist in the target before they join the group
+        sim.run()
+        apply_all(sim, seen)
+    group(sim, "staff", [user_dn(u) for u in "abde"])
+    staff_id = sim.mv_of("staff").mv_id
+    # Run everything but the group's own metaverse messages (its new image, d's and e's answers).
+    while keys := [k for k in sim.pending() if k != ("mv", staff_id)]:
+        sim.step(keys[0])
+    answers = list(sim.queues[("mv", staff_id)])
+    assert sum(isinstance(m, RefResolved) for m in answers) >= 2
+    before = sim.mv[staff_id]
+
+    held, [*outs] = metaverse_steps(RULES_T, before, answers, settle=lambda _mv: False)
+    assert held is not None and held.ref_sync is not None
+    flat = [o for each in outs for o in each]
+    assert not [o for o in flat if isinstance(o, RefSync)]
+    # d and e are not in the metaverse value, nor exported, before the RefSync.
+    members = set(held.attributes.get("member", []))
+    assert not members & {sim.mv_of(u).mv_id for u in "de"}
+    assert not [o for o in flat if isinstance(o, PendingExport) and "uid=d" in str(o.attributes)]
+    synced, [late] = metaverse_steps(RULES_T, held, [RefSync(mv_id=staff_id, ts_ms=answers[-1].ts_ms)])
+
+    at_once, outs_at_once = metaverse_steps(RULES_T, before, answers, settle=True)
+    assert synced == at_once
+    assert synced is not None and len(synced.attributes["member"]) == 4
+
+    kinds = [type(o).__name__ for o in late]
+    assert kinds == [type(o).__name__ for each in outs_at_once for o in each][-len(kinds) :]
+
+    # The pipeline goes on from the held-then-synced group: the target gets c out, d and e in.
+    sim.queues[("mv", staff_id)].clear()
+    sim.mv[staff_id] = synced
+    sim._emit([*flat, *late])
+    changes: list[tuple[str, str, list[str]]] = []
+    for _ in range(4):
+        sim.run()
+        for e in group_exports(sim, seen):
+            changes += [(c.op, k, sorted(c.values)) for k, c in e.attributes.items()]
+    target = "uid={},ou=people,dc=target,dc=org"
+    added = sorted(v for op, _attr, values in changes if op == "add" for v in values)
+    assert added == [target.format(u) for u in "de"]
+    assert [(op, v) for op, _attr, values in changes if op != "add" for v in values] == [
+        ("delete", target.format("c"))
+    ]
+    assert sorted(sim.mv_of("staff").targets["ldap"].ref_dns.values()) == [target.format(u) for u in "abde"]
+
+
 def test_members_compare_as_dns_and_a_swap_removes_then_adds_one_value_each() -> None:
     sim, seen = settled_group(["a", "b", "c", "d"])
     group(sim, "staff", [user_dn(u) for u in "abc"])
@@ -590,7 +644,9 @@ def test_a_group_whose_members_resolve_one_by_one_is_exported_in_a_few_changes()
     sim, _seen = settled_group(members)
     staff = sim.mv_of("staff").mv_id
     group_exports = [e for e in sim.exports if e.mv_id == staff]
-    assert len(group_exports) < 10, [
+    # One modify per member would be 100; how many it takes depends on the delivery order the simulation
+    # draws (7 to 13 in the orders seen), so the bound is loose.
+    assert len(group_exports) <= 20, [
         (e.op, len(e.attributes.get("member", AttrChange(op="add", values=[])).values)) for e in group_exports
     ]
     exported = {v for e in group_exports if "member" in e.attributes for v in e.attributes["member"].values}
