@@ -139,6 +139,8 @@ class Org:
         n = len(self.people)
         changes: list[tuple[str, Person | None, Person | None]] = []
         touched: set[int] = set()
+        # Once per round: it scans every person (inside the loops, the 1M round never ended).
+        departments = self.departments
         for _ in range(max(1, n // 20)):
             i = rng.randrange(n)
             if i in touched:
@@ -149,7 +151,7 @@ class Org:
             if what < 0.4:
                 new = _replace(p, title=rng.choice(TITLES))
             elif what < 0.8:
-                new = _replace(p, department=rng.choice(self.departments))
+                new = _replace(p, department=rng.choice(departments))
             else:
                 new = _replace(p, last_name=rng.choice(LAST))  # renames the LDAP entry
             if new != p:
@@ -165,7 +167,7 @@ class Org:
             self.people[i] = _replace(p, status="left")
         for _ in range(max(1, n // 100)):
             idx = len(self.people)
-            p = _person(rng, idx, self.people, len(self.departments))
+            p = _person(rng, idx, self.people, len(departments))
             self.people.append(p)
             changes.append(("c", None, p))
         return changes
