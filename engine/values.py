@@ -199,15 +199,41 @@ _DN_KEYS: dict[str, str] = {}
 DN_KEY_CACHE = 1 << 18
 
 
+def _unspaced(dn: str) -> bool:
+    """No whitespace next to a separator nor at either end (what a DN key strips). Every whitespace
+    character but the ASCII space is unprintable, so a printable DN has only spaces to look for."""
+    return (
+        dn.isprintable()
+        and " ," not in dn
+        and ", " not in dn
+        and " =" not in dn
+        and "= " not in dn
+        and not dn.startswith(" ")
+        and not dn.endswith(" ")
+    )
+
+
 def _dn_key(dn: str) -> str:
     key = _DN_KEYS.get(dn)
     if key is None:
         if len(_DN_KEYS) >= DN_KEY_CACHE:
             for old in list(itertools.islice(_DN_KEYS, DN_KEY_CACHE // 10)):
                 del _DN_KEYS[old]  # the oldest tenth
-        key = ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
+        if "\\" in dn:
+            key = _parsed_dn_key(dn)
+        elif _unspaced(dn):
+            key = dn.casefold()  # no escapes, no space around a separator: nothing to strip
+        else:
+            # No escapes: the separators are every "," and the first "=" of each RDN (split_dn's walk,
+            # one character at a time in Python, is for escaped DNs; a 50,000-member group's keys are
+            # computed here whenever they fell out of the cache).
+            key = ",".join("=".join(p.strip() for p in rdn.split("=", 1)) for rdn in dn.split(",")).casefold()
         _DN_KEYS[dn] = key
     return key
+
+
+def _parsed_dn_key(dn: str) -> str:
+    return ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
 
 
 def dn_keys(dns: Iterable[str]) -> list[str]:

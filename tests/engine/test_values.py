@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from engine import values
 from engine.values import (
     any_group_holds,
     condition_holds,
@@ -215,6 +216,26 @@ def test_dn_key_ignores_case_and_spaces_around_separators() -> None:
     )
     assert dn_key("cn = a,ou= b") == dn_key("cn=a,ou=b")
     assert dn_key(None) == ""
+
+
+#: Attribute-name-ish and value-ish parts of unescaped DNs: spaces, case, "=" inside values, casefolds
+#: that change length (ß, İ); never a backslash or a comma inside a part. ``_ODD``: whitespace other than
+#: the space (unprintable, as are control characters), put somewhere into some of the DNs.
+_NAMES = st.text(alphabet=" cnoCN=", max_size=4)
+_VALUES = st.text(alphabet=" aBß=İx()", max_size=8)
+_ODD = st.sampled_from(["", "", "\t", "\xa0", "\x01", "\u2028"])
+
+
+@settings(max_examples=400)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=5), st.booleans(), _ODD, st.integers(0, 60))
+def test_fast_dn_key_equals_the_parsed_one(
+    rdns: list[tuple[str, str]], tail: bool, odd: str, at: int
+) -> None:
+    parts = [f"{a}={v}" if i % 2 == 0 else f"{a}{v}" for i, (a, v) in enumerate(rdns)]
+    dn = ",".join(parts) + ("," if tail else "")
+    dn = dn[:at] + odd + dn[at:]
+    values._DN_KEYS.pop(dn, None)
+    assert dn_key(dn) == values._parsed_dn_key(dn)
 
 
 def test_dn_key_distinguishes_escaped_comma_from_separator() -> None:
