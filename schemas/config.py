@@ -477,6 +477,10 @@ class OutboundRuleConfig(_Config):
 
 
 # --------------------------------------------------------------------------- pipeline
+#: Record-batch codecs of ``pipeline.compression`` (aiokafka's names; "none" compresses nothing).
+Compression = Literal["none", "gzip", "lz4", "zstd", "snappy"]
+
+
 class PipelineConfig(_Config):
     partitions: int = Field(default=4, ge=1, le=1024)
     #: Records a stage takes at most per batch (one multi-get, one WriteBatch, one produce per batch).
@@ -499,7 +503,7 @@ class PipelineConfig(_Config):
     #: deployments usually compress: the internal topics repeat DNs and attribute names, and a group's
     #: image is mostly its members' common DN suffix. zstd is the one to choose (a 3 MB group image: 5.5 ms,
     #: 42x smaller; aiokafka's lz4 runs at level 9: 41 ms, 4.6x). lz4, zstd and snappy need ``cramjam``.
-    compression: Literal["none", "gzip", "lz4", "zstd", "snappy"] = "none"
+    compression: Compression = "none"
 
     @field_validator("compression")
     @classmethod

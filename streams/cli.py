@@ -11,9 +11,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from schemas.codec import as_dict
+from schemas.config import Compression
 from schemas.errors import ConfigError, FatalError, IdsyncError
 from streams.config import load_config
 from streams.runtime import Settings
@@ -318,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compression",
-        choices=["none", "gzip", "lz4", "zstd", "snappy"],
+        choices=get_args(Compression),
         default="none",
         help="pipeline.compression of the batched pipeline and the generated imports (default none)",
     )

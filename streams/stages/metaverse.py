@@ -134,9 +134,10 @@ class MetaverseStage(Stage[MVObject]):
         now, ts = asyncio.get_running_loop().time(), now_ms()
         out = await self.rt.outputs()
         batches = []
-        for p, keys in sorted(held.items()):
-            batch = Batch(self.store.partition(p), sorted(keys), MVObject)
-            for key in sorted(keys):
+        for p, unordered in sorted(held.items()):
+            keys = sorted(unordered)
+            batch = Batch(self.store.partition(p), keys, MVObject)
+            for key in keys:
                 mv = batch.get(key)
                 if mv is None or mv.ref_sync is None:
                     continue  # synced since (a RefSync on its way found it) or gone
