@@ -50,10 +50,12 @@ CLEAN_MARKER = "LAST-SYNC-FINISHED"
 def cmd_sync(args: argparse.Namespace) -> int:
     from streams.app import create_app
     from streams.broker import EmbeddedBroker
+    from streams.memory import tune_malloc
     from streams.store import STATE_FORMAT, state_format
     from streams.sync import exports_applied, format_errors, format_summary, run_pipeline, summary, sync_cycle
 
     config = load_config(Path(args.config))
+    tune_malloc()
     data_dir = Path(args.data_dir).resolve()
     broker = None
     clean = data_dir / "state" / CLEAN_MARKER
@@ -108,11 +110,13 @@ def cmd_sync(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from streams.app import create_app
+    from streams.memory import tune_malloc
     from streams.worker import run_worker
 
     if not args.bootstrap_servers:
         raise ConfigError("idsync worker needs --bootstrap-servers (or IDSYNC_BOOTSTRAP_SERVERS)")
     config = load_config(Path(args.config))
+    tune_malloc()
     pipeline = create_app(_settings(args, None), config, exports=not args.no_export)
     return run_worker(pipeline, loglevel="info" if args.verbose else "warn")
 
