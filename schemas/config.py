@@ -495,6 +495,10 @@ class PipelineConfig(_Config):
     checkpoint_interval_ms: int = Field(default=1000, ge=0, le=600_000)
     #: A stage also saves when this many state keys wait to be saved (bounds the memory they hold).
     checkpoint_max_keys: int = Field(default=20_000, ge=1, le=10_000_000)
+    #: ... or when the state waiting holds this many attribute values (a group counts one per member):
+    #: unsaved state is held decoded, and a few thousand large groups changed at once (a delta round
+    #: that moves people between departments) would otherwise all be held until the interval ends.
+    checkpoint_max_values: int = Field(default=500_000, ge=1, le=100_000_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.

@@ -218,3 +218,25 @@ class JoinEntry(_State, kw_only=True):
     #: arrived yet (MIM's transient object): the later taker owns the DN; the other is only remembered
     #: until its disown, so that whichever order the two arrive in, the DN resolves to the live one.
     ref_claims: dict[str, tuple[int, str | None]] = {}
+
+
+def _attrs_values(attrs: Attrs | None) -> int:
+    return 0 if not attrs else sum(len(values) for values in attrs.values())
+
+
+def values_held(state: object) -> int:
+    """How many attribute values a state object holds, plus one for the object: the weight of its
+    decoded copy (a 50,000-member group weighs about 50,000 times a person's attribute). Stages bound
+    the state they hold unsaved by it (``pipeline.checkpoint_max_values``)."""
+    if isinstance(state, CSObject):
+        return 1 + _attrs_values(state.attributes)
+    if isinstance(state, MVObject):
+        n = 1 + _attrs_values(state.attributes)
+        for link in state.links.values():
+            n += _attrs_values(link.flows) + _attrs_values(link.image)
+            n += sum(len(refs) for refs in link.refs.values())
+        for target in state.targets.values():
+            n += len(target.ref_dns)
+            n += sum(len(e.values) + len(e.removed) for e in target.ledger.values())
+        return n
+    return 1

@@ -67,7 +67,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         stores: Iterable[Store],
         batch_size: int,
         checkpoint: Callable[[], Awaitable[None]] | None = None,
-        unsaved: Callable[[], int] | None = None,
+        unsaved: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.rt = rt
         self.stage = stage
@@ -77,12 +77,14 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.stores = list(stores)
         self.batch_size = batch_size
         #: Saves the state of the batches processed since the last call (None: ``process`` saves its own,
-        #: every batch is committed as it ends); ``unsaved`` tells how many keys wait.
+        #: every batch is committed as it ends); ``unsaved`` tells how many keys wait and how many attribute
+        #: values they hold (``schemas.state.values_held``).
         self.checkpoint = checkpoint
         self.unsaved = unsaved
         pipeline = rt.config.pipeline
         self.interval_s = pipeline.checkpoint_interval_ms / 1000
         self.max_unsaved = pipeline.checkpoint_max_keys
+        self.max_unsaved_values = pipeline.checkpoint_max_values
         self.assigned: set[TopicPartition] = set()
         self._lock = asyncio.Lock()
         #: Offsets after the last record processed per partition, not committed yet (held until the
@@ -139,7 +141,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     if self._processed and self._save_due(idle=not owned):
                         await self._save(consumer)
                     elif self.unsaved is not None:
-                        self.rt.counters.unsaved[self.stage] = self.unsaved()
+                        self.rt.counters.unsaved[self.stage] = self.unsaved()[0]
         except asyncio.CancelledError:
             stopping = True
             raise
@@ -157,8 +159,9 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 self.stopped.set()
 
     def _save_due(self, idle: bool) -> bool:
-        """Whether to checkpoint now: the interval is over, too many keys wait, or no record came for
-        ``IDLE_S`` (short pauses between an upstream stage's batches do not count)."""
+        """Whether to checkpoint now: the interval is over, too many keys or attribute values wait (large
+        groups decoded and held), or no record came for ``IDLE_S`` (short pauses between an upstream
+        stage's batches do not count)."""
         if self.checkpoint is None:
             return True
         now = time.monotonic()
@@ -166,7 +169,10 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             return True
         if idle and now - self._busy_at >= min(IDLE_S, self.interval_s):
             return True
-        return self.unsaved is not None and self.unsaved() >= self.max_unsaved
+        if self.unsaved is None:
+            return False
+        keys, values = self.unsaved()
+        return keys >= self.max_unsaved or values >= self.max_unsaved_values
 
     async def _save(self, consumer: AIOKafkaConsumer, wait: bool = False) -> None:
         """Checkpoint the stage's state, then commit the offsets of everything processed before it.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +109,26 @@ class PartitionStore:
         self.unsaved: dict[bytes, Any] = {}
         self._unsaved_sorted: list[bytes] = []
         self._unsaved_new: list[bytes] = []
+        #: Weight of the unsaved state (``stash``'s ``weigh``, summed over its keys; a key written again
+        #: counts once, at its latest weight) and each key's.
+        self.unsaved_weight = 0
+        self._weights: dict[bytes, int] = {}
 
-    def stash(self, puts: dict[bytes, Any], sorted_keys: list[bytes]) -> None:
-        """Keep a processed batch's writes (``sorted_keys``: their keys in order) until the checkpoint."""
+    def stash(
+        self, puts: dict[bytes, Any], sorted_keys: list[bytes], weigh: Callable[[Any], int] | None = None
+    ) -> None:
+        """Keep a processed batch's writes (``sorted_keys``: their keys in order) until the checkpoint;
+        ``weigh`` gives each value's weight (``unsaved_weight``)."""
         unsaved = self.unsaved
         self._unsaved_new.extend(k for k in sorted_keys if k not in unsaved)
         unsaved.update(puts)
+        if weigh is not None:
+            weights, total = self._weights, self.unsaved_weight
+            for k, v in puts.items():
+                w = weigh(v)
+                total += w - weights.get(k, 0)
+                weights[k] = w
+            self.unsaved_weight = total
 
     def unsaved_under(self, prefix: bytes) -> list[bytes]:
         """Unsaved keys under ``prefix``, in order."""
@@ -134,6 +148,8 @@ class PartitionStore:
         self.unsaved = {}
         self._unsaved_sorted = []
         self._unsaved_new = []
+        self.unsaved_weight = 0
+        self._weights = {}
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
@@ -207,6 +223,10 @@ class Store:
     def unsaved(self) -> int:
         """State keys written and not saved yet, over the open partitions."""
         return sum(len(part.unsaved) for part in self._parts.values())
+
+    def unsaved_weight(self) -> int:
+        """Weight of the state not saved yet (``PartitionStore.unsaved_weight``), over the open partitions."""
+        return sum(part.unsaved_weight for part in self._parts.values())
 
     def partition(self, p: int) -> PartitionStore:
         part = self._parts.get(p)

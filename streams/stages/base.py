@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from schemas.codec import pack, unpacker
 from schemas.errors import DataError
+from schemas.state import values_held
 from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
@@ -77,7 +78,7 @@ class Batch:
     def stash(self) -> None:
         """Keep this batch's changes in the partition's unsaved state (after its outputs were acked): the
         stage's next checkpoint (``save``) saves them with those of the other batches since the last one."""
-        self._store.stash(self._puts, self._put_keys)
+        self._store.stash(self._puts, self._put_keys, values_held)
 
     def update(self, key: bytes, value: msgspec.Struct | None) -> None:
         """``put`` unless the key already holds an equal value (no write, no changelog record: a
@@ -215,9 +216,10 @@ class Stage(ABC, Generic[S]):
         for batch in batches:
             batch.stash()
 
-    def unsaved(self) -> int:
-        """State keys written since the last checkpoint."""
-        return self.store.unsaved()
+    def unsaved(self) -> tuple[int, int]:
+        """State keys written since the last checkpoint, and the attribute values they hold
+        (``schemas.state.values_held``)."""
+        return self.store.unsaved(), self.store.unsaved_weight()
 
     async def checkpoint(self) -> None:
         """Save the state of every batch processed since the last checkpoint: to the changelog, wait for

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from schemas.state import CSObject
 from streams import consumer as consumer_module
 from streams.app import ensure_topics
 from streams.bench.records import bench_config
@@ -92,12 +93,12 @@ def test_batches_read_unsaved_state_and_a_checkpoint_saves_each_key_once(tmp_pat
             # Processed, not saved: nothing in the changelog or the local copy yet; three keys wait.
             assert part.changelog_offset() is None
             assert list(part.scan(b"")) == []
-            assert stage.unsaved() == 3
+            assert stage.unsaved() == (3, 3)
             # The second batch read the first one's unsaved value.
             assert part.unsaved[b"group"] == Tally(count=3)
 
             await stage.checkpoint()
-            assert stage.unsaved() == 0
+            assert stage.unsaved() == (0, 0)
             # One changelog record per key, though "group" was written by both batches.
             assert part.changelog_offset() == 3
             saved = {k: msgspec.msgpack.decode(v, type=Tally) for k, v in part.scan(b"")}
@@ -154,7 +155,7 @@ def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
                     saves.append(await committed())
 
                 c = StageConsumer(
-                    rt, "probe", [topic], process, [], 10, checkpoint=checkpoint, unsaved=lambda: 0
+                    rt, "probe", [topic], process, [], 10, checkpoint=checkpoint, unsaved=lambda: (0, 0)
                 )
                 c.interval_s = 3600.0
                 return c
@@ -191,5 +192,64 @@ def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
                 assert saves and saves[0] == {0: None, 1: None}
             finally:
                 await cancel(task, probe.stop, rt.stop)
+
+    asyncio.run(scenario())
+
+
+class GroupStage(Stage[CSObject]):
+    """Each record (its value: a member count) replaces one group's state with that many members."""
+
+    step_id = "groups"
+    store_name = "cs"
+    state_model = CSObject
+
+    def decode(self, topic: str, value: bytes) -> Any:
+        return int(value)
+
+    def keys(self, topic: str, msg: Any) -> list[bytes]:
+        return [f"g{msg}".encode()]
+
+    def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
+        members = [f"uid=u{i},ou=people" for i in range(msg)]
+        cs = CSObject(connector="dir", anchor=f"g{msg}", object_type="group", attributes={"member": members})
+        batch.put(f"g{msg}".encode(), cs)
+
+
+def test_a_stage_saves_when_its_unsaved_state_holds_too_many_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large groups held decoded are bounded by their values, not their number of keys."""
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(rt)
+            topic = rt.names.import_topic("hr")
+            stage = GroupStage(rt)
+            monkeypatch.setattr(consumer_module, "IDLE_S", 3600.0)
+            c = StageConsumer(
+                rt, "groups", [topic], stage.process, [stage.store], 10, stage.checkpoint, stage.unsaved
+            )
+            c.interval_s = 3600.0  # neither the interval nor idleness saves here
+            c.max_unsaved_values = 1000
+            part = stage.store.partition(0)
+            out = await rt.outputs()
+            task = asyncio.create_task(c.run())
+            try:
+                # Two groups of 300 members (603 values with the objects): held, not saved.
+                for n in (300, 301):
+                    out.add(topic, b"k", str(n).encode(), partition=0)
+                await out.flush()
+                await until(lambda: len(part.unsaved) == 2, 20)
+                assert stage.unsaved() == (2, 603)
+                assert part.get(b"g300") is None and part.get(b"g301") is None
+                # A third, of 500: 1,104 values, over the bound: saved without waiting for the interval.
+                out.add(topic, b"k", b"500", partition=0)
+                await out.flush()
+                await until(lambda: part.get(b"g500") is not None, 20)
+                assert stage.unsaved() == (0, 0)
+                assert all(part.get(k) is not None for k in (b"g300", b"g301"))
+            finally:
+                await cancel(task, rt.stop)
 
     asyncio.run(scenario())
