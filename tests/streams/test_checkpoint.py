@@ -6,6 +6,8 @@ again after a crash."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,15 @@ def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
     return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
 
 
+@contextlib.asynccontextmanager
+async def hr_topic(tmp: Path) -> AsyncIterator[tuple[EmbeddedBroker, Runtime, str]]:
+    """A broker, a runtime with its topics created, and its HR import topic."""
+    with EmbeddedBroker(tmp / "broker") as broker:
+        rt = runtime(broker.bootstrap, tmp, "a")
+        await ensure_topics(rt)
+        yield broker, rt, rt.names.import_topic("hr")
+
+
 def test_batches_read_unsaved_state_and_a_checkpoint_saves_each_key_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
@@ -131,10 +142,7 @@ def test_offsets_wait_for_the_checkpoint_and_unsaved_work_is_delivered_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def scenario() -> None:
-        with EmbeddedBroker(tmp_path / "broker") as broker:
-            rt = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(rt)
-            topic = rt.names.import_topic("hr")
+        async with hr_topic(tmp_path) as (broker, rt, topic):
             probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=rt.names.group_id("probe"))
             await probe.start()
 
@@ -221,10 +229,7 @@ def test_a_stage_saves_when_its_unsaved_state_holds_too_many_values(
     """Large groups held decoded are bounded by their values, not their number of keys."""
 
     async def scenario() -> None:
-        with EmbeddedBroker(tmp_path / "broker") as broker:
-            rt = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(rt)
-            topic = rt.names.import_topic("hr")
+        async with hr_topic(tmp_path) as (_broker, rt, topic):
             stage = GroupStage(rt)
             monkeypatch.setattr(consumer_module, "IDLE_S", 3600.0)
             c = StageConsumer(
