@@ -114,21 +114,18 @@ class PartitionStore:
         self.unsaved_weight = 0
         self._weights: dict[bytes, int] = {}
 
-    def stash(
-        self, puts: dict[bytes, Any], sorted_keys: list[bytes], weigh: Callable[[Any], int] | None = None
-    ) -> None:
+    def stash(self, puts: dict[bytes, Any], sorted_keys: list[bytes], weigh: Callable[[Any], int]) -> None:
         """Keep a processed batch's writes (``sorted_keys``: their keys in order) until the checkpoint;
         ``weigh`` gives each value's weight (``unsaved_weight``)."""
         unsaved = self.unsaved
         self._unsaved_new.extend(k for k in sorted_keys if k not in unsaved)
         unsaved.update(puts)
-        if weigh is not None:
-            weights, total = self._weights, self.unsaved_weight
-            for k, v in puts.items():
-                w = weigh(v)
-                total += w - weights.get(k, 0)
-                weights[k] = w
-            self.unsaved_weight = total
+        weights, total = self._weights, self.unsaved_weight
+        for k, v in puts.items():
+            w = weigh(v)
+            total += w - weights.get(k, 0)
+            weights[k] = w
+        self.unsaved_weight = total
 
     def unsaved_under(self, prefix: bytes) -> list[bytes]:
         """Unsaved keys under ``prefix``, in order."""

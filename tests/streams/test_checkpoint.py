@@ -84,9 +84,7 @@ async def hr_topic(tmp: Path) -> AsyncIterator[tuple[EmbeddedBroker, Runtime, st
 
 def test_batches_read_unsaved_state_and_a_checkpoint_saves_each_key_once(tmp_path: Path) -> None:
     async def scenario() -> None:
-        with EmbeddedBroker(tmp_path / "broker") as broker:
-            rt = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(rt)
+        async with hr_topic(tmp_path) as (broker, rt, _topic):
             stage = TallyStage(rt)
             offset = 0
 
