@@ -503,6 +503,11 @@ class PipelineConfig(_Config):
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.
     tombstone_retention_s: int = Field(default=7 * 86400, ge=0)
+    #: RocksDB memory of one worker process, shared by all its stores and partitions (MiB): the block
+    #: cache (state blocks, and the SST files' index and filter blocks) and the memtables. Both count in
+    #: the worker's RSS. A larger cache keeps more of a large state's blocks decompressed in memory.
+    state_cache_mb: int = Field(default=64, ge=8, le=1_048_576)
+    state_memtables_mb: int = Field(default=64, ge=8, le=1_048_576)
     #: Compression of every record batch idsync produces (outputs, changelogs, imports). Kafka
     #: deployments usually compress: the internal topics repeat DNs and attribute names, and a group's
     #: image is mostly its members' common DN suffix. zstd is the one to choose (a 3 MB group image: 5.5 ms,

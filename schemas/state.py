@@ -221,7 +221,7 @@ class JoinEntry(_State, kw_only=True):
 
 
 def _attrs_values(attrs: Attrs | None) -> int:
-    return 0 if not attrs else sum(len(values) for values in attrs.values())
+    return sum(map(len, attrs.values())) if attrs else 0
 
 
 def values_held(state: object) -> int:
@@ -234,7 +234,7 @@ def values_held(state: object) -> int:
         n = 1 + _attrs_values(state.attributes)
         for link in state.links.values():
             n += _attrs_values(link.flows) + _attrs_values(link.image)
-            n += sum(len(refs) for refs in link.refs.values())
+            n += sum(map(len, link.refs.values()))
         for target in state.targets.values():
             n += len(target.ref_dns)
             n += sum(len(e.values) + len(e.removed) for e in target.ledger.values())

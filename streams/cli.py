@@ -30,6 +30,28 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+def _pipeline_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``idsync bench --pipeline``: a ``pipeline`` field, its value read as YAML (the
+    configuration file's validation then checks it, naming the field)."""
+    import yaml
+
+    from schemas.config import PipelineConfig
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    own = {
+        "partitions": "--partitions",
+        "checkpoint_interval_ms": "--checkpoint-ms",
+        "compression": "--compression",
+    }
+    if key in own:
+        raise argparse.ArgumentTypeError(f"{text!r}: use {own[key]}")
+    if not sep or key not in PipelineConfig.model_fields:
+        known = ", ".join(sorted(set(PipelineConfig.model_fields) - set(own)))
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE with KEY one of {known}")
+    return key, yaml.safe_load(value)
+
+
 def _settings(args: argparse.Namespace, embedded_bootstrap: str | None) -> Settings:
     data_dir = Path(args.data_dir).resolve()
     wait = getattr(args, "fetch_max_wait_ms", None)
@@ -326,6 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=get_args(Compression),
         default="none",
         help="pipeline.compression of the batched pipeline and the generated imports (default none)",
+    )
+    p.add_argument(
+        "--pipeline",
+        type=_pipeline_setting,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a further pipeline setting of the batched pipeline, e.g. state_cache_mb=256 (repeatable)",
     )
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--json", default="bench.json", help="write the figures here")

@@ -19,7 +19,7 @@ from schemas.codec import to_json
 from schemas.config import IdsyncConfig
 from schemas.wire import ErrorRecord
 from streams.output import Outputs
-from streams.store import Store, claim_state_dir
+from streams.store import Store, claim_state_dir, set_memory_budget
 from streams.topics import Names
 
 log = logging.getLogger("idsync")
@@ -70,6 +70,8 @@ class Runtime:
         self.names = Names(config.name)
         self.partitions = config.pipeline.partitions
         self.counters = Counters()
+        pipeline = config.pipeline
+        set_memory_budget(pipeline.state_cache_mb << 20, pipeline.state_memtables_mb << 20)
         #: Topics some stage of this process consumes (registered by the stage consumers).
         self.stage_topics: set[str] = set()
         self.errors: list[ErrorRecord] = []

@@ -27,10 +27,27 @@ from schemas.errors import FatalError
 #: Size of one memtable of one partition's database.
 MEMTABLE_BYTES = 8 << 20
 #: What all of a process's databases may use together, whatever the number of stores and partitions:
-#: memtables, and a block cache that also holds the SST files' index and filter blocks.
+#: memtables, and a block cache that also holds the SST files' index and filter blocks. The defaults;
+#: ``pipeline.state_cache_mb`` and ``pipeline.state_memtables_mb`` set them (``set_memory_budget``).
 MEMTABLES_TOTAL_BYTES = 64 << 20
 BLOCK_CACHE_BYTES = 64 << 20
 _SHARED: tuple[Cache, WriteBufferManager] | None = None
+_BUDGET = (BLOCK_CACHE_BYTES, MEMTABLES_TOTAL_BYTES)
+
+
+def set_memory_budget(cache_bytes: int, memtables_bytes: int) -> None:
+    """Size the process's shared block cache and memtable budget (databases already open included)."""
+    global _BUDGET
+    _BUDGET = (cache_bytes, memtables_bytes)
+    if _SHARED is not None:
+        cache, memtables = _SHARED
+        cache.set_capacity(cache_bytes)
+        memtables.set_buffer_size(memtables_bytes)
+
+
+def memory_budget() -> tuple[int, int]:
+    """(block cache bytes, memtable bytes) the process's databases share."""
+    return _BUDGET
 
 
 def _options() -> Options:
@@ -41,7 +58,8 @@ def _options() -> Options:
     too: state lives on disk, and a worker's memory stays flat as N grows."""
     global _SHARED
     if _SHARED is None:
-        _SHARED = (Cache(BLOCK_CACHE_BYTES), WriteBufferManager(MEMTABLES_TOTAL_BYTES, False))
+        cache_bytes, memtables_bytes = _BUDGET
+        _SHARED = (Cache(cache_bytes), WriteBufferManager(memtables_bytes, False))
     cache, memtables = _SHARED
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)

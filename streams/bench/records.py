@@ -28,8 +28,10 @@ def bench_config(
     hr_file: Path,
     checkpoint_ms: int = 1000,
     compression: str = "none",
+    pipeline: dict[str, Any] | None = None,
 ) -> Path:
-    """The bench's configuration file: hr projects, dir and appdb join, provisioning into dir."""
+    """The bench's configuration file: hr projects, dir and appdb join, provisioning into dir.
+    ``pipeline``: further ``pipeline`` settings (``idsync bench --pipeline KEY=VALUE``)."""
     config: dict[str, Any] = {
         "name": name,
         "connectors": {
@@ -142,6 +144,7 @@ def bench_config(
             "partitions": partitions,
             "checkpoint_interval_ms": checkpoint_ms,
             "compression": compression,
+            **(pipeline or {}),
         },
     }
     path = work / f"{name}.yaml"

@@ -143,7 +143,13 @@ class Phase:
         self.env = {**os.environ, **(env or {})}
         os.environ.update(env or {})
         self.config_path = bench_config(
-            name, self.work, args.partitions, work / "hr.csv", args.checkpoint_ms, args.compression
+            name,
+            self.work,
+            args.partitions,
+            work / "hr.csv",
+            args.checkpoint_ms,
+            args.compression,
+            dict(args.pipeline or []),
         )
         self.config = load_config(self.config_path)
         self.broker = EmbeddedBroker(self.work)

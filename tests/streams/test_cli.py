@@ -69,3 +69,12 @@ def test_bad_outbound_reference_is_named(tmp_path: Path, capsys: pytest.CaptureF
     )
     assert main(["check-config", "-c", str(cfg)]) == 2
     assert "outbound[0].connector: unknown connector 'nowhere'" in capsys.readouterr().err
+
+
+def test_bench_pipeline_settings_are_checked_before_the_run(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "--pipeline", "state_cash_mb=256"])
+    assert "state_cache_mb" in capsys.readouterr().err  # the known keys are named
+    with pytest.raises(SystemExit):
+        main(["bench", "--pipeline", "partitions=8"])
+    assert "use --partitions" in capsys.readouterr().err

@@ -1,0 +1,64 @@
+"""The RocksDB memory a worker's databases share: sized by the configuration, bounding what they hold."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.config import PipelineConfig
+from streams import store as store_module
+from streams.bench.records import bench_config
+from streams.config import load_config
+from streams.runtime import Runtime, Settings
+from streams.store import (
+    BLOCK_CACHE_BYTES,
+    MEMTABLES_TOTAL_BYTES,
+    PartitionStore,
+    memory_budget,
+    set_memory_budget,
+)
+
+
+@pytest.fixture(autouse=True)
+def _default_budget() -> Iterator[None]:
+    yield
+    set_memory_budget(BLOCK_CACHE_BYTES, MEMTABLES_TOTAL_BYTES)
+
+
+def _cached_after_reading(tmp_path: Path, cache_mb: int) -> int:
+    """Block cache bytes in use after 24 MiB of state was flushed to SST files and read back."""
+    set_memory_budget(cache_mb << 20, 64 << 20)
+    part = PartitionStore(tmp_path / f"cache{cache_mb}" / "p0")
+    keys = [f"k{i:08d}".encode() for i in range(6000)]
+    for i in range(0, len(keys), 500):
+        part.write({k: os.urandom(4096) for k in keys[i : i + 500]})
+    part._db.flush()
+    for i in range(0, len(keys), 500):
+        assert all(v is not None for v in part.get_many(keys[i : i + 500]))
+    shared = store_module._SHARED
+    assert shared is not None
+    used: int = shared[0].get_usage()
+    part.close()
+    return used
+
+
+def test_the_block_cache_holds_what_the_budget_allows(tmp_path: Path) -> None:
+    small = _cached_after_reading(tmp_path, 8)
+    large = _cached_after_reading(tmp_path, 64)  # the same shared cache, resized
+    assert small <= 8 << 20
+    assert large > 16 << 20  # the 24 MiB read no longer fits the small budget
+    assert memory_budget() == (64 << 20, 64 << 20)
+
+
+def test_a_worker_sizes_the_budget_from_its_configuration(tmp_path: Path) -> None:
+    hr = tmp_path / "hr.csv"
+    hr.write_text("employee_id\n")
+    extra = {"state_cache_mb": 256, "state_memtables_mb": 32}
+    config = load_config(bench_config("mem", tmp_path, 2, hr, pipeline=extra))
+    Runtime(Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path / "data"), config)
+    assert memory_budget() == (256 << 20, 32 << 20)
+    with pytest.raises(ValueError, match="state_cache_mb"):
+        PipelineConfig.model_validate({"state_cache_mb": 1})
