@@ -137,7 +137,11 @@ class PartitionStore:
         self.partition = partition
         #: Topic this partition's writes are logged to (partition ``partition`` of it); None: local only.
         self.changelog = changelog
-        self._db = Rdict(str(path), options=opts)
+        # The column family named too: given only ``options``, rocksdict opens an existing database
+        # with the column family options of its OPTIONS file and a private 8 MiB block cache, so a
+        # restarted worker's stores left the shared budget and kept the table options they were
+        # created with.
+        self._db = Rdict(str(path), options=opts, column_families={"default": opts})
         #: State written by processed batches and not saved yet (decoded values; None deletes the key):
         #: the stage's checkpoint logs it to the changelog and writes it here (streams.stages.base). Reads
         #: see it before the database.

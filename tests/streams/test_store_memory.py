@@ -62,3 +62,23 @@ def test_a_worker_sizes_the_budget_from_its_configuration(tmp_path: Path) -> Non
     assert memory_budget() == (256 << 20, 32 << 20)
     with pytest.raises(ValueError, match="state_cache_mb"):
         PipelineConfig.model_validate({"state_cache_mb": 1})
+
+
+def test_a_reopened_store_reads_through_the_shared_cache(tmp_path: Path) -> None:
+    """An existing database is opened with idsync's options, not those its OPTIONS file recorded
+    (rocksdict would give it a private block cache of its own)."""
+    keys = [f"k{i:06d}".encode() for i in range(4000)]
+    part = PartitionStore(tmp_path / "p0")
+    part.write({k: os.urandom(1024) for k in keys})
+    part._db.flush()
+    part.close()
+    set_memory_budget(32 << 20, 64 << 20)
+    shared = store_module._SHARED
+    assert shared is not None
+    shared[0].set_capacity(0)  # empty it
+    shared[0].set_capacity(32 << 20)
+    before = shared[0].get_usage()
+    reopened = PartitionStore(tmp_path / "p0")
+    assert all(v is not None for v in reopened.get_many(keys))
+    assert shared[0].get_usage() - before > 2 << 20  # the 4 MiB read went through the shared cache
+    reopened.close()
