@@ -58,7 +58,7 @@ def memory_budget() -> tuple[int, int]:
     return _BUDGET
 
 
-def _options() -> Options:
+def _options(partitioned: bool = True) -> Options:
     """Options of a partition's database. A worker opens one per store and partition (4 stores x P
     partitions); RocksDB's defaults (two 64 MiB memtables, an 8 MiB block cache, index and filter blocks
     held outside it) are per database, so memory grew with partitions and with data. Here every database
@@ -79,15 +79,16 @@ def _options() -> Options:
     table.set_cache_index_and_filter_blocks(True)
     table.set_pin_l0_filter_and_index_blocks_in_cache(True)
     table.set_bloom_filter(10, False)
-    # Index and filter in 4 KiB partitions, under a small top-level index that stays pinned. A whole
-    # SST file's index or filter is one block otherwise — megabytes for the files of a 1M-identity
-    # state, larger than a shard of the block cache (a 64 MiB cache has 64 shards of 1 MiB), so it was
-    # never cached and every seek or lookup read and parsed it again: at 1M, the join stage's referrer
-    # scans took 42% of the worker (docs/benchmarks.md, ninth session).
-    table.set_index_type(BlockBasedIndexType.two_level_index_search())
-    table.set_partition_filters(True)
-    table.set_metadata_block_size(4096)
-    table.set_pin_top_level_index_and_filter(True)
+    if partitioned:
+        # Index and filter in 4 KiB partitions, under a small top-level index that stays pinned. A whole
+        # SST file's index or filter is one block otherwise — megabytes for the files of a 1M-identity
+        # state, which a 64 MiB cache did not keep beside the data blocks, so every seek or lookup read
+        # and parsed them again: at 1M the join stage's referrer scans took 42% of the worker
+        # (docs/architecture.md; ``partitioned=False`` is for streams.bench.store's comparison).
+        table.set_index_type(BlockBasedIndexType.two_level_index_search())
+        table.set_partition_filters(True)
+        table.set_metadata_block_size(4096)
+        table.set_pin_top_level_index_and_filter(True)
     opts.set_block_based_table_factory(table)
     return opts
 

@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from rocksdict import Rdict
 
 from schemas.config import PipelineConfig
 from streams import store as store_module
+from streams.bench import store as store_bench
 from streams.bench.records import bench_config
 from streams.config import load_config
 from streams.runtime import Runtime, Settings
@@ -82,3 +84,30 @@ def test_a_reopened_store_reads_through_the_shared_cache(tmp_path: Path) -> None
     assert all(v is not None for v in reopened.get_many(keys))
     assert shared[0].get_usage() - before > 2 << 20  # the 4 MiB read went through the shared cache
     reopened.close()
+
+
+def _recorded_options(db_dir: Path) -> str:
+    latest = max(db_dir.glob("OPTIONS-*"), key=lambda p: int(p.name.split("-")[1]))
+    return latest.read_text()
+
+
+def test_stores_partition_their_index_and_filters_also_when_reopened(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    db = Rdict(str(old), options=store_module._options(partitioned=False))  # a store as it was written
+    db[b"k"] = b"v"
+    db.close()
+    assert "index_type=kBinarySearch" in _recorded_options(old)
+    for path in (tmp_path / "new", old):
+        PartitionStore(path).close()
+        recorded = _recorded_options(path)
+        assert "index_type=kTwoLevelIndexSearch" in recorded
+        assert "partition_filters=true" in recorded
+
+
+def test_the_store_benchmark_runs_both_layouts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert store_bench.main(["--keys", "3000"]) == 0
+    assert store_bench.main(["--keys", "3000", "--whole-file-index"]) == 0
+    out = capsys.readouterr().out
+    assert "partitioned index and filter, 4 x 3,000 keys" in out
+    assert "whole-file index and filter" in out
+    assert out.count("prefix scan") == 2
