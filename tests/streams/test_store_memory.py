@@ -95,10 +95,14 @@ def test_stores_partition_their_index_and_filters_also_when_reopened(tmp_path: P
     old = tmp_path / "old"
     db = Rdict(str(old), options=store_module._options(partitioned=False))  # a store as it was written
     db[b"k"] = b"v"
+    db.flush()
     db.close()
     assert "index_type=kBinarySearch" in _recorded_options(old)
     for path in (tmp_path / "new", old):
-        PartitionStore(path).close()
+        part = PartitionStore(path)
+        part.write({b"k2": b"v2"})
+        assert part.get_many([b"k", b"k2"]) == [b"v" if path == old else None, b"v2"]  # old files still read
+        part.close()
         recorded = _recorded_options(path)
         assert "index_type=kTwoLevelIndexSearch" in recorded
         assert "partition_filters=true" in recorded
