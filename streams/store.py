@@ -59,11 +59,11 @@ def memory_budget() -> tuple[int, int]:
 
 
 def _options(partitioned: bool = True) -> Options:
-    """Options of a partition's database. A worker opens one per store and partition (4 stores x P
-    partitions); RocksDB's defaults (two 64 MiB memtables, an 8 MiB block cache, index and filter blocks
-    held outside it) are per database, so memory grew with partitions and with data. Here every database
-    of the process shares one memtable budget and one block cache that holds the index and filter blocks
-    too: state lives on disk, and a worker's memory stays flat as N grows."""
+    """Options of a partition's database (``open_db``). A worker opens one per store and partition (4
+    stores x P partitions); RocksDB's defaults (two 64 MiB memtables, an 8 MiB block cache, index and
+    filter blocks held outside it) are per database, so memory grew with partitions and with data. Here
+    every database of the process shares one memtable budget and one block cache that holds the index
+    and filter blocks too: state lives on disk, and a worker's memory stays flat as N grows."""
     global _SHARED
     if _SHARED is None:
         cache_bytes, memtables_bytes = _BUDGET
@@ -128,21 +128,26 @@ def claim_state_dir(root: Path) -> None:
         )
 
 
+def open_db(path: Path, partitioned: bool = True) -> Rdict:
+    """Open (or create) one partition's database with idsync's options (``_options``).
+
+    The column family is named too: given only ``options``, rocksdict opens an existing database with
+    the column family options of its OPTIONS file and a private 8 MiB block cache, so a restarted
+    worker's stores left the shared budget and kept the table options they were created with."""
+    opts = _options(partitioned)
+    return Rdict(str(path), options=opts, column_families={"default": opts})
+
+
 class PartitionStore:
     """One partition of one stage's state: bytes keys to bytes values."""
 
     def __init__(self, path: Path, partition: int = 0, changelog: str | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        opts = _options()
         self.path = path
         self.partition = partition
         #: Topic this partition's writes are logged to (partition ``partition`` of it); None: local only.
         self.changelog = changelog
-        # The column family named too: given only ``options``, rocksdict opens an existing database
-        # with the column family options of its OPTIONS file and a private 8 MiB block cache, so a
-        # restarted worker's stores left the shared budget and kept the table options they were
-        # created with.
-        self._db = Rdict(str(path), options=opts, column_families={"default": opts})
+        self._db = open_db(path)
         #: State written by processed batches and not saved yet (decoded values; None deletes the key):
         #: the stage's checkpoint logs it to the changelog and writes it here (streams.stages.base). Reads
         #: see it before the database.

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rocksdict import Rdict, WriteBatch
+from rocksdict import WriteBatch
 
 from streams import store
 
@@ -34,14 +34,9 @@ def key(i: int) -> bytes:
     ).encode()
 
 
-def _open(path: Path, whole_file_index: bool) -> Rdict:
-    opts = store._options(partitioned=not whole_file_index)
-    return Rdict(str(path), options=opts, column_families={"default": opts})
-
-
 def run(keys: int, cache_mb: int, whole_file_index: bool, root: Path) -> dict[str, float]:
     store.set_memory_budget(cache_mb << 20, store.MEMTABLES_TOTAL_BYTES)
-    dbs = [_open(root / f"p{i}", whole_file_index) for i in range(DATABASES)]
+    dbs = [store.open_db(root / f"p{i}", partitioned=not whole_file_index) for i in range(DATABASES)]
     rnd = random.Random(1)
     value = os.urandom(VALUE_BYTES)
     order = list(range(keys))
