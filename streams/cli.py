@@ -336,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="also measure applied LDAP writes (throwaway slapd)",
     )
+    p.add_argument(
+        "--imports",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time each connector's full import from the real systems: the HR file, PostgreSQL "
+        "(--postgres-url) and a throwaway slapd",
+    )
+    p.add_argument(
+        "--postgres-url",
+        help="PostgreSQL for the imports phase (default postgresql+psycopg://postgres@127.0.0.1:5432/test; "
+        "a schema is created there and dropped afterwards)",
+    )
     p.add_argument("--partitions", type=int, default=4)
     p.add_argument(
         "--checkpoint-ms",

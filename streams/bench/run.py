@@ -30,6 +30,7 @@ from schemas.records import MVChange, PendingExport
 from streams.app import ensure_topics
 from streams.bench import kafka
 from streams.bench.follow import follow_phase
+from streams.bench.imports import ImportResult, import_phase, imports_table
 from streams.bench.org import Org, generate
 from streams.bench.records import (
     RecordFactory,
@@ -554,7 +555,7 @@ def _table(results: list[PhaseResult]) -> str:
     return format_table(head, rows)
 
 
-async def _bench(args: argparse.Namespace, work: Path) -> list[PhaseResult]:
+async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResult]) -> list[PhaseResult]:
     sizes = [int(s) for s in str(args.sizes).split(",") if s]
     worker_counts = [int(w) for w in str(args.workers).split(",") if w]
     results: list[PhaseResult] = []
@@ -562,6 +563,12 @@ async def _bench(args: argparse.Namespace, work: Path) -> list[PhaseResult]:
         print(f"generating the organisation: {size:,} people (seed {args.seed})", file=sys.stderr, flush=True)
         org = generate(size, args.seed)
         write_hr_file(org, work / "hr.csv")
+        if getattr(args, "imports", False):
+            # First: a missing PostgreSQL or slapd fails the run before the long phases, not after.
+            print("  connector imports (HR file, PostgreSQL, slapd) ...", file=sys.stderr, flush=True)
+            done = await import_phase(args, work, org, work / "hr.csv")
+            imports += done
+            print(imports_table(done), file=sys.stderr, flush=True)
         for w in worker_counts:
             print(f"  batched pipeline, {w} worker(s) ...", file=sys.stderr, flush=True)
             results.append(await batched_phase(args, work, generate(size, args.seed), w))
@@ -583,13 +590,17 @@ def run_bench(args: argparse.Namespace) -> int:
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="idsync-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    imports: list[ImportResult] = []
     try:
-        results = asyncio.run(_bench(args, work))
+        results = asyncio.run(_bench(args, work, imports))
     finally:
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     table = _table(results)
     print(table)
+    if imports:
+        print()
+        print(imports_table(imports))
     for r in results:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:
@@ -603,6 +614,7 @@ def run_bench(args: argparse.Namespace) -> int:
         },
         "seconds": round(time.monotonic() - started, 1),
         "results": [asdict(r) for r in results],
+        "imports": [asdict(r) for r in imports],
     }
     Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"figures written to {args.json}")
