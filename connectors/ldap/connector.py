@@ -28,6 +28,7 @@ from ldap3.core.exceptions import (
     LDAPSocketReceiveError,
     LDAPSocketSendError,
 )
+from ldap3.protocol.rfc4527 import post_read_control
 from ldap3.utils.conv import escape_bytes, escape_filter_chars
 
 from connectors.base import Checkpoint, DeltaItem, ExportOutcome, ImportedObject, ImportFailure
@@ -63,6 +64,8 @@ SYNC_POLL_S = 0.5
 _NO_ENTRY = "(entryUUID=00000000-0000-0000-0000-000000000000)"
 #: A persist search is silent while nothing changes: TCP keepalive finds a dead peer (idle, interval, count).
 _KEEPALIVE = (60, 10, 3)
+#: RFC 4527 post-read control: the entry as the operation left it, in the operation's response.
+_POST_READ = "1.3.6.1.1.13.2"
 
 Modifications = dict[str, list[tuple[str, list[str | bytes]]]]
 log = logging.getLogger("idsync.connectors.ldap")
@@ -586,9 +589,15 @@ class LdapConnector:
         split_dn(dn)  # reject a malformed DN with a clear DataError before talking to the server
         attributes = {name: _encode_all(ch.values) for name, ch in export.attributes.items() if ch.values}
         actions: list[str] = []
+        # The new entry's anchor comes back in the add's response (RFC 4527 post-read, not critical: a
+        # server without it ignores it, and the entry is read afterwards instead).
+        read_back = [post_read_control([self.config.anchor_attribute])]
+        posted: dict[str, Any] = {}
 
         def add(conn: Connection) -> None:
-            conn.add(dn, attributes=attributes)
+            conn.add(dn, attributes=attributes, controls=read_back)
+            control = ((conn.result or {}).get("controls") or {}).get(_POST_READ) or {}
+            posted.update((control.get("value") or {}).get("result") or {})
 
         tolerate = frozenset({rc.RESULT_ENTRY_ALREADY_EXISTS, rc.RESULT_NO_SUCH_OBJECT})
         code = self._call("add", dn, add, tolerate=tolerate)
@@ -600,9 +609,20 @@ class LdapConnector:
         if code == rc.RESULT_ENTRY_ALREADY_EXISTS:
             self._convert_add(dn, export.attributes)
             actions.append("converted-add-to-update")
-        entry = self._read(dn, ["1.1"])
-        anchor = entry.anchor if entry else None
+        anchor = self._posted_anchor(posted) if code == rc.RESULT_SUCCESS else None
+        if anchor is None:
+            entry = self._read(dn, ["1.1"])
+            anchor = entry.anchor if entry else None
         return ExportOutcome(anchor=anchor, dn=dn, actions=tuple(actions))
+
+    def _posted_anchor(self, attributes: Mapping[str, Any]) -> str | None:
+        """The anchor in a post-read control's entry (ldap3 gives text, or bytes for binary values)."""
+        name = self.config.anchor_attribute.lower()
+        for attr, values in attributes.items():
+            if attr.lower() == name and values:
+                value = values[0]
+                return value if isinstance(value, str) else decode_value(bytes(value))
+        return None
 
     def _convert_add(self, dn: str, changes: Mapping[str, AttrChange]) -> None:
         """MIM "existing object: convert add to update": make the entry hold the add's values."""

@@ -200,6 +200,28 @@ def test_add_returns_anchor_and_readd_converts_to_update(
     assert after["entryUUID"] == entry["entryUUID"]
 
 
+def test_an_add_takes_its_anchor_from_the_response_without_reading_the_entry(
+    ldap_tree: LdapTree, connector: LdapConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """slapd answers the add's RFC 4527 post-read control: one round trip per add, not two."""
+    reads: list[str] = []
+    read = LdapConnector._read
+
+    def counted(self: LdapConnector, dn: str, *args: object, **kw: object) -> object:
+        reads.append(dn)
+        return read(self, dn, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(LdapConnector, "_read", counted)
+    dn = dn_in(ldap_tree, "Post Read")
+    outcome = connector.apply(pending("add", dn, attributes=person_attrs("Post Read")))
+    entry = ldap_tree.read(dn)
+    assert entry is not None and outcome.anchor == entry["entryUUID"][0]
+    assert reads == []
+    # A re-add (converted to an update) reads the entry, and still reports its anchor.
+    again = connector.apply(pending("add", dn, attributes=person_attrs("Post Read")))
+    assert again.anchor == outcome.anchor and dn in reads
+
+
 def test_add_creates_missing_parents(ldap_tree: LdapTree, connector: LdapConnector) -> None:
     dn = dn_in(ldap_tree, "Deep", "team", "dept")
     outcome = connector.apply(pending("add", dn, attributes=person_attrs("Deep")))
