@@ -67,6 +67,12 @@ class ConnectorConfigBase(_Config):
     #: watermark) or ``follow`` (``idsync worker`` also follows its changes continuously). The connector
     #: must have the capability; that is checked when the connector is built.
     import_mode: Literal["full", "delta", "follow"] = "full"
+    #: Applies when the connector is an export target: how many connections (connector instances, each
+    #: in its own thread) a worker applies this target's pending exports over. Each takes a share of the
+    #: worker's partitions, so one object's exports stay in order on one connection, as they would with
+    #: one worker per partition. 1 (the default for a kind that does not say otherwise): one export at a
+    #: time. A kind whose instances cannot write at once (a file) keeps 1.
+    export_connections: int = Field(default=1, ge=1, le=64)
 
 
 _CONNECTOR_CONFIGS: dict[str, type[ConnectorConfigBase]] = {}
@@ -187,6 +193,8 @@ class LdapConnectorConfig(ConnectorConfigBase):
     attributes: list[str] | None = None
     #: Create missing parent containers (organizationalUnit) when an add fails with no-such-object.
     create_parents: bool = True
+    #: A directory serves several connections at once, and each export waits for its round trips.
+    export_connections: int = Field(default=4, ge=1, le=64)
     #: Directory dialect: "ad" = Active Directory (objectGUID anchor, DirSync/uSNChanged deltas, unicodePwd,
     #: userAccountControl, AD error texts: connectors/ldap/ad.py, docs/connectors/active-directory.md).
     dialect: Literal["openldap", "ad"] = "openldap"

@@ -115,7 +115,14 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
             conn = connectors[target]
             if not isinstance(conn, Export):
                 raise TypeError(f"connector {target!r} is an export target but cannot export")
-            worker = ExportWorker(rt, target, conn)
+            # More lanes than partitions would have nothing to do.
+            lanes = min(config.connectors[target].export_connections, rt.partitions)
+            more: list[Export] = []
+            for _ in range(lanes - 1):
+                extra = build_connector(target, config.connectors[target])
+                assert isinstance(extra, Export)
+                more.append(extra)
+            worker = ExportWorker(rt, target, conn, more)
             pipeline.export_workers.append(worker)
             pipeline.consumers.append(
                 StageConsumer(

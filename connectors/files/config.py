@@ -77,6 +77,8 @@ class LdifConnectorConfig(ConnectorConfigBase):
     anchor_attribute: str = "entryUUID"
     #: Object types this connector imports and exports, mapped to their object class.
     object_classes: dict[str, str] = Field(default_factory=lambda: {"person": "inetOrgPerson"})
+    #: One writer: the export file is rewritten whole on every export.
+    export_connections: Literal[1] = 1
 
     @field_validator("export_path")
     @classmethod

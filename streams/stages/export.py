@@ -1,10 +1,15 @@
 """Export agent (one per target connector, keyed by mv_id): apply pending exports through the connector.
 
-Exports are applied in order, in a worker thread (connector I/O is blocking): one at a time through
-``Export.apply``, or a micro-batch at once through ``BatchExport.apply_batch`` when the connector offers
-it. A transient failure (server down) is retried with capped exponential backoff and jitter, never
-shorter than the server's ``retry_after_s``, and holds the batch: nothing is skipped or dead-lettered,
-the backlog drains in order when the server is back.
+Exports are applied in order per partition, in worker threads (connector I/O is blocking): one at a
+time through ``Export.apply``, or a micro-batch at once through ``BatchExport.apply_batch`` when the
+connector offers it. With ``export_connections: N`` (connectors.<name>) the worker holds N instances of
+the connector, each with its own thread and connection — a *lane* — and partition p's exports go to lane
+p mod N: the lanes apply at once, and one object's exports (keyed by mv_id, so in one partition) stay in
+order on one lane. That is the ordering several workers give anyway (one per partition), so it adds no
+interleaving a multi-worker deployment does not already have. A transient failure (server down) is
+retried with capped exponential backoff and jitter, never shorter than the server's ``retry_after_s``,
+and holds the batch: nothing is skipped or dead-lettered, the backlog drains in order when the server is
+back.
 
 Recording order (crash safety): apply, then produce the ``ExportResult``s and wait for the broker, then
 write the ledger (last applied sequence per metaverse object) — and only then does faust ack the
@@ -27,6 +32,7 @@ import random
 import signal
 import traceback
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -99,17 +105,33 @@ class _Work:
     windows: dict[int, DeleteWindow] = field(default_factory=dict)
 
 
-class ExportWorker:
-    """Applies ``export.<connector>`` to one connected system."""
+@dataclass
+class _Lane:
+    """One connector instance and the thread that runs its blocking calls, in order."""
 
-    def __init__(self, rt: Runtime, connector_name: str, connector: Export) -> None:
+    connector: Export
+    pool: ThreadPoolExecutor
+
+
+class ExportWorker:
+    """Applies ``export.<connector>`` to one connected system.
+
+    ``more``: further instances of the connector (``export_connections`` - 1 of them), each a lane of its
+    own; this worker closes them (the first one belongs to the pipeline)."""
+
+    def __init__(
+        self, rt: Runtime, connector_name: str, connector: Export, more: Sequence[Export] = ()
+    ) -> None:
         self.rt = rt
         self.name = connector_name
         self.step_id = f"export.{connector_name}"
         self.connector = connector
         self.ledger = rt.store(f"export-ledger-{connector_name}")
         self.threshold = rt.config.connectors[connector_name].deletion_threshold
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"export-{connector_name}")
+        self._lanes = [
+            _Lane(c, ThreadPoolExecutor(1, thread_name_prefix=f"export-{connector_name}-{i}"))
+            for i, c in enumerate([connector, *more])
+        ]
         self.max_backoff_s = 30.0
         #: Exports per connector call for ``apply_batch`` (and per ledger write).
         self.batch_max = 200
@@ -257,7 +279,7 @@ class ExportWorker:
     async def _run(self, work: _Work, out: Outputs) -> None:
         """Apply ``work.todo``, produce the results and wait for the broker, then write the ledger."""
         if work.todo:
-            results = await self._apply_all([e for _, e in work.todo])
+            results = await self._apply_all(work.todo)
             for (_p, export), result in zip(work.todo, results, strict=True):
                 self._result(export, result, out)
         # Results first, acknowledged, then the ledger: a ledger entry never records an export whose
@@ -286,23 +308,48 @@ class ExportWorker:
         if name == point and self._applied >= int(count or 1):
             os.kill(os.getpid(), signal.SIGKILL)
 
-    async def _apply_all(self, exports: list[PendingExport]) -> list[ExportOutcome | IdsyncError]:
-        if isinstance(self.connector, BatchExport):
-            return await self._apply_batches(self.connector, exports)
+    async def _apply_all(self, todo: list[tuple[int, PendingExport]]) -> list[ExportOutcome | IdsyncError]:
+        """Apply ``(partition, export)`` pairs: each lane its partitions' exports in order, the lanes at
+        once. Results come back in the order given. An error that stops the worker (FatalError) is raised
+        once every lane has finished what it had started."""
+        n = len(self._lanes)
+        by_lane: dict[int, list[int]] = defaultdict(list)
+        for i, (p, _export) in enumerate(todo):
+            by_lane[p % n].append(i)
+        results: list[ExportOutcome | IdsyncError | None] = [None] * len(todo)
+
+        async def run(lane: _Lane, indexes: list[int]) -> None:
+            got = await self._apply_lane(lane, [todo[i][1] for i in indexes])
+            for i, result in zip(indexes, got, strict=True):
+                results[i] = result
+
+        done = await asyncio.gather(
+            *(run(self._lanes[k], ix) for k, ix in sorted(by_lane.items())), return_exceptions=True
+        )
+        failed = next((d for d in done if isinstance(d, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return [r for r in results if r is not None]
+
+    async def _apply_lane(
+        self, lane: _Lane, exports: list[PendingExport]
+    ) -> list[ExportOutcome | IdsyncError]:
+        if isinstance(lane.connector, BatchExport):
+            return await self._apply_batches(lane, lane.connector, exports)
         results: list[ExportOutcome | IdsyncError] = []
         for export in exports:
-            results.append(await self._apply_one(export))
+            results.append(await self._apply_one(lane, export))
             self._applied += 1
             # Here the change is in the target; neither its result nor the ledger has recorded it.
             self._maybe_kill("after-apply")
         return results
 
-    async def _apply_one(self, export: PendingExport) -> ExportOutcome | IdsyncError:
+    async def _apply_one(self, lane: _Lane, export: PendingExport) -> ExportOutcome | IdsyncError:
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             try:
-                return await loop.run_in_executor(self._pool, self.connector.apply, export)
+                return await loop.run_in_executor(lane.pool, lane.connector.apply, export)
             except RetriableError as exc:
                 await self._backoff(exc, attempt)
                 attempt += 1
@@ -315,7 +362,7 @@ class ExportWorker:
                 return self._extension_error(exc)
 
     async def _apply_batches(
-        self, connector: BatchExport, exports: list[PendingExport]
+        self, lane: _Lane, connector: BatchExport, exports: list[PendingExport]
     ) -> list[ExportOutcome | IdsyncError]:
         """``apply_batch`` with retries: after a retriable error, resubmit from the first export it hit
         (the ones after it may have applied too; applying them again is harmless)."""
@@ -325,7 +372,7 @@ class ExportWorker:
         while len(results) < len(exports):
             rest = exports[len(results) :]
             try:
-                got = await loop.run_in_executor(self._pool, connector.apply_batch, rest)
+                got = await loop.run_in_executor(lane.pool, connector.apply_batch, rest)
                 if len(got) != len(rest):
                     raise TypeError(f"apply_batch returned {len(got)} results for {len(rest)} exports")
             except RetriableError as exc:
@@ -434,7 +481,11 @@ class ExportWorker:
         )
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False)
+        for i, lane in enumerate(self._lanes):
+            lane.pool.shutdown(wait=False)
+            close = getattr(lane.connector, "close", None)
+            if i and close is not None:
+                close()  # the first lane's connector is the pipeline's, closed by it
 
 
 __all__ = [

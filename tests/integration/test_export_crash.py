@@ -24,9 +24,13 @@ def test_killed_between_apply_and_record_converges(kafka_env: KafkaEnv, point: s
     killed = env.sync(timeout=180)
     assert killed.code == -9, killed.stderr
     applied = env.ldap_entries()
-    # after-apply: killed right after the 5th add, before any result or ledger write;
+    # after-apply: killed right after the 5th add, before any result or ledger write (the directory's
+    # other export lanes, export_connections: 4 by default, may each have applied one more meanwhile);
     # after-flush: the results are out, the ledger has not recorded the applied adds.
-    assert len(applied) == 5 if point.startswith("after-apply") else len(applied) >= 1
+    if point.startswith("after-apply"):
+        assert 5 <= len(applied) <= 5 + 3
+    else:
+        assert len(applied) >= 1
 
     env.extra_env.clear()
     rerun = env.sync()
