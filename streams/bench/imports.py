@@ -209,7 +209,7 @@ def imports_table(results: list[ImportResult]) -> str:
             r.system,
             f"{r.size:,}",
             f"{r.objects:,}",
-            f"{r.load_seconds:.1f}" if r.load_seconds else "-",
+            f"{r.load_seconds:.2f}" if r.system != "HR file (csv)" else "-",
             f"{r.seconds:.2f}",
             f"{r.rate:,.0f}",
             f"{r.cpu_us_per_object:.0f}+{r.broker_cpu_us_per_object:.0f}",
