@@ -40,8 +40,9 @@ class ImportResult:
     system: str
     size: int
     objects: int
-    #: Seconds the bench took to put the objects into the system (set-up, not idsync's work).
-    load_seconds: float
+    #: Seconds the bench took to put the objects into the system (set-up, not idsync's work); None for the
+    #: HR file, which the bench writes for every phase.
+    load_seconds: float | None
     seconds: float
     rate: float
     #: CPU of the importing process (connector, change records, producer) and of the broker, per object.
@@ -150,7 +151,7 @@ async def import_phase(args: argparse.Namespace, work: Path, org: Org, hr_file: 
         )
         config = load_config(import_config(here, args, hr_file, schema, url))
         systems = {
-            "hr": ("HR file (csv)", 0.0, len(org.people)),
+            "hr": ("HR file (csv)", None, len(org.people)),
             "appdb": ("PostgreSQL (sql)", db_load_s, len(org.app_accounts)),
             "dir": ("slapd (ldap)", dir_load_s, len(org.dir_accounts)),
         }
@@ -187,7 +188,7 @@ async def import_phase(args: argparse.Namespace, work: Path, org: Org, hr_file: 
                             system=system,
                             size=org.size,
                             objects=report.objects,
-                            load_seconds=round(load_s, 2),
+                            load_seconds=None if load_s is None else round(load_s, 2),
                             seconds=round(seconds, 3),
                             rate=round(report.objects / max(seconds, 1e-6)),
                             cpu_us_per_object=round(1e6 * cpu / n, 1),
@@ -209,7 +210,7 @@ def imports_table(results: list[ImportResult]) -> str:
             r.system,
             f"{r.size:,}",
             f"{r.objects:,}",
-            f"{r.load_seconds:.2f}" if r.system != "HR file (csv)" else "-",
+            "-" if r.load_seconds is None else f"{r.load_seconds:.2f}",
             f"{r.seconds:.2f}",
             f"{r.rate:,.0f}",
             f"{r.cpu_us_per_object:.0f}+{r.broker_cpu_us_per_object:.0f}",
