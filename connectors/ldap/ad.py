@@ -319,6 +319,8 @@ class AdLdapConnector(LdapConnector):
     """
 
     follow = None  # type: ignore[assignment]  # blocks the Follow capability (typing protocols honour None)
+    #: AD does not implement RFC 4528 assertions: updates read the entry first.
+    asserted_updates = False
 
     def __init__(self, name: str, config: LdapConnectorConfig) -> None:
         if config.dialect != "ad":

@@ -28,6 +28,8 @@ from ldap3.core.exceptions import (
     LDAPSocketReceiveError,
     LDAPSocketSendError,
 )
+from ldap3.operation.search import compile_filter, parse_filter
+from ldap3.protocol.controls import build_control
 from ldap3.protocol.rfc4527 import post_read_control
 from ldap3.utils.conv import escape_bytes, escape_filter_chars
 
@@ -66,6 +68,14 @@ _NO_ENTRY = "(entryUUID=00000000-0000-0000-0000-000000000000)"
 _KEEPALIVE = (60, 10, 3)
 #: RFC 4527 post-read control: the entry as the operation left it, in the operation's response.
 _POST_READ = "1.3.6.1.1.13.2"
+#: RFC 4528 assertion control: the operation applies only if the entry matches a filter.
+_ASSERTION = "1.3.6.1.1.12"
+
+
+def _compiled_filter(text: str) -> Any:
+    """An LDAP filter as the ASN.1 structure a control value carries (ldap3's own filter compiler)."""
+    return compile_filter(parse_filter(text, None, True, False, None, False).elements[0])
+
 
 Modifications = dict[str, list[tuple[str, list[str | bytes]]]]
 log = logging.getLogger("idsync.connectors.ldap")
@@ -141,6 +151,10 @@ class LdapConnector:
 
             return super().__new__(AdLdapConnector)
         return super().__new__(cls)
+
+    #: Replace-only updates go out as one asserted modify (``_replace_asserted``); cleared when the
+    #: server refuses the assertion control.
+    asserted_updates = True
 
     def __init__(self, name: str, config: LdapConnectorConfig) -> None:
         self.name = name
@@ -678,11 +692,44 @@ class LdapConnector:
 
     # ------------------------------------------------------------------ update
     def _apply_update(self, export: PendingExport) -> ExportOutcome:
+        if export.anchor and export.attributes and all(c.op == "replace" for c in export.attributes.values()):
+            asserted = self._replace_asserted(export, export.anchor)
+            if asserted is not None:
+                return asserted
         entry = self._locate(export, list(export.attributes) or ["1.1"])
         if entry is None:
             raise self._missing(export)
         self._modify(entry.dn, self._plan(entry.attributes, export.attributes))
         return ExportOutcome(anchor=entry.anchor, dn=entry.dn)
+
+    def _replace_asserted(self, export: PendingExport, anchor: str) -> ExportOutcome | None:
+        """A replace-only update in one round trip: the modify goes to the export's DN with an RFC 4528
+        assertion (critical) that the entry there holds the export's anchor, so it never changes another
+        entry. A replace is idempotent as it stands: nothing to read first. None when that cannot be done —
+        no entry at the DN, another entry there (renamed elsewhere), or a server without the assertion
+        control (not asked again): the caller finds the entry by its anchor and plans the modify from
+        what it holds."""
+        if not self.asserted_updates:
+            return None
+        dn = export.dn
+        mods: Modifications = {
+            name: [(MODIFY_REPLACE, _encode_all(list(dict.fromkeys(change.values))))]
+            for name, change in export.attributes.items()
+        }
+        controls = [build_control(_ASSERTION, True, _compiled_filter(self._anchor_filter(anchor)))]
+        unavailable = rc.RESULT_UNAVAILABLE_CRITICAL_EXTENSION
+        code = self._call(
+            "modify",
+            dn,
+            lambda conn: conn.modify(dn, mods, controls=controls),
+            tolerate=frozenset({rc.RESULT_NO_SUCH_OBJECT, rc.RESULT_ASSERTION_FAILED, unavailable}),
+        )
+        if code == unavailable:
+            log.info("%s: the server refuses the assertion control; updates read the entry first", self.name)
+            self.asserted_updates = False
+        if code != rc.RESULT_SUCCESS:
+            return None
+        return ExportOutcome(anchor=anchor, dn=dn)
 
     def _missing(self, export: PendingExport) -> DataError:
         by = f"anchor {export.anchor!r}" if export.anchor else "DN"

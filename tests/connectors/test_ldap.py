@@ -324,6 +324,74 @@ def test_update_replace_add_delete_idempotent(ldap_tree: LdapTree, connector: Ld
     assert entry is not None and "mail" not in entry
 
 
+def _count_lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every entry lookup the connector makes (by DN or by anchor), in order."""
+    seen: list[str] = []
+    for name in ("_read", "_find"):
+        original = getattr(LdapConnector, name)
+
+        def counted(
+            self: LdapConnector, key: str, *args: object, _f: object = original, **kw: object
+        ) -> object:
+            seen.append(key)
+            return _f(self, key, *args, **kw)  # type: ignore[operator]
+
+        monkeypatch.setattr(LdapConnector, name, counted)
+    return seen
+
+
+def test_a_replace_only_update_is_one_asserted_modify(
+    ldap_tree: LdapTree, connector: LdapConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dn = dn_in(ldap_tree, "Asserted")
+    anchor = connector.apply(pending("add", dn, attributes=person_attrs("Asserted", title=["Old"]))).anchor
+    lookups = _count_lookups(monkeypatch)
+    update = pending(
+        "update",
+        dn,
+        anchor=anchor,
+        attributes={
+            "title": AttrChange(op="replace", values=["New"]),
+            "mail": AttrChange(op="replace", values=[]),
+        },
+    )
+    for _ in range(2):  # delivered twice: the same entry, no error
+        outcome = connector.apply(update)
+        assert outcome.anchor == anchor and outcome.dn == dn
+        entry = ldap_tree.read(dn)
+        assert entry is not None and entry["title"] == ["New"] and not entry.get("mail")
+    assert lookups == []  # no read before the write
+
+
+def test_an_asserted_update_never_changes_another_entry_at_a_stale_dn(
+    ldap_tree: LdapTree, connector: LdapConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entry was renamed elsewhere and another took its old DN: the assertion fails there, and the
+    update finds its own entry by the anchor."""
+    old, moved = dn_in(ldap_tree, "Stale"), dn_in(ldap_tree, "Moved")
+    anchor = connector.apply(pending("add", old, attributes=person_attrs("Stale", title=["Mine"]))).anchor
+    connector.apply(pending("rename", old, anchor=anchor, new_dn=moved))
+    connector.apply(pending("add", old, attributes=person_attrs("Stale", title=["Theirs"])))
+    lookups = _count_lookups(monkeypatch)
+
+    update = pending(
+        "update", old, anchor=anchor, attributes={"title": AttrChange(op="replace", values=["Set"])}
+    )
+    outcome = connector.apply(update)
+
+    assert outcome.dn == moved and outcome.anchor == anchor
+    assert ldap_tree.read(moved, ["title"]) == {"title": ["Set"]}
+    assert ldap_tree.read(old, ["title"]) == {"title": ["Theirs"]}  # the other entry is untouched
+    assert lookups == [anchor]  # found by the anchor after the assertion failed
+    # Gone from the DN altogether: the same fallback.
+    connector.apply(pending("delete", old))  # the other entry, by its DN
+    again = pending(
+        "update", old, anchor=anchor, attributes={"title": AttrChange(op="replace", values=["Again"])}
+    )
+    assert connector.apply(again).dn == moved
+    assert ldap_tree.read(moved, ["title"]) == {"title": ["Again"]}
+
+
 def test_update_add_value_differing_only_in_case_is_tolerated(
     ldap_tree: LdapTree, connector: LdapConnector
 ) -> None:
