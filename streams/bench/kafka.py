@@ -34,26 +34,43 @@ async def produce_all(out: Outputs, messages: Iterable[Message], chunk: int = 20
 
 
 async def produce_at_rate(
-    out: Outputs, make: Callable[[int], Message], rate: int, seconds: float, sent: dict[int, int]
-) -> int:
-    """Offer ``rate`` messages per second for ``seconds``, in 5 ms ticks; ``sent[i]`` = send time (ms)."""
+    new_out: Callable[[], Outputs],
+    make: Callable[[int], Message],
+    rate: int,
+    seconds: float,
+    sent: dict[int, int],
+    in_flight: int = 64,
+) -> tuple[int, float]:
+    """Offer ``rate`` messages per second for ``seconds``: every 5 ms tick publishes what the clock says is
+    due by then, so a slow tick does not lower the rate; each tick's records go out in their own
+    ``Outputs`` (``new_out()``) without waiting for earlier ticks' acks, at most ``in_flight`` of them
+    unacknowledged (past that the generator waits: the rate it reaches says so). ``sent[i]`` = send time
+    (ms). Returns how many were sent and over how many seconds: the offered rate actually reached."""
     tick = 0.005
-    per_tick = rate * tick
     loop = asyncio.get_running_loop()
     start = loop.time()
-    due = 0.0
+    pending: set[asyncio.Task[Any]] = set()
     i = 0
-    while loop.time() - start < seconds:
-        due += per_tick
-        stamp = now_ms()
-        while i < int(due):
-            out.add(*make(i))
-            sent[i] = stamp
-            i += 1
-        await out.flush()
-        next_at = start + tick * (round((loop.time() - start) / tick) + 1)
+    while (elapsed := loop.time() - start) < seconds:
+        due = int(rate * elapsed)
+        if i < due:
+            out = new_out()
+            stamp = now_ms()
+            while i < due:
+                out.add(*make(i))
+                sent[i] = stamp
+                i += 1
+            pending.add(asyncio.ensure_future(out.flush()))
+        if len(pending) >= in_flight:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # a failed send fails the run
+        next_at = start + tick * (int((loop.time() - start) / tick) + 1)
         await asyncio.sleep(max(0.0, next_at - loop.time()))
-    return i
+    took = loop.time() - start
+    for task in pending:
+        await task
+    return i, took
 
 
 class Watcher:

@@ -60,8 +60,11 @@ class PhaseResult:
     delta_records: int = 0
     delta_seconds: float = 0.0
     delta_rate: float = 0.0
+    #: The latency run's offered rate as reached (changes sent / seconds; ``--rate`` is what it aims at),
+    #: the changes sent, and how many of them a pending export carried (the percentiles are over those).
     latency_rate: int = 0
     latency_samples: int = 0
+    latency_matched: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: list[float] = field(default_factory=list)
     #: CPU time the workers (all together) and the broker spent per initial-load record, in µs: steadier
@@ -344,8 +347,10 @@ class Phase:
         res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
         res.broker_cpu_us_per_record = round(1e6 * (self.broker.cpu_s() - broker) / res.records, 1)
 
-    async def latency(self, rate: int, seconds: float) -> tuple[int, dict[str, float]]:
-        """Steady offered load of title changes; latency = pending export timestamp - send time."""
+    async def latency(self, rate: int, seconds: float) -> tuple[int, int, int, dict[str, float]]:
+        """Steady offered load of title changes; latency = pending export timestamp - send time.
+        Returns the changes sent, the rate reached (per second), how many pending exports carried one
+        of them, and the percentiles over those."""
         sent: dict[int, int] = {}
         lat: list[float] = []
         active = [p for p in self.org.people if p.status == "active"]
@@ -365,14 +370,17 @@ class Phase:
             row = {**p.hr_row(), "title": [f"lat-{i}"]}
             return self.factory.change("hr", "u", p.employee_id, "employee", row, f"lat-{i}", kafka.now_ms())
 
+        def new_out() -> Outputs:
+            return Outputs(self.prod, self.rt.topic_partitions(), self.rt.counters.produced)
+
         watcher = await kafka.Watcher(self.broker.bootstrap, self.export_topic(), on_export).start()
         try:
-            n = await kafka.produce_at_rate(self.out, make, rate, seconds, sent)
+            n, took = await kafka.produce_at_rate(new_out, make, rate, seconds, sent)
             await self.drained()
             await asyncio.sleep(0.5)
         finally:
             await watcher.stop()
-        return n, _percentiles(lat)
+        return n, round(n / took), len(lat), _percentiles(lat)
 
     async def group_change(self, res: PhaseResult, changes: int = 6) -> None:
         """One member removed from or added back to all-staff, one change at a time: the time from
@@ -476,8 +484,9 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
         res.delta_rate = round(res.delta_records / res.delta_seconds)
-        res.latency_rate = args.rate
-        res.latency_samples, res.latency_ms = await ph.latency(args.rate, args.latency_seconds)
+        res.latency_samples, res.latency_rate, res.latency_matched, res.latency_ms = await ph.latency(
+            args.rate, args.latency_seconds
+        )
         await ph.group_change(res)
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
@@ -543,7 +552,10 @@ def _table(results: list[PhaseResult]) -> str:
                 f"{r.seconds:.2f}",
                 f"{r.rate:,.0f}",
                 f"{r.delta_rate:,.0f}" if r.delta_records else "-",
-                f"{lat['p50']}/{lat['p95']}/{lat['p99']}" if lat else "-",
+                f"{lat['p50']}/{lat['p95']}/{lat['p99']}"
+                + (f" @{r.latency_rate:,}/s" if r.latency_rate else "")
+                if lat
+                else "-",
                 "+".join(f"{m:.0f}" for m in r.peak_rss_mb),
                 f"{r.state_mb:.0f}",
                 f"{r.cpu_us_per_record:.0f}+{r.broker_cpu_us_per_record:.0f}" if r.cpu_us_per_record else "-",
