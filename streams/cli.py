@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--postgres-url",
-        help="PostgreSQL for the imports phase (default postgresql+psycopg://postgres@127.0.0.1:5432/test; "
+        help="PostgreSQL for the imports phase, a postgresql+psycopg:// URL (default "
+        "postgresql+psycopg://postgres@127.0.0.1:5432/test; "
         "a schema is created there and dropped afterwards)",
     )
     p.add_argument("--partitions", type=int, default=4)

@@ -62,6 +62,11 @@ def postgres_accounts(url: str, org: Org) -> Iterator[tuple[str, float]]:
     from sqlalchemy.exc import SQLAlchemyError
 
     engine = create_engine(url, connect_args={"connect_timeout": 5})
+    if engine.dialect.name != "postgresql" or engine.dialect.driver != "psycopg":
+        engine.dispose()
+        raise ImportsUnavailable(
+            f"--postgres-url: a postgresql+psycopg:// URL is needed (got {url.split(':')[0]}:)"
+        )
     schema = f"idsync_bench_{uuid.uuid4().hex[:8]}"
     try:
         with engine.begin() as conn:

@@ -64,3 +64,10 @@ def test_an_unreachable_postgresql_fails_before_anything_runs(tmp_path: Path) ->
     with pytest.raises(ImportsUnavailable, match=r"127\.0\.0\.1:1.*--no-imports"):
         asyncio.run(import_phase(_args(postgres_url=url), tmp_path, org, hr))
     assert not (tmp_path / "imports20" / "slapd").exists()  # no slapd was started for it
+
+
+def test_the_postgresql_url_must_name_the_driver_the_load_uses(tmp_path: Path) -> None:
+    org = generate(20, seed=3)
+    hr = write_hr_file(org, tmp_path / "hr.csv")
+    with pytest.raises(ImportsUnavailable, match="postgresql\\+psycopg"):
+        asyncio.run(import_phase(_args(postgres_url="sqlite:///x.db"), tmp_path, org, hr))
