@@ -29,13 +29,18 @@ def confirm_import(
     dn: str | None,
     ts_ms: int,
     final: bool = True,
+    read_ts_ms: int | None = None,
 ) -> tuple[list[ExportConfirmed], list[ErrorRecord]]:
     """Compare applied, unconfirmed exports with an imported image. Mutates ``target``.
 
     With ``final`` (an import that came after the export), a value that differs is reported as
     ``exported-change-not-reimported`` with both values and dropped from the ledger, so the next outbound
     evaluation exports it again. Without it (an image older than the export), only matches count.
-    """
+
+    ``read_ts_ms``: when the connector read the image (its change record's source time). An export
+    applied after that is not final for it: an import running while the export worker drains a backlog
+    reads an entry, the export changes it, and the image arrives after the export's result — it shows
+    the value from before, not a failed export. A later import decides."""
     folded = casefold_keys(image)
     errors: list[ErrorRecord] = []
     applied = {e.seq for e in target.ledger.values() if e.applied}
@@ -48,7 +53,10 @@ def confirm_import(
         else:
             seen = folded.get(attr.casefold(), [])
             ok = _shows(seen, entry)
-        if not ok and not final:
+        read_before = (
+            read_ts_ms is not None and entry.applied_ts_ms is not None and read_ts_ms < entry.applied_ts_ms
+        )
+        if not ok and (not final or read_before):
             continue
         if not ok:
             errors.append(

@@ -367,7 +367,9 @@ def _contribute(
             target.status = "exists"
         target.anchor = msg.anchor
         target.dn = msg.dn
-        confirmed, errors = confirm_import(target, msg.connector, mv.mv_id, msg.image, msg.dn, msg.ts_ms)
+        confirmed, errors = confirm_import(
+            target, msg.connector, mv.mv_id, msg.image, msg.dn, msg.ts_ms, read_ts_ms=msg.source_ts_ms or None
+        )
         outputs.extend(confirmed)
         outputs.extend(errors)
     # Only the attributes this connector flowed before or flows now can change: the rest keep their

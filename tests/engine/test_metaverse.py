@@ -267,6 +267,28 @@ def test_export_result_marks_ledger_applied() -> None:
     assert mv.targets["ldap"].status == "pending-add"
 
 
+def test_an_image_read_before_the_export_was_applied_does_not_fail_it() -> None:
+    """An import ran while the export worker drained a backlog: it read the entry (old title) before the
+    export (applied at 3,000) changed it, and its image arrived after the export's result."""
+    mv, add = provisioned()
+    mv, _ = step(mv, applied(add, ts_ms=3_000))
+    image = image_of(add)
+    image["title"] = ["Wrong"]
+    read_early = replace(ldap_contribution(MV_ID, image, DN), source_ts_ms=2_000)
+    mv2, outputs = step(mv, read_early)
+    assert mv2 is not None
+    assert of_type(outputs, ErrorRecord) == [] and of_type(outputs, PendingExport) == []
+    assert mv2.targets["ldap"].ledger["title"].applied  # still waiting for an import that came after it
+    # The next import, read after the export, decides: the value is not there.
+    read_late = replace(ldap_contribution(MV_ID, image, DN, version=2, ts_ms=6_000), source_ts_ms=4_000)
+    _, outputs = step(mv2, read_late)
+    [err] = of_type(outputs, ErrorRecord)
+    assert err.error_type == "exported-change-not-reimported"
+    # An early image that does show the exported values confirms them all the same.
+    _, outputs = step(mv, replace(ldap_contribution(MV_ID, image_of(add), DN), source_ts_ms=2_000))
+    assert [o.export_id for o in of_type(outputs, ExportConfirmed)] == [add.export_id]
+
+
 def test_import_equal_to_exported_values_confirms() -> None:
     mv, add = provisioned()
     mv, _ = step(mv, applied(add))
