@@ -33,8 +33,12 @@ def change_record(
     event_id: str,
     run_id: str | None = None,
     watermark: str = "",
+    read_ts_ms: int | None = None,
 ) -> bytes:
-    """A connector object as the change record staging reads on ``import.<name>`` (deletes carry no image)."""
+    """A connector object as the change record staging reads on ``import.<name>`` (deletes carry no image).
+
+    ``read_ts_ms``: when the connector began reading it (default: now), the record's ``source.ts_ms`` —
+    export confirmation trusts an image only for exports applied before it was read."""
     rec = ChangeRecord(
         op=op,
         anchor=item.anchor,
@@ -46,7 +50,7 @@ def change_record(
             version=version,
             event_id=event_id,
             run_id=run_id,
-            ts_ms=now_ms(),
+            ts_ms=now_ms() if read_ts_ms is None else read_ts_ms,
             locator=item.locator,
             watermark=watermark,
         ),
@@ -112,13 +116,17 @@ async def full_import(rt: Runtime, name: str, connector: FullImport, chunk: int 
     await out.flush()
     items = iter(connector.full_import())
     while True:
+        # Every object of the chunk was read after this (export confirmation compares it with exports).
+        reading = now_ms()
         batch = await loop.run_in_executor(None, lambda: list(itertools.islice(items, chunk)))
         if not batch:
             break
         for item in batch:
             if isinstance(item, ImportedObject):
                 report.objects += 1
-                value = change_record(name, "r", item, version, f"{run_id}:{item.anchor}", run_id=run_id)
+                value = change_record(
+                    name, "r", item, version, f"{run_id}:{item.anchor}", run_id=run_id, read_ts_ms=reading
+                )
                 out.add(topic, item.anchor.encode(), value)
             elif isinstance(item, ImportFailure):
                 report.failures += 1
