@@ -168,7 +168,7 @@ class Phase:
         for w in range(self.workers):
             self.procs.append(self._spawn(w))
         self.prod = await kafka.producer(self.broker.bootstrap)
-        self.out = Outputs(self.prod, self.rt.topic_partitions(), self.rt.counters.produced)
+        self.out = self.outputs()
         n = self.rt.names
         self.factory = RecordFactory(
             {c: n.import_topic(c) for c in self.config.connectors}, self.rt.partitions
@@ -231,6 +231,10 @@ class Phase:
         self.broker.stop()
 
     # ------------------------------------------------------------------ helpers
+    def outputs(self) -> Outputs:
+        """A new batch of records for the generator's producer (the latency run sends one per tick)."""
+        return Outputs(self.prod, self.rt.topic_partitions(), self.rt.counters.produced)
+
     def groups(self) -> dict[str, list[str]]:
         """Consumer group -> the topics it consumes (the pipeline runs one group per stage)."""
         n = self.rt.names
@@ -370,12 +374,9 @@ class Phase:
             row = {**p.hr_row(), "title": [f"lat-{i}"]}
             return self.factory.change("hr", "u", p.employee_id, "employee", row, f"lat-{i}", kafka.now_ms())
 
-        def new_out() -> Outputs:
-            return Outputs(self.prod, self.rt.topic_partitions(), self.rt.counters.produced)
-
         watcher = await kafka.Watcher(self.broker.bootstrap, self.export_topic(), on_export).start()
         try:
-            n, took = await kafka.produce_at_rate(new_out, make, rate, seconds, sent)
+            n, took = await kafka.produce_at_rate(self.outputs, make, rate, seconds, sent)
             await self.drained()
             await asyncio.sleep(0.5)
         finally:

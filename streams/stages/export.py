@@ -125,7 +125,6 @@ class ExportWorker:
         self.rt = rt
         self.name = connector_name
         self.step_id = f"export.{connector_name}"
-        self.connector = connector
         self.ledger = rt.store(f"export-ledger-{connector_name}")
         self.threshold = rt.config.connectors[connector_name].deletion_threshold
         self._lanes = [
