@@ -256,3 +256,117 @@ def test_a_stage_saves_when_its_unsaved_state_holds_too_many_values(
                 await cancel(task, rt.stop)
 
     asyncio.run(scenario())
+
+
+def test_batches_go_on_while_a_checkpoint_is_saved(tmp_path: Path) -> None:
+    """A checkpoint takes the unsaved state and saves it in the background: batches processed meanwhile
+    read the state being saved, and their own writes wait for the next checkpoint."""
+
+    async def scenario() -> None:
+        async with hr_topic(tmp_path) as (broker, rt, _topic):
+            stage = TallyStage(rt)
+            offset = 0
+
+            def events(*keys: bytes) -> list[Ev]:
+                nonlocal offset
+                out = []
+                for k in keys:
+                    out.append(Ev(Message("in", 0, offset), k))
+                    offset += 1
+                return out
+
+            await stage.process(events(b"group", b"a"))
+            part = stage.store.partition(0)
+            saving = await stage.start_checkpoint()
+            # Taken, not saved yet: the two keys are being saved, nothing is unsaved.
+            assert stage.unsaved() == (0, 0) and stage.saving() == 2
+            assert part.changelog_offset() is None
+
+            # A batch before the save ends reads the state being saved and keeps its write unsaved.
+            await stage.process(events(b"group", b"b"))
+            assert part.saving[b"group"] == Tally(count=1)
+            assert part.unsaved[b"group"] == Tally(count=2)
+            assert [k for k, _v in Batch(part, [], Tally).scan(b"")] == [b"a", b"b", b"group"]
+
+            await saving
+            # The checkpoint saved what it took, and only that.
+            assert stage.saving() == 0 and stage.unsaved() == (2, 2)
+            assert part.changelog_offset() == 2
+            saved = {k: msgspec.msgpack.decode(v, type=Tally) for k, v in part.scan(b"")}
+            assert saved == {b"group": Tally(count=1), b"a": Tally(count=1)}
+
+            await stage.checkpoint()
+            assert part.changelog_offset() == 4
+            other = runtime(broker.bootstrap, tmp_path, "b")
+            await restore(other, other.store("cs"), [0])
+            rebuilt = {
+                k: msgspec.msgpack.decode(v, type=Tally) for k, v in other.store("cs").partition(0).scan(b"")
+            }
+            assert rebuilt == {b"group": Tally(count=2), b"a": Tally(count=1), b"b": Tally(count=1)}
+            await other.stop()
+            await rt.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_consumer_goes_on_while_a_checkpoint_is_saved_and_commits_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a checkpoint's save is in flight the stage takes its next batches; the offsets that
+    checkpoint covers are committed only once it is saved, and no second save starts before that."""
+
+    async def scenario() -> None:
+        async with hr_topic(tmp_path) as (broker, rt, topic):
+            probe = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=rt.names.group_id("probe"))
+            await probe.start()
+
+            async def committed() -> int | None:
+                return await probe.committed(TopicPartition(topic, 0))
+
+            async def committed_is(n: int) -> bool:
+                return await committed() == n
+
+            seen: list[int] = []
+            release = asyncio.Event()
+            taken: list[int] = []  # records processed when each checkpoint was taken
+            done: list[int] = []
+
+            async def process(events: list[Any]) -> None:
+                seen.extend(e.message.offset for e in events)
+
+            async def start_checkpoint() -> Any:
+                taken.append(len(seen))
+
+                async def finish() -> None:
+                    await release.wait()
+                    done.append(len(taken))
+
+                return finish()
+
+            c = StageConsumer(rt, "probe", [topic], process, [], 10, start_checkpoint, lambda: (0, 0))
+            monkeypatch.setattr(consumer_module, "IDLE_S", 0.1)
+            out = await rt.outputs()
+            for _i in range(5):
+                out.add(topic, b"k", b"{}", partition=0)
+            await out.flush()
+            task = asyncio.create_task(c.run())
+            try:
+                await until(lambda: taken, 30)  # idle after the first five: a checkpoint is taken
+                assert taken == [5]
+                # Its save hangs; more records are processed meanwhile, nothing is committed yet.
+                for _i in range(5):
+                    out.add(topic, b"k", b"{}", partition=0)
+                await out.flush()
+                await until(lambda: len(seen) == 10, 20)
+                assert len(seen) == 10
+                await asyncio.sleep(0.5)  # idle again: the next checkpoint waits for the first
+                assert taken == [5] and await committed() is None
+                release.set()
+                # The first save ends: its offsets are committed, then the next checkpoint is taken.
+                await until(lambda: taken == [5, 10] and done == [1, 2], 20)
+                await until(lambda: committed_is(10), 20)
+                assert await committed() == 10
+            finally:
+                await cancel(task, probe.stop, rt.stop)
+
+    asyncio.run(scenario())
