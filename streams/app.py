@@ -103,7 +103,7 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     connectors = {name: build_connector(name, cfg) for name, cfg in config.connectors.items()}
     pipeline = Pipeline(app, rt, connectors)
     pipeline.consumers += [
-        StageConsumer(rt, name, topics, s.process, [s.store], size, s.start_checkpoint, s.unsaved)
+        StageConsumer(rt, name, topics, s.process, [s.store], size, s.checkpoint, s.unsaved)
         for name, topics, s in (
             ("staging", [*imports, n.links_topic()], staging),
             ("join", [n.join_topic()], join),

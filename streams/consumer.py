@@ -66,7 +66,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         process: Callable[[list[Any]], Awaitable[None]],
         stores: Iterable[Store],
         batch_size: int,
-        checkpoint: Callable[[], Awaitable[Awaitable[None] | None]] | None = None,
+        checkpoint: Callable[[], Awaitable[None]] | None = None,
         unsaved: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.rt = rt
@@ -76,11 +76,9 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.process = process
         self.stores = list(stores)
         self.batch_size = batch_size
-        #: Takes the state of the batches processed since the last call as a checkpoint and returns what
-        #: saves it (``Stage.start_checkpoint``: the consumer goes on with the next batches meanwhile), or
-        #: saves it and returns None; None: ``process`` saves its own, every batch is committed as it ends.
-        #: ``unsaved`` tells how many keys wait and how many attribute values they hold
-        #: (``schemas.state.values_held``).
+        #: Saves the state of the batches processed since the last call (None: ``process`` saves its own,
+        #: every batch is committed as it ends); ``unsaved`` tells how many keys wait and how many attribute
+        #: values they hold (``schemas.state.values_held``).
         self.checkpoint = checkpoint
         self.unsaved = unsaved
         pipeline = rt.config.pipeline
@@ -94,8 +92,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self._processed: dict[TopicPartition, int] = {}
         self._saved_at = self._busy_at = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
-        #: The last checkpoint's save and then its offset commit, in flight while the next batches are
-        #: processed; the next checkpoint waits for it.
+        #: The last checkpoint's offset commit, still in flight while the next batch is processed.
         self._committing: asyncio.Task[None] | None = None
         #: Set when ``run`` has ended (and saved what it could).
         self.stopped = asyncio.Event()
@@ -144,7 +141,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                     if self._processed and self._save_due(idle=not owned):
                         await self._save(consumer)
                     elif self.unsaved is not None:
-                        self._count_unsaved()
+                        self.rt.counters.unsaved[self.stage] = self.unsaved()[0]
         except asyncio.CancelledError:
             stopping = True
             raise
@@ -164,71 +161,41 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     def _save_due(self, idle: bool) -> bool:
         """Whether to checkpoint now: the interval is over, too many keys or attribute values wait (large
         groups decoded and held), or no record came for ``IDLE_S`` (short pauses between an upstream
-        stage's batches do not count). While the last checkpoint is still being saved, only too much
-        unsaved state makes the next one wait for it; otherwise the stage goes on with its batches."""
+        stage's batches do not count)."""
         if self.checkpoint is None:
             return True
         now = time.monotonic()
-        full = False
-        if self.unsaved is not None:
-            keys, values = self.unsaved()
-            full = keys >= self.max_unsaved or values >= self.max_unsaved_values
-        if self._committing is not None and not self._committing.done():
-            return full
         if now - self._saved_at >= self.interval_s:
             return True
         if idle and now - self._busy_at >= min(IDLE_S, self.interval_s):
             return True
-        return full
-
-    def _count_unsaved(self) -> None:
-        """What ``idsync sync`` waits for: keys not saved yet, the ones a checkpoint is saving included."""
-        if self.unsaved is not None:
-            saving = sum(store.saving() for store in self.stores)
-            self.rt.counters.unsaved[self.stage] = self.unsaved()[0] + saving
+        if self.unsaved is None:
+            return False
+        keys, values = self.unsaved()
+        return keys >= self.max_unsaved or values >= self.max_unsaved_values
 
     async def _save(self, consumer: AIOKafkaConsumer, wait: bool = False) -> None:
         """Checkpoint the stage's state, then commit the offsets of everything processed before it.
 
-        The checkpoint is taken here; saving it and then committing the offsets overlap the next batches
-        (``wait``: awaited here). Checkpoints and commits stay in order (the previous one is awaited
-        first), and a revocation waits for the one in flight."""
-        await self._committed()
-        saving: Awaitable[None] | None = None
+        The commit's round trip overlaps the next batch (``wait``: awaited here). Commits stay in order
+        (the previous one is awaited first), and a revocation waits for the one in flight."""
         if self.checkpoint is not None:
             try:
-                saving = await self.checkpoint()
+                await self.checkpoint()
             except Exception as exc:
-                self._checkpoint_failed(exc)
+                log.exception("%s: checkpoint failed", self.stage)
+                self.rt.fatal(f"stage {self.stage}: checkpoint: {type(exc).__name__}: {exc}")
                 raise
+            self.rt.counters.unsaved[self.stage] = 0
+            self.rt.counters.last_activity = asyncio.get_running_loop().time()
         self._saved_at = time.monotonic()
+        await self._committed()
         offsets, self._processed = self._processed, {}
-        self._count_unsaved()
-        if saving is None and not offsets:
+        if not offsets:
             return
-        self._committing = asyncio.ensure_future(self._finish(consumer, saving, offsets))
+        self._committing = asyncio.ensure_future(self._commit(consumer, offsets))
         if wait:
             await self._committed()
-
-    def _checkpoint_failed(self, exc: Exception) -> None:
-        log.error("%s: checkpoint failed", self.stage, exc_info=exc)
-        self.rt.fatal(f"stage {self.stage}: checkpoint: {type(exc).__name__}: {exc}")
-
-    async def _finish(
-        self, consumer: AIOKafkaConsumer, saving: Awaitable[None] | None, offsets: dict[TopicPartition, int]
-    ) -> None:
-        """Wait for a checkpoint to be saved, then commit the offsets of what it saved."""
-        if saving is not None:
-            try:
-                await saving
-            except Exception as exc:
-                self._checkpoint_failed(exc)
-                raise
-            if self.checkpoint is not None:
-                self._count_unsaved()
-                self.rt.counters.last_activity = asyncio.get_running_loop().time()
-        if offsets:
-            await self._commit(consumer, offsets)
 
     async def _committed(self, quiet: bool = False) -> None:
         """Wait for the commit in flight, if any. Its error (one not about a rebalance) is raised here,
@@ -242,8 +209,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             if not quiet:
                 raise
             log.warning(
-                "%s: checkpoint or offset commit failed (%s: %s); the batches since the last one are "
-                "delivered again",
+                "%s: offset commit failed (%s: %s); the batch is delivered again",
                 self.stage,
                 type(exc).__name__,
                 exc,

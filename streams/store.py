@@ -5,13 +5,11 @@ WriteBatch, so per-event Python work, not RocksDB, bounds the speed.
 
 Every store has a changelog topic, co-partitioned with the stage's input topics (invariant 11). A stage
 keeps the writes of its batches as the partition's unsaved state (``PartitionStore.unsaved``, read before
-the database) until a checkpoint (``streams.stages.base``) takes it as the state being saved
-(``PartitionStore.saving``, read after the unsaved state and before the database, while later batches go
-on), produces it to the changelog, waits for the broker, and only then writes it locally — in one
-WriteBatch with the changelog offset after it. So the local database is always a prefix of the changelog
-plus nothing else, and any worker that is given the partition can rebuild it (``streams.consumer.restore``)
-by reading the changelog from the offset its own copy holds (the offset after the last changelog record
-it reflects).
+the database) until a checkpoint (``streams.stages.base.save``) produces them to the changelog, waits for
+the broker, and only then writes them locally — in one WriteBatch with the changelog offset after them. So
+the local database is always a prefix of the changelog plus nothing else, and any worker that is given the
+partition can rebuild it (``streams.consumer.restore``) by reading the changelog from the offset its own
+copy holds (the offset after the last changelog record it reflects).
 """
 
 from __future__ import annotations
@@ -156,13 +154,6 @@ class PartitionStore:
         self.unsaved: dict[bytes, Any] = {}
         self._unsaved_sorted: list[bytes] = []
         self._unsaved_new: list[bytes] = []
-        #: The unsaved state a checkpoint took and is saving now (``begin_save`` .. ``saved``): reads see
-        #: it after ``unsaved`` and before the database. Both dicts are replaced, never cleared in place,
-        #: so a batch that holds one keeps reading what it held (equal to what the database has after).
-        self.saving: dict[bytes, Any] = {}
-        #: Its keys in order, sorted when a scan first needs them (a sorted run and an unsorted tail before).
-        self._saving_sorted: list[bytes] | None = []
-        self._saving_runs: tuple[list[bytes], list[bytes]] = ([], [])
         #: Weight of the unsaved state (``stash``'s ``weigh``, summed over its keys; a key written again
         #: counts once, at its latest weight) and each key's.
         self.unsaved_weight = 0
@@ -182,33 +173,25 @@ class PartitionStore:
         self.unsaved_weight = total
 
     def unsaved_under(self, prefix: bytes) -> list[bytes]:
-        """Keys under ``prefix`` that are unsaved or being saved, in order."""
+        """Unsaved keys under ``prefix``, in order."""
         if self._unsaved_new:
             # Each batch's keys are one sorted run: sorting runs is a linear merge.
             self._unsaved_sorted = sorted(self._unsaved_sorted + sorted(self._unsaved_new))
             self._unsaved_new = []
-        found = _under(self._unsaved_sorted, prefix)
-        if self.saving:
-            if self._saving_sorted is None:
-                run, tail = self._saving_runs
-                self._saving_sorted = sorted(run + sorted(tail))
-            found = sorted(set(found).union(_under(self._saving_sorted, prefix)))
-        return found
-
-    def begin_save(self) -> dict[bytes, Any]:
-        """A checkpoint takes the unsaved state to save it (returned; ``saving`` until ``saved``). Only one
-        save at a time: the caller finishes the previous one first."""
-        if self.saving:
-            raise RuntimeError(f"partition {self.partition}: a save is already in progress")
-        self.saving, self._saving_sorted = self.unsaved, None
-        self._saving_runs = (self._unsaved_sorted, self._unsaved_new)
-        self.unsaved, self._unsaved_sorted, self._unsaved_new = {}, [], []
-        self.unsaved_weight, self._weights = 0, {}
-        return self.saving
+        keys = self._unsaved_sorted
+        i = bisect.bisect_left(keys, prefix)
+        j = i
+        while j < len(keys) and keys[j].startswith(prefix):
+            j += 1
+        return keys[i:j]
 
     def saved(self) -> None:
-        """The state being saved is in the changelog and the database now."""
-        self.saving, self._saving_sorted, self._saving_runs = {}, [], ([], [])
+        """The unsaved state is in the changelog and the database now."""
+        self.unsaved = {}
+        self._unsaved_sorted = []
+        self._unsaved_new = []
+        self.unsaved_weight = 0
+        self._weights = {}
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
@@ -264,15 +247,6 @@ class PartitionStore:
         self._db.close()
 
 
-def _under(keys: list[bytes], prefix: bytes) -> list[bytes]:
-    """The keys of a sorted list that start with ``prefix``."""
-    i = bisect.bisect_left(keys, prefix)
-    j = i
-    while j < len(keys) and keys[j].startswith(prefix):
-        j += 1
-    return keys[i:j]
-
-
 class Store:
     """A stage's state across the partitions this worker holds."""
 
@@ -291,10 +265,6 @@ class Store:
     def unsaved(self) -> int:
         """State keys written and not saved yet, over the open partitions."""
         return sum(len(part.unsaved) for part in self._parts.values())
-
-    def saving(self) -> int:
-        """State keys a checkpoint is saving now, over the open partitions."""
-        return sum(len(part.saving) for part in self._parts.values())
 
     def unsaved_weight(self) -> int:
         """Weight of the state not saved yet (``PartitionStore.unsaved_weight``), over the open partitions."""

@@ -3,16 +3,13 @@
 For each batch: group events by partition, multi-get their state, call the engine per event (an
 exception dead-letters that event, never the batch), then produce all outputs and wait for the broker,
 and keep the state changes as the partition's unsaved state (later batches read it). A checkpoint —
-every ``pipeline.checkpoint_interval_ms``, when the stage goes idle, before a revocation — takes the
-unsaved state as the state being saved, writes it to the store's changelog and waits, then writes it
-locally in one WriteBatch per partition; only then does the consumer commit the input offsets. The
-stage does not wait for that: it takes its next batches meanwhile (they read the state being saved, and
-keep their own writes unsaved for the next checkpoint), so a checkpoint's encoding and its round trip
-to the broker do not hold back the changes behind it. Outputs go out before any record of the new
-state, and the changelog before the local copy: after a crash the batches since the last checkpoint are
-re-delivered against the saved state and recompute the same outputs, which every downstream step treats
-idempotently (invariant 5), and the changelog never lacks a write the local copy has, so another worker
-can take the partition over from the changelog (invariant 11).
+every ``pipeline.checkpoint_interval_ms``, when the stage goes idle, before a revocation — writes the
+unsaved state to the store's changelog and waits, then writes it locally in one WriteBatch per
+partition; only then does the consumer commit the input offsets. Outputs go out before any record of the
+new state, and the changelog before the local copy: after a crash the batches since the last checkpoint
+are re-delivered against the saved state and recompute the same outputs, which every downstream step
+treats idempotently (invariant 5), and the changelog never lacks a write the local copy has, so another
+worker can take the partition over from the changelog (invariant 11).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ import logging
 import traceback
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Awaitable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -55,9 +51,7 @@ class Batch:
         self._decoder = unpacker(model)
         #: Written by earlier batches, not saved yet: read from there, decoded already.
         self._unsaved = store.unsaved
-        #: Taken by a checkpoint that is saving it now: read after the unsaved state, before the database.
-        self._saving = store.saving
-        keys = [k for k in keys if k not in self._unsaved and k not in self._saving]
+        keys = [k for k in keys if k not in self._unsaved]
         raw = store.get_many(keys)
         self._raw: dict[bytes, bytes | None] = dict(zip(keys, raw, strict=True))
         self._cache: dict[bytes, Any] = {}
@@ -75,9 +69,6 @@ class Batch:
             return self._cache[key]
         if key in self._unsaved:
             value = self._cache[key] = self._unsaved[key]
-            return value
-        if key in self._saving:
-            value = self._cache[key] = self._saving[key]
             return value
         raw = self._raw.get(key) if key in self._raw else self._store.get(key)
         value = None if raw is None else self._decoder.decode(raw)
@@ -108,13 +99,13 @@ class Batch:
         scan only looks at a few fields); objects this batch changed come whole."""
         seen: dict[bytes, Any] = {}
         decoder = unpacker(head) if head is not None else None
-        unsaved, saving = self._unsaved, self._saving
+        unsaved = self._unsaved
         for k, raw in self._store.scan(prefix):
-            if decoder is not None and k not in self._cache and k not in unsaved and k not in saving:
+            if decoder is not None and k not in self._cache and k not in unsaved:
                 seen[k] = decoder.decode(raw)
             else:
                 seen[k] = self.get(k)
-        for k in self._store.unsaved_under(prefix) if unsaved or saving else ():
+        for k in self._store.unsaved_under(prefix) if unsaved else ():
             seen[k] = self.get(k)
         # Only what this batch wrote can differ from the store: its keys are kept sorted, so a scan does
         # not walk every key the batch touched (a reference index lists a DN's referrers this way).
@@ -230,73 +221,38 @@ class Stage(ABC, Generic[S]):
         (``schemas.state.values_held``)."""
         return self.store.unsaved(), self.store.unsaved_weight()
 
-    def saving(self) -> int:
-        """State keys a checkpoint is saving now (taken from the unsaved state, not in the store yet)."""
-        return self.store.saving()
-
     async def checkpoint(self) -> None:
-        """Save the state of every batch processed since the last checkpoint, and wait until it is saved
-        (``start_checkpoint``, then what it returns)."""
-        await (await self.start_checkpoint())
+        """Save the state of every batch processed since the last checkpoint: to the changelog, wait for
+        the broker, then to the local copy in one WriteBatch per partition with the changelog offset.
 
-    async def start_checkpoint(self) -> Awaitable[None]:
-        """Take the state of every batch processed since the last checkpoint as the checkpoint, and return
-        what saves it: to the changelog, wait for the broker, then to the local copy in one WriteBatch
-        per partition with the changelog offset. Batches processed before that finishes read the state
-        being saved, and their own writes wait for the next checkpoint.
-
-        The stage's consumer commits its input offsets only after a checkpoint is saved
-        (streams.consumer), and starts the next one only then: after a crash, the batches since the last
-        saved one are delivered again and recompute their outputs from the saved state (duplicates,
-        which every step treats idempotently). A key written by many batches between two checkpoints (a
-        large group, a hot reference-index entry) is encoded, logged and written once — as Kafka Streams'
-        record cache does between two commits."""
-        return finish_save(self.rt, begin_save(self.store.opened()), self.step_id)
+        The stage's consumer commits its input offsets only after a checkpoint (streams.consumer): after
+        a crash, the batches since the last one are delivered again and recompute their outputs from the
+        saved state (duplicates, which every step treats idempotently). A key written by many batches
+        between two checkpoints (a large group, a hot reference-index entry) is encoded, logged and
+        written once — as Kafka Streams' record cache does between two commits."""
+        await save(self.rt, self.store.opened(), self.step_id)
 
 
-Snapshot = list[tuple[PartitionStore, dict[bytes, Any]]]
-
-
-def begin_save(parts: list[PartitionStore]) -> Snapshot:
-    """Take the unsaved state of ``parts`` as a checkpoint (``PartitionStore.begin_save``)."""
-    return [(part, part.begin_save()) for part in parts if part.unsaved]
-
-
-#: Keys encoded between two yields to the event loop while a checkpoint is saved in the background.
-ENCODE_CHUNK = 256
-
-
-async def finish_save(rt: Runtime, snapshot: Snapshot, step_id: str) -> None:
-    """Save a checkpoint: each key encoded once and produced to its store's changelog partition; once the
-    broker has acknowledged all of it, written locally in one WriteBatch per partition together with the
-    changelog offset after it. Encoding yields to the event loop now and then: the stage's next batches
-    run meanwhile."""
-    if not snapshot:
+async def save(rt: Runtime, parts: list[PartitionStore], step_id: str) -> None:
+    """Save the unsaved state of ``parts`` (a checkpoint): each key encoded once and produced to its
+    store's changelog partition; once the broker has acknowledged all of it, written locally in one
+    WriteBatch per partition together with the changelog offset after it."""
+    parts = [part for part in parts if part.unsaved]
+    if not parts:
         return
     out = await rt.outputs()
     encoded: list[tuple[PartitionStore, dict[bytes, bytes | None]]] = []
-    n = 0
-    for part, state in snapshot:
-        puts: dict[bytes, bytes | None] = {}
-        for k, v in state.items():
-            puts[k] = None if v is None else pack(v)
-            n += 1
-            if n % ENCODE_CHUNK == 0:
-                await asyncio.sleep(0)
+    for part in parts:
+        puts = {k: None if v is None else pack(v) for k, v in part.unsaved.items()}
         if part.changelog is not None:
-            for k, raw in puts.items():
-                out.add(part.changelog, k, raw, partition=part.partition)
+            for k, v in puts.items():
+                out.add(part.changelog, k, v, partition=part.partition)
         encoded.append((part, puts))
     offsets = await flush(out, step_id)
     for part, puts in encoded:
         end = None if part.changelog is None else offsets.get((part.changelog, part.partition))
         part.write(puts, end)
         part.saved()
-
-
-async def save(rt: Runtime, parts: list[PartitionStore], step_id: str) -> None:
-    """Save the unsaved state of ``parts`` and wait for it (``begin_save``, ``finish_save``)."""
-    await finish_save(rt, begin_save(parts), step_id)
 
 
 async def flush(out: Outputs, step_id: str) -> dict[tuple[str, int], int]:
@@ -325,4 +281,4 @@ def record_text(raw: bytes, limit: int = 2000) -> str:
         return repr(raw[:limit])
 
 
-__all__ = ["Batch", "Stage", "begin_save", "finish_save", "flush", "record_text", "save"]
+__all__ = ["Batch", "Stage", "flush", "record_text", "save"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable
 from typing import Any
 
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
@@ -69,9 +68,8 @@ class MetaverseStage(Stage[MVObject]):
         batches = []
         for p in sorted(self.store.owned):
             part = self.store.partition(p)
-            pending = part.saving | part.unsaved  # the state a checkpoint is saving, and what came after it
-            keys = [k for k, raw in part.scan(b"") if b"delete_due_ms" in raw and k not in pending]
-            keys += [k for k, mv in pending.items() if mv is not None and mv.delete_due_ms is not None]
+            keys = [k for k, raw in part.scan(b"") if b"delete_due_ms" in raw and k not in part.unsaved]
+            keys += [k for k, mv in part.unsaved.items() if mv is not None and mv.delete_due_ms is not None]
             if not keys:
                 continue
             batch = Batch(part, keys, MVObject)
@@ -122,12 +120,12 @@ class MetaverseStage(Stage[MVObject]):
             for each in outputs:
                 self._emit(each, out, batch.partition)
 
-    async def start_checkpoint(self) -> Awaitable[None]:
-        """Sync the objects whose answers are held (their outputs go out first), then take the checkpoint:
-        saved state never holds answers, so neither a crash nor a partition moving to another worker can
-        leave an object waiting for a sync nobody will send."""
+    async def checkpoint(self) -> None:
+        """Sync the objects whose answers are held (their outputs go out first), then save: saved state
+        never holds answers, so neither a crash nor a partition moving to another worker can leave an
+        object waiting for a sync nobody will send."""
         await self._settle_held()
-        return await super().start_checkpoint()
+        await super().checkpoint()
 
     async def _settle_held(self) -> None:
         held, self._held = self._held, {}
