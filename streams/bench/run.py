@@ -66,6 +66,9 @@ class PhaseResult:
     latency_samples: int = 0
     latency_matched: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: The same percentiles per window of ``LATENCY_WINDOW_S`` of send time, in order: whether latency
+    #: stays level through the run or grows (the embedded broker's fetches get dearer as topics fill).
+    latency_windows: list[dict[str, float]] = field(default_factory=list)
     peak_rss_mb: list[float] = field(default_factory=list)
     #: CPU time the workers (all together) and the broker spent per initial-load record, in µs: steadier
     #: than the rate on a shared machine, and it says where the time goes.
@@ -109,6 +112,21 @@ def _du_mb(path: Path) -> float:
             with contextlib.suppress(OSError):
                 total += os.path.getsize(os.path.join(root, f))
     return total / (1 << 20)
+
+
+#: Width of the latency run's windows (``PhaseResult.latency_windows``).
+LATENCY_WINDOW_S = 2.0
+
+
+def _windows(samples: list[tuple[float, float]], width_s: float = LATENCY_WINDOW_S) -> list[dict[str, float]]:
+    """Percentiles of (send time s, latency ms) samples per window of send time."""
+    if not samples:
+        return []
+    start = min(t for t, _lat in samples)
+    bins: dict[int, list[float]] = {}
+    for t, lat in samples:
+        bins.setdefault(int((t - start) // width_s), []).append(lat)
+    return [{"from_s": k * width_s, **_percentiles(v)} for k, v in sorted(bins.items())]
 
 
 def _percentiles(values: list[float]) -> dict[str, float]:
@@ -351,12 +369,15 @@ class Phase:
         res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
         res.broker_cpu_us_per_record = round(1e6 * (self.broker.cpu_s() - broker) / res.records, 1)
 
-    async def latency(self, rate: int, seconds: float) -> tuple[int, int, int, dict[str, float]]:
+    async def latency(
+        self, rate: int, seconds: float
+    ) -> tuple[int, int, int, dict[str, float], list[dict[str, float]]]:
         """Steady offered load of title changes; latency = pending export timestamp - send time.
         Returns the changes sent, the rate reached (per second), how many pending exports carried one
-        of them, and the percentiles over those."""
+        of them, the percentiles over those, and the percentiles per window of send time."""
         sent: dict[int, int] = {}
         lat: list[float] = []
+        timed: list[tuple[float, float]] = []
         active = [p for p in self.org.people if p.status == "active"]
 
         def on_export(r: Any) -> None:
@@ -368,6 +389,7 @@ class Phase:
                 i = int(title.values[0][4:])
                 if i in sent:
                     lat.append(r.timestamp - sent[i])
+                    timed.append((sent[i] / 1000, r.timestamp - sent[i]))
 
         def make(i: int) -> Any:
             p = active[i % len(active)]
@@ -381,7 +403,7 @@ class Phase:
             await asyncio.sleep(0.5)
         finally:
             await watcher.stop()
-        return n, round(n / took), len(lat), _percentiles(lat)
+        return n, round(n / took), len(lat), _percentiles(lat), _windows(timed)
 
     async def group_change(self, res: PhaseResult, changes: int = 6) -> None:
         """One member removed from or added back to all-staff, one change at a time: the time from
@@ -485,9 +507,13 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
         res.delta_rate = round(res.delta_records / res.delta_seconds)
-        res.latency_samples, res.latency_rate, res.latency_matched, res.latency_ms = await ph.latency(
-            args.rate, args.latency_seconds
-        )
+        (
+            res.latency_samples,
+            res.latency_rate,
+            res.latency_matched,
+            res.latency_ms,
+            res.latency_windows,
+        ) = await ph.latency(args.rate, args.latency_seconds)
         await ph.group_change(res)
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
@@ -614,6 +640,11 @@ def run_bench(args: argparse.Namespace) -> int:
     if imports:
         print()
         print(imports_table(imports))
+    for r in results:
+        if r.latency_windows:
+            p99s = ", ".join(f"{w['p99']:.0f}" for w in r.latency_windows)
+            window = f"{LATENCY_WINDOW_S:.0f} s"
+            print(f"N={r.size:,} workers={r.workers}: latency p99 ms per {window} of the run: {p99s}")
     for r in results:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:

@@ -47,3 +47,15 @@ def test_the_generator_sends_what_is_due_by_the_clock_and_reports_it(tmp_path: P
     assert on_topic == n == len(sent)
     assert list(sent) == list(range(n))
     assert all(a <= b for a, b in zip(list(sent.values()), list(sent.values())[1:], strict=False))
+
+
+def test_latency_windows_split_the_samples_by_send_time() -> None:
+    from streams.bench.run import _windows
+
+    samples = [(100.0, 10.0), (100.5, 30.0), (102.1, 200.0), (107.9, 50.0)]
+    windows = _windows(samples, width_s=2.0)
+    # 0-2 s, 2-4 s and 6-8 s after the first send; the empty 4-6 s window is left out.
+    assert [w["from_s"] for w in windows] == [0.0, 2.0, 6.0]
+    assert [w["max"] for w in windows] == [30.0, 200.0, 50.0]
+    assert windows[0]["p50"] == 30.0 and windows[1]["p99"] == 200.0
+    assert _windows([]) == []

@@ -1,0 +1,40 @@
+"""The broker microbenchmark's bookkeeping (what the partition held at each level) on the embedded broker;
+its figures themselves are not asserted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from streams.bench.broker import idle_fetches, round_trips
+from streams.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.integration
+
+
+def test_each_level_reports_what_the_partition_held(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[dict[str, float]], dict[str, float], int]:
+        with EmbeddedBroker(tmp_path) as broker:
+            rows = await round_trips(broker, [10, 0], size=2, n=3, wait_ms=10)
+            idle = await idle_fetches(broker, 4, 10, seconds=0.2)
+            reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
+            await reader.start()
+            tp = TopicPartition("bench.trickle", 0)
+            reader.assign([tp])
+            await reader.seek_to_beginning(tp)
+            held = 0
+            while batch := await reader.getmany(timeout_ms=500):
+                held += sum(len(records) for records in batch.values())
+            await reader.stop()
+            return rows, idle, held
+
+    rows, idle, held = asyncio.run(scenario())
+    # Level 0: empty. Level 10: ten fill batches of two records, and the three one-record batches the
+    # first level's round trips left.
+    assert [(r["batches"], r["records"]) for r in rows] == [(0, 0), (13, 23)]
+    assert all(r["broker_cpu_us"] >= 0 and r["round_trip_ms"] > 0 for r in rows)
+    assert held == 23 + 3  # and the last level's round trips
+    assert idle["partitions"] == 4 and idle["broker_cores"] >= 0
