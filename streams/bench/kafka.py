@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -247,6 +249,55 @@ async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
         for tp, (end, _ts) in (await true_ends(consumer, tps)).items():
             sizes[tp.topic] += end
         return sizes
+    finally:
+        await _quietly(consumer.stop())
+
+
+def message_kind(value: bytes | None) -> str:
+    """A label for one internal message (``schemas.messages``): its kind, with what tells its role apart —
+    a reference-index update's op, direction and route family (``refer/in/ref``), a join-index update's op,
+    a join request's phase, a reference answer's direction."""
+    try:
+        msg = msgspec.msgpack.decode(value or b"")
+    except msgspec.DecodeError:
+        return "undecodable"
+    if not isinstance(msg, dict):
+        return "undecodable"
+    kind = str(msg.get("kind", "?"))
+    if kind == "ref":
+        family = str(msg.get("route", "")).split("|", 1)[0]
+        return f"ref {msg.get('op')}/{msg.get('direction', 'in')}/{family}"
+    if kind == "index":
+        return f"index {msg.get('op', 'leave')}"
+    if kind == "join":
+        return f"join {msg.get('phase', 'search')}"
+    if kind == "ref-resolved":
+        return f"ref-resolved {msg.get('direction', 'in')}"
+    return kind
+
+
+async def message_kinds(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
+    """Internal messages per topic and kind (``message_kind``), read from the beginning of each topic:
+    which parts of the protocol the inputs cost."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = await true_ends(consumer, tps)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: dict[str, Counter[str]] = {t: Counter() for t in topics}
+        remaining = {tp for tp in tps if ends[tp][0] > 0}
+        deadline = time.monotonic() + 300
+        while remaining and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200, max_records=100_000)
+            for tp, records in batches.items():
+                counts = out[tp.topic]
+                for r in records:
+                    counts[message_kind(r.value)] += 1
+                    if r.offset + 1 >= ends[tp][0]:
+                        remaining.discard(tp)
+        return {t: dict(c.most_common()) for t, c in out.items()}
     finally:
         await _quietly(consumer.stop())
 

@@ -81,8 +81,10 @@ class PhaseResult:
     group_change_cpu_ms: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
-    #: Records on each topic after the run (how many internal messages the inputs caused).
+    #: Records on each topic after the run (how many internal messages the inputs caused), and the
+    #: internal topics' messages by kind (``streams.bench.kafka.message_kind``).
     topics: dict[str, int] = field(default_factory=dict)
+    message_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -488,6 +490,14 @@ class Phase:
         sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
         return {t.removeprefix(prefix): n for t, n in sizes.items()}
 
+    async def kinds(self) -> dict[str, dict[str, int]]:
+        """The internal topics' messages by kind."""
+        n = self.rt.names
+        topics = [n.join_topic(), n.mv_topic(), n.links_topic()]
+        kinds = await kafka.message_kinds(self.broker.bootstrap, topics)
+        prefix = f"idsync.{self.name}."
+        return {t.removeprefix(prefix): k for t, k in kinds.items()}
+
     def cpu_s(self) -> float:
         return sum(_cpu_s(p.pid) for p in self.procs)
 
@@ -518,6 +528,7 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
         res.topics = await ph.sizes()
+        res.message_kinds = await ph.kinds()
     return res
 
 
