@@ -39,7 +39,8 @@ async def _fill(producer: AIOKafkaProducer, topic: str, batches: int, size: int)
     for _ in range(batches):
         batch = producer.create_batch()
         for _ in range(size):
-            batch.append(key=None, value=VALUE, timestamp=None)
+            if batch.append(key=None, value=VALUE, timestamp=None) is None:
+                raise ValueError(f"{size} records of {len(VALUE)} bytes do not fit in one record batch")
         batch.close()
         pending.append(await producer.send_batch(batch, topic, partition=0))
         if len(pending) >= 500:
@@ -65,7 +66,8 @@ async def round_trips(
 ) -> list[dict[str, Any]]:
     """Per fill level: the broker's CPU and the wall time of one produce-then-fetch of one record."""
     await kafka.create_topic(broker.bootstrap, "bench.trickle", 1)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0)
+    # Room for a whole fill batch (aiokafka's default batch is 16 KiB).
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0, max_batch_size=1 << 20)
     await producer.start()
     consumer = await _follow(broker.bootstrap, "bench.trickle", wait_ms)
     rows: list[dict[str, Any]] = []
