@@ -7,12 +7,13 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka.client import exact_ends
 from streams.bench.records import Message
@@ -276,9 +277,11 @@ def message_kind(value: bytes | None) -> str:
     return kind
 
 
-async def message_kinds(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
-    """Internal messages per topic and kind (``message_kind``), read from the beginning of each topic:
-    which parts of the protocol the inputs cost."""
+async def read_all(
+    bootstrap: str, topics: list[str], timeout_s: float
+) -> AsyncIterator[tuple[str, list[ConsumerRecord[bytes, bytes]]]]:
+    """Every record of ``topics``, from the beginning up to (at least) the ends they had when called, one
+    fetched batch at a time; gives up after ``timeout_s``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
@@ -286,50 +289,40 @@ async def message_kinds(bootstrap: str, topics: list[str]) -> dict[str, dict[str
         ends = await true_ends(consumer, tps)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        out: dict[str, Counter[str]] = {t: Counter() for t in topics}
         remaining = {tp for tp in tps if ends[tp][0] > 0}
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:
             batches = await consumer.getmany(timeout_ms=200, max_records=100_000)
             for tp, records in batches.items():
-                counts = out[tp.topic]
-                for r in records:
-                    counts[message_kind(r.value)] += 1
-                    if r.offset + 1 >= ends[tp][0]:
-                        remaining.discard(tp)
-        return {t: dict(c.most_common()) for t, c in out.items()}
+                yield tp.topic, records
+                if records and records[-1].offset + 1 >= ends[tp][0]:
+                    remaining.discard(tp)
     finally:
         await _quietly(consumer.stop())
+
+
+async def message_kinds(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
+    """Internal messages per topic and kind (``message_kind``), read from the beginning of each topic:
+    which parts of the protocol the inputs cost."""
+    out: dict[str, Counter[str]] = {t: Counter() for t in topics}
+    async for topic, records in read_all(bootstrap, topics, 300):
+        out[topic].update(message_kind(r.value) for r in records)
+    return {t: dict(c.most_common()) for t, c in out.items()}
 
 
 async def timeline(
     bootstrap: str, topics: list[str], since_ms: int, bucket_ms: int = 250
 ) -> dict[str, list[int]]:
     """Records per topic per time bucket since ``since_ms``: where a phase spends its time."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = await true_ends(consumer, tps)
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: dict[str, list[int]] = {t: [] for t in topics}
-        remaining = {tp for tp in tps if ends[tp][0] > 0}
-        deadline = time.monotonic() + 120
-        while remaining and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=200, max_records=100_000)
-            for tp, records in batches.items():
-                for r in records:
-                    if r.timestamp >= since_ms:
-                        b = (r.timestamp - since_ms) // bucket_ms
-                        row = out[tp.topic]
-                        row.extend([0] * (b + 1 - len(row)))
-                        row[b] += 1
-                    if r.offset + 1 >= ends[tp][0]:
-                        remaining.discard(tp)
-        return out
-    finally:
-        await _quietly(consumer.stop())
+    out: dict[str, list[int]] = {t: [] for t in topics}
+    async for topic, records in read_all(bootstrap, topics, 120):
+        row = out[topic]
+        for r in records:
+            if r.timestamp >= since_ms:
+                b = (r.timestamp - since_ms) // bucket_ms
+                row.extend([0] * (b + 1 - len(row)))
+                row[b] += 1
+    return out
 
 
 async def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
