@@ -281,7 +281,7 @@ async def read_all(
     bootstrap: str, topics: list[str], timeout_s: float
 ) -> AsyncIterator[tuple[str, list[ConsumerRecord[bytes, bytes]]]]:
     """Every record of ``topics``, from the beginning up to (at least) the ends they had when called, one
-    fetched batch at a time; gives up after ``timeout_s``."""
+    fetched batch at a time; TimeoutError when that takes longer than ``timeout_s``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
@@ -297,15 +297,17 @@ async def read_all(
                 yield tp.topic, records
                 if records and records[-1].offset + 1 >= ends[tp][0]:
                     remaining.discard(tp)
+        if remaining:
+            raise TimeoutError(f"reading {', '.join(topics)} took over {timeout_s:.0f}s")
     finally:
         await _quietly(consumer.stop())
 
 
-async def message_kinds(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
+async def message_kinds(bootstrap: str, topics: list[str], timeout_s: float) -> dict[str, dict[str, int]]:
     """Internal messages per topic and kind (``message_kind``), read from the beginning of each topic:
     which parts of the protocol the inputs cost."""
     out: dict[str, Counter[str]] = {t: Counter() for t in topics}
-    async for topic, records in read_all(bootstrap, topics, 300):
+    async for topic, records in read_all(bootstrap, topics, timeout_s):
         out[topic].update(message_kind(r.value) for r in records)
     return {t: dict(c.most_common()) for t, c in out.items()}
 
@@ -315,13 +317,14 @@ async def timeline(
 ) -> dict[str, list[int]]:
     """Records per topic per time bucket since ``since_ms``: where a phase spends its time."""
     out: dict[str, list[int]] = {t: [] for t in topics}
-    async for topic, records in read_all(bootstrap, topics, 120):
-        row = out[topic]
-        for r in records:
-            if r.timestamp >= since_ms:
-                b = (r.timestamp - since_ms) // bucket_ms
-                row.extend([0] * (b + 1 - len(row)))
-                row[b] += 1
+    with contextlib.suppress(TimeoutError):  # a diagnostic: what was read by then is shown
+        async for topic, records in read_all(bootstrap, topics, 120):
+            row = out[topic]
+            for r in records:
+                if r.timestamp >= since_ms:
+                    b = (r.timestamp - since_ms) // bucket_ms
+                    row.extend([0] * (b + 1 - len(row)))
+                    row[b] += 1
     return out
 
 
