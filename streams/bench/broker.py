@@ -49,15 +49,17 @@ async def _fill(producer: AIOKafkaProducer, topic: str, batches: int, size: int)
     await asyncio.gather(*pending)
 
 
-async def _follow(bootstrap: str, topic: str, wait_ms: int) -> AIOKafkaConsumer:
+async def _follow(bootstrap: str, topic: str, partitions: int, wait_ms: int) -> AIOKafkaConsumer:
+    """A consumer at the end of ``partitions`` partitions of ``topic``."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=wait_ms
     )
     await consumer.start()
-    tp = TopicPartition(topic, 0)
-    consumer.assign([tp])
-    await consumer.seek_to_end(tp)
-    await consumer.position(tp)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_end(*tps)
+    for tp in tps:
+        await consumer.position(tp)
     return consumer
 
 
@@ -69,7 +71,7 @@ async def round_trips(
     # Room for a whole fill batch (aiokafka's default batch is 16 KiB).
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=0, max_batch_size=1 << 20)
     await producer.start()
-    consumer = await _follow(broker.bootstrap, "bench.trickle", wait_ms)
+    consumer = await _follow(broker.bootstrap, "bench.trickle", 1, wait_ms)
     rows: list[dict[str, Any]] = []
     filled = batches = records = 0  # batches of the fill; all the partition holds
     try:
@@ -107,13 +109,7 @@ async def idle_fetches(
     """The broker's CPU (cores) while one consumer follows ``partitions`` empty partitions."""
     topic = f"bench.idle{partitions}"
     await kafka.create_topic(broker.bootstrap, topic, partitions)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=broker.bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=wait_ms
-    )
-    await consumer.start()
-    tps = [TopicPartition(topic, p) for p in range(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_end(*tps)
+    consumer = await _follow(broker.bootstrap, topic, partitions, wait_ms)
     task = asyncio.ensure_future(_poll(consumer))
     try:
         await asyncio.sleep(0.5)

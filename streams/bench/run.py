@@ -378,7 +378,7 @@ class Phase:
         Returns the changes sent, the rate reached (per second), how many pending exports carried one
         of them, the percentiles over those, and the percentiles per window of send time."""
         sent: dict[int, int] = {}
-        lat: list[float] = []
+        #: (send time s, latency ms) of each change a pending export carried.
         timed: list[tuple[float, float]] = []
         active = [p for p in self.org.people if p.status == "active"]
 
@@ -390,7 +390,6 @@ class Phase:
             if title and title.values and title.values[0].startswith("lat-"):
                 i = int(title.values[0][4:])
                 if i in sent:
-                    lat.append(r.timestamp - sent[i])
                     timed.append((sent[i] / 1000, r.timestamp - sent[i]))
 
         def make(i: int) -> Any:
@@ -405,6 +404,7 @@ class Phase:
             await asyncio.sleep(0.5)
         finally:
             await watcher.stop()
+        lat = [ms for _t, ms in timed]
         return n, round(n / took), len(lat), _percentiles(lat), _windows(timed)
 
     async def group_change(self, res: PhaseResult, changes: int = 6) -> None:

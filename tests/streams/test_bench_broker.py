@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from streams.bench import kafka
 from streams.bench.broker import idle_fetches, round_trips
 from streams.broker import EmbeddedBroker
 
@@ -20,15 +20,9 @@ def test_each_level_reports_what_the_partition_held(tmp_path: Path) -> None:
         with EmbeddedBroker(tmp_path) as broker:
             rows = await round_trips(broker, [10, 0], size=100, n=3, wait_ms=10)
             idle = await idle_fetches(broker, 4, 10, seconds=0.2)
-            reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
-            await reader.start()
-            tp = TopicPartition("bench.trickle", 0)
-            reader.assign([tp])
-            await reader.seek_to_beginning(tp)
             held = 0
-            while batch := await reader.getmany(timeout_ms=500):
-                held += sum(len(records) for records in batch.values())
-            await reader.stop()
+            async for _topic, records in kafka.read_all(broker.bootstrap, ["bench.trickle"], 30):
+                held += len(records)
             return rows, idle, held
 
     rows, idle, held = asyncio.run(scenario())
