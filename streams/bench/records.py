@@ -269,6 +269,21 @@ def group_image(org: Org, name: str, members: list[int]) -> dict[str, list[str]]
     return {"cn": [name], "member": [hr_dn(org.people[i].employee_id) for i in members]}
 
 
+def title_change(f: RecordFactory, p: Person, title: str, ts_ms: int) -> Message:
+    """A change of one person's title alone, as HR publishes it: the whole image (its manager reference
+    included) and its DN, the title changed. The latency run's change."""
+    return f.change(
+        "hr",
+        "u",
+        p.employee_id,
+        "employee",
+        {**hr_image(p), "title": [title]},
+        title,
+        ts_ms,
+        dn=hr_dn(p.employee_id),
+    )
+
+
 def initial_load(org: Org, f: RecordFactory, ts_ms: int) -> Iterator[Message]:
     """Target first (existing accounts join rather than provision), then the sources."""
     dir_objects = ((a, "person", dn, attrs) for a, dn, attrs in (org.dir_entry(i) for i in org.dir_accounts))

@@ -40,6 +40,7 @@ from streams.bench.records import (
     group_image,
     initial_count,
     initial_load,
+    title_change,
     write_hr_file,
 )
 from streams.broker import EmbeddedBroker, cpu_seconds
@@ -394,8 +395,7 @@ class Phase:
 
         def make(i: int) -> Any:
             p = active[i % len(active)]
-            row = {**p.hr_row(), "title": [f"lat-{i}"]}
-            return self.factory.change("hr", "u", p.employee_id, "employee", row, f"lat-{i}", kafka.now_ms())
+            return title_change(self.factory, p, f"lat-{i}", kafka.now_ms())
 
         watcher = await kafka.Watcher(self.broker.bootstrap, self.export_topic(), on_export).start()
         try:

@@ -6,7 +6,7 @@ from pydantic import TypeAdapter
 
 from schemas.records import ChangeRecord, ImportMessage, RunMarker
 from streams.bench.org import generate
-from streams.bench.records import RecordFactory, delta_records, initial_count, initial_load
+from streams.bench.records import RecordFactory, delta_records, initial_count, initial_load, title_change
 
 _IMPORT = TypeAdapter(ImportMessage)
 
@@ -62,3 +62,25 @@ def test_records_are_valid_bracketed_runs() -> None:
     deltas = [_IMPORT.validate_json(v) for _t, _k, v, _p in delta_records(org.delta(1), f, 1, ts_ms=2)]
     assert all(isinstance(d, ChangeRecord) and d.source.version > versions["appdb"] for d in deltas)
     assert {d.op for d in deltas} == {"c", "u", "d"}
+
+
+def test_a_title_change_changes_the_title_alone() -> None:
+    """The latency run's change: the person's record as the initial load published it, but for the title
+    (its manager reference and its DN kept: a change that dropped them would also unregister a reference)."""
+    org = generate(300, seed=7)
+    f = RecordFactory({"hr": "t.hr", "dir": "t.dir", "appdb": "t.appdb"}, partitions=4)
+    loaded = {
+        r.anchor: r
+        for r in (_IMPORT.validate_json(v) for _t, _k, v, _p in initial_load(org, f, ts_ms=1))
+        if isinstance(r, ChangeRecord) and r.source.connector == "hr" and r.object_type == "employee"
+    }
+    p = org.people[5]
+    assert p.manager is not None
+    change = _IMPORT.validate_json(title_change(f, p, "lat-5", ts_ms=2)[2])
+    assert isinstance(change, ChangeRecord) and change.after is not None
+    before = loaded[p.employee_id]
+    assert before.after is not None
+    assert change.source.dn == before.source.dn is not None
+    assert change.after.keys() == before.after.keys()
+    assert {k for k, v in change.after.items() if before.after[k] != v} == {"title"}
+    assert change.after["title"] == ["lat-5"] and change.source.version > before.source.version
