@@ -70,6 +70,9 @@ class PhaseResult:
     #: The same percentiles per window of ``LATENCY_WINDOW_S`` of send time, in order: whether latency
     #: stays level through the run or grows (the embedded broker's fetches get dearer as topics fill).
     latency_windows: list[dict[str, float]] = field(default_factory=list)
+    #: CPU µs per change sent in the latency run, of the workers (all together), the broker and the bench's
+    #: own process (the generator and the watcher): who fills the two cores while latency grows.
+    latency_cpu_us: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: list[float] = field(default_factory=list)
     #: CPU time the workers (all together) and the broker spent per initial-load record, in µs: steadier
     #: than the rate on a shared machine, and it says where the time goes.
@@ -372,12 +375,10 @@ class Phase:
         res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
         res.broker_cpu_us_per_record = round(1e6 * (self.broker.cpu_s() - broker) / res.records, 1)
 
-    async def latency(
-        self, rate: int, seconds: float
-    ) -> tuple[int, int, int, dict[str, float], list[dict[str, float]]]:
-        """Steady offered load of title changes; latency = pending export timestamp - send time.
-        Returns the changes sent, the rate reached (per second), how many pending exports carried one
-        of them, the percentiles over those, and the percentiles per window of send time."""
+    async def latency(self, res: PhaseResult, rate: int, seconds: float) -> None:
+        """Steady offered load of title changes; latency = pending export timestamp - send time. Records
+        the changes sent, the rate reached (per second), how many pending exports carried one of them,
+        the percentiles over those and per window of send time, and the CPU spent per change."""
         sent: dict[int, int] = {}
         #: (send time s, latency ms) of each change a pending export carried.
         timed: list[tuple[float, float]] = []
@@ -398,14 +399,21 @@ class Phase:
             return title_change(self.factory, p, f"lat-{i}", kafka.now_ms())
 
         watcher = await kafka.Watcher(self.broker.bootstrap, self.export_topic(), on_export).start()
+        cpu = (self.cpu_s(), self.broker.cpu_s(), time.process_time())
         try:
             n, took = await kafka.produce_at_rate(self.outputs, make, rate, seconds, sent)
             await self.drained()
             await asyncio.sleep(0.5)
+            spent = (self.cpu_s(), self.broker.cpu_s(), time.process_time())
         finally:
             await watcher.stop()
         lat = [ms for _t, ms in timed]
-        return n, round(n / took), len(lat), _percentiles(lat), _windows(timed)
+        res.latency_samples, res.latency_rate, res.latency_matched = n, round(n / took), len(lat)
+        res.latency_ms, res.latency_windows = _percentiles(lat), _windows(timed)
+        res.latency_cpu_us = {
+            who: round(1e6 * (after - before) / max(n, 1), 1)
+            for who, before, after in zip(("workers", "broker", "bench"), cpu, spent, strict=True)
+        }
 
     async def group_change(self, res: PhaseResult, changes: int = 6) -> None:
         """One member removed from or added back to all-staff, one change at a time: the time from
@@ -524,13 +532,7 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
         res.delta_rate = round(res.delta_records / res.delta_seconds)
-        (
-            res.latency_samples,
-            res.latency_rate,
-            res.latency_matched,
-            res.latency_ms,
-            res.latency_windows,
-        ) = await ph.latency(args.rate, args.latency_seconds)
+        await ph.latency(res, args.rate, args.latency_seconds)
         await ph.group_change(res)
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
@@ -663,6 +665,9 @@ def run_bench(args: argparse.Namespace) -> int:
             p99s = ", ".join(f"{w['p99']:.0f}" for w in r.latency_windows)
             window = f"{LATENCY_WINDOW_S:.0f} s"
             print(f"N={r.size:,} workers={r.workers}: latency p99 ms per {window} of the run: {p99s}")
+        if r.latency_cpu_us:
+            spent = ", ".join(f"{who} {us:,.0f}" for who, us in r.latency_cpu_us.items())
+            print(f"N={r.size:,} workers={r.workers}: latency run CPU µs per change: {spent}")
     for r in results:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:
