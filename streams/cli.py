@@ -344,6 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(--postgres-url) and a throwaway slapd",
     )
     p.add_argument(
+        "--kinds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count the internal topics' messages by kind after each pipeline phase (reads them all: "
+        "about a second per 20,000 messages)",
+    )
+    p.add_argument(
         "--postgres-url",
         help="PostgreSQL for the imports phase, a postgresql+psycopg:// URL (default "
         "postgresql+psycopg://postgres@127.0.0.1:5432/test; "

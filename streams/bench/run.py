@@ -537,7 +537,8 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
         res.topics = await ph.sizes()
-        res.message_kinds = await ph.kinds(res)
+        if args.kinds:
+            res.message_kinds = await ph.kinds(res)
     return res
 
 
