@@ -271,7 +271,8 @@ def group_image(org: Org, name: str, members: list[int]) -> dict[str, list[str]]
 
 def title_change(f: RecordFactory, p: Person, title: str, ts_ms: int) -> Message:
     """A change of one person's title alone, as HR publishes it: the whole image (its manager reference
-    included) and its DN, the title changed. The latency run's change."""
+    included) and its DN, the title changed; the title is also the change's event id. The latency run's
+    change."""
     return f.change(
         "hr",
         "u",

@@ -80,7 +80,7 @@ def test_a_title_change_changes_the_title_alone() -> None:
     assert isinstance(change, ChangeRecord) and change.after is not None
     before = loaded[p.employee_id]
     assert before.after is not None
-    assert change.source.dn == before.source.dn is not None
+    assert before.source.dn is not None and change.source.dn == before.source.dn
     assert change.after.keys() == before.after.keys()
     assert {k for k, v in change.after.items() if before.after[k] != v} == {"title"}
     assert change.after["title"] == ["lat-5"] and change.source.version > before.source.version
