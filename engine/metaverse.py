@@ -146,6 +146,9 @@ def _ref_resolved(
         if target is None or msg.key not in target.ref_dns or target.ref_dns[msg.key] == (msg.value or ""):
             return mv, []  # no longer referenced (it unregistered meanwhile), or nothing new
         target.ref_dns[msg.key] = msg.value or ""
+        # Planned again at the sync whatever its cause: the RefSync may come from an inbound answer of
+        # another connector that changed no value this target reads.
+        target.replan = True
         return mv, _defer(mv, msg.connector, msg.ts_ms)
     link = mv.links.get(msg.connector)
     attr = msg.attribute
@@ -180,7 +183,11 @@ def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject
     cause = mv.ref_sync
     mv.ref_sync = None
     equal = rules.equal.get(mv.object_type, frozenset())
+    # Only reference attributes whose answers arrived can change (an outbound answer changes none, only
+    # what the target's rule exports): the others keep their values and winners, as in a contribution.
+    touched: set[str] = set()
     for link in mv.links.values():
+        touched.update(link.stale_refs)
         for attr in link.stale_refs:
             values = sorted(set(link.refs.get(attr, {}).values()))
             if attr in link.flows and same_values(link.flows[attr], values):
@@ -190,7 +197,7 @@ def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject
                 link.changed_ts[attr] = msg.ts_ms
             mv.retained.pop(attr, None)
         link.stale_refs = []
-    return mv, _sync(rules, mv, False, cause, msg.ts_ms)
+    return mv, _sync(rules, mv, False, cause, msg.ts_ms, touched)
 
 
 def fork(mv: MVObject) -> MVObject:

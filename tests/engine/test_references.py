@@ -788,3 +788,44 @@ def test_a_member_change_registers_only_the_members_that_changed_by_normalized_d
     assert sorted(u.key for u in refs if u.op == "unrefer") == keys
     # and the group's own DN now answers with the new object
     assert [(u.op, u.value) for u in ups if u.op == "own"] == [("own", "mv-h")]
+
+
+def test_a_target_dn_answer_is_exported_when_the_refsync_was_caused_by_another_connector() -> None:
+    """An inbound answer that changes no flow value (a second DN of a member already there) sets the
+    RefSync's cause to the source; a target-DN answer for another member arriving before that RefSync
+    must still be exported: the target is planned again because its references changed."""
+    sim, _seen = settled_group(["a"])
+    user(sim, "b")
+    group(sim, "staff", [user_dn(u) for u in "ab"])
+    sim.run()  # b is provisioned (not applied): the group registered it and waits for its target DN
+    staff = sim.mv_of("staff")
+    b_id = sim.mv_of("b").mv_id
+    assert staff.targets["ldap"].ref_dns[b_id] == ""
+    a_id = sim.mv_of("a").mv_id
+    anchor = staff.links["ad"].anchor
+    ts = sim.ts + 1
+    answers = [
+        RefResolved(
+            mv_id=staff.mv_id,
+            connector="ad",
+            key=dn_key("uid=a2,ou=people,dc=example,dc=org"),
+            value=a_id,
+            attribute="member",
+            anchor=anchor,
+            ts_ms=ts,
+        ),
+        RefResolved(
+            mv_id=staff.mv_id,
+            direction="out",
+            connector="ldap",
+            key=b_id,
+            value="uid=b,ou=people,dc=target,dc=org",
+            ts_ms=ts,
+        ),
+    ]
+    synced, outs = metaverse_steps(RULES_T, staff, answers, settle=True)
+    assert synced is not None and synced.attributes["member"] == staff.attributes["member"]
+    exports = [o for each in outs for o in each if isinstance(o, PendingExport)]
+    assert [(c.op, c.values) for e in exports for k, c in e.attributes.items() if k == "member"] == [
+        ("add", ["uid=b,ou=people,dc=target,dc=org"])
+    ]
