@@ -12,7 +12,7 @@ from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_de
 from engine.export import OutboundOutput, plan_exports, record_result
 from engine.join import mv_join_keys
 from engine.precedence import resolve_all
-from engine.references import mv_updates, published_dns
+from engine.references import Lookup, mv_updates, no_table, published_dns, registered
 from engine.rules import Rules
 from engine.staging import changed_attributes
 from engine.values import same_values
@@ -24,15 +24,24 @@ from schemas.messages import (
     MVContribution,
     MVDisconnect,
     MVInbound,
+    RefRegister,
     RefResolved,
     RefSync,
-    RefUpdate,
+    RefValue,
 )
 from schemas.state import ConnectorLink, MVObject, RetainedValue, TargetState
 from schemas.wire import ErrorRecord, ExportConfirmed, MVChange, PendingExport
 
 MVOutput = (
-    MVChange | PendingExport | JoinIndexUpdate | CSLink | ErrorRecord | ExportConfirmed | RefUpdate | RefSync
+    MVChange
+    | PendingExport
+    | JoinIndexUpdate
+    | CSLink
+    | ErrorRecord
+    | ExportConfirmed
+    | RefRegister
+    | RefValue
+    | RefSync
 )
 
 __all__ = ["MVOutput", "due_deletions", "expire", "metaverse_step", "metaverse_steps"]
@@ -43,12 +52,13 @@ def metaverse_step(
     mv: MVObject | None,
     msg: MVInbound,
     now_ms: int | None = None,
+    lookup: Lookup = no_table,
 ) -> tuple[MVObject | None, list[MVOutput]]:
     """Apply one message to one metaverse object; None as the result removes it from the table.
 
     ``now_ms`` (default: the message's time) first deletes the object if its deletion fell due.
     """
-    after, [outputs] = metaverse_steps(rules, mv, [msg], now_ms)
+    after, [outputs] = metaverse_steps(rules, mv, [msg], now_ms, lookup=lookup)
     return after, outputs
 
 
@@ -58,6 +68,7 @@ def metaverse_steps(
     msgs: Sequence[MVInbound],
     now_ms: int | None = None,
     settle: bool | Callable[[MVObject], bool] = False,
+    lookup: Lookup = no_table,
 ) -> tuple[MVObject | None, list[list[MVOutput]]]:
     """Apply messages to one metaverse object in order: the state and, per message, the outputs that
     applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
@@ -65,6 +76,9 @@ def metaverse_steps(
     A group hears from each of its members (a reference answer each); one copy per answer would make a
     large group's initial load quadratic. The given object is never changed: it is copied once, and the
     copy is changed in place by each message.
+
+    ``lookup``: the local reference table (route -> value), read when the object registers to a route
+    (``RefRegister``: its registrations are among the outputs, for the stage to keep).
 
     ``settle``: reference answers still waiting for their ``RefSync`` at the end are synced now (with
     the last message's outputs), and no ``RefSync`` is sent: what that message would do when it
@@ -85,6 +99,8 @@ def metaverse_steps(
             work, more = _disconnect(rules, work, msg)
         elif isinstance(msg, RefResolved):
             work, more = _ref_resolved(rules, work, msg)
+        elif isinstance(msg, RefRegister):
+            work, more = _ref_register(rules, work, msg, lookup)
         elif isinstance(msg, RefSync):
             work, more = _ref_sync(rules, work, msg)
         else:
@@ -93,10 +109,19 @@ def metaverse_steps(
         gone = work is None
         # Reference answers and export results change no attribute value: the references are as they
         # were, unless the object's deletion fell due first.
-        values = bool(outputs) or not isinstance(msg, RefResolved | ExportResult)
-        refs = mv_updates(
-            rules, msg.mv_id, published, held if gone else work, msg.ts_ms, dropped=gone, registrations=values
+        values = bool(outputs) or not isinstance(msg, RefResolved | RefRegister | ExportResult)
+        refs, found = mv_updates(
+            rules,
+            msg.mv_id,
+            published,
+            held if gone else work,
+            msg.ts_ms,
+            dropped=gone,
+            registrations=values,
+            lookup=lookup,
         )
+        if found and work is not None:
+            more += _defer(work, found, msg.ts_ms)
         results.append([*outputs, *more, *refs])
     if settle and work is not None and work.ref_sync is not None and msgs:
         for each in results:
@@ -104,11 +129,16 @@ def metaverse_steps(
         if callable(settle) and not settle(work):
             return work, results
         last = msgs[-1]
-        published = published_dns(rules, work)
-        work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms))
-        results[-1] += synced
-        if work is not None:
-            results[-1] += mv_updates(rules, work.mv_id, published, work, last.ts_ms)
+        # A sync may register references the table already resolves: synced again until none does.
+        while work is not None and work.ref_sync is not None:
+            published = published_dns(rules, work)
+            work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms))
+            results[-1] += synced
+            if work is not None:
+                refs, found = mv_updates(rules, work.mv_id, published, work, last.ts_ms, lookup=lookup)
+                results[-1] += refs
+                if found:
+                    work.ref_sync = found
     return work, results
 
 
@@ -119,7 +149,7 @@ def expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | N
     published = published_dns(rules, mv)
     work = fork(mv)
     after, outputs = _expire(rules, work, now_ms)
-    refs = mv_updates(rules, mv.mv_id, published, work, now_ms, dropped=after is None)
+    refs, _found = mv_updates(rules, mv.mv_id, published, work, now_ms, dropped=after is None)
     return after, [*outputs, *refs]
 
 
@@ -168,6 +198,19 @@ def _ref_resolved(
     if attr not in link.stale_refs:
         link.stale_refs.append(attr)
     return mv, _defer(mv, msg.connector, msg.ts_ms)
+
+
+def _ref_register(
+    rules: Rules, mv: MVObject | None, msg: RefRegister, lookup: Lookup
+) -> tuple[MVObject | None, list[MVOutput]]:
+    """The object registers to (or leaves) a key of the reference table: the registration goes to the
+    stage (kept whether or not the object is still there: its connector-space object leaving ends it),
+    and the table's value, when it has one, is applied at once."""
+    answer = registered(msg, lookup)
+    if answer is None:
+        return mv, [msg]
+    mv, more = _ref_resolved(rules, mv, answer)
+    return mv, [msg, *more]
 
 
 def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:

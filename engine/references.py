@@ -1,35 +1,44 @@
 """Reference attributes (manager, member): DNs in the connector space, mv_ids in the metaverse, DNs again
 in each target — whatever order the objects arrive in (docs/rules.md#reference-attributes).
 
-Both translations use one small index on the join topic, keyed by route:
+Both translations read one *reference table* (``sync.refs``, compacted, keyed by route), which every worker
+reads whole into a local copy (``streams.reftable``), as Kafka Streams' global tables:
 
-- inbound, ``ref|<connector>|<normalized DN>``: staging tells it which connector-space object holds
-  that DN and its mv_id (``own``/``disown``: None while not joined, a placeholder), and which metaverse
-  objects' reference attributes name the DN (``refer``/``unrefer``, sent by the referring object's
-  staging when it has an mv_id). Each referrer gets a ``RefResolved`` with the DN's mv_id when it
-  registers and whenever that mv_id changes (set, changed, gone).
-- outbound, ``xref|<target connector>|<mv_id>``: the metaverse step of the referenced object publishes
-  its DN in the target once the object exists there; metaverse objects exporting a reference to it
-  register and get the DN (a reference to an object not created yet waits for this second pass).
+- inbound, ``ref|<connector>|<normalized DN>`` -> the mv_id of the object holding that DN. Staging tells
+  the join stage who claims which DN (``own``/``disown``: its mv_id, None while not joined, a placeholder);
+  the join stage arbitrates between claimants (the later taker owns a DN; the other is transient) and
+  publishes the winner's value when it changes (``ref_step``).
+- outbound, ``xref|<target connector>|<mv_id>`` -> the object's DN in that target, published by the
+  object's own metaverse step once it exists there (``mv_updates``); a reference to an object not created
+  yet waits for this second pass.
 
-Referrers are separate keys under their route (``referrer_key``): a new referrer is O(1) whatever the
-number of referrers, and the whole list is read only when the key's value changes.
+Referrers do not send a message per reference: a metaverse object's registrations (``RefRegister``:
+inbound ones from staging, outbound ones from its own step) are keys in its own partition of the metaverse
+stage (``registration_key``, under the route's prefix), resolved by a lookup in the local table when made,
+and answered again (``RefResolved``, built in the stage) whenever the table changes the route.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.rules import Rules
 from engine.values import dn_key, dn_keys
-from schemas.messages import DnClaim, RefResolved, RefUpdate
+from schemas.messages import DnClaim, RefRegister, RefResolved, RefUpdate, RefValue
 from schemas.state import CSObject, JoinEntry, MVObject, TargetState
 
 _SEP = "\x00"
-RefOp = Literal["own", "disown", "refer", "unrefer"]
+RegisterOp = Literal["refer", "unrefer"]
+#: The local reference table: route -> value (None: no value).
+Lookup = Callable[[str], str | None]
+
+
+def no_table(_route: str) -> str | None:
+    """A lookup that finds nothing: every reference waits for the table's change to reach it."""
+    return None
 
 
 def in_route(connector: str, dn: str) -> str:
@@ -46,19 +55,58 @@ def is_ref_route(route: str) -> bool:
     return route.startswith(("ref|", "xref|"))
 
 
-def referrer_prefix(route: str) -> str:
+def register_route(msg: RefRegister) -> str:
+    """The table route a registration reads (its key is already normalized)."""
+    return f"{'ref' if msg.direction == 'in' else 'xref'}|{msg.connector}|{msg.key}"
+
+
+def registration_prefix(route: str) -> str:
     return route + _SEP
 
 
-def referrer_key(route: str, referrer: str, attribute: str = "", anchor: str = "") -> str:
-    """Store key of one referrer registration (under the route's prefix)."""
-    return _SEP.join((route, referrer, attribute, anchor))
+def registration_key(msg: RefRegister) -> str:
+    """State key of one registration in the metaverse stage (under its route's prefix)."""
+    return _SEP.join((register_route(msg), msg.mv_id, msg.attribute or "", msg.anchor or ""))
 
 
-def parse_referrer(key: str) -> tuple[str, str, str]:
-    """(referrer mv_id, attribute, anchor) of a referrer key."""
-    _route, referrer, attribute, anchor = key.split(_SEP)
-    return referrer, attribute, anchor
+def resolution(key: str, value: str | None, ts_ms: int) -> RefResolved:
+    """What the table says to the object of registration ``key``: its route resolves to ``value``."""
+    route, referrer, attribute, anchor = key.split(_SEP)
+    family, connector, ref = route.split("|", 2)
+    return RefResolved(
+        mv_id=referrer,
+        direction="in" if family == "ref" else "out",
+        connector=connector,
+        key=ref,
+        value=value,
+        attribute=attribute or None,
+        anchor=anchor or None,
+        ts_ms=ts_ms,
+    )
+
+
+def registered(msg: RefRegister, lookup: Lookup) -> RefResolved | None:
+    """The answer a registration gets at once: the table's value for a new one (none while there is
+    none), None for one that leaves (inbound: the metaverse holds a value until told otherwise; an
+    outbound registration that leaves is forgotten by its own step)."""
+    if msg.op == "refer":
+        value = lookup(register_route(msg))
+        if value is None:
+            return None
+    elif msg.direction == "in":
+        value = None
+    else:
+        return None
+    return RefResolved(
+        mv_id=msg.mv_id,
+        direction=msg.direction,
+        connector=msg.connector,
+        key=msg.key,
+        value=value,
+        attribute=msg.attribute,
+        anchor=msg.anchor,
+        ts_ms=msg.ts_ms,
+    )
 
 
 # --------------------------------------------------------------------------- staging side
@@ -117,15 +165,17 @@ def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | N
 
 def staging_updates(
     rules: Rules, before: CSObject | None, after: CSObject | None, ts_ms: int
-) -> list[RefUpdate]:
-    """Reference-index updates for a connector-space object that changed from ``before`` to ``after``
-    (any change: staged, joined, unlinked, renamed, deleted). Nothing when neither its DN, its mv_id nor
-    its references changed, so an ordinary update costs nothing here."""
+) -> list[RefUpdate | RefRegister]:
+    """Reference updates for a connector-space object that changed from ``before`` to ``after`` (any
+    change: staged, joined, unlinked, renamed, deleted): its claim on its DN for the join stage
+    (``RefUpdate``), its metaverse object's registrations for the metaverse stage (``RefRegister``).
+    Nothing when neither its DN, its mv_id nor its references changed, so an ordinary update costs
+    nothing here."""
     obj = after or before
     if obj is None:
         return []
     connector = obj.connector
-    out: list[RefUpdate] = []
+    out: list[RefUpdate | RefRegister] = []
     referenced = connector in rules.reference_connectors
     # The claim (DN, and the mv_id where DNs are referenced) is unchanged by an ordinary update: skip the
     # DN parsing on that hot path.
@@ -179,7 +229,7 @@ def staging_updates(
             was, now = was - now, now - was
         removed.extend((attr, key) for key in was)
         added.extend((attr, key) for key in now)
-    changes: tuple[tuple[RefOp, str | None, list[tuple[str, str]]], ...] = (
+    changes: tuple[tuple[RegisterOp, str | None, list[tuple[str, str]]], ...] = (
         ("unrefer", old_mv, removed),
         ("refer", new_mv, added),
     )
@@ -188,12 +238,11 @@ def staging_updates(
             continue
         for attr, key in sorted(pairs):
             out.append(
-                RefUpdate(
-                    route=f"ref|{connector}|{key}",
+                RefRegister(
+                    mv_id=mv_id,
                     op=op,
                     connector=connector,
                     key=key,
-                    referrer=mv_id,
                     attribute=attr,
                     anchor=obj.anchor,
                     ts_ms=ts_ms,
@@ -202,75 +251,52 @@ def staging_updates(
     return out
 
 
-# --------------------------------------------------------------------------- the index
+# --------------------------------------------------------------------------- the index (join stage)
 @dataclass(slots=True)
 class RefStep:
-    """One reference-index message applied: the entry, a referrer key to write, answers to referrers."""
+    """One claim applied to a DN's index entry: the entry, the table's new value, claimants told."""
 
     entry: JoinEntry | None
-    #: (referrer key, present): register (True) or forget (False) one referrer.
-    referrer: tuple[str, bool] | None = None
-    outputs: list[RefResolved] = field(default_factory=list)
+    #: The DN's new value for the reference table, when it changed.
+    value: RefValue | None = None
     #: Claimants of a DN whose standing changed (transient or owner again), for their staging.
     claims: list[DnClaim] = field(default_factory=list)
 
 
-def _answer(msg: RefUpdate, referrer: str, attribute: str, anchor: str, value: str | None) -> RefResolved:
-    return RefResolved(
-        mv_id=referrer,
-        direction=msg.direction,
-        connector=msg.connector,
-        key=msg.key,
-        value=value,
-        attribute=attribute or None,
-        anchor=anchor or None,
-        ts_ms=msg.ts_ms,
-    )
-
-
-def ref_step(entry: JoinEntry | None, msg: RefUpdate, referrers: Callable[[], Iterable[str]]) -> RefStep:
-    """Apply one message to a reference-index entry. ``referrers`` lists the route's referrer keys; it
-    is called only when the key's value changes (the fan-out)."""
+def ref_step(entry: JoinEntry | None, msg: RefUpdate) -> RefStep:
+    """Apply one claim (``own``/``disown``) to a DN's index entry."""
     entry = copy.copy(entry) if entry is not None else JoinEntry()
     current = entry.ref_value if entry.ref_owner is not None else None
     step = RefStep(entry)
-    if msg.op in ("own", "disown"):
-        assert msg.owner is not None
-        claims = dict(entry.ref_claims)
-        if entry.ref_owner is not None and entry.ref_owner not in claims:
-            claims[entry.ref_owner] = (0, entry.ref_value)  # an entry written before claims were kept
-        if msg.op == "own":
-            claims[msg.owner] = (msg.version, msg.value)
-        else:
-            claims.pop(msg.owner, None)
-        before = entry.ref_owner
-        entry.ref_claims = claims
-        if claims:
-            # The later taker owns the key; equal versions (out-direction owners have none) by name.
-            entry.ref_owner = max(claims, key=lambda owner: (claims[owner][0], owner))
-            entry.ref_value = claims[entry.ref_owner][1]
-        else:
-            entry.ref_owner, entry.ref_value = None, None
-        value = entry.ref_value if entry.ref_owner is not None else None
-        if msg.direction == "in":
-            step.claims = _standing(msg, before, entry.ref_owner, set(claims))
-        if value != current:
-            for key in sorted(referrers()):
-                referrer, attribute, anchor = parse_referrer(key)
-                step.outputs.append(_answer(msg, referrer, attribute, anchor, value))
+    claims = dict(entry.ref_claims)
+    if entry.ref_owner is not None and entry.ref_owner not in claims:
+        claims[entry.ref_owner] = (0, entry.ref_value)  # an entry written before claims were kept
+    if msg.op == "own":
+        claims[msg.owner] = (msg.version, msg.value)
     else:
-        assert msg.referrer is not None
-        key = referrer_key(msg.route, msg.referrer, msg.attribute or "", msg.anchor or "")
-        present = msg.op == "refer"
-        step.referrer = (key, present)
-        if present and current is not None:
-            step.outputs.append(_answer(msg, msg.referrer, msg.attribute or "", msg.anchor or "", current))
-        elif not present and msg.direction == "in":
-            # The metaverse holds the value it was given until told otherwise.
-            step.outputs.append(_answer(msg, msg.referrer, msg.attribute or "", msg.anchor or "", None))
+        claims.pop(msg.owner, None)
+    before = entry.ref_owner
+    entry.ref_claims = claims
+    if claims:
+        # The later taker owns the key; equal versions by name.
+        entry.ref_owner = max(claims, key=lambda owner: (claims[owner][0], owner))
+        entry.ref_value = claims[entry.ref_owner][1]
+    else:
+        entry.ref_owner, entry.ref_value = None, None
+    value = entry.ref_value if entry.ref_owner is not None else None
+    step.claims = _standing(msg, before, entry.ref_owner, set(claims))
+    if value != current:
+        step.value = RefValue(route=msg.route, value=value, ts_ms=msg.ts_ms)
     if entry.ref_owner is None:
         step.entry = None
     return step
+
+
+def table_value(route: str, entry: JoinEntry) -> RefValue | None:
+    """The table value an index entry stands for (republished when the table topic lost it)."""
+    if entry.ref_owner is None or entry.ref_value is None or not route.startswith("ref|"):
+        return None
+    return RefValue(route=route, value=entry.ref_value, ts_ms=0)
 
 
 def _standing(msg: RefUpdate, before: str | None, owner: str | None, claimants: set[str]) -> list[DnClaim]:
@@ -328,29 +354,24 @@ def mv_updates(
     ts_ms: int,
     dropped: bool = False,
     registrations: bool = True,
-) -> list[RefUpdate]:
-    """Outbound reference-index updates after a metaverse step: publish this object's DN in each target
-    that needs it (``published_before``: ``published_dns`` before the step), and (un)register the
-    objects it references there. Registration is recorded in ``TargetState.ref_dns`` of ``mv``, which
-    the step owns (changed in place). ``dropped``: the step removed the object; ``mv`` is what it was,
-    and every registration it had goes. ``registrations=False``: the step changed no attribute value,
-    so what the object references is as it was (a group's member answer: checking would be O(members))."""
-    out: list[RefUpdate] = []
+    lookup: Lookup = no_table,
+) -> tuple[list[RefValue | RefRegister], str | None]:
+    """Outbound reference updates after a metaverse step: publish this object's DN in each target that
+    needs it (``published_before``: ``published_dns`` before the step), and (un)register the objects it
+    references there. Registration is recorded in ``TargetState.ref_dns`` of ``mv``, which the step owns
+    (changed in place), with the DN the table already knows (``lookup``; "" until it does). ``dropped``:
+    the step removed the object; ``mv`` is what it was, and every registration it had goes.
+    ``registrations=False``: the step changed no attribute value, so what the object references is as it
+    was (a group's member answer: checking would be O(members)).
+
+    Also returns the first target where a new registration found a DN (None: none did): the target is
+    marked for re-planning and the object must be synced again (the caller defers a ``RefSync``)."""
+    out: list[RefValue | RefRegister] = []
+    found: str | None = None
     for connector in rules.xref_targets:
         dn_after = None if dropped else published_dn(mv, connector)
         if published_before.get(connector) != dn_after:
-            out.append(
-                RefUpdate(
-                    route=out_route(connector, mv_id),
-                    op="own",
-                    direction="out",
-                    connector=connector,
-                    key=mv_id,
-                    owner=mv_id,
-                    value=dn_after,
-                    ts_ms=ts_ms,
-                )
-            )
+            out.append(RefValue(route=out_route(connector, mv_id), value=dn_after, ts_ms=ts_ms))
         if not registrations and not dropped:
             continue
         target = mv.targets.get(connector) if mv is not None else None
@@ -362,23 +383,21 @@ def mv_updates(
             target = mv.targets.setdefault(connector, TargetState())
             for gone in registered - wanted:
                 target.ref_dns.pop(gone, None)
-            for new in wanted - registered:
-                target.ref_dns[new] = ""
-        refs: tuple[tuple[RefOp, set[str]], ...] = (
+            for new in sorted(wanted - registered):
+                dn = lookup(out_route(connector, new)) or ""
+                target.ref_dns[new] = dn
+                if dn:
+                    found = found or connector
+                    target.replan = True
+        refs: tuple[tuple[RegisterOp, set[str]], ...] = (
             ("unrefer", registered - wanted),
             ("refer", wanted - registered),
         )
         for op, ids in refs:
             for ref in sorted(ids):
                 out.append(
-                    RefUpdate(
-                        route=out_route(connector, ref),
-                        op=op,
-                        direction="out",
-                        connector=connector,
-                        key=ref,
-                        referrer=mv_id,
-                        ts_ms=ts_ms,
+                    RefRegister(
+                        mv_id=mv_id, op=op, direction="out", connector=connector, key=ref, ts_ms=ts_ms
                     )
                 )
-    return out
+    return out, found

@@ -78,32 +78,26 @@ class JoinIndexUpdate(_Message, frozen=True, kw_only=True, tag_field="kind", tag
 
 
 class RefUpdate(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref"):
-    """The reference index (join topic, keyed by ``route``) told who holds a key and who refers to it.
+    """A connector-space object claims or leaves a DN in the reference index (join topic, keyed by
+    ``route`` = ``ref|<connector>|<normalized DN>``, from staging).
 
-    Inbound (``ref|<connector>|<normalized DN>``, from staging): the owner is the connector-space object
-    with that DN and ``value`` its mv_id (None: not joined, a placeholder); referrers are metaverse
-    objects whose reference attribute names that DN. Outbound (``xref|<connector>|<mv_id>``, from the
-    metaverse step): the owner is that metaverse object and ``value`` its DN in the target connector
-    (None: not created there yet); referrers are metaverse objects that export a reference to it.
+    The index arbitrates between claimants (the later taker of a DN owns it) and publishes what the DN
+    resolves to — the owner's mv_id, None while it is not joined (a placeholder) — to the reference table
+    (``RefValue``). Referrers do not register here: they keep their registrations beside themselves, in the
+    metaverse stage (``RefRegister``).
     """
 
     route: str
-    #: ``own``/``disown``: the owner's value (disown: only if ``owner`` still owns it);
-    #: ``refer``/``unrefer``: a referrer registers or leaves.
-    op: Literal["own", "disown", "refer", "unrefer"]
-    direction: Literal["in", "out"] = "in"
+    #: ``own``: the owner's value; ``disown``: it leaves the DN (only if ``owner`` still claims it).
+    op: Literal["own", "disown"]
     connector: str
-    #: The normalized DN (in) or the referenced mv_id (out) the route is for.
+    #: The normalized DN the route is for.
     key: str
-    #: own/disown: connector-space anchor (in) or mv_id (out) of the owner.
-    owner: str | None = None
+    #: The connector-space anchor of the claimant.
+    owner: str
     value: str | None = None
     #: own: the owner's source version when it took the key (the later taker of a DN owns it).
     version: int = 0
-    #: refer/unrefer: the referring metaverse object, its attribute and its connector-space anchor.
-    referrer: str | None = None
-    attribute: str | None = None
-    anchor: str | None = None
     ts_ms: int
 
 
@@ -230,7 +224,9 @@ class ExportResult(_Message, frozen=True, kw_only=True, tag_field="kind", tag="e
 
 
 class RefResolved(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref-resolved"):
-    """The reference index telling a referring metaverse object (``mv_id``) what a key resolves to.
+    """What a key of the reference table resolves to, for a metaverse object (``mv_id``) registered to it.
+    Built inside the metaverse stage from its local copy of the table (when the object registers, when the
+    table changes the key), never sent on a topic.
 
     Inbound: DN ``key`` of ``connector`` is the metaverse object ``value`` (None: placeholder, no value);
     outbound: metaverse object ``key`` has DN ``value`` in target ``connector`` (None: not created yet).
@@ -256,4 +252,38 @@ class RefSync(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref-sy
     ts_ms: int
 
 
-MVInbound = MVContribution | MVDisconnect | ExportResult | RefResolved | RefSync
+class RefRegister(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref-register"):
+    """A metaverse object (``mv_id``) starts or stops referring to a key of the reference table.
+
+    Inbound (from staging, on ``sync.mv``): the object's connector ``connector`` names DN ``key`` in
+    ``attribute`` (connector-space object ``anchor``). Outbound (produced and applied inside the metaverse
+    stage, never sent): the object exports a reference to metaverse object ``key`` in target ``connector``.
+    The metaverse stage keeps each registration as a key in its partition (``engine.references``), looks
+    the key up in its local copy of the reference table, and hears again whenever the table changes it.
+    """
+
+    mv_id: str
+    op: Literal["refer", "unrefer"]
+    direction: Literal["in", "out"] = "in"
+    connector: str
+    key: str
+    attribute: str | None = None
+    anchor: str | None = None
+    ts_ms: int
+
+
+MVInbound = MVContribution | MVDisconnect | ExportResult | RefResolved | RefSync | RefRegister
+
+
+# --------------------------------------------------------------------------- sync.refs (key: route)
+class RefValue(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref-value"):
+    """One entry of the reference table (compacted, keyed by ``route``; every worker reads it whole).
+
+    ``ref|<connector>|<normalized DN>``: the mv_id the DN resolves to, as the join stage arbitrates it
+    (None: nobody holds the DN, or its holder is not joined). ``xref|<connector>|<mv_id>``: that metaverse
+    object's DN in target ``connector``, as its metaverse step publishes it (None: not created there).
+    """
+
+    route: str
+    value: str | None = None
+    ts_ms: int

@@ -209,8 +209,8 @@ class JoinEntry(_State, kw_only=True):
     parked: list[JoinRequest] = []
     #: At a home route: join attempts of objects with several mapping groups.
     tickets: dict[str, JoinTicket] = {}
-    #: Reference index entry (``ref|...``/``xref|...`` routes): who owns the key and what it resolves to.
-    #: Its referrers are separate keys under the route (engine.references), so one more referrer is O(1).
+    #: Reference index entry (``ref|...`` routes): who owns the DN and what it resolves to, published to
+    #: the reference table when it changes (its referrers register in the metaverse stage, not here).
     ref_owner: str | None = None
     ref_value: str | None = None
     #: Every object that claims the key, owner -> [the source version at which it took the key, its
@@ -218,6 +218,19 @@ class JoinEntry(_State, kw_only=True):
     #: arrived yet (MIM's transient object): the later taker owns the DN; the other is only remembered
     #: until its disown, so that whichever order the two arrive in, the DN resolves to the live one.
     ref_claims: dict[str, tuple[int, str | None]] = {}
+
+
+class Registration(_State, kw_only=True):
+    """A metaverse object's registration to a key of the reference table (``engine.references``): the key
+    says it all (route, referrer, attribute, anchor), the value is empty."""
+
+
+class TablePositions(_State, kw_only=True):
+    """Where the reference table stood (next offset per partition of ``sync.refs``) when a metaverse
+    partition was last saved: every table change before it had reached that partition's registrations.
+    A worker that takes the partition over replays the table's changes since (``streams.reftable``)."""
+
+    offsets: dict[int, int] = {}
 
 
 def values_held(state: object) -> int:

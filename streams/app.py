@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -37,8 +38,13 @@ class Pipeline:
         self.connectors = connectors
         self.export_workers: list[ExportWorker] = []
         self.consumers: list[StageConsumer] = []
+        #: Further tasks of the app: the reference table's reader and its applier.
+        self.tasks: list[Callable[[], Awaitable[None]]] = []
+        self.closers: list[Callable[[], None]] = []
 
     def close(self) -> None:
+        for close in self.closers:
+            close()
         for w in self.export_workers:
             w.close()
         for c in self.connectors.values():
@@ -103,13 +109,17 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     connectors = {name: build_connector(name, cfg) for name, cfg in config.connectors.items()}
     pipeline = Pipeline(app, rt, connectors)
     pipeline.consumers += [
-        StageConsumer(rt, name, topics, s.process, [s.store], size, s.checkpoint, s.unsaved)
-        for name, topics, s in (
-            ("staging", [*imports, n.links_topic()], staging),
-            ("join", [n.join_topic()], join),
-            ("metaverse", [n.mv_topic()], mv),
+        StageConsumer(rt, name, topics, s.process, stores, size, s.checkpoint, s.unsaved, s.assigned, lock)
+        for name, topics, s, stores, lock in (
+            ("staging", [*imports, n.links_topic()], staging, [staging.store], None),
+            ("join", [n.join_topic()], join, [join.store], None),
+            # The metaverse stage's registrations move with its objects; table changes reach them under
+            # the consumer's lock (between batches).
+            ("metaverse", [n.mv_topic()], mv, [mv.store, mv.refs], mv.lock),
         )
     ]
+    pipeline.tasks += [mv.read_table, mv.apply_table]
+    pipeline.closers.append(mv.table.close)
     if exports:
         for target in sorted(rt.rules.targets):
             conn = connectors[target]
@@ -131,6 +141,8 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
             )
     for consumer in pipeline.consumers:
         app.task(consumer.run)
+    for task in pipeline.tasks:
+        app.task(task)
     return pipeline
 
 

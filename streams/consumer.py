@@ -68,6 +68,8 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         batch_size: int,
         checkpoint: Callable[[], Awaitable[None]] | None = None,
         unsaved: Callable[[], tuple[int, int]] | None = None,
+        assigned: Callable[[list[int], list[int]], Awaitable[None]] | None = None,
+        lock: asyncio.Lock | None = None,
     ) -> None:
         self.rt = rt
         self.stage = stage
@@ -81,12 +83,17 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         #: values they hold (``schemas.state.values_held``).
         self.checkpoint = checkpoint
         self.unsaved = unsaved
+        #: Called once partitions are assigned and restored (with those whose changelog was seeded), before
+        #: their first record is processed.
+        self.assigned_hook = assigned
         pipeline = rt.config.pipeline
         self.interval_s = pipeline.checkpoint_interval_ms / 1000
         self.max_unsaved = pipeline.checkpoint_max_keys
         self.max_unsaved_values = pipeline.checkpoint_max_values
         self.assigned: set[TopicPartition] = set()
-        self._lock = asyncio.Lock()
+        #: Held while a batch is processed, a checkpoint saved or partitions handed over (``lock``: shared
+        #: with whatever else changes the stage's state between batches).
+        self._lock = lock or asyncio.Lock()
         #: Offsets after the last record processed per partition, not committed yet (held until the
         #: state they produced is saved).
         self._processed: dict[TopicPartition, int] = {}
@@ -138,7 +145,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                             self._processed[tp] = recs[-1].offset + 1
                         self._busy_at = time.monotonic()
                     # Idle (nothing came for a while): save now, so nothing waits on a next batch.
-                    if self._processed and self._save_due(idle=not owned):
+                    if self._dirty() and self._save_due(idle=not owned):
                         await self._save(consumer)
                     elif self.unsaved is not None:
                         self.rt.counters.unsaved[self.stage] = self.unsaved()[0]
@@ -157,6 +164,10 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._committed(quiet=True)
                 await consumer.stop()
                 self.stopped.set()
+
+    def _dirty(self) -> bool:
+        """Whether there is anything to save: records processed, or state changed between batches."""
+        return bool(self._processed) or (self.unsaved is not None and self.unsaved()[0] > 0)
 
     def _save_due(self, idle: bool) -> bool:
         """Whether to checkpoint now: the interval is over, too many keys or attribute values wait (large
@@ -227,7 +238,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self._lock:  # the batch in flight finishes first, then its state is saved and committed
             consumer = self._consumer
             try:
-                if consumer is not None and self._processed:
+                if consumer is not None and self._dirty():
                     await self._save(consumer, wait=True)
             except Exception as exc:
                 # Not committed: the next owner processes those records again from the saved state.
@@ -247,9 +258,10 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         async with self._lock:
             parts = sorted({tp.partition for tp in assigned})
             started = time.monotonic()
+            seeded: list[int] = []
             for store in self.stores:
                 try:
-                    restored = await restore(self.rt, store, parts)
+                    restored = await restore(self.rt, store, parts, seeded=seeded)
                 except Exception as exc:
                     # aiokafka would log and carry on, leaving these partitions unprocessed for good; a
                     # restarted worker retries the restore instead (nothing was acked meanwhile).
@@ -259,11 +271,24 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 store.owned.update(parts)
                 if restored:
                     log.info("%s: restored %d changelog records of %s", self.stage, restored, store.name)
+            if self.assigned_hook is not None:
+                try:
+                    await self.assigned_hook(parts, sorted(set(seeded)))
+                except Exception as exc:
+                    log.exception("%s: taking over %s failed", self.stage, parts)
+                    self.rt.fatal(f"stage {self.stage}: taking over {parts}: {type(exc).__name__}: {exc}")
+                    raise
             self.assigned = set(assigned)
             log.debug("%s: assigned %s in %.2fs", self.stage, parts, time.monotonic() - started)
 
 
-async def restore(rt: Runtime, store: Store, partitions: list[int], timeout_s: float = 300.0) -> int:
+async def restore(
+    rt: Runtime,
+    store: Store,
+    partitions: list[int],
+    timeout_s: float = 300.0,
+    seeded: list[int] | None = None,
+) -> int:
     """Bring the local copy of ``partitions`` of ``store`` up to date with its changelog.
 
     Where "up to date" ends is found without trusting end offsets (the embedded broker under-reports
@@ -272,7 +297,7 @@ async def restore(rt: Runtime, store: Store, partitions: list[int], timeout_s: f
 
     A changelog that holds less than the local copy (an embedded broker keeps history in memory only, so
     a new broker starts empty) is seeded from the local copy instead, so the next owner can restore it.
-    Returns the number of state records applied.
+    Returns the number of state records applied; partitions seeded are added to ``seeded``.
     """
     if store.changelog is None or not partitions:
         return 0
@@ -341,6 +366,8 @@ async def restore(rt: Runtime, store: Store, partitions: list[int], timeout_s: f
             if ahead and not buf:
                 await _seed(rt, part, topic)
                 part.write({}, end)
+                if seeded is not None:
+                    seeded.append(tp.partition)
                 continue
             if ahead:
                 part.clear()  # the log has someone's history: it wins over this stale copy

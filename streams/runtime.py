@@ -90,6 +90,7 @@ class Runtime:
     def _all_topics(self) -> dict[str, int]:
         n = self.names
         topics = [n.join_topic(), n.links_topic(), n.mv_topic(), n.mv_changes_topic(), n.errors_topic()]
+        topics.append(n.refs_topic())
         topics.append(n.confirmations_topic())
         topics.append(n.watermarks_topic())
         topics += [n.import_topic(c) for c in self.config.connectors]
@@ -99,7 +100,7 @@ class Runtime:
 
     def state_stores(self) -> list[str]:
         """Every stage state store of this instance (each has a changelog topic)."""
-        return ["cs", "join", "mv", *(f"export-ledger-{t}" for t in sorted(self.rules.targets))]
+        return ["cs", "join", "mv", "mv-refs", *(f"export-ledger-{t}" for t in sorted(self.rules.targets))]
 
     def changelog_topics(self) -> list[str]:
         """The state stores' changelogs, one per store."""
@@ -107,7 +108,7 @@ class Runtime:
 
     def compacted_topics(self) -> set[str]:
         """Topics that keep only the latest value per key (created with cleanup.policy=compact)."""
-        return {*self.changelog_topics(), self.names.watermarks_topic()}
+        return {*self.changelog_topics(), self.names.watermarks_topic(), self.names.refs_topic()}
 
     # ---- state
     def store(self, stage: str) -> Store:

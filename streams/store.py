@@ -98,7 +98,8 @@ META = b"\x00\x00idsync:"
 #: Changelog records with an offset below this one are reflected in the local database.
 CHANGELOG_OFFSET = META + b"changelog-offset"
 #: How state values are encoded (schemas.codec); a state directory records it in ``FORMAT_FILE``.
-STATE_FORMAT = "msgpack-1"
+#: msgpack-2: reference registrations live in the metaverse stage (``mv-refs``), not the join store.
+STATE_FORMAT = "msgpack-2"
 FORMAT_FILE = "FORMAT"
 
 

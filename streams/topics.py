@@ -34,6 +34,11 @@ class Names:
         """Contributions, disconnects and export results for the metaverse step (key: mv_id)."""
         return self._t("sync.mv")
 
+    def refs_topic(self) -> str:
+        """The reference table (compacted, key: route): DNs' mv_ids and metaverse objects' target DNs, read
+        whole by every worker (``streams.reftable``)."""
+        return self._t("sync.refs")
+
     def mv_changes_topic(self) -> str:
         """Public feed of metaverse changes (key: mv_id), contract ``schemas.records.MVChange``."""
         return self._t("mv.changes")

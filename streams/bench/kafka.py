@@ -256,8 +256,9 @@ async def topic_sizes(bootstrap: str, topics: list[str]) -> dict[str, int]:
 
 def message_kind(value: bytes | None) -> str:
     """A label for one internal message (``schemas.messages``): its kind, with what tells its role apart —
-    a reference-index update's op, direction and route family (``refer/in/ref``), a join-index update's op,
-    a join request's phase, a reference answer's direction."""
+    a DN claim's op, a registration's op and direction (``ref-register refer/in``), a reference-table
+    value's route family, a join-index update's op, a join request's phase, a reference answer's
+    direction."""
     try:
         msg = msgspec.msgpack.decode(value or b"")
     except msgspec.DecodeError:
@@ -266,8 +267,11 @@ def message_kind(value: bytes | None) -> str:
         return "undecodable"
     kind = str(msg.get("kind", "?"))
     if kind == "ref":
-        family = str(msg.get("route", "")).split("|", 1)[0]
-        return f"ref {msg.get('op')}/{msg.get('direction', 'in')}/{family}"
+        return f"ref {msg.get('op')}"
+    if kind == "ref-register":
+        return f"ref-register {msg.get('op')}/{msg.get('direction', 'in')}"
+    if kind == "ref-value":
+        return f"ref-value {str(msg.get('route', '')).split('|', 1)[0]}"
     if kind == "index":
         return f"index {msg.get('op', 'leave')}"
     if kind == "join":

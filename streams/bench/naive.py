@@ -1,17 +1,17 @@
 """The naive baseline for ``idsync bench``: the same engine work written the obvious faust way.
 
 One agent consumes the import topics event by event; connector space, join and reference index and
-metaverse live in RocksDB-backed faust Tables (a changelog ``send()`` per write); each event's internal
-messages (join requests, links, contributions, reference updates and answers) are handled in-process right
-away, and each pending export is sent with its own ``topic.send()``. It is not used by idsync: it exists
-so the benchmark can show, in the same run, what the batched stages buy over the per-event path that the
-issue measured at ~5k events/s.
+metaverse live in RocksDB-backed faust Tables (a changelog ``send()`` per write), and so do the reference
+table and its registrations; each event's internal messages (join requests, links, contributions,
+reference claims, registrations and the table's answers) are handled in-process right away, and each
+pending export is sent with its own ``topic.send()``. It is not used by idsync: it exists so the benchmark
+can show, in the same run, what the batched stages buy over the per-event path that the issue measured at
+~5k events/s.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections import deque
 from pathlib import Path
@@ -23,7 +23,7 @@ import msgspec
 from engine.inbound import on_link, route
 from engine.join import join_step
 from engine.metaverse import metaverse_step
-from engine.references import ref_step, staging_updates
+from engine.references import ref_step, register_route, registration_key, resolution, staging_updates
 from engine.rules import compile_rules
 from engine.staging import apply_dn_claim, stage, stage_absent
 from schemas.codec import decode_import, pack, to_json, unpack
@@ -34,9 +34,11 @@ from schemas.messages import (
     JoinRequest,
     MVContribution,
     MVDisconnect,
+    RefRegister,
     RefResolved,
     RefSync,
     RefUpdate,
+    RefValue,
 )
 from schemas.state import CSObject, JoinEntry, MVObject
 from schemas.wire import ChangeRecord, ErrorRecord, ExportConfirmed, MVChange, PendingExport, RunMarker
@@ -77,7 +79,32 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
     cs_table = app.Table("cs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
     join_table = app.Table("join", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
     mv_table = app.Table("mv", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
+    # The reference table (route -> value) and, the obvious way, each route's registrations as a list.
     ref_table = app.Table("refs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
+    reg_table = app.Table("regs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
+
+    def lookup(route: str) -> str | None:
+        raw = ref_table.get(route)
+        return None if raw is None else bytes(raw).decode()
+
+    def registrations(route: str) -> list[str]:
+        raw = reg_table.get(route)
+        return [] if raw is None else list(msgspec.msgpack.decode(raw))
+
+    def table_change(value: RefValue) -> list[Any]:
+        """A new value of the reference table, and its answers to the route's registrations."""
+        if value.value is None:
+            ref_table.pop(value.route, None)
+        else:
+            ref_table[value.route] = value.value.encode()
+        return [resolution(reg, value.value, value.ts_ms) for reg in registrations(value.route)]
+
+    def register(reg: RefRegister) -> None:
+        route = register_route(reg)
+        key = registration_key(reg)
+        kept = [r for r in registrations(route) if r != key] + ([key] if reg.op == "refer" else [])
+        reg_table[route] = pack(kept)
+
     imports = app.topic(
         *[names.import_topic(c) for c in config.connectors], key_serializer="raw", value_serializer="raw"
     )
@@ -121,22 +148,22 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
                 if changed is not None:
                     _store(cs_table, key, changed)
             elif isinstance(m, RefUpdate):
-                # The obvious way: the route's referrers are a list in a table of their own.
-                raw = ref_table.get(m.route)
-                referrers: list[str] = [] if raw is None else msgspec.msgpack.decode(raw)
-                step = ref_step(_load(join_table, m.route, JoinEntry), m, functools.partial(list, referrers))
+                step = ref_step(_load(join_table, m.route, JoinEntry), m)
                 _store(join_table, m.route, step.entry)
-                if step.referrer is not None:
-                    sub, present = step.referrer
-                    kept = [r for r in referrers if r != sub] + ([sub] if present else [])
-                    ref_table[m.route] = pack(kept)
-                outs = [*step.outputs, *step.claims]
+                outs = [*step.claims, *(table_change(step.value) if step.value is not None else [])]
             elif isinstance(m, JoinRequest | JoinIndexUpdate):
                 entry, outs = join_step(_load(join_table, m.route, JoinEntry), m, rules)
                 _store(join_table, m.route, entry)
-            elif isinstance(m, MVContribution | MVDisconnect | RefResolved | RefSync):
-                mv, outs = metaverse_step(rules, _load(mv_table, m.mv_id, MVObject), m)
+            elif isinstance(m, MVContribution | MVDisconnect | RefResolved | RefSync | RefRegister):
+                mv, stepped = metaverse_step(rules, _load(mv_table, m.mv_id, MVObject), m, lookup=lookup)
                 _store(mv_table, m.mv_id, mv)
+                for o in stepped:
+                    if isinstance(o, RefRegister):
+                        register(o)  # the step's registrations: kept, not sent
+                    elif isinstance(o, RefValue):
+                        outs += table_change(o)
+                    else:
+                        outs.append(o)
             for o in outs:
                 if isinstance(o, PendingExport):
                     await export_topic.send(key=o.mv_id.encode(), value=to_json(o))

@@ -284,7 +284,7 @@ class Phase:
         n = self.rt.names
         topics = [n.import_topic(c) for c in self.config.connectors]
         if not self.naive:
-            topics += [n.join_topic(), n.links_topic(), n.mv_topic()]
+            topics += [n.join_topic(), n.links_topic(), n.mv_topic(), n.refs_topic()]
             if self.export:
                 topics.append(n.export_topic("dir"))
         return topics
@@ -353,7 +353,16 @@ class Phase:
         n = await kafka.produce_all(self.out, messages)
         assert n == expected or expected < 0, (n, expected)
         await self.drained()
+        # The stage groups have committed everything; a reference table change read just before may still
+        # be turning into exports (streams.reftable): the end is the last output once none has come for a
+        # while.
         end = await kafka.last_timestamp(self.broker.bootstrap, self.output_topics())
+        while True:
+            await asyncio.sleep(0.5)
+            later = await kafka.last_timestamp(self.broker.bootstrap, self.output_topics())
+            if later == end:
+                break
+            end = later
         if os.environ.get("IDSYNC_BENCH_TIMELINE"):
             tl = await kafka.timeline(
                 self.broker.bootstrap, self.input_topics() + self.output_topics(), start
@@ -494,7 +503,7 @@ class Phase:
         topics = self.input_topics() + self.output_topics()
         if not self.naive:
             # State writes: what checkpointing saves shows here (records, not bytes).
-            topics += [self.rt.names.changelog_topic(s) for s in ("cs", "join", "mv")]
+            topics += [self.rt.names.changelog_topic(s) for s in ("cs", "join", "mv", "mv-refs")]
         sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
         return {t.removeprefix(prefix): n for t, n in sizes.items()}
 
@@ -502,7 +511,7 @@ class Phase:
         """The internal topics' messages by kind (none, and a note, when reading them takes too long: at
         least 5 minutes, or a second per 20,000 messages ``res.topics`` counts)."""
         n = self.rt.names
-        topics = [n.join_topic(), n.mv_topic(), n.links_topic()]
+        topics = [n.join_topic(), n.mv_topic(), n.links_topic(), n.refs_topic()]
         prefix = f"idsync.{self.name}."
         total = sum(res.topics.get(t.removeprefix(prefix), 0) for t in topics)
         timeout = max(300.0, total / 20_000)

@@ -172,6 +172,11 @@ class Stage(ABC, Generic[S]):
             self.rt.counters.consumed[ev.message.topic] += 1
         self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
+    async def assigned(self, partitions: list[int], seeded: list[int]) -> None:
+        """Partitions were given to this worker and their state restored (``seeded``: those whose
+        changelog the broker had lost, written again from the local copy) — before any of their records
+        is processed."""
+
     def _dead_letter(self, ev: Any, out: Outputs, exc: Exception) -> None:
         msg = ev.message
         data_error = isinstance(exc, DataError | ValidationError | ValueError)

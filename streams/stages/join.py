@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.join import join_step
-from engine.references import ref_step, referrer_key, referrer_prefix
+from engine.references import ref_step, table_value
 from schemas.codec import pack, unpacker
 from schemas.messages import (
     CSLink,
@@ -32,9 +32,6 @@ class JoinStage(Stage[JoinEntry]):
         return _JOIN.decode(value)
 
     def keys(self, topic: str, msg: Any) -> list[bytes]:
-        if isinstance(msg, RefUpdate) and msg.referrer is not None:
-            sub = referrer_key(msg.route, msg.referrer, msg.attribute or "", msg.anchor or "")
-            return [msg.route.encode(), sub.encode()]
         return [msg.route.encode()]
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
@@ -58,22 +55,26 @@ class JoinStage(Stage[JoinEntry]):
                 out.add(n.join_topic(), o.route.encode(), pack(o))
 
     def _reference(self, batch: Batch, msg: RefUpdate, out: Outputs) -> None:
-        """The reference index: referrers are keys under the route's prefix (one more is O(1))."""
+        """The reference index: a DN's claimants; its value goes to the reference table when it changes."""
         key = msg.route.encode()
-        prefix = referrer_prefix(msg.route).encode()
-
-        def referrers() -> list[str]:
-            return [k.decode() for k, _v in batch.scan(prefix)]
-
-        step = ref_step(batch.get(key), msg, referrers)
+        step = ref_step(batch.get(key), msg)
         batch.update(key, step.entry)
-        if step.referrer is not None:
-            sub, present = step.referrer
-            batch.update(sub.encode(), JoinEntry() if present else None)
-        mv_topic = self.rt.names.mv_topic()
-        for o in step.outputs:
-            out.add(mv_topic, o.mv_id.encode(), pack(o))
+        if step.value is not None:
+            out.add(self.rt.names.refs_topic(), key, pack(step.value))
         for claim in step.claims:
             out.add(self.rt.names.links_topic(), claim.anchor.encode(), pack(claim))
             self.rt.counters.count(f"dn-{'transient' if claim.transient else 'held'}:{claim.connector}")
-        self.rt.counters.count(f"ref-{msg.direction}-{msg.op}")
+        self.rt.counters.count(f"ref-{msg.op}")
+
+    async def assigned(self, partitions: list[int], seeded: list[int]) -> None:
+        """Where the broker had lost a partition's history (a new embedded broker: its changelog was seeded
+        from the local copy), the reference table gets the partition's DN values again."""
+        out = await self.rt.outputs()
+        topic = self.rt.names.refs_topic()
+        for p in seeded:
+            batch = Batch(self.store.partition(p), [], JoinEntry)
+            for key, entry in batch.scan(b"ref|"):
+                value = table_value(key.decode(), entry)
+                if value is not None:
+                    out.add(topic, key, pack(value))
+            await self.commit([], out)

@@ -3,17 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+from collections.abc import Iterable
 from typing import Any
 
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
+from engine.references import (
+    out_route,
+    published_dn,
+    registration_key,
+    registration_prefix,
+    resolution,
+)
 from schemas.codec import pack, to_json, unpacker
-from schemas.messages import CSLink, JoinIndexUpdate, MVInbound, RefSync, RefUpdate
-from schemas.state import MVObject
+from schemas.messages import (
+    CSLink,
+    JoinIndexUpdate,
+    MVInbound,
+    RefRegister,
+    RefResolved,
+    RefSync,
+    RefValue,
+)
+from schemas.state import MVObject, Registration, TablePositions, values_held
 from schemas.wire import ErrorRecord, ExportConfirmed, MVChange, PendingExport
 from streams.output import Outputs
+from streams.reftable import RefTable
 from streams.runtime import now_ms
-from streams.stages.base import Batch, Stage
+from streams.stages.base import Batch, Stage, save
+from streams.store import META
+
+log = logging.getLogger("idsync.stage")
 
 _MV = unpacker(MVInbound)
 #: How often the stage looks for objects whose deletion grace period ended without a message reaching them.
@@ -21,6 +42,9 @@ EXPIRY_INTERVAL_MS = 10_000
 #: An object with at least this many references (a large group) is synced at most once per checkpoint
 #: interval while its members keep answering: syncing it recomputes and plans all of its values.
 LARGE_REFS = 1_000
+#: Where a partition's registrations store keeps the reference table's position it was saved at.
+POSITIONS_KEY = META + b"reftable-positions"
+_POSITIONS = unpacker(TablePositions)
 
 
 def ref_count(mv: MVObject) -> int:
@@ -29,6 +53,10 @@ def ref_count(mv: MVObject) -> int:
 
 
 class MetaverseStage(Stage[MVObject]):
+    """The metaverse step, and the referrers' side of the reference index: each object's registrations
+    are keys of a second store (``mv-refs``, co-partitioned), answered from the worker's copy of the
+    reference table when made and whenever the table changes their route (``apply_table``)."""
+
     step_id = "metaverse"
     store_name = "mv"
     state_model = MVObject
@@ -51,6 +79,14 @@ class MetaverseStage(Stage[MVObject]):
         self._interval_s = rt.config.pipeline.checkpoint_interval_ms / 1000
         self._held: dict[int, set[bytes]] = {}
         self._synced_at: dict[bytes, float] = {}
+        #: Registrations (``engine.references.registration_key``), per partition like the objects.
+        self.refs = rt.store("mv-refs")
+        self._reg_batches: dict[int, Batch] = {}
+        self.table = RefTable(rt)
+        #: The table position each owned partition was last saved with.
+        self._positions: dict[int, TablePositions] = {}
+        #: Shared with the stage's consumer: table changes are applied between batches, never during one.
+        self.lock = asyncio.Lock()
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -82,7 +118,7 @@ class MetaverseStage(Stage[MVObject]):
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.mv_id.encode()
-        mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg)
+        mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg, lookup=self.table.get)
         batch.update(key, mv)
         self._emit(outputs, out, batch.partition)
 
@@ -94,38 +130,180 @@ class MetaverseStage(Stage[MVObject]):
         by_key: dict[bytes, list[tuple[Any, Any]]] = {}
         for item in items:
             by_key.setdefault(item[1].mv_id.encode(), []).append(item)
-        now = asyncio.get_running_loop().time()
         for key, group in by_key.items():
-
-            def settle(mv: MVObject, key: bytes = key) -> bool:
-                """Sync now, or hold a large object's answers until the checkpoint when it was synced
-                less than a checkpoint interval ago (its members are answering one batch after another:
-                one sync per interval instead of one per batch)."""
-                if self._interval_s <= 0 or ref_count(mv) < LARGE_REFS:
-                    return True
-                if now - self._synced_at.get(key, -math.inf) < self._interval_s:
-                    return False
-                self._synced_at[key] = now
-                return True
-
-            try:
-                msgs = [m for _ev, m in group]
-                mv, outputs = metaverse_steps(self.rt.rules, batch.get(key), msgs, settle=settle)
-            except Exception:
+            if not self._steps(batch, key, [m for _ev, m in group], out):
                 super().handle_all(batch, group, out)
+
+    def _steps(self, batch: Batch, key: bytes, msgs: list[Any], out: Outputs) -> bool:
+        """Apply one object's messages at once (False, nothing changed, if that raised)."""
+        now = asyncio.get_running_loop().time()
+
+        def settle(mv: MVObject) -> bool:
+            """Sync now, or hold a large object's answers until the checkpoint when it was synced
+            less than a checkpoint interval ago (its members are answering one batch after another:
+            one sync per interval instead of one per batch)."""
+            if self._interval_s <= 0 or ref_count(mv) < LARGE_REFS:
+                return True
+            if now - self._synced_at.get(key, -math.inf) < self._interval_s:
+                return False
+            self._synced_at[key] = now
+            return True
+
+        try:
+            mv, outputs = metaverse_steps(
+                self.rt.rules, batch.get(key), msgs, settle=settle, lookup=self.table.get
+            )
+        except Exception:
+            return False
+        batch.update(key, mv)
+        if mv is not None and mv.ref_sync is not None:
+            self._held.setdefault(batch.partition, set()).add(key)
+        for each in outputs:
+            self._emit(each, out, batch.partition)
+        return True
+
+    # ---- the reference table
+    async def read_table(self) -> None:
+        """Keep this worker's copy of the reference table (a task of the app). It failing stops the
+        process: the stage would wait for it for good."""
+        try:
+            await self.table.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("metaverse: reading the reference table failed")
+            self.rt.fatal(f"reference table: {type(exc).__name__}: {exc}")
+
+    async def apply_table(self) -> None:
+        """Bring the table's changes to the registrations of the partitions this worker owns, as they
+        are read (a task of the app, beside the table's reader). An error here is a bug or I/O: it stops
+        the process (nothing was acked)."""
+        try:
+            await self._apply_table()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("metaverse: applying the reference table failed")
+            self.rt.fatal(f"reference table: {type(exc).__name__}: {exc}")
+
+    async def _apply_table(self) -> None:
+        await self.table.ready.wait()
+        while True:
+            await self.table.changed()
+            async with self.lock:
+                routes, positions = self.table.take()
+                await self._resolve(routes, sorted(self.store.owned))
+                self.table.applied = positions
+                self.rt.counters.last_activity = asyncio.get_running_loop().time()
+
+    async def _resolve(self, routes: Iterable[str], partitions: list[int]) -> None:
+        """Answer the registrations to ``routes`` in ``partitions`` with the table's current values."""
+        routes = list(routes)
+        if not routes or not partitions:
+            return
+        out = await self.rt.outputs()
+        ts = now_ms()
+        batches = []
+        for p in partitions:
+            regs = self._reg_batch(p)
+            answers: dict[bytes, list[RefResolved]] = {}
+            for route in routes:
+                found = regs.scan(registration_prefix(route).encode())
+                if not found:
+                    continue
+                value = self.table.get(route)
+                for reg, _ in found:
+                    answer = resolution(reg.decode(), value, ts)
+                    answers.setdefault(answer.mv_id.encode(), []).append(answer)
+            if not answers:
                 continue
-            batch.update(key, mv)
-            if mv is not None and mv.ref_sync is not None:
-                self._held.setdefault(batch.partition, set()).add(key)
-            for each in outputs:
-                self._emit(each, out, batch.partition)
+            batch = Batch(self.store.partition(p), list(answers), MVObject)
+            for key, msgs in answers.items():
+                if self._steps(batch, key, list(msgs), out):
+                    continue
+                for msg in msgs:  # one by one: only the failing answer is left out, and reported
+                    try:
+                        mv, outputs = metaverse_step(
+                            self.rt.rules, batch.get(key), msg, lookup=self.table.get
+                        )
+                    except Exception as exc:
+                        log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
+                        self.rt.record_error(
+                            ErrorRecord(
+                                step_id=self.step_id,
+                                error_type="engine-error",
+                                algorithm_step="metaverse",
+                                mv_id=msg.mv_id,
+                                message=f"reference {msg.direction} {msg.connector} {msg.key}: {exc}",
+                                ts_ms=ts,
+                            ),
+                            out,
+                        )
+                        continue
+                    batch.update(key, mv)
+                    self._emit(outputs, out, p)
+            batches.append(batch)
+        await self.commit(batches, out)
+
+    def _reg_batch(self, partition: int) -> Batch:
+        batch = self._reg_batches.get(partition)
+        if batch is None:
+            batch = self._reg_batches[partition] = Batch(self.refs.partition(partition), [], Registration)
+        return batch
+
+    async def commit(self, batches: list[Batch], out: Outputs) -> None:
+        regs, self._reg_batches = list(self._reg_batches.values()), {}
+        await super().commit([*batches, *regs], out)
+
+    def unsaved(self) -> tuple[int, int]:
+        keys, values = super().unsaved()
+        return keys + self.refs.unsaved(), values + self.refs.unsaved_weight()
+
+    async def assigned(self, partitions: list[int], seeded: list[int]) -> None:
+        """Partitions given to this worker (their state restored): the reference table's changes since
+        each was saved reach its registrations first. Where the broker had lost a partition's history
+        (seeded from the local copy), its objects' target DNs go to the table again."""
+        if seeded:
+            await self._republish(seeded)
+        await self.table.ready.wait()
+        for p in partitions:
+            self._positions.pop(p, None)  # saved by whoever held it last: written again at the checkpoint
+            part = self.refs.partition(p)
+            if next(part.scan(b""), None) is None:
+                continue  # no registrations: nothing to bring up to date
+            raw = part.get(POSITIONS_KEY)
+            saved = dict(_POSITIONS.decode(raw).offsets) if raw is not None else {}
+            if any(saved.get(q, 0) > self.table.read.get(q, 0) for q in saved):
+                ends = await self.table.sync_end()
+                if any(offset > ends.get(q, 0) + 1 for q, offset in saved.items()):
+                    saved = {}  # the table topic is not the one it was saved against: replay it all
+            await self._resolve(self.table.routes_since(saved), [p])
+
+    async def _republish(self, partitions: list[int]) -> None:
+        out = await self.rt.outputs()
+        topic = self.rt.names.refs_topic()
+        for p in partitions:
+            batch = Batch(self.store.partition(p), [], MVObject)
+            for _key, mv in batch.scan(b""):
+                for connector in self.rt.rules.xref_targets:
+                    dn = published_dn(mv, connector)
+                    if dn is not None:
+                        route = out_route(connector, mv.mv_id)
+                        out.add(topic, route.encode(), pack(RefValue(route=route, value=dn, ts_ms=0)))
+            await self.commit([], out)
 
     async def checkpoint(self) -> None:
         """Sync the objects whose answers are held (their outputs go out first), then save: saved state
         never holds answers, so neither a crash nor a partition moving to another worker can leave an
-        object waiting for a sync nobody will send."""
+        object waiting for a sync nobody will send. Each partition's registrations are saved with the
+        reference table's position they reflect (``TablePositions``)."""
         await self._settle_held()
-        await super().checkpoint()
+        positions = TablePositions(offsets=dict(self.table.applied))
+        for p in sorted(self.store.owned):
+            if self._positions.get(p) != positions:
+                self.refs.partition(p).stash({POSITIONS_KEY: positions}, [POSITIONS_KEY], values_held)
+                self._positions[p] = positions
+        await save(self.rt, [*self.store.opened(), *self.refs.opened()], self.step_id)
 
     async def _settle_held(self) -> None:
         held, self._held = self._held, {}
@@ -141,7 +319,13 @@ class MetaverseStage(Stage[MVObject]):
                 mv = batch.get(key)
                 if mv is None or mv.ref_sync is None:
                     continue  # synced since (a RefSync on its way found it) or gone
-                mv, [outputs] = metaverse_steps(self.rt.rules, mv, [RefSync(mv_id=key.decode(), ts_ms=ts)])
+                mv, [outputs] = metaverse_steps(
+                    self.rt.rules,
+                    mv,
+                    [RefSync(mv_id=key.decode(), ts_ms=ts)],
+                    settle=True,
+                    lookup=self.table.get,
+                )
                 batch.update(key, mv)
                 self._synced_at[key] = now
                 self._emit(outputs, out, p)
@@ -162,7 +346,12 @@ class MetaverseStage(Stage[MVObject]):
                     f"provisioned:{o.connector}" if o.op == "add" else f"export-{o.op}-planned:{o.connector}"
                 )
                 out.add(self._exports[o.connector], o.mv_id.encode(), to_json(o), partition)
-            elif isinstance(o, JoinIndexUpdate | RefUpdate):
+            elif isinstance(o, RefRegister):
+                reg = registration_key(o).encode()
+                self._reg_batch(partition).update(reg, Registration() if o.op == "refer" else None)
+            elif isinstance(o, RefValue):
+                out.add(n.refs_topic(), o.route.encode(), pack(o))
+            elif isinstance(o, JoinIndexUpdate):
                 out.add(self._join, o.route.encode(), pack(o))
             elif isinstance(o, RefSync):
                 out.add(self._mv, o.mv_id.encode(), pack(o), partition)

@@ -24,6 +24,7 @@ from schemas.messages import (
     JoinRequest,
     LinkMessage,
     OperatorLink,
+    RefRegister,
     RefUpdate,
 )
 from schemas.state import CSHead, CSObject
@@ -158,7 +159,7 @@ class StagingStage(Stage[CSObject]):
             if tomb.deleted_ts_ms is not None and tomb.deleted_ts_ms < oldest:
                 batch.put(key, None)
 
-    def _emit(self, outputs: list[InboundOutput | RefUpdate], out: Outputs) -> None:
+    def _emit(self, outputs: list[InboundOutput | RefUpdate | RefRegister], out: Outputs) -> None:
         n = self.rt.names
         for o in outputs:
             if isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):

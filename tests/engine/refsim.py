@@ -1,8 +1,12 @@
 """A small in-memory pipeline for the reference tests: staging -> join/reference index -> metaverse,
-wired like the stages (streams/stages/*.py) but with message delivery chosen by the test.
+with the reference table between them, wired like the stages (streams/stages/*.py) but with message
+delivery chosen by the test.
 
 Messages are queued per (topic, key): each queue is delivered in order (as Kafka keeps a key's order),
-and the test picks which queue goes next, so any interleaving across keys can be produced.
+and the test picks which queue goes next, so any interleaving across keys can be produced. The reference
+table's changes are a queue per route too: delivering one updates the table (every worker's copy: there is
+one here) and answers the registrations to that route at once, as the metaverse stage does; a lookup reads
+the table as it is, however far behind the join stage and the metaverse steps that publish to it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ from typing import Any
 from engine.inbound import on_link, on_link_gone, route
 from engine.join import join_step
 from engine.metaverse import metaverse_step, metaverse_steps
-from engine.references import ref_step, referrer_key, referrer_prefix, staging_updates
+from engine.references import (
+    ref_step,
+    registration_key,
+    registration_prefix,
+    resolution,
+    staging_updates,
+)
 from engine.rules import Rules, compile_rules
 from engine.staging import stage, tombstone
 from schemas.config import IdsyncConfig
@@ -26,9 +36,11 @@ from schemas.messages import (
     JoinRequest,
     MVContribution,
     MVDisconnect,
+    RefRegister,
     RefResolved,
     RefSync,
     RefUpdate,
+    RefValue,
 )
 from schemas.records import Attrs
 from schemas.state import CSObject, JoinEntry, MVObject
@@ -125,6 +137,9 @@ class Sim:
         self.tombs: dict[str, CSObject] = {}
         self.join: dict[str, JoinEntry] = {}
         self.mv: dict[str, MVObject] = {}
+        #: The reference table (route -> value) and the metaverse objects' registrations to it.
+        self.table: dict[str, str] = {}
+        self.regs: set[str] = set()
         self.queues: dict[tuple[str, str], deque[Any]] = {}
         self.rng = random.Random(seed)
         self.versions: dict[str, int] = {}
@@ -188,6 +203,14 @@ class Sim:
             self._staging(msg)
         elif topic == "join":
             self._join(msg)
+        elif topic == "table":
+            batch = [msg]
+            if self.rng.random() < 0.5:
+                # As the metaverse stage applies the table: every change read since its last turn at once.
+                for other in self.pending():
+                    if other[0] == "table":
+                        batch.append(self.queues[other].popleft())
+            self._table(batch)
         else:
             self._metaverse(msg)
 
@@ -235,26 +258,39 @@ class Sim:
 
     def _join(self, msg: JoinRequest | JoinIndexUpdate | RefUpdate) -> None:
         if isinstance(msg, RefUpdate):
-            prefix = referrer_prefix(msg.route)
-            step = ref_step(
-                self.join.get(msg.route), msg, lambda: [k for k in self.join if k.startswith(prefix)]
-            )
+            step = ref_step(self.join.get(msg.route), msg)
             self._store(msg.route, step.entry)
-            if step.referrer is not None:
-                self._store(step.referrer[0], JoinEntry() if step.referrer[1] else None)
-            self._emit(list(step.outputs))
+            self._emit([step.value] if step.value is not None else [])
             return
         entry, outputs = join_step(self.join.get(msg.route), msg, self.rules)
         self._store(msg.route, entry)
         self._emit(outputs)
 
+    def _table(self, msgs: list[RefValue]) -> None:
+        """Changes of the reference table reach the copy and, at once, the registrations to their routes
+        (the metaverse stage applies what it read to its partitions between two batches, one step per
+        registered object for all of them)."""
+        for msg in msgs:
+            if msg.value is None:
+                self.table.pop(msg.route, None)
+            else:
+                self.table[msg.route] = msg.value
+        answers: dict[str, list[RefResolved]] = {}
+        for changed in dict.fromkeys(m.route for m in msgs):
+            prefix = registration_prefix(changed)
+            for reg in sorted(k for k in self.regs if k.startswith(prefix)):
+                answer = resolution(reg, self.table.get(changed), msgs[-1].ts_ms)
+                answers.setdefault(answer.mv_id, []).append(answer)
+        for batch in answers.values():
+            self._metaverse_many(list(batch))
+
     def _metaverse(self, msg: Any) -> None:
-        mv, outputs = metaverse_step(self.rules, self.mv.get(msg.mv_id), msg)
+        mv, outputs = metaverse_step(self.rules, self.mv.get(msg.mv_id), msg, lookup=self.table.get)
         if mv is None:
             self.mv.pop(msg.mv_id, None)
         else:
             self.mv[msg.mv_id] = mv
-        self._emit(outputs)
+        self._emit(outputs, metaverse=True)
 
     def _metaverse_many(self, msgs: list[Any]) -> None:
         mv_id = msgs[0].mv_id
@@ -264,13 +300,15 @@ class Sim:
         settle: bool | Callable[[MVObject], bool] = self.rng.random() < 0.5
         if self.hold and not settle and self.rng.random() < 0.5:
             settle = lambda _mv: False  # noqa: E731
-        mv, outputs = metaverse_steps(self.rules, self.mv.get(mv_id), msgs, settle=settle)
+        mv, outputs = metaverse_steps(
+            self.rules, self.mv.get(mv_id), msgs, settle=settle, lookup=self.table.get
+        )
         if mv is None:
             self.mv.pop(mv_id, None)
         else:
             self.mv[mv_id] = mv
         for each in outputs:
-            self._emit(each)
+            self._emit(each, metaverse=True)
         if callable(settle) and mv is not None and mv.ref_sync is not None:
             self.put("mv", mv_id, RefSync(mv_id=mv_id, ts_ms=msgs[-1].ts_ms))
 
@@ -280,11 +318,22 @@ class Sim:
         else:
             self.join[key] = entry
 
-    def _emit(self, outputs: list[Any]) -> None:
+    def _emit(self, outputs: list[Any], metaverse: bool = False) -> None:
         for o in outputs:
-            if isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):
+            if isinstance(o, RefRegister) and metaverse:
+                # A metaverse step's registrations stay in its partition (the stage keeps them as keys).
+                key = registration_key(o)
+                if o.op == "refer":
+                    self.regs.add(key)
+                else:
+                    self.regs.discard(key)
+            elif isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):
                 self.put("join", o.route, o)
-            elif isinstance(o, MVContribution | MVDisconnect | RefResolved | RefSync | ExportResult):
+            elif isinstance(o, RefValue):
+                self.put("table", o.route, o)
+            elif isinstance(
+                o, MVContribution | MVDisconnect | RefResolved | RefSync | ExportResult | RefRegister
+            ):
                 self.put("mv", o.mv_id, o)
             elif isinstance(o, CSLink):
                 self.put("links", o.anchor, o)
@@ -305,7 +354,8 @@ class Sim:
         return [m for m in self.mv.values() if not m.deleted]
 
     def referrer_keys(self) -> list[str]:
-        return sorted(k for k in self.join if "\x00" in k)
+        """The metaverse objects' registrations (route, referrer, attribute, anchor)."""
+        return sorted(self.regs)
 
 
-__all__ = ["Sim", "group_dn", "ref_config_dict", "ref_rules", "referrer_key", "user_dn"]
+__all__ = ["Sim", "group_dn", "ref_config_dict", "ref_rules", "user_dn"]

@@ -11,13 +11,31 @@ from pydantic import ValidationError
 
 from engine.inbound import on_link_gone
 from engine.metaverse import metaverse_step, metaverse_steps
-from engine.references import ref_step, staging_updates
+from engine.references import (
+    no_table,
+    ref_step,
+    register_route,
+    registered,
+    registration_key,
+    registration_prefix,
+    resolution,
+    staging_updates,
+)
 from engine.rules import compile_rules
 from engine.staging import tombstone
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
-from schemas.messages import CSLink, ExportResult, MVDisconnect, RefResolved, RefSync, RefUpdate
-from schemas.state import ConnectorState, CSObject, JoinEntry
+from schemas.messages import (
+    CSLink,
+    ExportResult,
+    MVDisconnect,
+    RefRegister,
+    RefResolved,
+    RefSync,
+    RefUpdate,
+    RefValue,
+)
+from schemas.state import ConnectorState, CSObject
 from schemas.wire import AttrChange, PendingExport
 
 from .refsim import Sim, group_dn, ref_config_dict, ref_rules, user_dn
@@ -248,52 +266,71 @@ def test_a_join_answer_for_an_object_staging_never_held_leaves_nothing() -> None
 
 
 # --------------------------------------------------------------------------- the pieces
-def test_the_index_answers_a_referrer_when_it_registers_and_when_the_value_changes() -> None:
+def test_the_index_publishes_a_dns_value_to_the_table_only_when_it_changes() -> None:
     route = "ref|ad|uid=bob,ou=people,dc=example,dc=org"
     key = route.split("|", 2)[2]
-    refer = RefUpdate(
-        route=route,
-        op="refer",
-        connector="ad",
-        key=key,
-        referrer="M1",
-        attribute="manager",
-        anchor="ann",
-        ts_ms=1,
-    )
-    step = ref_step(None, refer, lambda: [])
-    assert step.entry is None and step.outputs == []  # placeholder: nothing to tell yet
-    assert step.referrer is not None and step.referrer[1]
     own = RefUpdate(route=route, op="own", connector="ad", key=key, owner="bob", value="M2", ts_ms=2)
-    step = ref_step(None, own, lambda: [step.referrer[0]])  # type: ignore[index]
+    step = ref_step(None, own)
     assert step.entry is not None and step.entry.ref_value == "M2"
-    [answer] = step.outputs
-    assert (answer.mv_id, answer.attribute, answer.anchor, answer.value) == ("M1", "manager", "ann", "M2")
-    # A stale disown by an object that no longer holds the DN changes nothing.
+    assert step.value == RefValue(route=route, value="M2", ts_ms=2)
+    # The same claim again (a replay) publishes nothing; nor does a stale disown by another object.
+    assert ref_step(step.entry, own).value is None
     stale = RefUpdate(route=route, op="disown", connector="ad", key=key, owner="someone-else", ts_ms=3)
-    assert ref_step(step.entry, stale, lambda: []).outputs == []
+    assert ref_step(step.entry, stale).value is None
+    # Joined elsewhere: the new mv_id; gone: no value (the route's entry is dropped).
+    moved = ref_step(step.entry, replace(own, value="M3", ts_ms=4))
+    assert moved.value is not None and moved.value.value == "M3"
+    gone = ref_step(moved.entry, replace(own, op="disown", value=None, ts_ms=5))
+    assert gone.entry is None and gone.value == RefValue(route=route, value=None, ts_ms=5)
 
 
-def test_the_fan_out_reads_the_referrers_only_when_the_value_changes() -> None:
-    route = "ref|ad|x"
-
-    def boom() -> list[str]:
-        raise AssertionError("referrers read without a change")
-
-    entry = JoinEntry(ref_owner="bob", ref_value="M2")
-    same = RefUpdate(route=route, op="own", connector="ad", key="x", owner="bob", value="M2", ts_ms=1)
-    assert ref_step(entry, same, boom).outputs == []
-    refer = RefUpdate(
-        route=route,
-        op="refer",
-        connector="ad",
-        key="x",
-        referrer="M1",
-        attribute="manager",
-        anchor="a",
-        ts_ms=1,
+def test_a_registration_reads_the_table_when_made_and_a_leaving_one_is_answered_none() -> None:
+    route = "ref|ad|uid=bob,ou=people,dc=example,dc=org"
+    key = route.split("|", 2)[2]
+    refer = RefRegister(
+        mv_id="M1", op="refer", connector="ad", key=key, attribute="manager", anchor="ann", ts_ms=1
     )
-    assert [o.value for o in ref_step(entry, refer, boom).outputs] == ["M2"]
+    assert register_route(refer) == route
+    assert registration_key(refer).startswith(registration_prefix(route))
+    assert registered(refer, no_table) is None  # a placeholder: nothing to tell yet
+    [answer] = [registered(refer, {route: "M2"}.get)]
+    assert answer is not None
+    assert (answer.mv_id, answer.attribute, answer.anchor, answer.value) == ("M1", "manager", "ann", "M2")
+    leave = registered(replace(refer, op="unrefer"), {route: "M2"}.get)
+    assert leave is not None and leave.value is None
+    # What the table says to a registration when it changes: the registration key holds all of it.
+    again = resolution(registration_key(refer), "M3", 9)
+    assert (again.mv_id, again.direction, again.connector, again.key) == ("M1", "in", "ad", key)
+    assert (again.attribute, again.anchor, again.value) == ("manager", "ann", "M3")
+    out = RefRegister(mv_id="M1", op="refer", direction="out", connector="ldap", key="M2", ts_ms=1)
+    answer_out = resolution(registration_key(out), "uid=bob", 9)
+    assert (answer_out.direction, answer_out.key, answer_out.attribute, answer_out.anchor) == (
+        "out",
+        "M2",
+        None,
+        None,
+    )
+    assert registered(replace(out, op="unrefer"), no_table) is None  # its own step forgets it
+
+
+def test_a_new_outbound_reference_takes_the_dn_the_table_knows_and_exports_it_in_the_same_sync() -> None:
+    """The referenced object exists in the target already: the table has its DN, so the referrer's add
+    carries the reference (no second pass)."""
+    sim = Sim(ref_rules(targets=True))
+    user(sim, "bob")
+    sim.run()
+    seen: set[str] = set()
+    apply_all(sim, seen)
+    sim.run()
+    bob = sim.mv_of("bob").mv_id
+    assert sim.table[f"xref|ldap|{bob}"] == "uid=bob,ou=people,dc=target,dc=org"
+    user(sim, "ann", manager=user_dn("bob"))
+    sim.run()
+    exports = apply_all(sim, seen)
+    ann = sim.mv_of("ann").mv_id
+    assert [(e.mv_id, e.op) for e in exports if e.mv_id == ann][-1][1] in ("add", "update")
+    last = [e for e in exports if e.mv_id == ann][-1]
+    assert last.attributes["manager"].values == ["uid=bob,ou=people,dc=target,dc=org"]
 
 
 def test_an_ordinary_update_sends_nothing_to_the_index() -> None:
@@ -464,10 +501,12 @@ def test_held_answers_change_nothing_until_the_refsync_then_export_what_settling
     while keys := [k for k in sim.pending() if k != ("mv", staff_id)]:
         sim.step(keys[0])
     answers = list(sim.queues[("mv", staff_id)])
-    assert sum(isinstance(m, RefResolved) for m in answers) >= 2
+    # d's and e's registrations: the table has their mv_ids already, so they are answered when applied.
+    assert sum(isinstance(m, RefRegister) and m.op == "refer" for m in answers) >= 2
     before = sim.mv[staff_id]
+    table = sim.table.get
 
-    held, [*outs] = metaverse_steps(RULES_T, before, answers, settle=lambda _mv: False)
+    held, [*outs] = metaverse_steps(RULES_T, before, answers, settle=lambda _mv: False, lookup=table)
     assert held is not None and held.ref_sync is not None
     flat = [o for each in outs for o in each]
     assert not [o for o in flat if isinstance(o, RefSync)]
@@ -475,9 +514,12 @@ def test_held_answers_change_nothing_until_the_refsync_then_export_what_settling
     members = set(held.attributes.get("member", []))
     assert not members & {sim.mv_of(u).mv_id for u in "de"}
     assert not [o for o in flat if isinstance(o, PendingExport) and "uid=d" in str(o.attributes)]
-    synced, [late] = metaverse_steps(RULES_T, held, [RefSync(mv_id=staff_id, ts_ms=answers[-1].ts_ms)])
+    # The stage's checkpoint delivers it and settles what the sync registers too (streams.stages.metaverse).
+    synced, [late] = metaverse_steps(
+        RULES_T, held, [RefSync(mv_id=staff_id, ts_ms=answers[-1].ts_ms)], settle=True, lookup=table
+    )
 
-    at_once, outs_at_once = metaverse_steps(RULES_T, before, answers, settle=True)
+    at_once, outs_at_once = metaverse_steps(RULES_T, before, answers, settle=True, lookup=table)
     assert synced == at_once
     assert synced is not None and len(synced.attributes["member"]) == 4
 
@@ -487,7 +529,7 @@ def test_held_answers_change_nothing_until_the_refsync_then_export_what_settling
     # The pipeline goes on from the held-then-synced group: the target gets c out, d and e in.
     sim.queues[("mv", staff_id)].clear()
     sim.mv[staff_id] = synced
-    sim._emit([*flat, *late])
+    sim._emit([*flat, *late], metaverse=True)
     changes: list[tuple[str, str, list[str]]] = []
     for _ in range(4):
         sim.run()
@@ -637,17 +679,41 @@ def test_the_target_ends_with_the_referenced_objects_dns_whatever_the_order(
     assert set(by_dn) >= set(target_dn.values())
 
 
-def test_a_group_whose_members_resolve_one_by_one_is_exported_in_a_few_changes() -> None:
-    """Each member's answer is a message of its own; the RefSync the group sends itself syncs every
-    answer queued before it, so the target does not get one modify per member."""
+def test_a_group_of_known_members_is_exported_in_a_few_changes() -> None:
+    """A group whose members are in the metaverse and the target already: its registrations are answered
+    from the table as they are applied, so the target gets its members in a few changes, not one modify
+    per member."""
     members = [f"m{i}" for i in range(100)]
-    sim, _seen = settled_group(members)
+    sim = Sim(ref_rules(targets=True))
+    for uid in members:
+        user(sim, uid)
+    seen: set[str] = set()
+    for _ in range(3):
+        sim.run()
+        apply_all(sim, seen)
+    group(sim, "staff", [user_dn(u) for u in members])
+    for _ in range(3):
+        sim.run()
+        apply_all(sim, seen)
     staff = sim.mv_of("staff").mv_id
     group_exports = [e for e in sim.exports if e.mv_id == staff]
     assert len(group_exports) < 10, [
         (e.op, len(e.attributes.get("member", AttrChange(op="add", values=[])).values)) for e in group_exports
     ]
     exported = {v for e in group_exports if "member" in e.attributes for v in e.attributes["member"].values}
+    assert exported == {f"uid={m},ou=people,dc=target,dc=org" for m in members}
+
+
+def test_a_group_whose_members_arrive_after_it_exports_every_member() -> None:
+    members = [f"m{i}" for i in range(30)]
+    sim, _seen = settled_group(members)
+    staff = sim.mv_of("staff").mv_id
+    exported = {
+        v
+        for e in sim.exports
+        if e.mv_id == staff and "member" in e.attributes
+        for v in e.attributes["member"].values
+    }
     assert exported == {f"uid={m},ou=people,dc=target,dc=org" for m in members}
 
 
@@ -665,17 +731,16 @@ def test_a_dn_claimed_by_two_objects_resolves_to_the_later_taker_whatever_the_or
     )
     entry = None
     for msg in [old, new] if order == "old-first" else [new, old]:
-        entry = ref_step(entry, msg, lambda: []).entry
+        entry = ref_step(entry, msg).entry
     assert entry is not None and (entry.ref_owner, entry.ref_value) == ("B", "MV-B")
     gone = RefUpdate(route=route, op="disown", connector="ad", key=key, owner="A", ts_ms=3)
-    step = ref_step(entry, gone, lambda: ["R\x00M1\x00manager\x00a"])
+    step = ref_step(entry, gone)
     assert step.entry is not None and (step.entry.ref_owner, step.entry.ref_value) == ("B", "MV-B")
-    assert step.outputs == []  # nothing changed for the referrers
+    assert step.value is None  # nothing changed for the referrers
     # and when B goes too, the DN resolves to nothing (a placeholder again)
-    step = ref_step(step.entry, replace(gone, owner="B"), lambda: ["R\x00M1\x00manager\x00a"])
+    step = ref_step(step.entry, replace(gone, owner="B"))
     assert step.entry is None
-    [answer] = step.outputs
-    assert answer.value is None and answer.mv_id == "M1"
+    assert step.value is not None and step.value.value is None
 
 
 def test_the_claimant_that_loses_its_dn_is_told_it_is_transient_and_told_again_when_it_holds_it() -> None:
@@ -684,16 +749,16 @@ def test_the_claimant_that_loses_its_dn_is_told_it_is_transient_and_told_again_w
     route, key = "ref|ad|cn=x", "cn=x"
     a = RefUpdate(route=route, op="own", connector="ad", key=key, owner="A", version=5, ts_ms=1)
     b = RefUpdate(route=route, op="own", connector="ad", key=key, owner="B", version=11, ts_ms=2)
-    step = ref_step(None, a, lambda: [])
+    step = ref_step(None, a)
     assert step.claims == []  # the only claimant: nothing to say
-    step = ref_step(step.entry, b, lambda: [])
+    step = ref_step(step.entry, b)
     assert [(c.anchor, c.transient, c.dn_key) for c in step.claims] == [("A", True, key), ("B", False, key)]
     # the other order: A's claim arrives after B's, and A is transient from the start
-    late = ref_step(ref_step(None, b, lambda: []).entry, a, lambda: [])
+    late = ref_step(ref_step(None, b).entry, a)
     assert [(c.anchor, c.transient) for c in late.claims] == [("A", True)]
     # B leaves first (say the directory deleted B and A's delete was a rename back): A holds the DN again
     gone_b = RefUpdate(route=route, op="disown", connector="ad", key=key, owner="B", ts_ms=3)
-    back = ref_step(late.entry, gone_b, lambda: [])
+    back = ref_step(late.entry, gone_b)
     assert [(c.anchor, c.transient) for c in back.claims] == [("A", False)]
 
     # staging applies the word to the object while it still has that DN, and ignores it once it moved
@@ -746,9 +811,9 @@ def test_an_object_deleted_when_its_grace_period_ends_leaves_the_outbound_index(
     )
     gone, outputs = metaverse_step(rules, ann, late)
     assert gone is None or gone.deleted
-    assert [
-        (o.op, o.key) for o in outputs if isinstance(o, RefUpdate) and o.direction == "out" and o.referrer
-    ] == [("unrefer", boss.mv_id)]
+    assert [(o.op, o.key) for o in outputs if isinstance(o, RefRegister) and o.direction == "out"] == [
+        ("unrefer", boss.mv_id)
+    ]
 
 
 def test_a_member_change_registers_only_the_members_that_changed_by_normalized_dn() -> None:
@@ -774,7 +839,7 @@ def test_a_member_change_registers_only_the_members_that_changed_by_normalized_d
         },
     )
     ups = staging_updates(rules, base, respelled, 5)
-    assert [(u.op, u.key, u.referrer, u.attribute) for u in ups] == [
+    assert [(u.op, u.key, u.mv_id, u.attribute) for u in ups] == [
         ("unrefer", dn_key(user_dn("c")), "mv-g", "member"),
         ("refer", dn_key(user_dn("d")), "mv-g", "member"),
     ]
@@ -783,7 +848,7 @@ def test_a_member_change_registers_only_the_members_that_changed_by_normalized_d
     ups = staging_updates(rules, respelled, moved, 6)
     keys = sorted(dn_key(user_dn(u)) for u in "abd")
     refs = [u for u in ups if u.op in ("refer", "unrefer")]
-    assert sorted((u.op, u.referrer) for u in refs) == [("refer", "mv-h")] * 3 + [("unrefer", "mv-g")] * 3
+    assert sorted((u.op, u.mv_id) for u in refs) == [("refer", "mv-h")] * 3 + [("unrefer", "mv-g")] * 3
     assert sorted(u.key for u in refs if u.op == "refer") == keys
     assert sorted(u.key for u in refs if u.op == "unrefer") == keys
     # and the group's own DN now answers with the new object

@@ -8,17 +8,24 @@ from pathlib import Path
 import pytest
 
 from schemas.codec import pack
-from schemas.messages import CSLink, JoinIndexUpdate, JoinRequest, RefResolved, RefUpdate
+from schemas.messages import (
+    CSLink,
+    JoinIndexUpdate,
+    JoinRequest,
+    RefRegister,
+    RefResolved,
+    RefUpdate,
+    RefValue,
+)
 from streams.bench import kafka
 from streams.bench.kafka import message_kind
 from streams.broker import EmbeddedBroker
 
 
 def test_each_internal_message_is_labelled_by_its_role() -> None:
-    refer_out = RefUpdate(
-        route="xref|dir|m1", op="refer", direction="out", connector="dir", key="m1", referrer="m2", ts_ms=1
-    )
+    refer_in = RefRegister(mv_id="m2", op="refer", connector="hr", key="cn=a", attribute="manager", ts_ms=1)
     own_in = RefUpdate(route="ref|hr|cn=a", op="own", connector="hr", key="cn=a", owner="a", ts_ms=1)
+    value_out = RefValue(route="xref|dir|m1", value="cn=m1", ts_ms=1)
     join = JoinRequest(
         route="r",
         mv_type="person",
@@ -32,8 +39,9 @@ def test_each_internal_message_is_labelled_by_its_role() -> None:
         ts_ms=1,
         phase="lock",
     )
-    assert message_kind(pack(refer_out)) == "ref refer/out/xref"
-    assert message_kind(pack(own_in)) == "ref own/in/ref"
+    assert message_kind(pack(refer_in)) == "ref-register refer/in"
+    assert message_kind(pack(own_in)) == "ref own"
+    assert message_kind(pack(value_out)) == "ref-value xref"
     assert message_kind(pack(join)) == "join lock"
     assert message_kind(pack(JoinIndexUpdate(route="r", op="register", ts_ms=1))) == "index register"
     answer = RefResolved(mv_id="m", direction="out", connector="dir", key="k", value=None, ts_ms=1)

@@ -1,0 +1,209 @@
+"""The reference table (``streams.reftable``) and the metaverse stage's registrations, on a real broker:
+a worker's copy of ``sync.refs``, its changes reaching the registrations, and a partition taken over by
+another worker getting the changes it missed since it was saved."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.references import registration_key
+from schemas.codec import pack
+from schemas.messages import MVContribution, RefRegister, RefValue
+from schemas.state import MVObject
+from streams.app import ensure_topics
+from streams.bench.records import bench_config
+from streams.broker import EmbeddedBroker
+from streams.config import load_config
+from streams.consumer import restore
+from streams.output import partition_for
+from streams.reftable import RefTable
+from streams.runtime import Runtime, Settings
+from streams.stages.metaverse import MetaverseStage
+
+from .helpers import until
+
+pytestmark = pytest.mark.integration
+
+MANAGER_DN = "employeenumber=e1,ou=people,o=hr"
+ROUTE = f"ref|hr|{MANAGER_DN}"
+
+
+def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
+    hr = tmp / "hr.csv"
+    hr.write_text("employee_id\n")
+    config = load_config(bench_config("reftable", tmp, 4, hr))
+    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+
+
+async def publish(rt: Runtime, *values: RefValue) -> None:
+    out = await rt.outputs()
+    for v in values:
+        out.add(rt.names.refs_topic(), v.route.encode(), pack(v))
+    await out.flush()
+
+
+class Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.partition, self.offset = topic, partition, offset
+
+
+class Ev:
+    def __init__(self, message: Message, value: bytes) -> None:
+        self.message, self.value = message, value
+
+
+def test_the_copy_holds_the_latest_value_per_route_and_knows_what_changed_since_a_position(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(rt)
+            await publish(rt, RefValue(route="ref|hr|a", value="M1", ts_ms=1))
+            table = RefTable(rt)
+            reader = asyncio.ensure_future(table.run())
+            await asyncio.wait_for(table.ready.wait(), 30)
+            # Ready: everything published before the start is in the copy.
+            assert table.get("ref|hr|a") == "M1"
+            assert table.get("ref|hr|b") is None
+            routes, start = table.take()
+            assert routes == ["ref|hr|a"]
+
+            await publish(
+                rt,
+                RefValue(route="ref|hr|b", value="M2", ts_ms=2),
+                RefValue(route="ref|hr|a", value=None, ts_ms=3),  # nobody holds that DN any more
+                RefValue(route="xref|dir|M2", value="cn=two", ts_ms=4),
+            )
+            await until(lambda: table.get("xref|dir|M2") is not None, 10)
+            assert table.get("ref|hr|a") is None
+            assert table.get("ref|hr|b") == "M2"
+            routes, now = table.take()
+            assert sorted(routes) == ["ref|hr|a", "ref|hr|b", "xref|dir|M2"]
+            # What changed since a saved position, read from the copy's own index.
+            assert sorted(table.routes_since(start)) == ["ref|hr|a", "ref|hr|b", "xref|dir|M2"]
+            assert table.routes_since(now) == []
+            assert "ref|hr|a" in table.routes_since({})
+            # A fence comes back once everything produced before it is read.
+            await publish(rt, RefValue(route="ref|hr|c", value="M3", ts_ms=5))
+            ends = await table.sync_end()
+            assert table.get("ref|hr|c") == "M3"
+            assert all(table.read[p] > end for p, end in ends.items())
+            reader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader
+            table.close()
+            await rt.stop()
+
+    asyncio.run(scenario())
+
+
+def contribution(mv_id: str) -> MVContribution:
+    return MVContribution(
+        mv_id=mv_id,
+        mv_type="person",
+        connector="hr",
+        anchor="E2",
+        dn="employeeNumber=E2,ou=people,o=hr",
+        cs_version=1,
+        event_id="e2",
+        flows={"employeeId": ["E2"], "uid": ["u2"], "displayName": ["Two"]},
+        projected=True,
+        references=["manager"],
+        ts_ms=1,
+    )
+
+
+def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(a)
+            stage = MetaverseStage(a)
+            reader = asyncio.ensure_future(stage.read_table())
+            applier = asyncio.ensure_future(stage.apply_table())
+            mv_id = "M-two"
+            p = partition_for(mv_id.encode(), a.partitions)
+            await restore(a, stage.store, [p])
+            await restore(a, stage.refs, [p])
+            stage.store.owned.add(p)
+            await asyncio.wait_for(stage.table.ready.wait(), 30)
+
+            # A person whose manager is not in the table yet: the registration waits.
+            topic = a.names.mv_topic()
+            register = RefRegister(
+                mv_id=mv_id,
+                op="refer",
+                connector="hr",
+                key=MANAGER_DN,
+                attribute="manager",
+                anchor="E2",
+                ts_ms=2,
+            )
+            async with stage.lock:
+                await stage.process(
+                    [
+                        Ev(Message(topic, p, 0), pack(contribution(mv_id))),
+                        Ev(Message(topic, p, 1), pack(register)),
+                    ]
+                )
+            part, regs = stage.store.partition(p), stage.refs.partition(p)
+
+            def manager(mv: Any) -> list[str]:
+                return list(mv.attributes.get("manager", [])) if isinstance(mv, MVObject) else []
+
+            assert manager(part.unsaved[mv_id.encode()]) == []
+            assert registration_key(register).encode() in regs.unsaved
+
+            # The manager joins: the table's change reaches the registration.
+            await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
+            await until(lambda: manager(part.unsaved.get(mv_id.encode())) == ["M-one"], 10)
+            assert manager(part.unsaved[mv_id.encode()]) == ["M-one"]
+            async with stage.lock:
+                await stage.checkpoint()
+
+            # The worker stops; meanwhile the manager's object changes (say it was deleted and projected
+            # again): a change this partition's saved state has not seen.
+            for task in (applier, reader):
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            await publish(a, RefValue(route=ROUTE, value="M-one-again", ts_ms=4))
+
+            # Another worker takes the partition over: restored from the changelogs, the person still has
+            # the old value, until the table's changes since the saved position reach its registrations.
+            b = runtime(broker.bootstrap, tmp_path, "b")
+            other = MetaverseStage(b)
+            reader_b = asyncio.ensure_future(other.read_table())
+            await restore(b, other.store, [p])
+            await restore(b, other.refs, [p])
+            other.store.owned.add(p)
+            restored = other.store.partition(p).get(mv_id.encode())
+            assert restored is not None
+            assert manager(other.store.partition(p).unsaved.get(mv_id.encode()) or _decode(restored)) == [
+                "M-one"
+            ]
+            async with other.lock:
+                await other.assigned([p], [])
+            assert manager(other.store.partition(p).unsaved[mv_id.encode()]) == ["M-one-again"]
+
+            reader_b.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader_b
+            stage.table.close()
+            other.table.close()
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def _decode(raw: bytes) -> MVObject:
+    from schemas.codec import unpack
+
+    result: MVObject = unpack(raw, MVObject)
+    return result
