@@ -18,6 +18,7 @@ from aiokafka.structs import ConsumerRecord
 from connectors.kafka.client import exact_ends
 from streams.bench.records import Message
 from streams.output import Outputs
+from streams.reftable import FENCE_KEY
 
 
 def now_ms() -> int:
@@ -312,7 +313,8 @@ async def message_kinds(bootstrap: str, topics: list[str], timeout_s: float) -> 
     which parts of the protocol the inputs cost."""
     out: dict[str, Counter[str]] = {t: Counter() for t in topics}
     async for topic, records in read_all(bootstrap, topics, timeout_s):
-        out[topic].update(message_kind(r.value) for r in records)
+        # A reference-table reader's fence (streams.reftable) carries an id, not a message.
+        out[topic].update("fence" if r.key == FENCE_KEY else message_kind(r.value) for r in records)
     return {t: dict(c.most_common()) for t, c in out.items()}
 
 
