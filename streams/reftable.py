@@ -96,14 +96,19 @@ class RefTable:
                 it.next()
         return list(routes)
 
-    def take(self) -> tuple[list[str], dict[int, int]]:
-        """The routes read since the last ``take`` and the read positions they go up to (what applying
-        them brings ``applied`` to)."""
+    def take(self) -> tuple[list[str], dict[int, int], int]:
+        """The routes read since the last ``take``, the read positions they go up to (what applying them
+        brings ``applied`` to), and how many records they came from (``done`` counts them once applied)."""
         routes, self._pending = list(self._pending), {}
         self._changed.clear()
-        self.rt.counters.consumed[self.topic] += self._untaken
-        self._untaken = 0
-        return routes, dict(self.read)
+        records, self._untaken = self._untaken, 0
+        return routes, dict(self.read), records
+
+    def done(self, positions: dict[int, int], records: int) -> None:
+        """What ``take`` gave has reached the registrations: ``applied`` moves, and ``idsync sync`` counts
+        the records as consumed (it waits until every record produced to a stage's topics is)."""
+        self.applied = positions
+        self.rt.counters.consumed[self.topic] += records
 
     async def changed(self) -> None:
         """Wait until something was read that was not taken yet."""

@@ -188,13 +188,19 @@ class MetaverseStage(Stage[MVObject]):
 
     async def _apply_table(self) -> None:
         await self.table.ready.wait()
+        size = self.rt.config.pipeline.batch_size
         while True:
             await self.table.changed()
-            async with self.lock:
-                routes, positions = self.table.take()
-                await self._resolve(routes, sorted(self.store.owned))
-                self.table.applied = positions
-                self.rt.counters.last_activity = asyncio.get_running_loop().time()
+            routes, positions, records = self.table.take()
+            # At most a batch of routes at a time, each under the lock: a delta round changes tens of
+            # thousands of routes at once, and answering all of them in one go would hold every referrer
+            # decoded together. A partition assigned meanwhile replays them itself; a checkpoint meanwhile
+            # saves the position before them.
+            for i in range(0, len(routes), size):
+                async with self.lock:
+                    await self._resolve(routes[i : i + size], sorted(self.store.owned))
+            self.table.done(positions, records)
+            self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
     async def _resolve(self, routes: Iterable[str], partitions: list[int]) -> None:
         """Answer the registrations to ``routes`` in ``partitions`` with the table's current values."""

@@ -70,8 +70,8 @@ def test_the_copy_holds_the_latest_value_per_route_and_knows_what_changed_since_
             # Ready: everything published before the start is in the copy.
             assert table.get("ref|hr|a") == "M1"
             assert table.get("ref|hr|b") is None
-            routes, start = table.take()
-            assert routes == ["ref|hr|a"]
+            routes, start, records = table.take()
+            assert (routes, records) == (["ref|hr|a"], 1)
 
             await publish(
                 rt,
@@ -82,8 +82,10 @@ def test_the_copy_holds_the_latest_value_per_route_and_knows_what_changed_since_
             await until(lambda: table.get("xref|dir|M2") is not None, 10)
             assert table.get("ref|hr|a") is None
             assert table.get("ref|hr|b") == "M2"
-            routes, now = table.take()
-            assert sorted(routes) == ["ref|hr|a", "ref|hr|b", "xref|dir|M2"]
+            routes, now, records = table.take()
+            assert sorted(routes) == ["ref|hr|a", "ref|hr|b", "xref|dir|M2"] and records == 3
+            table.done(now, records)
+            assert table.applied == now
             # What changed since a saved position, read from the copy's own index.
             assert sorted(table.routes_since(start)) == ["ref|hr|a", "ref|hr|b", "xref|dir|M2"]
             assert table.routes_since(now) == []
