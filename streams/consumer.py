@@ -282,6 +282,20 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             log.debug("%s: assigned %s in %.2fs", self.stage, parts, time.monotonic() - started)
 
 
+def reader(rt: Runtime, role: str) -> AIOKafkaConsumer:
+    """A consumer outside any group that reads partitions it is assigned (a restore, the reference
+    table's copy), with the app's fetch settings."""
+    s = rt.settings
+    return AIOKafkaConsumer(
+        bootstrap_servers=s.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=s.fetch_max_wait_ms,
+        max_partition_fetch_bytes=4 << 20,
+        client_id=f"idsync-{rt.config.name}-{role}",
+    )
+
+
 async def restore(
     rt: Runtime,
     store: Store,
@@ -307,15 +321,7 @@ async def restore(
     for p in partitions:
         out.add(topic, FENCE_KEY, fence_id, partition=p)
     fences = await out.flush()
-    s = rt.settings
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=s.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=s.fetch_max_wait_ms,
-        max_partition_fetch_bytes=4 << 20,
-        client_id=f"idsync-{rt.config.name}-restore",
-    )
+    consumer = reader(rt, "restore")
     await consumer.start()
     applied = 0
     try:

@@ -32,6 +32,7 @@ from rocksdict import WriteBatch
 
 from schemas.codec import unpacker
 from schemas.messages import RefValue
+from streams.consumer import reader
 from streams.runtime import Runtime
 from streams.store import META, open_db
 
@@ -116,17 +117,9 @@ class RefTable:
 
     async def run(self) -> None:
         """Read the table until cancelled; ``ready`` once everything there at the start is in the copy."""
-        s = self.rt.settings
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers,
-            group_id=None,
-            enable_auto_commit=False,
-            fetch_max_wait_ms=s.fetch_max_wait_ms,
-            max_partition_fetch_bytes=4 << 20,
-            client_id=f"idsync-{self.rt.config.name}-reftable",
-        )
+        consumer = reader(self.rt, "reftable")
         await consumer.start()
-        reader = None
+        task = None
         try:
             tps = [TopicPartition(self.topic, p) for p in range(self.rt.partitions)]
             consumer.assign(tps)
@@ -134,14 +127,14 @@ class RefTable:
             for tp in tps:
                 consumer.seek(tp, beginning[tp])
                 self.read[tp.partition] = self.applied[tp.partition] = beginning[tp]
-            reader = asyncio.ensure_future(self._read(consumer))
+            task = asyncio.ensure_future(self._read(consumer))
             await self.sync_end()
             self.ready.set()
             log.info("reference table read: %s", self.read)
-            await reader
+            await task
         finally:
-            if reader is not None:
-                reader.cancel()
+            if task is not None:
+                task.cancel()
             await consumer.stop()
 
     async def _read(self, consumer: AIOKafkaConsumer) -> None:
