@@ -12,10 +12,11 @@ reads whole into a local copy (``streams.reftable``), as Kafka Streams' global t
   object's own metaverse step once it exists there (``mv_updates``); a reference to an object not created
   yet waits for this second pass.
 
-Referrers do not send a message per reference: a metaverse object's registrations (``RefRegister``:
-inbound ones from staging, outbound ones from its own step) are keys in its own partition of the metaverse
-stage (``registration_key``, under the route's prefix), resolved by a lookup in the local table when made,
-and answered again (``RefResolved``, built in the stage) whenever the table changes the route.
+Referrers register without a round trip through the index: a metaverse object's registrations
+(``RefRegister``: inbound ones sent by staging to the object, outbound ones made by its own step) are keys in
+its own partition of the metaverse stage (``registration_key``, under the route's prefix), resolved by a
+lookup in the local table when made, and answered again (``RefResolved``, built in the stage) whenever the
+table changes the route.
 """
 
 from __future__ import annotations
