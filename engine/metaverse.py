@@ -129,8 +129,9 @@ def metaverse_steps(
         if callable(settle) and not settle(work):
             return work, results
         last = msgs[-1]
-        # A sync may register references the table already resolves: synced again until none does.
-        while work is not None and work.ref_sync is not None:
+        # A sync may register references the table already resolves: synced again until none does. (A
+        # deleted object is not synced: its RefSync finds nothing to do and leaves the mark as it was.)
+        while work is not None and work.ref_sync is not None and not work.deleted:
             published = published_dns(rules, work)
             work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms))
             results[-1] += synced

@@ -896,3 +896,17 @@ def test_a_target_dn_answer_is_exported_when_the_refsync_was_caused_by_another_c
     assert [(c.op, c.values) for e in exports for k, c in e.attributes.items() if k == "member"] == [
         ("add", ["uid=b,ou=people,dc=target,dc=org"])
     ]
+
+
+@pytest.mark.timeout(30)
+def test_settling_a_deleted_object_with_answers_pending_ends() -> None:
+    """A deleted object (kept while its targets are deprovisioned) whose answers were pending is not synced
+    when a batch settles; the settling ends and leaves its mark as it was."""
+    sim = Sim(ref_rules(targets=True))
+    user(sim, "bob")
+    user(sim, "ann", manager=user_dn("bob"))
+    sim.run()
+    ann = replace(sim.mv_of("ann"), deleted=True, ref_sync="ad")
+    answer = RefResolved(mv_id=ann.mv_id, direction="out", connector="ldap", key="x", value="uid=x", ts_ms=9)
+    after, _outputs = metaverse_steps(RULES_T, ann, [answer], settle=True, lookup=sim.table.get)
+    assert after is not None and after.deleted and after.ref_sync == "ad"
