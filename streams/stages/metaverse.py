@@ -283,7 +283,10 @@ class MetaverseStage(Stage[MVObject]):
                 ends = await self.table.sync_end()
                 if any(offset > ends.get(q, 0) + 1 for q, offset in saved.items()):
                     saved = {}  # the table topic is not the one it was saved against: replay it all
-            await self._resolve(self.table.routes_since(saved), [p])
+            routes = self.table.routes_since(saved)
+            size = self.rt.config.pipeline.batch_size
+            for i in range(0, len(routes), size):  # a batch of routes at a time, as the applier does
+                await self._resolve(routes[i : i + size], [p])
 
     async def _republish(self, partitions: list[int]) -> None:
         out = await self.rt.outputs()
