@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
@@ -166,24 +166,22 @@ class MetaverseStage(Stage[MVObject]):
     async def read_table(self) -> None:
         """Keep this worker's copy of the reference table (a task of the app). It failing stops the
         process: the stage would wait for it for good."""
-        try:
-            await self.table.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("metaverse: reading the reference table failed")
-            self.rt.fatal(f"reference table: {type(exc).__name__}: {exc}")
+        await self._or_stop("reading", self.table.run())
 
     async def apply_table(self) -> None:
         """Bring the table's changes to the registrations of the partitions this worker owns, as they
         are read (a task of the app, beside the table's reader). An error here is a bug or I/O: it stops
         the process (nothing was acked)."""
+        await self._or_stop("applying", self._apply_table())
+
+    async def _or_stop(self, doing: str, work: Awaitable[None]) -> None:
+        """Run one of the reference table's tasks; anything but a cancellation stops the process."""
         try:
-            await self._apply_table()
+            await work
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("metaverse: applying the reference table failed")
+            log.exception("metaverse: %s the reference table failed", doing)
             self.rt.fatal(f"reference table: {type(exc).__name__}: {exc}")
 
     async def _apply_table(self) -> None:
