@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import faust
@@ -20,6 +21,7 @@ from connectors.base import Connector, Export
 from schemas.config import IdsyncConfig
 from streams.connectors import build_connector
 from streams.consumer import StageConsumer
+from streams.memory import log_memory
 from streams.runtime import Runtime, Settings
 from streams.stages.export import ExportWorker
 from streams.stages.join import JoinStage
@@ -119,6 +121,16 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
         )
     ]
     pipeline.tasks += [mv.read_table, mv.apply_table]
+    if settings.memory_log_s > 0:
+        stages = (staging, join, mv)
+        pipeline.tasks.append(
+            partial(
+                log_memory,
+                settings.memory_log_s,
+                lambda: [*rt.databases(), mv.table.db],
+                lambda: sum(s.unsaved()[1] for s in stages),
+            )
+        )
     pipeline.closers.append(mv.table.close)
     if exports:
         for target in sorted(rt.rules.targets):

@@ -62,6 +62,7 @@ def _settings(args: argparse.Namespace, embedded_bootstrap: str | None) -> Setti
         bootstrap_servers=embedded_bootstrap or args.bootstrap_servers,
         data_dir=data_dir,
         fetch_max_wait_ms=wait,
+        memory_log_s=getattr(args, "memory_log_seconds", None) or 0.0,
     )
 
 
@@ -278,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         if os.environ.get("IDSYNC_FETCH_MAX_WAIT_MS")
         else None,
         help="consumer fetch wait; default 500 (Kafka), use ~10 against the embedded broker",
+    )
+    p.add_argument(
+        "--memory-log-seconds",
+        type=float,
+        default=None,
+        help="log where the worker's memory is (resident, malloc, Python, RocksDB) this often",
     )
     p.set_defaults(func=cmd_worker)
 

@@ -17,11 +17,18 @@ C library it does nothing.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 import os
 import platform
+import re
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("idsync")
 
@@ -61,3 +68,124 @@ def tune_malloc() -> dict[str, int]:
         else:
             log.warning("mallopt(%s, %d) was refused: glibc malloc keeps its default", name, value)
     return applied
+
+
+def malloc_totals() -> dict[str, int]:
+    """glibc malloc over all arenas (``malloc_info``): ``held`` (bytes taken from the system, mapped
+    blocks included), ``free`` (held but unused: holes and top chunks), ``mapped`` (large blocks mapped
+    on their own). Empty on another C library."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return {}
+    path = ctypes.util.find_library("c")
+    if path is None:
+        return {}
+    libc = ctypes.CDLL(path)
+    libc.open_memstream.restype = ctypes.c_void_p
+    libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t)]
+    libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    libc.fclose.argtypes = [ctypes.c_void_p]
+    libc.free.argtypes = [ctypes.c_void_p]
+    buf, size = ctypes.c_char_p(), ctypes.c_size_t()
+    stream = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))
+    if not stream:
+        return {}
+    try:
+        libc.malloc_info(0, stream)
+    finally:
+        libc.fclose(stream)
+    text = ctypes.string_at(buf, size.value).decode() if buf.value is not None else ""
+    libc.free(ctypes.cast(buf, ctypes.c_void_p))
+    # The document's last elements are the process totals (after every <heap>).
+    tail = text[text.rfind("</heap>") :]
+    found: dict[str, int] = {}
+    for name, pattern in (
+        ("free_fast", r'<total type="fast" count="\d+" size="(\d+)"'),
+        ("free_rest", r'<total type="rest" count="\d+" size="(\d+)"'),
+        ("mapped", r'<total type="mmap" count="\d+" size="(\d+)"'),
+        ("heap", r'<system type="current" size="(\d+)"'),
+    ):
+        m = re.search(pattern, tail)
+        if m:
+            found[name] = int(m.group(1))
+    return {
+        "held": found.get("heap", 0) + found.get("mapped", 0),
+        "free": found.get("free_fast", 0) + found.get("free_rest", 0),
+        "mapped": found.get("mapped", 0),
+    }
+
+
+def pymalloc_bytes() -> int:
+    """Bytes in the arenas of Python's small-object allocator (not counted by malloc: they are mapped)."""
+    read, write = os.pipe()
+    saved = os.dup(2)
+    try:
+        os.dup2(write, 2)
+        os.close(write)
+        sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    with os.fdopen(read, "rb") as f:
+        text = f.read().decode(errors="replace")
+    m = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
+    arenas = int(m.group(1).replace(",", "")) if m else 0
+    m = re.search(r"Total\s*=\s*([\d,]+)", text)
+    return int(m.group(1).replace(",", "")) if m else arenas * (1 << 20)
+
+
+def rss_bytes() -> dict[str, int]:
+    """Resident memory of this process from /proc (``rss``, ``anon``, ``file``, ``peak``)."""
+    fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
+    out: dict[str, int] = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key = line.split(":", 1)[0]
+                if key in fields:
+                    out[fields[key]] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def memory_report(dbs: list[Any], unsaved: int = 0) -> dict[str, int]:
+    """Where this process's memory is, in bytes: resident (``rss``, ``anon``, ``file``, ``peak``),
+    malloc (``malloc_*``, every arena), Python's small-object arenas (``pymalloc``), RocksDB
+    (``rocksdb_*``, over ``dbs``); and ``unsaved_values``, the attribute values the stages hold decoded
+    as unsaved state (a count)."""
+    from streams.store import rocksdb_memory
+
+    report = rss_bytes()
+    report |= {f"malloc_{k}": v for k, v in malloc_totals().items()}
+    report["pymalloc"] = pymalloc_bytes()
+    report |= {f"rocksdb_{k}": v for k, v in rocksdb_memory(dbs).items()}
+    report["unsaved_values"] = unsaved
+    return report
+
+
+def live_types(top: int = 12) -> list[tuple[str, int]]:
+    """The most numerous kinds of objects the garbage collector tracks (containers and structs; a
+    pause of a second or so per few million objects: for diagnosis only)."""
+    counts = Counter(type(o).__name__ for o in gc.get_objects())
+    return counts.most_common(top)
+
+
+async def log_memory(interval_s: float, dbs: Callable[[], list[Any]], unsaved: Callable[[], int]) -> None:
+    """Log ``memory_report`` and ``live_types`` every ``interval_s`` until cancelled (``idsync worker
+    --memory-log-seconds``)."""
+    mem_log = logging.getLogger("idsync.memory")
+    mem_log.setLevel(logging.INFO)
+    if not mem_log.handlers:
+        # Asked for explicitly: shown whatever level the worker logs at.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+        mem_log.addHandler(handler)
+        mem_log.propagate = False
+    while True:
+        report = memory_report(dbs(), unsaved())
+        mem_log.info(
+            "memory: %s",
+            " ".join(f"{k}={v >> 20}M" if k != "unsaved_values" else f"{k}={v}" for k, v in report.items()),
+        )
+        mem_log.info("objects: %s", " ".join(f"{name}={n}" for name, n in live_types()))
+        await asyncio.sleep(interval_s)

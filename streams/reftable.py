@@ -28,7 +28,7 @@ import uuid
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
-from rocksdict import WriteBatch
+from rocksdict import Rdict, WriteBatch
 
 from schemas.codec import unpacker
 from schemas.messages import RefValue
@@ -72,6 +72,11 @@ class RefTable:
         #: Records read and not yet taken (``idsync sync`` waits until every record was applied).
         self._untaken = 0
         rt.stage_topics.add(self.topic)
+
+    @property
+    def db(self) -> Rdict:
+        """The copy's database (for its memory figures)."""
+        return self._db
 
     def get(self, route: str) -> str | None:
         """What ``route`` resolves to in the copy (None: no value)."""

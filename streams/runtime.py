@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
+from rocksdict import Rdict
 
 from engine.rules import Rules, compile_rules
 from schemas.codec import to_json
@@ -38,6 +39,8 @@ class Settings:
     #: How long a consumer fetch may wait for data. Kafka answers as soon as data arrives, so the default
     #: only bounds idle polling; the embedded broker holds fetches for the whole wait (see streams.app).
     fetch_max_wait_ms: int = 500
+    #: Log the process's memory (streams.memory.memory_report) this often; 0: never.
+    memory_log_s: float = 0.0
 
 
 @dataclass
@@ -120,6 +123,10 @@ class Runtime:
                 claim_state_dir(root)
             self._stores[name] = Store(root, name, changelog)
         return self._stores[name]
+
+    def databases(self) -> list[Rdict]:
+        """Every open state database of the process (``streams.store.rocksdb_memory``)."""
+        return [db for s in self._stores.values() for db in s.databases()]
 
     def close_stores(self) -> None:
         for s in self._stores.values():

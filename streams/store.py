@@ -129,6 +129,30 @@ def claim_state_dir(root: Path) -> None:
         )
 
 
+#: RocksDB properties summed over a process's databases by ``rocksdb_memory``.
+_DB_MEMORY = {
+    "memtables": "rocksdb.cur-size-all-mem-tables",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+
+
+def rocksdb_memory(dbs: list[Rdict]) -> dict[str, int]:
+    """What the process's RocksDB databases hold in memory: the shared block cache (``cache``, of it
+    ``pinned``), the shared memtable budget's use (``memtables_budget``), and per-database figures
+    summed over ``dbs`` (``_DB_MEMORY``; table readers are outside the cache)."""
+    out = {"cache": 0, "pinned": 0, "memtables_budget": 0}
+    if _SHARED is not None:
+        cache, memtables = _SHARED
+        out = {
+            "cache": cache.get_usage(),
+            "pinned": cache.get_pinned_usage(),
+            "memtables_budget": memtables.get_usage(),
+        }
+    for name, prop in _DB_MEMORY.items():
+        out[name] = sum(db.property_int_value(prop) or 0 for db in dbs)
+    return out
+
+
 def open_db(path: Path, partitioned: bool = True) -> Rdict:
     """Open (or create) one partition's database with idsync's options (``_options``).
 
@@ -193,6 +217,11 @@ class PartitionStore:
         self._unsaved_new = []
         self.unsaved_weight = 0
         self._weights = {}
+
+    @property
+    def db(self) -> Rdict:
+        """The partition's database (read it through this class; this is for its memory figures)."""
+        return self._db
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         if not keys:
@@ -262,6 +291,10 @@ class Store:
     def opened(self) -> list[PartitionStore]:
         """The partitions this worker has open."""
         return list(self._parts.values())
+
+    def databases(self) -> list[Rdict]:
+        """The open partitions' databases (for ``rocksdb_memory``)."""
+        return [part.db for part in self._parts.values()]
 
     def unsaved(self) -> int:
         """State keys written and not saved yet, over the open partitions."""

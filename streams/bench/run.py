@@ -74,6 +74,8 @@ class PhaseResult:
     #: own process (the generator and the watcher): who fills the two cores while latency grows.
     latency_cpu_us: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: list[float] = field(default_factory=list)
+    #: Peak RSS per worker as each step of the phase ended (load, delta, latency, group change).
+    peak_rss_by_step: dict[str, list[float]] = field(default_factory=dict)
     #: CPU time the workers (all together) and the broker spent per initial-load record, in µs: steadier
     #: than the rate on a shared machine, and it says where the time goes.
     cpu_us_per_record: float = 0.0
@@ -228,6 +230,10 @@ class Phase:
             ]
             # The embedded broker holds a fetch for its whole wait, even when data arrives (streams.app).
             cmd += ["--fetch-max-wait-ms", "10"]
+            memory_log = os.environ.get("IDSYNC_BENCH_MEMORY_LOG_S")
+            if memory_log:
+                # The worker logs where its memory is (streams.memory.memory_report) into its log.
+                cmd += ["--memory-log-seconds", memory_log]
             if not self.export:
                 cmd.append("--no-export")
         profile = os.environ.get("IDSYNC_BENCH_PROFILE")
@@ -537,12 +543,16 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
     async with Phase(args, work, org, f"b{org.size}w{workers}", workers) as ph:
         await ph.warm_up()
         await ph.initial_load(res)
+        res.peak_rss_by_step["load"] = ph.rss()
         changes = org.delta(1)
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
         res.delta_rate = round(res.delta_records / res.delta_seconds)
+        res.peak_rss_by_step["delta"] = ph.rss()
         await ph.latency(res, args.rate, args.latency_seconds)
+        res.peak_rss_by_step["latency"] = ph.rss()
         await ph.group_change(res)
+        res.peak_rss_by_step["group change"] = ph.rss()
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
         res.topics = await ph.sizes()
