@@ -204,14 +204,14 @@ def _ref_resolved(
 def _ref_register(
     rules: Rules, mv: MVObject | None, msg: RefRegister, lookup: Lookup
 ) -> tuple[MVObject | None, list[MVOutput]]:
-    """The object registers to (or leaves) a key of the reference table: the registration goes to the
-    stage (kept whether or not the object is still there: its connector-space object leaving ends it),
-    and the table's value, when it has one, is applied at once."""
-    answer = registered(msg, lookup)
-    if answer is None:
-        return mv, [msg]
-    mv, more = _ref_resolved(rules, mv, answer)
-    return mv, [msg, *more]
+    """The object registers to (or leaves) keys of the reference table: the registrations go to the
+    stage (kept whether or not the object is still there: its connector-space object leaving ends them),
+    and the table's values, where it has them, are applied at once."""
+    out: list[MVOutput] = [msg]
+    for answer in registered(msg, lookup):
+        mv, more = _ref_resolved(rules, mv, answer)
+        out += more
+    return mv, out
 
 
 def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:

@@ -14,7 +14,7 @@ reads whole into a local copy (``streams.reftable``), as Kafka Streams' global t
 
 Referrers register without a round trip through the index: a metaverse object's registrations
 (``RefRegister``: inbound ones sent by staging to the object, outbound ones made by its own step) are keys in
-its own partition of the metaverse stage (``registration_key``, under the route's prefix), resolved by a
+its own partition of the metaverse stage (``registration_keys``, under the route's prefix), resolved by a
 lookup in the local table when made, and answered again (``RefResolved``, built in the stage) whenever the
 table changes the route.
 """
@@ -56,18 +56,51 @@ def is_ref_route(route: str) -> bool:
     return route.startswith(("ref|", "xref|"))
 
 
-def register_route(msg: RefRegister) -> str:
-    """The table route a registration reads (its key is already normalized)."""
-    return f"{'ref' if msg.direction == 'in' else 'xref'}|{msg.connector}|{msg.key}"
+#: Keys one ``RefRegister`` carries at most (a 50,000-member group registers in 50 messages of ~40 KB).
+REGISTER_KEYS = 1000
+
+
+def register_routes(msg: RefRegister) -> list[str]:
+    """The table routes a registration message reads, one per key (keys are already normalized)."""
+    prefix = f"{'ref' if msg.direction == 'in' else 'xref'}|{msg.connector}|"
+    return [prefix + key for key in msg.keys]
 
 
 def registration_prefix(route: str) -> str:
     return route + _SEP
 
 
-def registration_key(msg: RefRegister) -> str:
-    """State key of one registration in the metaverse stage (under its route's prefix)."""
-    return _SEP.join((register_route(msg), msg.mv_id, msg.attribute or "", msg.anchor or ""))
+def registration_keys(msg: RefRegister) -> list[str]:
+    """State keys of a message's registrations in the metaverse stage (each under its route's prefix)."""
+    tail = _SEP.join(("", msg.mv_id, msg.attribute or "", msg.anchor or ""))
+    return [route + tail for route in register_routes(msg)]
+
+
+def registers(
+    mv_id: str,
+    op: RegisterOp,
+    connector: str,
+    keys: list[str],
+    ts_ms: int,
+    direction: Literal["in", "out"] = "in",
+    attribute: str | None = None,
+    anchor: str | None = None,
+) -> list[RefRegister]:
+    """Messages registering ``mv_id`` to (or from) ``keys``, ``REGISTER_KEYS`` at a time (none for no
+    keys)."""
+    return [
+        RefRegister(
+            mv_id=mv_id,
+            op=op,
+            direction=direction,
+            connector=connector,
+            keys=keys[i : i + REGISTER_KEYS],
+            attribute=attribute,
+            anchor=anchor,
+            ts_ms=ts_ms,
+        )
+        for i in range(0, len(keys), REGISTER_KEYS)
+    ]
 
 
 def resolution(key: str, value: str | None, ts_ms: int) -> RefResolved:
@@ -86,28 +119,31 @@ def resolution(key: str, value: str | None, ts_ms: int) -> RefResolved:
     )
 
 
-def registered(msg: RefRegister, lookup: Lookup) -> RefResolved | None:
-    """The answer a registration gets at once: the table's value for a new one (none while there is
-    none), None for one that leaves (inbound: the metaverse holds a value until told otherwise; an
-    outbound registration that leaves is forgotten by its own step)."""
+def registered(msg: RefRegister, lookup: Lookup) -> list[RefResolved]:
+    """The answers a registration message gets at once, one per key that has one: the table's value for
+    a new registration (none while there is none), None for one that leaves (inbound: the metaverse holds
+    a value until told otherwise; an outbound registration that leaves is forgotten by its own step)."""
+    answers: list[tuple[str, str | None]]
     if msg.op == "refer":
-        value = lookup(register_route(msg))
-        if value is None:
-            return None
+        found = [(key, lookup(route)) for key, route in zip(msg.keys, register_routes(msg), strict=True)]
+        answers = [(key, value) for key, value in found if value is not None]
     elif msg.direction == "in":
-        value = None
+        answers = [(key, None) for key in msg.keys]
     else:
-        return None
-    return RefResolved(
-        mv_id=msg.mv_id,
-        direction=msg.direction,
-        connector=msg.connector,
-        key=msg.key,
-        value=value,
-        attribute=msg.attribute,
-        anchor=msg.anchor,
-        ts_ms=msg.ts_ms,
-    )
+        return []
+    return [
+        RefResolved(
+            mv_id=msg.mv_id,
+            direction=msg.direction,
+            connector=msg.connector,
+            key=key,
+            value=value,
+            attribute=msg.attribute,
+            anchor=msg.anchor,
+            ts_ms=msg.ts_ms,
+        )
+        for key, value in answers
+    ]
 
 
 # --------------------------------------------------------------------------- staging side
@@ -237,18 +273,11 @@ def staging_updates(
     for op, mv_id, pairs in changes:
         if mv_id is None:
             continue
+        by_attr: dict[str, list[str]] = {}
         for attr, key in sorted(pairs):
-            out.append(
-                RefRegister(
-                    mv_id=mv_id,
-                    op=op,
-                    connector=connector,
-                    key=key,
-                    attribute=attr,
-                    anchor=obj.anchor,
-                    ts_ms=ts_ms,
-                )
-            )
+            by_attr.setdefault(attr, []).append(key)
+        for attr, keys in by_attr.items():
+            out += registers(mv_id, op, connector, keys, ts_ms, attribute=attr, anchor=obj.anchor)
     return out
 
 
@@ -395,10 +424,5 @@ def mv_updates(
             ("refer", wanted - registered),
         )
         for op, ids in refs:
-            for ref in sorted(ids):
-                out.append(
-                    RefRegister(
-                        mv_id=mv_id, op=op, direction="out", connector=connector, key=ref, ts_ms=ts_ms
-                    )
-                )
+            out += registers(mv_id, op, connector, sorted(ids), ts_ms, direction="out")
     return out, found

@@ -253,20 +253,23 @@ class RefSync(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref-sy
 
 
 class RefRegister(_Message, frozen=True, kw_only=True, tag_field="kind", tag="ref-register"):
-    """A metaverse object (``mv_id``) starts or stops referring to a key of the reference table.
+    """A metaverse object (``mv_id``) starts or stops referring to keys of the reference table.
 
-    Inbound (from staging, on ``sync.mv``): the object's connector ``connector`` names DN ``key`` in
+    Inbound (from staging, on ``sync.mv``): the object's connector ``connector`` names DNs ``keys`` in
     ``attribute`` (connector-space object ``anchor``). Outbound (produced and applied inside the metaverse
-    stage, never sent): the object exports a reference to metaverse object ``key`` in target ``connector``.
-    The metaverse stage keeps each registration as a key in its partition (``engine.references``), looks
-    the key up in its local copy of the reference table, and hears again whenever the table changes it.
+    stage, never sent): the object exports references to metaverse objects ``keys`` in target
+    ``connector``. One message carries what one change did to one attribute (at most
+    ``engine.references.REGISTER_KEYS`` keys: a new group's members come in a few messages, not one per
+    member). The metaverse stage keeps each key's registration as a key in its partition
+    (``engine.references``), looks it up in its local copy of the reference table, and hears again whenever
+    the table changes it.
     """
 
     mv_id: str
     op: Literal["refer", "unrefer"]
     direction: Literal["in", "out"] = "in"
     connector: str
-    key: str
+    keys: list[str]
     attribute: str | None = None
     anchor: str | None = None
     ts_ms: int

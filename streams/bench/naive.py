@@ -23,7 +23,7 @@ import msgspec
 from engine.inbound import on_link, route
 from engine.join import join_step
 from engine.metaverse import metaverse_step
-from engine.references import ref_step, register_route, registration_key, resolution, staging_updates
+from engine.references import ref_step, register_routes, registration_keys, resolution, staging_updates
 from engine.rules import compile_rules
 from engine.staging import apply_dn_claim, stage, stage_absent
 from schemas.codec import decode_import, pack, to_json, unpack
@@ -100,10 +100,9 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         return [resolution(reg, value.value, value.ts_ms) for reg in registrations(value.route)]
 
     def register(reg: RefRegister) -> None:
-        route = register_route(reg)
-        key = registration_key(reg)
-        kept = [r for r in registrations(route) if r != key] + ([key] if reg.op == "refer" else [])
-        reg_table[route] = pack(kept)
+        for name, key in zip(register_routes(reg), registration_keys(reg), strict=True):
+            kept = [r for r in registrations(name) if r != key] + ([key] if reg.op == "refer" else [])
+            reg_table[name] = pack(kept)
 
     imports = app.topic(
         *[names.import_topic(c) for c in config.connectors], key_serializer="raw", value_serializer="raw"

@@ -12,7 +12,7 @@ from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, me
 from engine.references import (
     out_route,
     published_dn,
-    registration_key,
+    registration_keys,
     registration_prefix,
     resolution,
 )
@@ -79,7 +79,7 @@ class MetaverseStage(Stage[MVObject]):
         self._interval_s = rt.config.pipeline.checkpoint_interval_ms / 1000
         self._held: dict[int, set[bytes]] = {}
         self._synced_at: dict[bytes, float] = {}
-        #: Registrations (``engine.references.registration_key``), per partition like the objects.
+        #: Registrations (``engine.references.registration_keys``), per partition like the objects.
         self.refs = rt.store("mv-refs")
         self._reg_batches: dict[int, Batch] = {}
         self.table = RefTable(rt)
@@ -354,8 +354,10 @@ class MetaverseStage(Stage[MVObject]):
                 )
                 out.add(self._exports[o.connector], o.mv_id.encode(), to_json(o), partition)
             elif isinstance(o, RefRegister):
-                reg = registration_key(o).encode()
-                self._reg_batch(partition).update(reg, Registration() if o.op == "refer" else None)
+                regs = self._reg_batch(partition)
+                value = Registration() if o.op == "refer" else None
+                for reg in registration_keys(o):
+                    regs.update(reg.encode(), value)
             elif isinstance(o, RefValue):
                 out.add(n.refs_topic(), o.route.encode(), pack(o))
             elif isinstance(o, JoinIndexUpdate):

@@ -21,7 +21,7 @@ from engine.join import join_step
 from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import (
     ref_step,
-    registration_key,
+    registration_keys,
     registration_prefix,
     resolution,
     staging_updates,
@@ -322,11 +322,11 @@ class Sim:
         for o in outputs:
             if isinstance(o, RefRegister) and metaverse:
                 # A metaverse step's registrations stay in its partition (the stage keeps them as keys).
-                key = registration_key(o)
-                if o.op == "refer":
-                    self.regs.add(key)
-                else:
-                    self.regs.discard(key)
+                for key in registration_keys(o):
+                    if o.op == "refer":
+                        self.regs.add(key)
+                    else:
+                        self.regs.discard(key)
             elif isinstance(o, JoinRequest | JoinIndexUpdate | RefUpdate):
                 self.put("join", o.route, o)
             elif isinstance(o, RefValue):

@@ -12,11 +12,13 @@ from pydantic import ValidationError
 from engine.inbound import on_link_gone
 from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import (
+    REGISTER_KEYS,
     no_table,
     ref_step,
-    register_route,
+    register_routes,
     registered,
-    registration_key,
+    registers,
+    registration_keys,
     registration_prefix,
     resolution,
     staging_updates,
@@ -287,30 +289,46 @@ def test_the_index_publishes_a_dns_value_to_the_table_only_when_it_changes() -> 
 def test_a_registration_reads_the_table_when_made_and_a_leaving_one_is_answered_none() -> None:
     route = "ref|ad|uid=bob,ou=people,dc=example,dc=org"
     key = route.split("|", 2)[2]
+    other = "uid=carol,ou=people,dc=example,dc=org"
     refer = RefRegister(
-        mv_id="M1", op="refer", connector="ad", key=key, attribute="manager", anchor="ann", ts_ms=1
+        mv_id="M1", op="refer", connector="ad", keys=[key, other], attribute="manager", anchor="ann", ts_ms=1
     )
-    assert register_route(refer) == route
-    assert registration_key(refer).startswith(registration_prefix(route))
-    assert registered(refer, no_table) is None  # a placeholder: nothing to tell yet
-    [answer] = [registered(refer, {route: "M2"}.get)]
-    assert answer is not None
-    assert (answer.mv_id, answer.attribute, answer.anchor, answer.value) == ("M1", "manager", "ann", "M2")
+    assert register_routes(refer) == [route, f"ref|ad|{other}"]
+    regs = registration_keys(refer)
+    assert regs[0].startswith(registration_prefix(route)) and len(regs) == 2
+    assert registered(refer, no_table) == []  # placeholders: nothing to tell yet
+    [answer] = registered(refer, {route: "M2"}.get)  # only the key the table knows is answered
+    assert (answer.mv_id, answer.key, answer.attribute, answer.anchor, answer.value) == (
+        "M1",
+        key,
+        "manager",
+        "ann",
+        "M2",
+    )
     leave = registered(replace(refer, op="unrefer"), {route: "M2"}.get)
-    assert leave is not None and leave.value is None
+    assert [(a.key, a.value) for a in leave] == [(key, None), (other, None)]
     # What the table says to a registration when it changes: the registration key holds all of it.
-    again = resolution(registration_key(refer), "M3", 9)
+    again = resolution(regs[0], "M3", 9)
     assert (again.mv_id, again.direction, again.connector, again.key) == ("M1", "in", "ad", key)
     assert (again.attribute, again.anchor, again.value) == ("manager", "ann", "M3")
-    out = RefRegister(mv_id="M1", op="refer", direction="out", connector="ldap", key="M2", ts_ms=1)
-    answer_out = resolution(registration_key(out), "uid=bob", 9)
+    out = RefRegister(mv_id="M1", op="refer", direction="out", connector="ldap", keys=["M2"], ts_ms=1)
+    answer_out = resolution(registration_keys(out)[0], "uid=bob", 9)
     assert (answer_out.direction, answer_out.key, answer_out.attribute, answer_out.anchor) == (
         "out",
         "M2",
         None,
         None,
     )
-    assert registered(replace(out, op="unrefer"), no_table) is None  # its own step forgets it
+    assert registered(replace(out, op="unrefer"), no_table) == []  # its own step forgets it
+
+
+def test_a_large_group_registers_its_members_a_bounded_number_of_keys_per_message() -> None:
+    keys = [f"uid=u{i:05d},ou=people" for i in range(2 * REGISTER_KEYS + 1)]
+    msgs = registers("G", "refer", "hr", keys, 5, attribute="member", anchor="g")
+    assert [len(m.keys) for m in msgs] == [REGISTER_KEYS, REGISTER_KEYS, 1]
+    assert [k for m in msgs for k in m.keys] == keys
+    assert {(m.mv_id, m.op, m.attribute, m.anchor) for m in msgs} == {("G", "refer", "member", "g")}
+    assert registers("G", "refer", "hr", [], 5) == []
 
 
 def test_a_reference_to_an_object_the_table_knows_in_the_target_goes_out_without_a_second_pass() -> None:
@@ -504,7 +522,7 @@ def test_held_answers_change_nothing_until_the_refsync_then_export_what_settling
         sim.step(keys[0])
     answers = list(sim.queues[("mv", staff_id)])
     # d's and e's registrations: the table has their mv_ids already, so they are answered when applied.
-    assert sum(isinstance(m, RefRegister) and m.op == "refer" for m in answers) >= 2
+    assert sum(len(m.keys) for m in answers if isinstance(m, RefRegister) and m.op == "refer") >= 2
     before = sim.mv[staff_id]
     table = sim.table.get
 
@@ -813,8 +831,8 @@ def test_an_object_deleted_when_its_grace_period_ends_leaves_the_outbound_index(
     )
     gone, outputs = metaverse_step(rules, ann, late)
     assert gone is None or gone.deleted
-    assert [(o.op, o.key) for o in outputs if isinstance(o, RefRegister) and o.direction == "out"] == [
-        ("unrefer", boss.mv_id)
+    assert [(o.op, o.keys) for o in outputs if isinstance(o, RefRegister) and o.direction == "out"] == [
+        ("unrefer", [boss.mv_id])
     ]
 
 
@@ -841,18 +859,21 @@ def test_a_member_change_registers_only_the_members_that_changed_by_normalized_d
         },
     )
     ups = staging_updates(rules, base, respelled, 5)
-    assert [(u.op, u.key, u.mv_id, u.attribute) for u in ups] == [
-        ("unrefer", dn_key(user_dn("c")), "mv-g", "member"),
-        ("refer", dn_key(user_dn("d")), "mv-g", "member"),
+    assert [(u.op, u.keys, u.mv_id, u.attribute) for u in ups if isinstance(u, RefRegister)] == [
+        ("unrefer", [dn_key(user_dn("c"))], "mv-g", "member"),
+        ("refer", [dn_key(user_dn("d"))], "mv-g", "member"),
     ]
+    assert len(ups) == 2
     # Linked to another metaverse object: every reference moves, blank values still refer to nothing.
     moved = replace(respelled, version=3, mv_id="mv-h")
     ups = staging_updates(rules, respelled, moved, 6)
     keys = sorted(dn_key(user_dn(u)) for u in "abd")
-    refs = [u for u in ups if u.op in ("refer", "unrefer")]
-    assert sorted((u.op, u.mv_id) for u in refs) == [("refer", "mv-h")] * 3 + [("unrefer", "mv-g")] * 3
-    assert sorted(u.key for u in refs if u.op == "refer") == keys
-    assert sorted(u.key for u in refs if u.op == "unrefer") == keys
+    refs = [u for u in ups if isinstance(u, RefRegister)]
+    # one message per referrer and attribute, with every key
+    assert sorted((u.op, u.mv_id, u.keys) for u in refs) == [
+        ("refer", "mv-h", keys),
+        ("unrefer", "mv-g", keys),
+    ]
     # and the group's own DN now answers with the new object
     assert [(u.op, u.value) for u in ups if u.op == "own"] == [("own", "mv-h")]
 

@@ -23,7 +23,9 @@ from streams.broker import EmbeddedBroker
 
 
 def test_each_internal_message_is_labelled_by_its_role() -> None:
-    refer_in = RefRegister(mv_id="m2", op="refer", connector="hr", key="cn=a", attribute="manager", ts_ms=1)
+    refer_in = RefRegister(
+        mv_id="m2", op="refer", connector="hr", keys=["cn=a"], attribute="manager", ts_ms=1
+    )
     own_in = RefUpdate(route="ref|hr|cn=a", op="own", connector="hr", key="cn=a", owner="a", ts_ms=1)
     value_out = RefValue(route="xref|dir|m1", value="cn=m1", ts_ms=1)
     join = JoinRequest(

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.references import registration_key
+from engine.references import registration_keys
 from schemas.codec import pack
 from schemas.messages import MVContribution, RefRegister, RefValue
 from schemas.state import MVObject
@@ -141,7 +141,7 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
                 mv_id=mv_id,
                 op="refer",
                 connector="hr",
-                key=MANAGER_DN,
+                keys=[MANAGER_DN],
                 attribute="manager",
                 anchor="E2",
                 ts_ms=2,
@@ -159,7 +159,7 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
                 return list(mv.attributes.get("manager", [])) if isinstance(mv, MVObject) else []
 
             assert manager(part.unsaved[mv_id.encode()]) == []
-            assert registration_key(register).encode() in regs.unsaved
+            assert registration_keys(register)[0].encode() in regs.unsaved
 
             # The manager joins: the table's change reaches the registration.
             await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
