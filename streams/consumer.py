@@ -165,6 +165,13 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await consumer.stop()
                 self.stopped.set()
 
+    async def save_if_due(self) -> None:
+        """Checkpoint now if one is due (the interval is over, or the unsaved state is over its bounds).
+        For work on the stage's state between batches (the reference table's applier): call it with the
+        lock held, between pieces of that work, so that work is bounded as batches are."""
+        if self._consumer is not None and self._dirty() and self._save_due(idle=False):
+            await self._save(self._consumer)
+
     def _dirty(self) -> bool:
         """Whether there is anything to save: records processed, or state changed between batches."""
         return bool(self._processed) or (self.unsaved is not None and self.unsaved()[0] > 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
@@ -42,6 +42,8 @@ EXPIRY_INTERVAL_MS = 10_000
 #: An object with at least this many references (a large group) is synced at most once per checkpoint
 #: interval while its members keep answering: syncing it recomputes and plans all of its values.
 LARGE_REFS = 1_000
+#: Referrers whose table answers are applied together (one Batch, then a checkpoint if one is due).
+REFERRER_SLICE = 200
 #: Where a partition's registrations store keeps the reference table's position it was saved at.
 POSITIONS_KEY = META + b"reftable-positions"
 _POSITIONS = unpacker(TablePositions)
@@ -87,6 +89,9 @@ class MetaverseStage(Stage[MVObject]):
         self._positions: dict[int, TablePositions] = {}
         #: Shared with the stage's consumer: table changes are applied between batches, never during one.
         self.lock = asyncio.Lock()
+        #: The consumer's checkpoint-if-due (``StageConsumer.save_if_due``; None: no consumer), called
+        #: between slices of referrers while table changes are applied.
+        self.save_if_due: Callable[[], Awaitable[None]] | None = None
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -200,14 +205,13 @@ class MetaverseStage(Stage[MVObject]):
             self.table.done(positions, records)
             self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
-    async def _resolve(self, routes: Iterable[str], partitions: list[int]) -> None:
-        """Answer the registrations to ``routes`` in ``partitions`` with the table's current values."""
+    async def _resolve(self, routes: Iterable[str], partitions: list[int], save: bool = True) -> None:
+        """Answer the registrations to ``routes`` in ``partitions`` with the table's current values
+        (``save``: checkpoint between slices when one is due; not while partitions are being assigned)."""
         routes = list(routes)
         if not routes or not partitions:
             return
-        out = await self.rt.outputs()
         ts = now_ms()
-        batches = []
         for p in partitions:
             regs = self._reg_batch(p)
             answers: dict[bytes, list[RefResolved]] = {}
@@ -219,35 +223,46 @@ class MetaverseStage(Stage[MVObject]):
                 for reg, _ in found:
                     answer = resolution(reg.decode(), value, ts)
                     answers.setdefault(answer.mv_id.encode(), []).append(answer)
-            if not answers:
+            # The referrers a slice at a time, and a checkpoint between slices when one is due: a delta
+            # round's table changes reach most groups at once (at 1M, 2,000 department groups in one
+            # slice of routes held the worker's peak memory, decoded twice over, until the next save).
+            referrers = list(answers)
+            for i in range(0, len(referrers), REFERRER_SLICE):
+                keys = referrers[i : i + REFERRER_SLICE]
+                await self._answer(p, keys, answers, ts)
+                if save and self.save_if_due is not None:
+                    await self.save_if_due()
+
+    async def _answer(
+        self, p: int, keys: list[bytes], answers: dict[bytes, list[RefResolved]], ts: int
+    ) -> None:
+        """Apply the table's answers to referrers ``keys`` of partition ``p``, and commit them."""
+        out = await self.rt.outputs()
+        batch = Batch(self.store.partition(p), keys, MVObject)
+        for key in keys:
+            msgs = answers[key]
+            if self._steps(batch, key, list(msgs), out):
                 continue
-            batch = Batch(self.store.partition(p), list(answers), MVObject)
-            for key, msgs in answers.items():
-                if self._steps(batch, key, list(msgs), out):
+            for msg in msgs:  # one by one: only the failing answer is left out, and reported
+                try:
+                    mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg, lookup=self.table.get)
+                except Exception as exc:
+                    log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
+                    self.rt.record_error(
+                        ErrorRecord(
+                            step_id=self.step_id,
+                            error_type="engine-error",
+                            algorithm_step="metaverse",
+                            mv_id=msg.mv_id,
+                            message=f"reference {msg.direction} {msg.connector} {msg.key}: {exc}",
+                            ts_ms=ts,
+                        ),
+                        out,
+                    )
                     continue
-                for msg in msgs:  # one by one: only the failing answer is left out, and reported
-                    try:
-                        mv, outputs = metaverse_step(
-                            self.rt.rules, batch.get(key), msg, lookup=self.table.get
-                        )
-                    except Exception as exc:
-                        log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
-                        self.rt.record_error(
-                            ErrorRecord(
-                                step_id=self.step_id,
-                                error_type="engine-error",
-                                algorithm_step="metaverse",
-                                mv_id=msg.mv_id,
-                                message=f"reference {msg.direction} {msg.connector} {msg.key}: {exc}",
-                                ts_ms=ts,
-                            ),
-                            out,
-                        )
-                        continue
-                    batch.update(key, mv)
-                    self._emit(outputs, out, p)
-            batches.append(batch)
-        await self.commit(batches, out)
+                batch.update(key, mv)
+                self._emit(outputs, out, p)
+        await self.commit([batch], out)
 
     def _reg_batch(self, partition: int) -> Batch:
         batch = self._reg_batches.get(partition)
@@ -284,7 +299,7 @@ class MetaverseStage(Stage[MVObject]):
             routes = self.table.routes_since(saved)
             size = self.rt.config.pipeline.batch_size
             for i in range(0, len(routes), size):  # a batch of routes at a time, as the applier does
-                await self._resolve(routes[i : i + size], [p])
+                await self._resolve(routes[i : i + size], [p], save=False)
 
     async def _republish(self, partitions: list[int]) -> None:
         out = await self.rt.outputs()

@@ -104,13 +104,13 @@ def test_the_copy_holds_the_latest_value_per_route_and_knows_what_changed_since_
     asyncio.run(scenario())
 
 
-def contribution(mv_id: str) -> MVContribution:
+def contribution(mv_id: str, anchor: str = "E2") -> MVContribution:
     return MVContribution(
         mv_id=mv_id,
         mv_type="person",
         connector="hr",
-        anchor="E2",
-        dn="employeeNumber=E2,ou=people,o=hr",
+        anchor=anchor,
+        dn=f"employeeNumber={anchor},ou=people,o=hr",
         cs_version=1,
         event_id="e2",
         flows={"employeeId": ["E2"], "uid": ["u2"], "displayName": ["Two"]},
@@ -200,6 +200,85 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
             other.table.close()
             await a.stop()
             await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_with_saves_between(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delta round changes routes that most groups register to: the applier answers the referrers a
+    slice at a time and lets the consumer checkpoint between slices, so it never holds them all decoded
+    as unsaved state (at 1M it held 3M attribute values, the worker's peak)."""
+    monkeypatch.setattr("streams.stages.metaverse.REFERRER_SLICE", 2)
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(rt)
+            stage = MetaverseStage(rt)
+            reader = asyncio.ensure_future(stage.read_table())
+            applier = asyncio.ensure_future(stage.apply_table())
+            p = 0
+            people = [
+                m for m in (f"M-{i}" for i in range(60)) if partition_for(m.encode(), rt.partitions) == p
+            ]
+            people = people[:5]
+            assert len(people) == 5
+            await restore(rt, stage.store, [p])
+            await restore(rt, stage.refs, [p])
+            stage.store.owned.add(p)
+            await asyncio.wait_for(stage.table.ready.wait(), 30)
+            topic = rt.names.mv_topic()
+            events = []
+            for i, mv_id in enumerate(people):
+                anchor = f"E{10 + i}"
+                register = RefRegister(
+                    mv_id=mv_id,
+                    op="refer",
+                    connector="hr",
+                    keys=[MANAGER_DN],
+                    attribute="manager",
+                    anchor=anchor,
+                    ts_ms=2,
+                )
+                events += [
+                    Ev(Message(topic, p, 2 * i), pack(contribution(mv_id, anchor))),
+                    Ev(Message(topic, p, 2 * i + 1), pack(register)),
+                ]
+            async with stage.lock:
+                await stage.process(events)
+                await stage.checkpoint()
+            part = stage.store.partition(p)
+
+            def resolved_unsaved() -> int:
+                return sum(
+                    1
+                    for mv in part.unsaved.values()
+                    if isinstance(mv, MVObject) and mv.attributes.get("manager") == ["M-one"]
+                )
+
+            # What the consumer does when the applier asks between slices: save (a checkpoint).
+            seen: list[int] = []
+
+            async def save_if_due() -> None:
+                seen.append(resolved_unsaved())
+                await stage.checkpoint()
+
+            stage.save_if_due = save_if_due
+            await publish(rt, RefValue(route=ROUTE, value="M-one", ts_ms=3))
+            await until(lambda: len(seen) == 3, 10)
+            assert seen == [2, 2, 1]
+            for mv_id in people:
+                raw = part.get(mv_id.encode())
+                assert raw is not None and _decode(raw).attributes.get("manager") == ["M-one"]
+
+            for task in (applier, reader):
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            stage.table.close()
+            await rt.stop()
 
     asyncio.run(scenario())
 
