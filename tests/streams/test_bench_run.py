@@ -1,0 +1,63 @@
+"""``idsync bench`` end to end, at a tiny size: the command runs its phases against a real embedded broker and
+real workers and writes what docs/benchmarks.md reads (figures, not timings: nothing here asserts a speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    work = tmp_path / "work"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "bench",
+        "--sizes",
+        "300",
+        "--workers",
+        "1",
+        "--no-naive",
+        "--no-ldap",
+        "--no-imports",
+        "--no-kinds",
+        "--latency-seconds",
+        "1",
+        "--rate",
+        "100",
+        "--json",
+        str(out),
+        "--work-dir",
+        str(work),
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "IDSYNC_BENCH_MEMORY_LOG_S": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [result] = json.loads(out.read_text())["results"]
+    assert (result["kind"], result["size"], result["workers"]) == ("batched", 300, 1)
+    assert result["records"] > 300 and result["rate"] > 0 and result["delta_records"] > 0
+    assert result["latency_matched"] == result["latency_samples"] > 0
+    steps = result["peak_rss_by_step"]
+    assert list(steps) == ["load", "delta", "latency", "group change"]
+    # peaks only grow, and the phase's peak is the last one
+    peaks = [s[0] for s in steps.values()]
+    assert peaks == sorted(peaks) and peaks[-1] == result["peak_rss_mb"][0] > 0
+    log = (work / "b300w1" / "worker0.log").read_text()
+    assert "memory: " in log and "unsaved_values=" in log
