@@ -213,7 +213,10 @@ class MetaverseStage(Stage[MVObject]):
             return
         ts = now_ms()
         for p in partitions:
-            regs = self._reg_batch(p)
+            # Read through a batch of its own: one taken from ``_reg_batch`` would outlive this call when
+            # nothing is answered (only a commit drops it), and a partition released meanwhile would
+            # leave it reading a closed database.
+            regs = Batch(self.refs.partition(p), [], Registration)
             answers: dict[bytes, list[RefResolved]] = {}
             for route in routes:
                 found = regs.scan(registration_prefix(route).encode())
