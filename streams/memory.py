@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -116,16 +117,17 @@ def malloc_totals() -> dict[str, int]:
 
 def pymalloc_bytes() -> int:
     """Bytes in the arenas of Python's small-object allocator (not counted by malloc: they are mapped)."""
-    read, write = os.pipe()
-    saved = os.dup(2)
-    try:
-        os.dup2(write, 2)
-        os.close(write)
-        sys._debugmallocstats()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    with os.fdopen(read, "rb") as f:
+    # The statistics go to the C stderr: into a file for the moment (a pipe could fill and block).
+    with tempfile.TemporaryFile() as f:
+        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            os.dup2(f.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        f.seek(0)
         text = f.read().decode(errors="replace")
     m = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
     arenas = int(m.group(1).replace(",", "")) if m else 0
