@@ -49,16 +49,21 @@ _SETTINGS = (
 )
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """This process's C library when it is glibc on Linux (None otherwise)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    path = ctypes.util.find_library("c")
+    return None if path is None else ctypes.CDLL(path)
+
+
 def tune_malloc() -> dict[str, int]:
     """Apply the settings above to this process's glibc malloc, except those the environment sets;
     returns what was applied (nothing on another C library). Call it before the stores are opened, so
     that RocksDB's threads start with the arena cap."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return {}
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return {}
-    libc = ctypes.CDLL(path)
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     applied: dict[str, int] = {}
     for name, param, value, env in _SETTINGS:
@@ -75,12 +80,9 @@ def malloc_totals() -> dict[str, int]:
     """glibc malloc over all arenas (``malloc_info``): ``held`` (bytes taken from the system, mapped
     blocks included), ``free`` (held but unused: holes and top chunks), ``mapped`` (large blocks mapped
     on their own). Empty on another C library."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return {}
-    path = ctypes.util.find_library("c")
-    if path is None:
-        return {}
-    libc = ctypes.CDLL(path)
     libc.open_memstream.restype = ctypes.c_void_p
     libc.open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t)]
     libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]

@@ -104,6 +104,20 @@ def test_the_copy_holds_the_latest_value_per_route_and_knows_what_changed_since_
     asyncio.run(scenario())
 
 
+async def owning(rt: Runtime, p: int) -> tuple[MetaverseStage, asyncio.Future[None], asyncio.Future[None]]:
+    """A metaverse stage owning partition ``p`` (restored), with the table's reader and applier running
+    and the copy read: (stage, reader, applier)."""
+    await ensure_topics(rt)
+    stage = MetaverseStage(rt)
+    reader = asyncio.ensure_future(stage.read_table())
+    applier = asyncio.ensure_future(stage.apply_table())
+    await restore(rt, stage.store, [p])
+    await restore(rt, stage.refs, [p])
+    stage.store.owned.add(p)
+    await asyncio.wait_for(stage.table.ready.wait(), 30)
+    return stage, reader, applier
+
+
 def contribution(mv_id: str, anchor: str = "E2") -> MVContribution:
     return MVContribution(
         mv_id=mv_id,
@@ -124,16 +138,9 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
             a = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(a)
-            stage = MetaverseStage(a)
-            reader = asyncio.ensure_future(stage.read_table())
-            applier = asyncio.ensure_future(stage.apply_table())
             mv_id = "M-two"
             p = partition_for(mv_id.encode(), a.partitions)
-            await restore(a, stage.store, [p])
-            await restore(a, stage.refs, [p])
-            stage.store.owned.add(p)
-            await asyncio.wait_for(stage.table.ready.wait(), 30)
+            stage, reader, applier = await owning(a, p)
 
             # A person whose manager is not in the table yet: the registration waits.
             topic = a.names.mv_topic()
@@ -215,20 +222,13 @@ def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_wit
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
             rt = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(rt)
-            stage = MetaverseStage(rt)
-            reader = asyncio.ensure_future(stage.read_table())
-            applier = asyncio.ensure_future(stage.apply_table())
             p = 0
             people = [
                 m for m in (f"M-{i}" for i in range(60)) if partition_for(m.encode(), rt.partitions) == p
             ]
             people = people[:5]
             assert len(people) == 5
-            await restore(rt, stage.store, [p])
-            await restore(rt, stage.refs, [p])
-            stage.store.owned.add(p)
-            await asyncio.wait_for(stage.table.ready.wait(), 30)
+            stage, reader, applier = await owning(rt, p)
             topic = rt.names.mv_topic()
             events = []
             for i, mv_id in enumerate(people):
