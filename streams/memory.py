@@ -186,10 +186,12 @@ async def log_memory(interval_s: float, dbs: Callable[[], list[Any]], unsaved: C
         mem_log.addHandler(handler)
         mem_log.propagate = False
     while True:
-        report = memory_report(dbs(), unsaved())
-        mem_log.info(
-            "memory: %s",
-            " ".join(f"{k}={v >> 20}M" if k != "unsaved_values" else f"{k}={v}" for k, v in report.items()),
-        )
-        mem_log.info("objects: %s", " ".join(f"{name}={n}" for name, n in live_types()))
+        try:
+            report = memory_report(dbs(), unsaved())
+        except Exception as exc:  # a diagnostic never stops the worker (a store closing at shutdown)
+            mem_log.warning("memory: no report (%s: %s)", type(exc).__name__, exc)
+        else:
+            figures = (f"{k}={v}" if k == "unsaved_values" else f"{k}={v >> 20}M" for k, v in report.items())
+            mem_log.info("memory: %s", " ".join(figures))
+            mem_log.info("objects: %s", " ".join(f"{name}={n}" for name, n in live_types()))
         await asyncio.sleep(interval_s)

@@ -127,3 +127,26 @@ asyncio.run(main())
     assert len(reports) >= 2
     assert "unsaved_values=3" in reports[0] and "pymalloc=" in reports[0] and "malloc_held=" in reports[0]
     assert any("objects: " in line and "dict=" in line for line in done.stderr.splitlines())
+
+
+def test_a_failing_memory_report_is_logged_and_the_worker_goes_on() -> None:
+    """A store closing at shutdown (or any error of the report) must not stop the worker."""
+    import asyncio
+
+    from streams.memory import log_memory
+
+    calls = 0
+
+    def broken() -> list[object]:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("DB instance already closed")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(log_memory(0.01, broken, lambda: 0))
+        await asyncio.sleep(0.08)
+        assert not task.done()  # still running after several failed reports
+        task.cancel()
+
+    asyncio.run(main())
+    assert calls >= 2
