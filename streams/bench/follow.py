@@ -92,6 +92,7 @@ class _TargetWatch:
         self.connector = LdapConnector("bench-target", cfg)
         self.stop = threading.Event()
         self.seen: queue.Queue[tuple[float, str, str]] = queue.Queue()
+        self.error: Exception | None = None
         self.watermark = self.connector.current_watermark()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -99,12 +100,16 @@ class _TargetWatch:
     def _run(self) -> None:
         from connectors.base import ImportedObject
 
-        for item in self.connector.follow(self.watermark, self.stop):
-            if isinstance(item, ImportedObject):
-                at = time.monotonic()
-                uid = (item.attributes.get("uid") or [""])[0]
-                title = (item.attributes.get("title") or [""])[0]
-                self.seen.put((at, uid, title))
+        try:
+            for item in self.connector.follow(self.watermark, self.stop):
+                if isinstance(item, ImportedObject):
+                    at = time.monotonic()
+                    uid = (item.attributes.get("uid") or [""])[0]
+                    title = (item.attributes.get("title") or [""])[0]
+                    self.seen.put((at, uid, title))
+        except Exception as exc:  # the sample waiting says so at once, rather than timing out
+            self.error = exc
+            self.seen.put((time.monotonic(), "", ""))
 
     def wait_for(self, pred: Any, timeout_s: float) -> float:
         deadline = time.monotonic() + timeout_s
@@ -113,6 +118,8 @@ class _TargetWatch:
                 at, uid, title = self.seen.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
                 raise TimeoutError("the target did not show the change") from None
+            if self.error is not None:
+                raise RuntimeError(f"the watch on the target directory stopped: {self.error}") from self.error
             if pred(uid, title):
                 return at
 
@@ -120,6 +127,32 @@ class _TargetWatch:
         self.stop.set()
         self.thread.join(5)
         self.connector.close()
+
+
+def _title(server: Any, uid: str) -> str | None:
+    conn = server.connect()
+    try:
+        dn = f"uid={uid},{server.people_dn}"
+        conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["title"])
+        if not conn.entries:
+            return None
+        values = conn.entries[0].entry_attributes_as_dict.get("title") or [""]
+        return str(values[0])
+    finally:
+        conn.unbind()
+
+
+def _where_stopped(source: Any, target: Any, uid: str, title: str, root: Path) -> str:
+    """A sample's change did not reach the watch: say where it stopped (a diagnosis, read after the wait)."""
+    on_source, on_target = _title(source, uid), _title(target, uid)
+    if on_target == title:
+        where = "the target holds it: its content-sync push was not seen"
+    elif on_source == title:
+        where = f"the source holds it, the target holds {on_target!r}: the pipeline lost or held it"
+    else:
+        where = f"the source does not hold it (source title {on_source!r})"
+    log = root / "worker.log"
+    return f"the target did not show {uid}'s title {title!r} within 60 s; {where}; worker log {log}"
 
 
 def _spawn(
@@ -183,9 +216,12 @@ async def follow_phase(args: Any, work: Path) -> Any:
                 uid, title = f"p{i % PEOPLE}", f"t{i}"
                 t0 = time.monotonic()
                 conn.modify(f"uid={uid},{source.people_dn}", {"title": [("MODIFY_REPLACE", [title])]})
-                at = await asyncio.to_thread(
-                    watch.wait_for, lambda u, t, uid=uid, title=title: (u, t) == (uid, title), 60.0
-                )
+                try:
+                    at = await asyncio.to_thread(
+                        watch.wait_for, lambda u, t, uid=uid, title=title: (u, t) == (uid, title), 60.0
+                    )
+                except TimeoutError as e:
+                    raise TimeoutError(_where_stopped(source, target, uid, title, root)) from e
                 if i >= 10:
                     latencies.append((at - t0) * 1000)
             res.latency_samples = len(latencies)
