@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Literal
 
 from msgspec import Struct
+from msgspec.structs import force_setattr
 
 from schemas.records import Attrs
 
@@ -269,10 +270,18 @@ class RefRegister(_Message, frozen=True, kw_only=True, tag_field="kind", tag="re
     op: Literal["refer", "unrefer"]
     direction: Literal["in", "out"] = "in"
     connector: str
-    keys: list[str]
+    keys: list[str] = []
     attribute: str | None = None
     anchor: str | None = None
     ts_ms: int
+    #: The one key of a message written before registrations were batched (a worker upgraded while such
+    #: messages are still on ``sync.mv`` reads them): moved into ``keys`` when decoded.
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is not None:
+            force_setattr(self, "keys", [*self.keys, self.key])
+            force_setattr(self, "key", None)
 
 
 MVInbound = MVContribution | MVDisconnect | ExportResult | RefResolved | RefSync | RefRegister

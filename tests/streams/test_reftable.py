@@ -8,6 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from engine.references import registration_keys
@@ -273,6 +274,48 @@ def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_wit
                 raw = part.get(mv_id.encode())
                 assert raw is not None and _decode(raw).attributes.get("manager") == ["M-one"]
 
+            for task in (applier, reader):
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            stage.table.close()
+            await rt.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_registration_written_before_registrations_were_batched_is_still_read(tmp_path: Path) -> None:
+    """A worker upgraded while one-key registration messages (``key``, before ``keys``) are still on
+    ``sync.mv`` resolves them like new ones, instead of dead-lettering them."""
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = runtime(broker.bootstrap, tmp_path, "a")
+            mv_id = "M-two"
+            p = partition_for(mv_id.encode(), rt.partitions)
+            await ensure_topics(rt)
+            await publish(rt, RefValue(route=ROUTE, value="M-one", ts_ms=1))
+            stage, reader, applier = await owning(rt, p)
+            old = msgspec.msgpack.encode(
+                {
+                    "kind": "ref-register",
+                    "mv_id": mv_id,
+                    "op": "refer",
+                    "connector": "hr",
+                    "key": MANAGER_DN,
+                    "attribute": "manager",
+                    "anchor": "E2",
+                    "ts_ms": 2,
+                }
+            )
+            topic = rt.names.mv_topic()
+            async with stage.lock:
+                await stage.process(
+                    [Ev(Message(topic, p, 0), pack(contribution(mv_id))), Ev(Message(topic, p, 1), old)]
+                )
+            assert rt.errors == []
+            mv = stage.store.partition(p).unsaved[mv_id.encode()]
+            assert mv.attributes.get("manager") == ["M-one"]
             for task in (applier, reader):
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):
