@@ -9,7 +9,9 @@ and an answer back.
 
 Besides the values, the copy keeps an index of the records it read, by partition and offset, so that a
 metaverse partition saved at some table position can be brought up to date later (``routes_since``): the
-table's changes since that position are replayed to its registrations when a worker takes it over.
+table's changes since that position are replayed to its registrations when a worker takes it over. The
+index keeps each route's latest record only, as compaction does: a route changed at or after a position
+has its latest record there too, so the index stays as large as the table however long a worker runs.
 
 Two positions per table partition: ``read`` (the copy holds every record before it) and ``applied`` (every
 record before it has also reached the registrations of the partitions the worker owns; the metaverse stage
@@ -42,7 +44,13 @@ log = logging.getLogger("idsync.reftable")
 FENCE_KEY = META + b"reftable-fence"
 _VALUES = b"v"
 _INDEX = b"i"
+#: route -> the index key of its latest record (the entry a newer record of the route replaces).
+_LATEST = b"l"
 _VALUE = unpacker(RefValue)
+
+
+#: Keys of records that are not table entries: fences, and (never produced by idsync) no key.
+_NOT_ROUTES = (FENCE_KEY, None)
 
 
 def _index_key(partition: int, offset: int) -> bytes:
@@ -148,12 +156,14 @@ class RefTable:
             if not data:
                 continue
             wb = WriteBatch(raw_mode=True)
+            routes = list({r.key: None for recs in data.values() for r in recs if r.key not in _NOT_ROUTES})
+            latest = dict(zip(routes, self._db.get([_LATEST + k for k in routes]), strict=True))
             for tp, recs in data.items():
                 if not recs:
                     continue
                 partition = tp.partition
                 for r in recs:
-                    if r.key == FENCE_KEY or r.key is None:
+                    if r.key in _NOT_ROUTES:
                         self.rt.counters.consumed[self.topic] += 1
                         continue
                     self._untaken += 1
@@ -162,11 +172,27 @@ class RefTable:
                         wb.delete(_VALUES + r.key)
                     else:
                         wb.put(_VALUES + r.key, value.encode())
-                    wb.put(_index_key(partition, r.offset), r.key)
+                    index = _index_key(partition, r.offset)
+                    previous = latest[r.key]
+                    if previous is not None:
+                        wb.delete(bytes(previous))
+                    wb.put(index, r.key)
+                    wb.put(_LATEST + r.key, index)
+                    latest[r.key] = index
                     self._pending[r.key.decode()] = None
                 self.read[partition] = recs[-1].offset + 1
             self._db.write(wb)
             self._changed.set()
+
+    def index_size(self) -> int:
+        """Records the index holds (one per route that has had one)."""
+        it = self._db.iter()
+        it.seek(_INDEX)
+        n = 0
+        while it.valid() and bytes(it.key()).startswith(_INDEX):
+            n += 1
+            it.next()
+        return n
 
     async def sync_end(self, timeout_s: float = 300.0) -> dict[int, int]:
         """Wait until the copy holds every record produced to the table before this call (a fence record

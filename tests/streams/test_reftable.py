@@ -96,6 +96,15 @@ def test_the_copy_holds_the_latest_value_per_route_and_knows_what_changed_since_
             ends = await table.sync_end()
             assert table.get("ref|hr|c") == "M3"
             assert all(table.read[p] > end for p, end in ends.items())
+            # The index keeps each route's latest record only (as compaction does): a route changed many
+            # times is one entry, and what changed since a position is still found.
+            assert table.index_size() == 4
+            await publish(rt, *(RefValue(route="ref|hr|b", value=f"M2-{i}", ts_ms=6 + i) for i in range(5)))
+            await table.sync_end()
+            assert table.get("ref|hr|b") == "M2-4"
+            assert table.index_size() == 4
+            assert sorted(table.routes_since(now)) == ["ref|hr|b", "ref|hr|c"]
+            assert sorted(table.routes_since(start)) == ["ref|hr|a", "ref|hr|b", "ref|hr|c", "xref|dir|M2"]
             reader.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await reader
