@@ -87,6 +87,9 @@ class MetaverseStage(Stage[MVObject]):
         self.table = RefTable(rt)
         #: The table position each owned partition was last saved with.
         self._positions: dict[int, TablePositions] = {}
+        #: Partitions being taken over whose table changes are not all replayed yet: a checkpoint meanwhile
+        #: leaves their saved position as the previous owner saved it (a crash replays from there).
+        self._replaying: set[int] = set()
         #: Shared with the stage's consumer: table changes are applied between batches, never during one.
         self.lock = asyncio.Lock()
         #: The consumer's checkpoint-if-due (``StageConsumer.save_if_due``; None: no consumer), called
@@ -205,9 +208,9 @@ class MetaverseStage(Stage[MVObject]):
             self.table.done(positions, records)
             self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
-    async def _resolve(self, routes: Iterable[str], partitions: list[int], save: bool = True) -> None:
-        """Answer the registrations to ``routes`` in ``partitions`` with the table's current values
-        (``save``: checkpoint between slices when one is due; not while partitions are being assigned)."""
+    async def _resolve(self, routes: Iterable[str], partitions: list[int]) -> None:
+        """Answer the registrations to ``routes`` in ``partitions`` with the table's current values, and
+        checkpoint between slices of referrers when one is due."""
         routes = list(routes)
         if not routes or not partitions:
             return
@@ -233,7 +236,7 @@ class MetaverseStage(Stage[MVObject]):
             for i in range(0, len(referrers), REFERRER_SLICE):
                 keys = referrers[i : i + REFERRER_SLICE]
                 await self._answer(p, keys, answers, ts)
-                if save and self.save_if_due is not None:
+                if self.save_if_due is not None:
                     await self.save_if_due()
 
     async def _answer(
@@ -288,10 +291,15 @@ class MetaverseStage(Stage[MVObject]):
         if seeded:
             await self._republish(seeded)
         await self.table.ready.wait()
+        # A replay after a long absence can reach most objects of a partition: it checkpoints between
+        # slices as the applier does (the unsaved bounds hold), while these partitions' saved positions
+        # stay as they were until their replay is over.
+        self._replaying.update(partitions)
         for p in partitions:
             self._positions.pop(p, None)  # saved by whoever held it last: written again at the checkpoint
             part = self.refs.partition(p)
             if next(part.scan(b""), None) is None:
+                self._replaying.discard(p)
                 continue  # no registrations: nothing to bring up to date
             raw = part.get(POSITIONS_KEY)
             saved = dict(_POSITIONS.decode(raw).offsets) if raw is not None else {}
@@ -302,7 +310,8 @@ class MetaverseStage(Stage[MVObject]):
             routes = self.table.routes_since(saved)
             size = self.rt.config.pipeline.batch_size
             for i in range(0, len(routes), size):  # a batch of routes at a time, as the applier does
-                await self._resolve(routes[i : i + size], [p], save=False)
+                await self._resolve(routes[i : i + size], [p])
+            self._replaying.discard(p)
 
     async def _republish(self, partitions: list[int]) -> None:
         out = await self.rt.outputs()
@@ -324,7 +333,7 @@ class MetaverseStage(Stage[MVObject]):
         reference table's position they reflect (``TablePositions``)."""
         await self._settle_held()
         positions = TablePositions(offsets=dict(self.table.applied))
-        for p in sorted(self.store.owned):
+        for p in sorted(self.store.owned - self._replaying):
             if self._positions.get(p) != positions:
                 self.refs.partition(p).stash({POSITIONS_KEY: positions}, [POSITIONS_KEY], values_held)
                 self._positions[p] = positions

@@ -23,7 +23,7 @@ from streams.consumer import restore
 from streams.output import partition_for
 from streams.reftable import RefTable
 from streams.runtime import Runtime, Settings
-from streams.stages.metaverse import MetaverseStage
+from streams.stages.metaverse import _POSITIONS, POSITIONS_KEY, MetaverseStage
 
 from .helpers import until
 
@@ -289,6 +289,102 @@ def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_wit
                     await task
             stage.table.close()
             await rt.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_partition_taken_over_replays_a_slice_of_referrers_at_a_time_and_keeps_its_old_position_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A takeover after a long absence can replay table changes that reach most of a partition's objects:
+    it checkpoints between slices as the applier does, and a checkpoint in the middle leaves the
+    partition's saved table position as the previous owner saved it (a crash then replays it all again)."""
+    monkeypatch.setattr("streams.stages.metaverse.REFERRER_SLICE", 2)
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a = runtime(broker.bootstrap, tmp_path, "a")
+            p = 0
+            ids = (f"M-{i}" for i in range(60))
+            people = [m for m in ids if partition_for(m.encode(), a.partitions) == p][:5]
+            stage, reader, applier = await owning(a, p)
+            # A table change applied before the save, so the saved position is not the topic's beginning.
+            before = dict(stage.table.applied)
+            await publish(a, RefValue(route="ref|hr|someone-else", value="M-x", ts_ms=1))
+            await until(lambda: stage.table.applied != before, 10)
+            topic = a.names.mv_topic()
+            events = []
+            for i, mv_id in enumerate(people):
+                anchor = f"E{10 + i}"
+                register = RefRegister(
+                    mv_id=mv_id,
+                    op="refer",
+                    connector="hr",
+                    keys=[MANAGER_DN],
+                    attribute="manager",
+                    anchor=anchor,
+                    ts_ms=2,
+                )
+                events += [
+                    Ev(Message(topic, p, 2 * i), pack(contribution(mv_id, anchor))),
+                    Ev(Message(topic, p, 2 * i + 1), pack(register)),
+                ]
+            async with stage.lock:
+                await stage.process(events)
+                await stage.checkpoint()
+
+            def position(st: MetaverseStage) -> dict[int, int]:
+                raw = st.refs.partition(p).get(POSITIONS_KEY)
+                assert raw is not None
+                return dict(_POSITIONS.decode(raw).offsets)
+
+            old = position(stage)
+            assert old == stage.table.applied != before
+            for task in (applier, reader):
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            # While nobody holds the partition, the manager appears.
+            await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
+
+            b = runtime(broker.bootstrap, tmp_path, "b")
+            other = MetaverseStage(b)
+            reader_b = asyncio.ensure_future(other.read_table())
+            await restore(b, other.store, [p])
+            await restore(b, other.refs, [p])
+            other.store.owned.add(p)
+            await asyncio.wait_for(other.table.ready.wait(), 30)
+            part = other.store.partition(p)
+            seen: list[tuple[int, dict[int, int]]] = []
+
+            async def save_if_due() -> None:
+                resolved = sum(
+                    1
+                    for mv in part.unsaved.values()
+                    if isinstance(mv, MVObject) and mv.attributes.get("manager") == ["M-one"]
+                )
+                await other.checkpoint()
+                seen.append((resolved, position(other)))
+
+            other.save_if_due = save_if_due
+            async with other.lock:
+                await other.assigned([p], [])
+            assert seen == [(2, old), (2, old), (1, old)]
+            for mv_id in people:
+                raw = part.get(mv_id.encode())
+                assert raw is not None and _decode(raw).attributes.get("manager") == ["M-one"]
+            # The replay over, the next checkpoint saves the partition with this worker's position.
+            async with other.lock:
+                await other.checkpoint()
+            assert position(other) == other.table.applied != old
+
+            reader_b.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reader_b
+            stage.table.close()
+            other.table.close()
+            await a.stop()
+            await b.stop()
 
     asyncio.run(scenario())
 
