@@ -9,6 +9,7 @@ from msgspec.structs import replace
 
 from engine.flow import evaluate_import_flows
 from engine.join import join_routes
+from engine.references import carried_keys, registers
 from engine.rules import Rules
 from engine.staging import Staged, apply_link
 from engine.values import any_group_holds
@@ -20,6 +21,7 @@ from schemas.messages import (
     MVContribution,
     MVDisconnect,
     OperatorLink,
+    RefRegister,
 )
 from schemas.state import ConnectorState, CSObject
 from schemas.wire import ErrorRecord
@@ -173,6 +175,7 @@ def _evaluate(
             cs_attributes=dict(cs.attributes) if hook is not None else None,
             source_ts_ms=cs.source_ts_ms,
             references=references,
+            ref_keys=carried_keys(rules, cs) if references else None,
         )
     )
     return cs, outputs
@@ -182,18 +185,19 @@ def _evaluate(
 GONE_VERSION = 2**62
 
 
-def on_link_gone(link: CSLink, tomb: CSObject | None) -> list[InboundOutput]:
+def on_link_gone(link: CSLink, tomb: CSObject | None) -> list[InboundOutput | RefRegister]:
     """The join answered for an object staging does not hold.
 
     Deleted meanwhile (``tomb``, its tombstone, is there): it leaves the metaverse object it joined or
-    projected (otherwise that object would keep a link nobody removes). Never staged (no tombstone):
-    nothing. That happens after a crash — a stage's input is delivered again from its last saved state,
-    and the links topic can deliver the answer before the import record that caused it; that record is
-    staged again, joins again and gets its answer again. Leaving would delete the metaverse object of a
-    live person (deletion rule) and deprovision its accounts."""
+    projected (otherwise that object would keep a link nobody removes), and the references the join
+    carried (``ref_keys``, registered with the join's contribution) leave with it. Never staged (no
+    tombstone): nothing. That happens after a crash — a stage's input is delivered again from its last
+    saved state, and the links topic can deliver the answer before the import record that caused it; that
+    record is staged again, joins again and gets its answer again. Leaving would delete the metaverse
+    object of a live person (deletion rule) and deprovision its accounts."""
     if tomb is None or link.outcome not in ("joined", "projected") or link.mv_id is None:
         return []
-    return [
+    out: list[InboundOutput | RefRegister] = [
         MVDisconnect(
             mv_id=link.mv_id,
             connector=link.connector,
@@ -204,6 +208,11 @@ def on_link_gone(link: CSLink, tomb: CSObject | None) -> list[InboundOutput]:
             ts_ms=link.ts_ms,
         )
     ]
+    for attr, keys in sorted((link.ref_keys or {}).items()):
+        out += registers(
+            link.mv_id, "unrefer", link.connector, keys, link.ts_ms, attribute=attr, anchor=link.anchor
+        )
+    return out
 
 
 def on_link(rules: Rules, cs: CSObject, link: CSLink) -> tuple[CSObject, list[InboundOutput]]:

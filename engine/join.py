@@ -270,6 +270,7 @@ def _connect(
             source_ts_ms=req.source_ts_ms,
             ts_ms=req.ts_ms,
             references=req.references,
+            ref_keys=req.ref_keys,
         ),
         CSLink(
             connector=req.connector,
@@ -277,6 +278,7 @@ def _connect(
             mv_id=mv_id,
             outcome="projected" if projected else "joined",
             ts_ms=req.ts_ms,
+            ref_keys=req.ref_keys,
         ),
     ]
 

@@ -12,7 +12,15 @@ from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_de
 from engine.export import OutboundOutput, plan_exports, record_result
 from engine.join import mv_join_keys
 from engine.precedence import resolve_all
-from engine.references import Lookup, mv_updates, no_table, published_dns, registered
+from engine.references import (
+    Lookup,
+    mv_updates,
+    no_table,
+    published_dns,
+    register_target,
+    registered,
+    registers,
+)
 from engine.rules import Rules
 from engine.staging import changed_attributes
 from engine.values import same_values
@@ -102,9 +110,9 @@ def metaverse_steps(
         elif isinstance(msg, RefRegister):
             work, more = _ref_register(rules, work, msg, lookup)
         elif isinstance(msg, RefSync):
-            work, more = _ref_sync(rules, work, msg)
+            work, more = _ref_sync(rules, work, msg, lookup)
         else:
-            work, more = _contribute(rules, work, msg)
+            work, more = _contribute(rules, work, msg, lookup)
         # A dropped object (None) leaves every registration it had: the object it was still knows them.
         gone = work is None
         # Reference answers and export results change no attribute value: the references are as they
@@ -133,7 +141,7 @@ def metaverse_steps(
         # deleted object is not synced: its RefSync finds nothing to do and leaves the mark as it was.)
         while work is not None and work.ref_sync is not None and not work.deleted:
             published = published_dns(rules, work)
-            work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms))
+            work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms), lookup)
             results[-1] += synced
             if work is not None:
                 refs, found = mv_updates(rules, work.mv_id, published, work, last.ts_ms, lookup=lookup)
@@ -221,7 +229,9 @@ def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:
     return [RefSync(mv_id=mv.mv_id, ts_ms=ts_ms)]
 
 
-def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject | None, list[MVOutput]]:
+def _ref_sync(
+    rules: Rules, mv: MVObject | None, msg: RefSync, lookup: Lookup = no_table
+) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or mv.deleted or mv.ref_sync is None:
         return mv, []
     cause = mv.ref_sync
@@ -241,7 +251,7 @@ def _ref_sync(rules: Rules, mv: MVObject | None, msg: RefSync) -> tuple[MVObject
                 link.changed_ts[attr] = msg.ts_ms
             mv.retained.pop(attr, None)
         link.stale_refs = []
-    return mv, _sync(rules, mv, False, cause, msg.ts_ms, touched)
+    return mv, _sync(rules, mv, False, cause, msg.ts_ms, touched, lookup)
 
 
 def fork(mv: MVObject) -> MVObject:
@@ -297,7 +307,7 @@ def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | N
 
 
 def _contribute(
-    rules: Rules, mv: MVObject | None, msg: MVContribution
+    rules: Rules, mv: MVObject | None, msg: MVContribution, lookup: Lookup = no_table
 ) -> tuple[MVObject | None, list[MVOutput]]:
     if mv is None or mv.deleted:
         if mv is not None or not msg.projected or msg.explicit:
@@ -376,6 +386,21 @@ def _contribute(
         for attr in msg.references:
             if attr in old.flows:
                 changed_ts[attr] = old.changed_ts.get(attr, old.ts_ms)
+    outputs = []
+    if msg.ref_keys is not None:
+        # A join carried the object's reference keys: registered here, and what the table resolves
+        # already is in this first sync (no second sync and export when the answers arrive).
+        prefix = f"ref|{msg.connector}|"
+        for attr, keys in msg.ref_keys.items():
+            if attr not in msg.references:
+                continue
+            outputs += registers(
+                mv.mv_id, "refer", msg.connector, keys, msg.ts_ms, attribute=attr, anchor=msg.anchor
+            )
+            for key in keys:
+                value = lookup(prefix + key)
+                if value is not None:
+                    refs.setdefault(attr, {})[key] = value
     for attr in msg.references:
         flows[attr] = sorted(set(refs.get(attr, {}).values()))
     for attr, values in msg.flows.items():
@@ -411,7 +436,6 @@ def _contribute(
     rescued = old is None and rescued_by(rules.deletion[mv.object_type], msg.connector, rules.targets)
     if mv.delete_due_ms is not None and rescued:
         mv.delete_due_ms = None  # a connector joined during the grace period
-    outputs = []
     if msg.connector in rules.targets and msg.image is not None:
         target = mv.targets.setdefault(msg.connector, TargetState())
         if target.status in ("none", "pending-add", "joining"):
@@ -426,7 +450,7 @@ def _contribute(
     # Only the attributes this connector flowed before or flows now can change: the rest keep their
     # values and winners (a new object has no others).
     touched = None if created else {*flows, *(old.flows if old is not None else ())}
-    outputs.extend(_sync(rules, mv, created, msg.connector, msg.ts_ms, touched))
+    outputs.extend(_sync(rules, mv, created, msg.connector, msg.ts_ms, touched, lookup))
     return mv, outputs
 
 
@@ -521,10 +545,13 @@ def _sync(
     cause: str,
     ts_ms: int,
     touched: Collection[str] | None = None,
+    lookup: Lookup | None = None,
 ) -> list[MVOutput]:
     """Recompute attributes by precedence, publish the change, plan exports for every target.
 
-    ``touched``: the only attributes that can have changed (one connector's contribution); None: any."""
+    ``touched``: the only attributes that can have changed (one connector's contribution); None: any.
+    ``lookup``: the reference table, to register the references a plan exports before planning (None:
+    they are registered after the step, and exported by a second pass when the table knows them)."""
     res = resolve_all(
         mv.links,
         rules.contributors.get(mv.object_type, {}),
@@ -575,6 +602,13 @@ def _sync(
                 ts_ms=ts_ms,
             )
         )
+    if lookup is not None and not mv.deleted:
+        # References whose target DN the table knows are registered before planning: exported now, not
+        # by a second pass (the registrations made after the step find nothing left to do).
+        for connector in rules.xref_targets:
+            exported = rules.export_references.get((connector, mv.object_type), frozenset())
+            if exported and (created or not changed.isdisjoint(exported)):
+                outputs.extend(register_target(rules, mv.mv_id, mv, connector, ts_ms, lookup)[0])
     reads = rules.outbound_reads.get(mv.object_type, ())
     for rule, read in zip(rules.outbound.get(mv.object_type, []), reads, strict=True):
         if not created and _unaffected(mv, rule, read, cause, changed):

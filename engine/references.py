@@ -157,12 +157,36 @@ def _ref_keys(values: list[str]) -> set[str]:
 
 def cs_references(rules: Rules, cs: CSObject | None) -> dict[str, set[str]]:
     """Normalized DNs a connector-space object refers to through its reference flows, per metaverse
-    attribute; none while it has no metaverse object (nothing to resolve them into).
+    attribute; none while it has no metaverse object (nothing to resolve them into)."""
+    if cs is None or cs.mv_id is None:
+        return {}
+    return reference_keys(rules, cs)
+
+
+#: Keys a join request carries at most (``carried_keys``): a person's manager, a small group's members.
+#: A larger group registers from staging once joined, ``REGISTER_KEYS`` at a time.
+CARRIED_KEYS = REGISTER_KEYS
+
+
+def carried_keys(rules: Rules, cs: CSObject) -> dict[str, list[str]] | None:
+    """What a join request carries for the metaverse to register with the join's contribution, so the
+    new object's first sync holds the references the table resolves already (one sync and one export
+    per new hire, not a second one for its manager): its reference keys per attribute, sorted. None
+    when its connector's DNs are not referenced, its rule has no reference flow, or there are more than
+    ``CARRIED_KEYS`` (then staging registers them once the join is answered, as for any joined object)."""
+    if cs.connector not in rules.reference_connectors or not rules.ref_flows(cs.connector, cs.object_type):
+        return None
+    refs = reference_keys(rules, cs)
+    if sum(len(keys) for keys in refs.values()) > CARRIED_KEYS:
+        return None
+    return {attr: sorted(keys) for attr, keys in sorted(refs.items())}
+
+
+def reference_keys(rules: Rules, cs: CSObject) -> dict[str, set[str]]:
+    """Normalized DNs a connector-space object's reference flows name, per metaverse attribute.
 
     A single-valued reference attribute with several DNs refers to none (staging reports the
     ``flow-multi-values-to-single-value`` error for it)."""
-    if cs is None or cs.mv_id is None:
-        return {}
     flows = rules.ref_flows(cs.connector, cs.object_type)
     if not flows:
         return {}
@@ -201,13 +225,21 @@ def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | N
 
 
 def staging_updates(
-    rules: Rules, before: CSObject | None, after: CSObject | None, ts_ms: int
+    rules: Rules,
+    before: CSObject | None,
+    after: CSObject | None,
+    ts_ms: int,
+    carried: dict[str, list[str]] | None = None,
 ) -> list[RefUpdate | RefRegister]:
     """Reference updates for a connector-space object that changed from ``before`` to ``after`` (any
     change: staged, joined, unlinked, renamed, deleted): its claim on its DN for the join stage
     (``RefUpdate``), its metaverse object's registrations for the metaverse stage (``RefRegister``).
     Nothing when neither its DN, its mv_id nor its references changed, so an ordinary update costs
-    nothing here."""
+    nothing here.
+
+    ``carried``: the join that gave ``after`` its mv_id carried these keys (``CSLink.ref_keys``), and
+    the metaverse registered them with the join's contribution: only the difference to the object's
+    references now is registered (nothing, unless it changed while the join was in flight)."""
     obj = after or before
     if obj is None:
         return []
@@ -253,21 +285,32 @@ def staging_updates(
             )
     if not referenced:
         return out
-    if _same_references(rules, before, after):
+    new_mv = after.mv_id if after is not None else None
+    # A join answer (``carried``): what its contribution registered is compared with what the object
+    # names now, even when it was joined already (a later request's contribution registered its keys
+    # too, or the answer is delivered again).
+    made = {a: set(keys) for a, keys in carried.items()} if carried is not None and new_mv is not None else {}
+    if carried is None and _same_references(rules, before, after):
         return out  # an ordinary update of a group: its members did not change, nothing to compare
     old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
     old_mv = before.mv_id if before is not None else None
-    new_mv = after.mv_id if after is not None else None
     removed: list[tuple[str, str]] = []
+    #: Keys the join's contribution registered that the object no longer names.
+    dropped: list[tuple[str, str]] = []
     added: list[tuple[str, str]] = []
-    for attr in old_refs.keys() | new_refs.keys():
+    for attr in old_refs.keys() | new_refs.keys() | made.keys():
         was, now = old_refs.get(attr, set()), new_refs.get(attr, set())
         if old_mv == new_mv:  # compared per attribute as sets of keys: a group's member change is C-level
             was, now = was - now, now - was
+        if attr in made:
+            dropped.extend((attr, key) for key in made[attr] - new_refs.get(attr, set()))
+            if old_mv != new_mv:
+                now = now - made[attr]  # registered with the contribution already
         removed.extend((attr, key) for key in was)
         added.extend((attr, key) for key in now)
     changes: tuple[tuple[RegisterOp, str | None, list[tuple[str, str]]], ...] = (
         ("unrefer", old_mv, removed),
+        ("unrefer", new_mv, dropped),
         ("refer", new_mv, added),
     )
     for op, mv_id, pairs in changes:
@@ -404,25 +447,50 @@ def mv_updates(
             out.append(RefValue(route=out_route(connector, mv_id), value=dn_after, ts_ms=ts_ms))
         if not registrations and not dropped:
             continue
-        target = mv.targets.get(connector) if mv is not None else None
-        registered = set(target.ref_dns) if target is not None else set()
-        wanted = set() if dropped else referenced(rules, mv, connector)
-        if registered == wanted:
-            continue
-        if mv is not None and not dropped:
-            target = mv.targets.setdefault(connector, TargetState())
-            for gone in registered - wanted:
-                target.ref_dns.pop(gone, None)
-            for new in sorted(wanted - registered):
-                dn = lookup(out_route(connector, new)) or ""
-                target.ref_dns[new] = dn
-                if dn:
-                    found = found or connector
-                    target.replan = True
-        refs: tuple[tuple[RegisterOp, set[str]], ...] = (
-            ("unrefer", registered - wanted),
-            ("refer", wanted - registered),
-        )
-        for op, ids in refs:
-            out += registers(mv_id, op, connector, sorted(ids), ts_ms, direction="out")
+        msgs, known = register_target(rules, mv_id, mv, connector, ts_ms, lookup, dropped)
+        out += msgs
+        if known:
+            found = found or connector
+    return out, found
+
+
+def register_target(
+    rules: Rules,
+    mv_id: str,
+    mv: MVObject | None,
+    connector: str,
+    ts_ms: int,
+    lookup: Lookup,
+    dropped: bool = False,
+) -> tuple[list[RefRegister], bool]:
+    """(Un)register the objects ``mv`` references in target ``connector`` (``TargetState.ref_dns``,
+    changed in place, with the DN the table knows already, "" until it does). Returns the registration
+    messages for the stage, and whether a new registration found a DN (the target is then marked for
+    re-planning).
+
+    Called by the metaverse sync before it plans exports (a new hire's add then carries its manager's DN
+    when the manager is in the target already), and after each step for what changed otherwise."""
+    target = mv.targets.get(connector) if mv is not None else None
+    registered = set(target.ref_dns) if target is not None else set()
+    wanted = set() if dropped else referenced(rules, mv, connector)
+    if registered == wanted:
+        return [], False
+    found = False
+    if mv is not None and not dropped:
+        target = mv.targets.setdefault(connector, TargetState())
+        for gone in registered - wanted:
+            target.ref_dns.pop(gone, None)
+        for new in sorted(wanted - registered):
+            dn = lookup(out_route(connector, new)) or ""
+            target.ref_dns[new] = dn
+            if dn:
+                found = True
+                target.replan = True
+    out: list[RefRegister] = []
+    refs: tuple[tuple[RegisterOp, set[str]], ...] = (
+        ("unrefer", registered - wanted),
+        ("refer", wanted - registered),
+    )
+    for op, ids in refs:
+        out += registers(mv_id, op, connector, sorted(ids), ts_ms, direction="out")
     return out, found

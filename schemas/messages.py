@@ -55,6 +55,11 @@ class JoinRequest(_Message, frozen=True, kw_only=True, tag_field="kind", tag="jo
     source_ts_ms: int = 0
     #: Metaverse reference attributes its rule flows (their values arrive as ``RefResolved``).
     references: list[str] = []
+    #: The normalized DNs its reference flows name, per metaverse reference attribute, when they are few
+    #: (``engine.references.CARRIED_KEYS`` at most; None: not carried). The metaverse registers them as
+    #: the join's contribution arrives, so the new object's first sync already holds the references the
+    #: reference table resolves; staging then registers only what changed since (docs/rules.md).
+    ref_keys: dict[str, list[str]] | None = None
 
 
 class JoinIndexUpdate(_Message, frozen=True, kw_only=True, tag_field="kind", tag="index"):
@@ -119,6 +124,9 @@ class CSLink(_Message, frozen=True, kw_only=True, tag_field="kind", tag="link"):
         "joined", "projected", "ambiguous", "unlinked", "disconnected", "explicitly-disconnected"
     ]
     ts_ms: int
+    #: joined / projected: the ``ref_keys`` its contribution carried (what the metaverse registered for
+    #: it): staging registers the difference to the object's current references.
+    ref_keys: dict[str, list[str]] | None = None
 
 
 class OperatorLink(_Message, frozen=True, kw_only=True, tag_field="kind", tag="operator-link"):
@@ -194,6 +202,8 @@ class MVContribution(_Message, frozen=True, kw_only=True, tag_field="kind", tag=
     source_ts_ms: int = 0
     #: Metaverse reference attributes its rule flows (their values arrive as ``RefResolved``).
     references: list[str] = []
+    #: From a join (the join stage): the request's ``ref_keys``, registered before the object is synced.
+    ref_keys: dict[str, list[str]] | None = None
 
 
 class MVDisconnect(_Message, frozen=True, kw_only=True, tag_field="kind", tag="disconnect"):

@@ -104,7 +104,7 @@ class StagingStage(Stage[CSObject]):
                 self._emit(on_link_gone(msg, tomb), out)
                 return
             new, outputs = on_link(self.rt.rules, cs, msg)
-            outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms))
+            outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms, carried=msg.ref_keys))
             batch.put(key, new)
             c.count(f"link-{msg.outcome}")
             self._emit(outputs, out)

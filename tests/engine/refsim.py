@@ -231,7 +231,7 @@ class Sim:
                 self._emit(on_link_gone(msg, self.tombs.get(key)))
                 return
             new, outputs = on_link(self.rules, cs, msg)
-            refs = staging_updates(self.rules, cs, new, msg.ts_ms)
+            refs = staging_updates(self.rules, cs, new, msg.ts_ms, carried=msg.ref_keys)
             self.cs[key] = new
             self._emit([*outputs, *refs])
             return

@@ -15,6 +15,7 @@ from engine.references import (
     REGISTER_KEYS,
     no_table,
     ref_step,
+    reference_keys,
     register_routes,
     registered,
     registers,
@@ -71,6 +72,33 @@ def expected(sim: Sim) -> dict[str, dict[str, list[str]]]:
         ids = sorted({by_dn[dn_key(d)] for d in cs.attributes.get(source, []) if by_dn.get(dn_key(d))})
         out[cs.mv_id] = {attr: ids} if ids else {}
     return out
+
+
+def expected_registrations(sim: Sim) -> list[str]:
+    """The inbound registrations the metaverse must hold: each joined object's reference keys, for its
+    metaverse object, attribute and anchor — no more (a leaked one would answer a later change of that
+    DN into the wrong object), no fewer."""
+    out: list[str] = []
+    for cs in sim.cs.values():
+        if cs.mv_id is None:
+            continue
+        for attr, keys in reference_keys(sim.rules, cs).items():
+            out += registration_keys(
+                RefRegister(
+                    mv_id=cs.mv_id,
+                    op="refer",
+                    connector=cs.connector,
+                    keys=sorted(keys),
+                    attribute=attr,
+                    anchor=cs.anchor,
+                    ts_ms=0,
+                )
+            )
+    return sorted(out)
+
+
+def inbound_registrations(sim: Sim) -> list[str]:
+    return [k for k in sim.referrer_keys() if k.startswith("ref|")]
 
 
 def actual(sim: Sim) -> dict[str, dict[str, list[str]]]:
@@ -239,6 +267,7 @@ def test_any_arrival_and_delivery_order_gives_the_sequential_model(
     sim.run()
     assert {cs.anchor for cs in sim.cs.values()} == alive
     assert actual(sim) == expected(sim)
+    assert inbound_registrations(sim) == expected_registrations(sim)
     assert not sim.errors, sim.errors
 
 
@@ -331,9 +360,10 @@ def test_a_large_group_registers_its_members_a_bounded_number_of_keys_per_messag
     assert registers("G", "refer", "hr", [], 5) == []
 
 
-def test_a_reference_to_an_object_the_table_knows_in_the_target_goes_out_without_a_second_pass() -> None:
-    """bob exists in the target, so the table has his DN there: ann's manager is exported by the change that
-    gives her the manager (her first export, the add, is made before staging registers her references)."""
+def test_a_new_hire_whose_manager_is_in_the_target_is_added_with_the_manager() -> None:
+    """bob exists in the target, so the table has his DN there: ann's join carries her manager's DN, the
+    metaverse registers it with the projection and resolves it from the table, and registers bob in the
+    target before planning — her add carries the manager: one export, no second pass."""
     sim = Sim(ref_rules(targets=True))
     user(sim, "bob")
     sim.run()
@@ -346,9 +376,13 @@ def test_a_reference_to_an_object_the_table_knows_in_the_target_goes_out_without
     sim.run()
     ann = sim.mv_of("ann").mv_id
     exports = [e for e in apply_all(sim, seen) if e.mv_id == ann]
-    assert [e.op for e in exports] == ["add", "update"]
-    assert "manager" not in exports[0].attributes
-    assert exports[1].attributes["manager"].values == ["uid=bob,ou=people,dc=target,dc=org"]
+    assert [e.op for e in exports] == ["add"]
+    assert exports[0].attributes["manager"].values == ["uid=bob,ou=people,dc=target,dc=org"]
+    # Staging registered nothing more when the join answered: the metaverse holds the one registration.
+    assert [k for k in inbound_registrations(sim) if f"\x00{ann}\x00" in k] == [
+        f"ref|ad|{dn_key(user_dn('bob'))}\x00{ann}\x00manager\x00ann"
+    ]
+    assert sim.mv[ann].targets["ldap"].ref_dns == {bob: "uid=bob,ou=people,dc=target,dc=org"}
     sim.run()
     assert apply_all(sim, seen) == []
 
@@ -440,7 +474,7 @@ def test_a_reference_to_an_object_not_yet_created_in_the_target_waits_for_a_seco
     assert sim.mv[ann].targets["ldap"].ref_dns == {bob: "uid=bob,ou=people,dc=target,dc=org"}
 
 
-def test_a_known_target_dn_follows_the_add_and_a_removed_manager_is_deleted_in_the_target() -> None:
+def test_a_known_target_dn_goes_with_the_add_and_a_removed_manager_is_deleted_in_the_target() -> None:
     sim = Sim(ref_rules(targets=True))
     user(sim, "bob")
     sim.run()
@@ -452,9 +486,9 @@ def test_a_known_target_dn_follows_the_add_and_a_removed_manager_is_deleted_in_t
     exports = apply_all(sim, seen)
     sim.run()
     exports += apply_all(sim, seen)
-    # The add goes out as soon as ann is in the metaverse; its manager follows when the index answers.
-    assert [e.op for e in exports] == ["add", "update"]
-    assert exports[1].attributes["manager"].values == ["uid=bob,ou=people,dc=target,dc=org"]
+    # bob's DN in the target is in the table: ann's add carries it.
+    assert [e.op for e in exports] == ["add"]
+    assert exports[0].attributes["manager"].values == ["uid=bob,ou=people,dc=target,dc=org"]
     sim.delete("bob", "user")
     sim.run()
     [removed] = [e for e in apply_all(sim, seen) if e.mv_id == sim.mv_of("ann").mv_id]
