@@ -144,6 +144,71 @@ def contribution(mv_id: str, anchor: str = "E2") -> MVContribution:
     )
 
 
+def manager_register(mv_id: str, anchor: str = "E2") -> RefRegister:
+    """``mv_id`` (its hr object ``anchor``) registering to its manager's DN."""
+    return RefRegister(
+        mv_id=mv_id,
+        op="refer",
+        connector="hr",
+        keys=[MANAGER_DN],
+        attribute="manager",
+        anchor=anchor,
+        ts_ms=2,
+    )
+
+
+def people_in(rt: Runtime, p: int, n: int = 5) -> list[str]:
+    """``n`` mv_ids whose partition is ``p``."""
+    people = [m for m in (f"M-{i}" for i in range(60)) if partition_for(m.encode(), rt.partitions) == p][:n]
+    assert len(people) == n
+    return people
+
+
+async def register_managers(rt: Runtime, stage: MetaverseStage, p: int, people: list[str]) -> None:
+    """Each person's contribution and registration to the manager's DN, processed and saved."""
+    topic = rt.names.mv_topic()
+    events = []
+    for i, mv_id in enumerate(people):
+        anchor = f"E{10 + i}"
+        events += [
+            Ev(Message(topic, p, 2 * i), pack(contribution(mv_id, anchor))),
+            Ev(Message(topic, p, 2 * i + 1), pack(manager_register(mv_id, anchor))),
+        ]
+    async with stage.lock:
+        await stage.process(events)
+        await stage.checkpoint()
+
+
+def managed_by(part: Any, manager: str) -> int:
+    """People of a partition's unsaved state whose manager is ``manager``."""
+    return sum(
+        1
+        for mv in part.unsaved.values()
+        if isinstance(mv, MVObject) and mv.attributes.get("manager") == [manager]
+    )
+
+
+async def stop(*tasks: asyncio.Future[None]) -> None:
+    for task in tasks:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def taking_over(
+    bootstrap: str, tmp: Path, p: int
+) -> tuple[Runtime, MetaverseStage, asyncio.Future[None]]:
+    """A second worker's metaverse stage given partition ``p``: restored from the changelogs, its copy of
+    the table being read, not yet brought up to date (``assigned``): (runtime, stage, reader)."""
+    b = runtime(bootstrap, tmp, "b")
+    other = MetaverseStage(b)
+    reader = asyncio.ensure_future(other.read_table())
+    await restore(b, other.store, [p])
+    await restore(b, other.refs, [p])
+    other.store.owned.add(p)
+    return b, other, reader
+
+
 def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(tmp_path: Path) -> None:
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
@@ -154,15 +219,7 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
 
             # A person whose manager is not in the table yet: the registration waits.
             topic = a.names.mv_topic()
-            register = RefRegister(
-                mv_id=mv_id,
-                op="refer",
-                connector="hr",
-                keys=[MANAGER_DN],
-                attribute="manager",
-                anchor="E2",
-                ts_ms=2,
-            )
+            register = manager_register(mv_id)
             async with stage.lock:
                 await stage.process(
                     [
@@ -187,20 +244,12 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
 
             # The worker stops; meanwhile the manager's object changes (say it was deleted and projected
             # again): a change this partition's saved state has not seen.
-            for task in (applier, reader):
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+            await stop(applier, reader)
             await publish(a, RefValue(route=ROUTE, value="M-one-again", ts_ms=4))
 
             # Another worker takes the partition over: restored from the changelogs, the person still has
             # the old value, until the table's changes since the saved position reach its registrations.
-            b = runtime(broker.bootstrap, tmp_path, "b")
-            other = MetaverseStage(b)
-            reader_b = asyncio.ensure_future(other.read_table())
-            await restore(b, other.store, [p])
-            await restore(b, other.refs, [p])
-            other.store.owned.add(p)
+            b, other, reader_b = await taking_over(broker.bootstrap, tmp_path, p)
             restored = other.store.partition(p).get(mv_id.encode())
             assert restored is not None
             assert manager(other.store.partition(p).unsaved.get(mv_id.encode()) or _decode(restored)) == [
@@ -210,9 +259,7 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
                 await other.assigned([p], [])
             assert manager(other.store.partition(p).unsaved[mv_id.encode()]) == ["M-one-again"]
 
-            reader_b.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reader_b
+            await stop(reader_b)
             stage.table.close()
             other.table.close()
             await a.stop()
@@ -233,46 +280,16 @@ def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_wit
         with EmbeddedBroker(tmp_path / "broker") as broker:
             rt = runtime(broker.bootstrap, tmp_path, "a")
             p = 0
-            people = [
-                m for m in (f"M-{i}" for i in range(60)) if partition_for(m.encode(), rt.partitions) == p
-            ]
-            people = people[:5]
-            assert len(people) == 5
+            people = people_in(rt, p)
             stage, reader, applier = await owning(rt, p)
-            topic = rt.names.mv_topic()
-            events = []
-            for i, mv_id in enumerate(people):
-                anchor = f"E{10 + i}"
-                register = RefRegister(
-                    mv_id=mv_id,
-                    op="refer",
-                    connector="hr",
-                    keys=[MANAGER_DN],
-                    attribute="manager",
-                    anchor=anchor,
-                    ts_ms=2,
-                )
-                events += [
-                    Ev(Message(topic, p, 2 * i), pack(contribution(mv_id, anchor))),
-                    Ev(Message(topic, p, 2 * i + 1), pack(register)),
-                ]
-            async with stage.lock:
-                await stage.process(events)
-                await stage.checkpoint()
+            await register_managers(rt, stage, p, people)
             part = stage.store.partition(p)
-
-            def resolved_unsaved() -> int:
-                return sum(
-                    1
-                    for mv in part.unsaved.values()
-                    if isinstance(mv, MVObject) and mv.attributes.get("manager") == ["M-one"]
-                )
 
             # What the consumer does when the applier asks between slices: save (a checkpoint).
             seen: list[int] = []
 
             async def save_if_due() -> None:
-                seen.append(resolved_unsaved())
+                seen.append(managed_by(part, "M-one"))
                 await stage.checkpoint()
 
             stage.save_if_due = save_if_due
@@ -283,10 +300,7 @@ def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_wit
                 raw = part.get(mv_id.encode())
                 assert raw is not None and _decode(raw).attributes.get("manager") == ["M-one"]
 
-            for task in (applier, reader):
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+            await stop(applier, reader)
             stage.table.close()
             await rt.stop()
 
@@ -305,33 +319,13 @@ def test_a_partition_taken_over_replays_a_slice_of_referrers_at_a_time_and_keeps
         with EmbeddedBroker(tmp_path / "broker") as broker:
             a = runtime(broker.bootstrap, tmp_path, "a")
             p = 0
-            ids = (f"M-{i}" for i in range(60))
-            people = [m for m in ids if partition_for(m.encode(), a.partitions) == p][:5]
+            people = people_in(a, p)
             stage, reader, applier = await owning(a, p)
             # A table change applied before the save, so the saved position is not the topic's beginning.
             before = dict(stage.table.applied)
             await publish(a, RefValue(route="ref|hr|someone-else", value="M-x", ts_ms=1))
             await until(lambda: stage.table.applied != before, 10)
-            topic = a.names.mv_topic()
-            events = []
-            for i, mv_id in enumerate(people):
-                anchor = f"E{10 + i}"
-                register = RefRegister(
-                    mv_id=mv_id,
-                    op="refer",
-                    connector="hr",
-                    keys=[MANAGER_DN],
-                    attribute="manager",
-                    anchor=anchor,
-                    ts_ms=2,
-                )
-                events += [
-                    Ev(Message(topic, p, 2 * i), pack(contribution(mv_id, anchor))),
-                    Ev(Message(topic, p, 2 * i + 1), pack(register)),
-                ]
-            async with stage.lock:
-                await stage.process(events)
-                await stage.checkpoint()
+            await register_managers(a, stage, p, people)
 
             def position(st: MetaverseStage) -> dict[int, int]:
                 raw = st.refs.partition(p).get(POSITIONS_KEY)
@@ -340,29 +334,17 @@ def test_a_partition_taken_over_replays_a_slice_of_referrers_at_a_time_and_keeps
 
             old = position(stage)
             assert old == stage.table.applied != before
-            for task in (applier, reader):
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+            await stop(applier, reader)
             # While nobody holds the partition, the manager appears.
             await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
 
-            b = runtime(broker.bootstrap, tmp_path, "b")
-            other = MetaverseStage(b)
-            reader_b = asyncio.ensure_future(other.read_table())
-            await restore(b, other.store, [p])
-            await restore(b, other.refs, [p])
-            other.store.owned.add(p)
+            b, other, reader_b = await taking_over(broker.bootstrap, tmp_path, p)
             await asyncio.wait_for(other.table.ready.wait(), 30)
             part = other.store.partition(p)
             seen: list[tuple[int, dict[int, int]]] = []
 
             async def save_if_due() -> None:
-                resolved = sum(
-                    1
-                    for mv in part.unsaved.values()
-                    if isinstance(mv, MVObject) and mv.attributes.get("manager") == ["M-one"]
-                )
+                resolved = managed_by(part, "M-one")
                 await other.checkpoint()
                 seen.append((resolved, position(other)))
 
@@ -378,9 +360,7 @@ def test_a_partition_taken_over_replays_a_slice_of_referrers_at_a_time_and_keeps
                 await other.checkpoint()
             assert position(other) == other.table.applied != old
 
-            reader_b.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reader_b
+            await stop(reader_b)
             stage.table.close()
             other.table.close()
             await a.stop()
@@ -421,10 +401,7 @@ def test_a_registration_written_before_registrations_were_batched_is_still_read(
             assert rt.errors == []
             mv = stage.store.partition(p).unsaved[mv_id.encode()]
             assert mv.attributes.get("manager") == ["M-one"]
-            for task in (applier, reader):
-                task.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+            await stop(applier, reader)
             stage.table.close()
             await rt.stop()
 
