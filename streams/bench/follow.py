@@ -151,7 +151,7 @@ def _where_stopped(source: Any, target: Any, uid: str, title: str, root: Path) -
         where = f"the source holds it, the target holds {on_target!r}: the pipeline lost or held it"
     else:
         where = f"the source does not hold it (source title {on_source!r})"
-    log = root / "worker.log"
+    log = f"{root / 'worker.log'} (kept with --work-dir)"
     return f"the target did not show {uid}'s title {title!r} within 60 s; {where}; worker log {log}"
 
 
