@@ -130,10 +130,16 @@ class _TargetWatch:
 
 
 def _title(server: Any, uid: str) -> str | None:
+    """A person's title in a directory (None: no such entry)."""
+    from ldap3.core.exceptions import LDAPNoSuchObjectResult
+
     conn = server.connect()
     try:
         dn = f"uid={uid},{server.people_dn}"
-        conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["title"])
+        try:
+            conn.search(dn, "(objectClass=*)", search_scope="BASE", attributes=["title"])
+        except LDAPNoSuchObjectResult:
+            return None
         if not conn.entries:
             return None
         values = conn.entries[0].entry_attributes_as_dict.get("title") or [""]
