@@ -109,10 +109,17 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
     )
     export_topic = app.topic(f"naive-{config.name}.export.dir", key_serializer="raw", value_serializer="raw")
 
-    def stage_cs(key: str, before: CSObject | None, cs: CSObject | None, outs: list[Any]) -> list[Any]:
-        """Store a connector-space object; its reference-index updates join its outputs."""
+    def stage_cs(
+        key: str,
+        before: CSObject | None,
+        cs: CSObject | None,
+        outs: list[Any],
+        carried: dict[str, list[str]] | None = None,
+    ) -> list[Any]:
+        """Store a connector-space object; its reference-index updates join its outputs (``carried``: a
+        join answer's ``ref_keys``, registered by the metaverse already, as the batched staging does)."""
         _store(cs_table, key, cs)
-        return [*outs, *staging_updates(rules, before, cs, now_ms())]
+        return [*outs, *staging_updates(rules, before, cs, now_ms(), carried=carried)]
 
     async def handle(msg: Any) -> None:
         queue: deque[Any] = deque([msg])
@@ -140,7 +147,7 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
                 cs = _load(cs_table, key, CSObject)
                 if cs is not None:
                     new, linked = on_link(rules, cs, m)
-                    outs = stage_cs(key, cs, new, linked)
+                    outs = stage_cs(key, cs, new, linked, carried=m.ref_keys)
             elif isinstance(m, DnClaim):
                 key = f"{m.connector}\x00{m.anchor}"
                 changed = apply_dn_claim(_load(cs_table, key, CSObject), m)
