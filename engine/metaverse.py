@@ -390,17 +390,16 @@ def _contribute(
     if msg.ref_keys is not None:
         # A join carried the object's reference keys: registered here, and what the table resolves
         # already is in this first sync (no second sync and export when the answers arrive).
-        prefix = f"ref|{msg.connector}|"
         for attr, keys in msg.ref_keys.items():
             if attr not in msg.references:
                 continue
-            outputs += registers(
+            for reg in registers(
                 mv.mv_id, "refer", msg.connector, keys, msg.ts_ms, attribute=attr, anchor=msg.anchor
-            )
-            for key in keys:
-                value = lookup(prefix + key)
-                if value is not None:
-                    refs.setdefault(attr, {})[key] = value
+            ):
+                outputs.append(reg)
+                for answer in registered(reg, lookup):  # the table's values, as a registration gets them
+                    if answer.value is not None:
+                        refs.setdefault(attr, {})[answer.key] = answer.value
     for attr in msg.references:
         flows[attr] = sorted(set(refs.get(attr, {}).values()))
     for attr, values in msg.flows.items():
