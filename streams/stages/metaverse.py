@@ -297,21 +297,24 @@ class MetaverseStage(Stage[MVObject]):
         self._replaying.update(partitions)
         for p in partitions:
             self._positions.pop(p, None)  # saved by whoever held it last: written again at the checkpoint
-            part = self.refs.partition(p)
-            if next(part.scan(b""), None) is None:
-                self._replaying.discard(p)
-                continue  # no registrations: nothing to bring up to date
-            raw = part.get(POSITIONS_KEY)
-            saved = dict(_POSITIONS.decode(raw).offsets) if raw is not None else {}
-            if any(saved.get(q, 0) > self.table.read.get(q, 0) for q in saved):
-                ends = await self.table.sync_end()
-                if any(offset > ends.get(q, 0) + 1 for q, offset in saved.items()):
-                    saved = {}  # the table topic is not the one it was saved against: replay it all
-            routes = self.table.routes_since(saved)
-            size = self.rt.config.pipeline.batch_size
-            for i in range(0, len(routes), size):  # a batch of routes at a time, as the applier does
-                await self._resolve(routes[i : i + size], [p])
+            await self._replay(p)
             self._replaying.discard(p)
+
+    async def _replay(self, p: int) -> None:
+        """The table's changes since partition ``p`` was saved reach its registrations."""
+        part = self.refs.partition(p)
+        if next(part.scan(b""), None) is None:
+            return  # no registrations: nothing to bring up to date
+        raw = part.get(POSITIONS_KEY)
+        saved = dict(_POSITIONS.decode(raw).offsets) if raw is not None else {}
+        if any(saved.get(q, 0) > self.table.read.get(q, 0) for q in saved):
+            ends = await self.table.sync_end()
+            if any(offset > ends.get(q, 0) + 1 for q, offset in saved.items()):
+                saved = {}  # the table topic is not the one it was saved against: replay it all
+        routes = self.table.routes_since(saved)
+        size = self.rt.config.pipeline.batch_size
+        for i in range(0, len(routes), size):  # a batch of routes at a time, as the applier does
+            await self._resolve(routes[i : i + size], [p])
 
     async def _republish(self, partitions: list[int]) -> None:
         out = await self.rt.outputs()
