@@ -57,7 +57,13 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 
 class Outputs:
-    """Records to produce for one batch; ``flush`` sends them all and waits for the broker's acks."""
+    """Records to produce for one batch; ``flush`` sends them all and waits for the broker's acks.
+
+    A record added with ``after=True`` is produced only once every other record of the flush is
+    acknowledged: whoever reads it can count on the others being on record before anything it sends in
+    answer. Within one topic-partition Kafka keeps order; across topics it does not (their leaders can
+    be different brokers, and a retried request lands after a later one), so an answer that must not
+    overtake what it answers is sent in this second round — one more round trip, no transaction."""
 
     def __init__(
         self, producer: AIOKafkaProducer, partitions: dict[str, int], produced: Counter[str]
@@ -66,24 +72,48 @@ class Outputs:
         self._partitions = partitions
         self._produced = produced
         self._pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = defaultdict(list)
+        #: Records produced once the others are acknowledged (``after``).
+        self._after: dict[tuple[str, int], list[tuple[bytes, bytes | None]]] = defaultdict(list)
 
-    def add(self, topic: str, key: bytes, value: bytes | None, partition: int | None = None) -> None:
+    def add(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes | None,
+        partition: int | None = None,
+        *,
+        after: bool = False,
+    ) -> None:
         if partition is None:
             partition = partition_for(key, self._partitions[topic])
-        self._pending[(topic, partition)].append((key, value))
+        (self._after if after else self._pending)[(topic, partition)].append((key, value))
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self._pending.values())
+        return sum(len(v) for v in self._pending.values()) + sum(len(v) for v in self._after.values())
 
     async def flush(self) -> dict[tuple[str, int], int]:
-        """Send everything and wait for the acks.
+        """Send everything and wait for the acks (the ``after`` records once the others are acked).
 
         Returns, per topic-partition written, the offset after the last record written (the log's end as
         far as this flush knows it): a store records it with its changelog writes (streams.store).
         The records stay pending until every ack is in: when the broker fails part-way the caller's retry
         sends them all again (a duplicate is harmless downstream; a lost record is not)."""
+        ends = await self._send(self._pending)
+        if self._after:
+            for tp, end in (await self._send(self._after)).items():
+                ends[tp] = max(ends.get(tp, 0), end)
+        for pending in (self._pending, self._after):
+            for (topic, _partition), records in pending.items():
+                self._produced[topic] += len(records)
+            pending.clear()
+        return ends
+
+    async def _send(
+        self, pending: dict[tuple[str, int], list[tuple[bytes, bytes | None]]]
+    ) -> dict[tuple[str, int], int]:
+        """Produce ``pending`` with the batch API and wait for every acknowledgement."""
         futures: list[tuple[tuple[str, int], int, asyncio.Future[RecordMetadata]]] = []
-        for (topic, partition), records in self._pending.items():
+        for (topic, partition), records in pending.items():
             i = 0
             while i < len(records):
                 batch = self._producer.create_batch()
@@ -112,7 +142,4 @@ class Outputs:
             for (tp, count, _f), meta in zip(futures, results, strict=True):
                 assert isinstance(meta, RecordMetadata)
                 ends[tp] = max(ends.get(tp, 0), meta.offset + count)
-        for (topic, _partition), records in self._pending.items():
-            self._produced[topic] += len(records)
-        self._pending.clear()
         return ends

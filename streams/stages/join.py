@@ -47,7 +47,9 @@ class JoinStage(Stage[JoinEntry]):
                 out.add(n.mv_topic(), o.mv_id.encode(), pack(o))
             elif isinstance(o, CSLink):
                 self.rt.counters.count("projected" if o.outcome == "projected" else f"join-{o.outcome}")
-                out.add(n.links_topic(), o.anchor.encode(), pack(o))
+                # Staging answers a link with registrations on the metaverse topic that must come after
+                # the contribution's own (the keys it carried): the link goes out once that is on record.
+                out.add(n.links_topic(), o.anchor.encode(), pack(o), after=True)
             elif isinstance(o, ErrorRecord):
                 self.rt.record_error(o, out)
             elif isinstance(o, JoinRequest | JoinIndexUpdate):
