@@ -11,6 +11,12 @@ from collections import Counter, defaultdict
 from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
+from streams import produce_encoding
+
+# Every process that produces through idsync (workers, the naive baseline, the bench) encodes its produce
+# requests in one copy (streams.produce_encoding).
+produce_encoding.install()
+
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
 #: Hashes remembered: a key (anchor, route, mv_id) is partitioned several times along the pipeline.
