@@ -76,12 +76,20 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         broker_rebalance_timeout=10,
         producer_acks=1,
     )
-    cs_table = app.Table("cs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
-    join_table = app.Table("join", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
-    mv_table = app.Table("mv", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
+
+    # Keyed by object, route or mv_id, not by the import record being processed: faust's default table reads
+    # and writes only the current event's partition, so a key written while handling an HR record would be
+    # missing while handling a directory record of another partition (a join finding no candidate, a
+    # reference never resolved). ``use_partitioner``: each key is logged to its own partition and read
+    # wherever it is.
+    def table(name: str) -> Any:
+        return app.Table(
+            name, partitions=config.pipeline.partitions, key_type=str, value_type=bytes, use_partitioner=True
+        )
+
+    cs_table, join_table, mv_table = table("cs"), table("join"), table("mv")
     # The reference table (route -> value) and, the obvious way, each route's registrations as a list.
-    ref_table = app.Table("refs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
-    reg_table = app.Table("regs", partitions=config.pipeline.partitions, key_type=str, value_type=bytes)
+    ref_table, reg_table = table("refs"), table("regs")
 
     def lookup(route: str) -> str | None:
         raw = ref_table.get(route)

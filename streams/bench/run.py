@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import platform
@@ -46,6 +47,7 @@ from streams.bench.records import (
 from streams.broker import EmbeddedBroker, cpu_seconds
 from streams.config import load_config
 from streams.output import Outputs
+from streams.pending import fold
 from streams.runtime import Runtime, Settings
 from streams.sync import format_table
 
@@ -87,6 +89,10 @@ class PhaseResult:
     group_change_cpu_ms: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
+    #: After the initial load: the directory entries its pending exports leave, and a digest of them
+    #: (``target_state``) — equal for the batched and the naive pipelines when both decided the same.
+    load_objects: int = 0
+    load_digest: str = ""
     #: Records on each topic after the run (how many internal messages the inputs caused), and the
     #: internal topics' messages by kind (``streams.bench.kafka.message_kind``).
     topics: dict[str, int] = field(default_factory=dict)
@@ -528,6 +534,19 @@ class Phase:
             return {}
         return {t.removeprefix(prefix): k for t, k in kinds.items()}
 
+    async def export_digest(self, res: PhaseResult) -> None:
+        """What the pending exports so far would leave in the directory (``target_state``), digested: what
+        a pipeline decided, not how it got there."""
+        exports = []
+        async for _topic, records in kafka.read_all(self.broker.bootstrap, [self.export_topic()], 300):
+            exports += [PendingExport.model_validate_json(r.value) for r in records]
+        entries = target_state(self.org, exports)
+        lines = [json.dumps([dn, attrs], sort_keys=True) + "\n" for dn, attrs in sorted(entries.items())]
+        # Kept in the phase's directory (``--work-dir``): where two pipelines differ, a diff shows how.
+        (self.work / "directory.jsonl").write_text("".join(lines))
+        res.load_objects = len(entries)
+        res.load_digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
+
     def cpu_s(self) -> float:
         return sum(_cpu_s(p.pid) for p in self.procs)
 
@@ -544,6 +563,8 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         await ph.warm_up()
         await ph.initial_load(res)
         res.peak_rss_by_step["load"] = ph.rss()
+        if args.naive and org.size <= args.naive_max:
+            await ph.export_digest(res)  # compared with the naive baseline's
         changes = org.delta(1)
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
@@ -568,6 +589,7 @@ async def naive_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRe
         await ph.initial_load(res)
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
+        await ph.export_digest(res)
     return res
 
 
@@ -590,6 +612,43 @@ async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRes
             res.state_mb = ph.state_mb()
             res.notes.append(f"{res.exports} entries in ou=people after the load (incl. warm-up)")
     return res
+
+
+def target_state(org: Org, exports: list[PendingExport]) -> dict[str, dict[str, list[str]]]:
+    """The directory after ``exports``, from the accounts it held before the load (DN, lower case ->
+    attributes, values sorted). An add of an entry that exists replaces the attributes it names, as the
+    LDAP connector's converted add does: whether a pipeline joined an existing account (an update) or
+    provisioned it before that account's import arrived (an add, converted) leaves the same entry."""
+    entries = {dn.lower(): dict(attrs) for _anchor, dn, attrs in (org.dir_entry(i) for i in org.dir_accounts)}
+    for net in fold(exports):
+        dn = net.dn.lower()
+        if net.op == "delete":
+            entries.pop(dn, None)
+            continue
+        entry = entries.setdefault(dn, {})
+        for name, change in net.attributes.items():
+            if change.new is not None:
+                entry[name] = list(change.new)
+            else:
+                kept = [v for v in entry.get(name, []) if v not in change.remove]
+                entry[name] = kept + [v for v in change.add if v not in kept]
+        if net.new_dn is not None:
+            entries[net.new_dn.lower()] = entries.pop(dn)
+    return {
+        dn: {name: sorted(values) for name, values in attrs.items() if values}
+        for dn, attrs in entries.items()
+    }
+
+
+def same_work(batched: PhaseResult, naive: PhaseResult) -> str:
+    """Whether the naive baseline's load left the directory as the batched pipeline's did: a ratio is only
+    worth something between two pipelines that decided the same."""
+    if batched.load_digest and batched.load_digest == naive.load_digest:
+        return f"the naive baseline's exports leave the same directory ({naive.load_objects:,} entries)"
+    return (
+        f"the naive baseline's exports leave a DIFFERENT directory: {naive.load_objects:,} entries "
+        f"({naive.load_digest}) against {batched.load_objects:,} ({batched.load_digest or 'not read'})"
+    )
 
 
 def _table(results: list[PhaseResult]) -> str:
@@ -692,6 +751,7 @@ def run_bench(args: argparse.Namespace) -> int:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:
             print(f"N={r.size:,} workers={r.workers}: {r.rate / base.rate:.1f}x the naive per-event baseline")
+            print(f"N={r.size:,} workers={r.workers}: {same_work(r, base)}")
     doc = {
         "command": " ".join(["idsync", *sys.argv[1:]]) if sys.argv else "idsync bench",
         "machine": {

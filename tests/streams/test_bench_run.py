@@ -61,3 +61,43 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert peaks == sorted(peaks) and peaks[-1] == result["peak_rss_mb"][0] > 0
     log = (work / "b300w1" / "worker0.log").read_text()
     assert "memory: " in log and "unsaved_values=" in log
+
+
+def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: Path) -> None:
+    """The ratio compares two pipelines doing the same work: after the load, the naive baseline's pending
+    exports leave the directory as the batched pipeline's do (the bench says so)."""
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streams.cli",
+        "bench",
+        "--sizes",
+        "300",
+        "--workers",
+        "1",
+        "--no-ldap",
+        "--no-imports",
+        "--no-kinds",
+        "--latency-seconds",
+        "1",
+        "--rate",
+        "100",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    batched, naive = json.loads(out.read_text())["results"]
+    assert (batched["kind"], naive["kind"]) == ("batched", "naive")
+    # the organisation's active people and its groups: provisioned into the directory or updated there
+    assert batched["load_objects"] > 290 and naive["load_objects"] == batched["load_objects"]
+    assert naive["load_digest"] == batched["load_digest"] != ""
+    assert "the naive baseline's exports leave the same directory" in done.stdout
