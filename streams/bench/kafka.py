@@ -174,11 +174,13 @@ async def wait_drained(
     groups: dict[str, list[str]],
     timeout_s: float = 1800.0,
     produced: dict[str, int] | None = None,
+    check: Callable[[], None] | None = None,
 ) -> None:
     """Until each group's committed offsets reach the end of its topics (checked twice in a row).
 
     ``produced``: records known to be on a topic. The embedded broker can answer ListOffsets with 0 for a
     moment after a produce was acknowledged; without a floor, an empty-looking topic counts as drained.
+    ``check``: called on every round, raises to give up (a worker that died will never drain anything).
     """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
@@ -203,6 +205,8 @@ async def wait_drained(
         while stable < 2:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"groups {sorted(groups)} did not drain within {timeout_s:.0f}s")
+            if check is not None:
+                check()
             ends = {tp: end for tp, (end, _ts) in (await true_ends(consumer, every)).items()}
             behind = 0
             consumed: dict[str, int] = {}

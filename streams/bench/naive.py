@@ -75,6 +75,8 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         broker_heartbeat_interval=1,
         broker_rebalance_timeout=10,
         producer_acks=1,
+        # A large group's state is over Kafka's default 1 MB request: as the batched pipeline's producer.
+        producer_max_request_size=8 << 20,
     )
 
     # Keyed by object, route or mv_id, not by the import record being processed: faust's default table reads

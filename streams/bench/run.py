@@ -321,7 +321,9 @@ class Phase:
         produced = {t: n for t, n in self.rt.counters.produced.items() if t in imports}
         # Generous: 1M people take about half an hour to load on a 2-core machine.
         timeout = max(1800.0, sum(produced.values()) / 200)
-        await kafka.wait_drained(self.broker.bootstrap, self.groups(), timeout_s=timeout, produced=produced)
+        await kafka.wait_drained(
+            self.broker.bootstrap, self.groups(), timeout_s=timeout, produced=produced, check=self.check_alive
+        )
 
     async def warm_up(self) -> None:
         """Until every worker has joined and records flow end to end on every partition."""

@@ -59,3 +59,31 @@ def test_latency_windows_split_the_samples_by_send_time() -> None:
     assert [w["max"] for w in windows] == [30.0, 200.0, 50.0]
     assert windows[0]["p50"] == 30.0 and windows[1]["p99"] == 200.0
     assert _windows([]) == []
+
+
+def test_waiting_for_a_drain_gives_up_when_a_worker_died(tmp_path: Path) -> None:
+    """A group nobody consumes for never drains: the bench's liveness check ends the wait at once instead
+    of after the (half-hour) timeout."""
+    calls = 0
+
+    def worker_died() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("worker 0 exited with 1")
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path) as broker:
+            await kafka.create_topic(broker.bootstrap, "in", 1)
+            producer = await kafka.producer(broker.bootstrap)
+            try:
+                await kafka.produce_all(Outputs(producer, {"in": 1}, Counter()), [("in", b"k", b"v", None)])
+            finally:
+                await producer.stop()
+            await kafka.wait_drained(
+                broker.bootstrap, {"nobody": ["in"]}, timeout_s=600, produced={"in": 1}, check=worker_died
+            )
+
+    with pytest.raises(RuntimeError, match="worker 0 exited"):
+        asyncio.run(scenario())
+    assert calls == 3
