@@ -46,6 +46,10 @@ from streams.config import load_config
 from streams.runtime import now_ms
 from streams.topics import Names
 
+#: Keys whose partition faust's table stores remember (``table_key_index_size``): more than a run's tables
+#: hold at any size the bench runs the naive pipeline at (100,000 people: a few million keys).
+KEY_INDEX = 50_000_000
+
 
 def _load(table: Any, key: str, model: type[msgspec.Struct]) -> Any:
     raw = table.get(key)
@@ -77,13 +81,17 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         producer_acks=1,
         # A large group's state is over Kafka's default 1 MB request: as the batched pipeline's producer.
         producer_max_request_size=8 << 20,
+        # Which partition's database holds each key (below): faust keeps 1,000 by default and, for a key
+        # it forgot, reads the first partition that has a copy — possibly an older one.
+        table_key_index_size=KEY_INDEX,
     )
 
     # Keyed by object, route or mv_id, not by the import record being processed: faust's default table reads
     # and writes only the current event's partition, so a key written while handling an HR record would be
     # missing while handling a directory record of another partition (a join finding no candidate, a
-    # reference never resolved). ``use_partitioner``: each key is logged to its own partition and read
-    # wherever it is.
+    # reference never resolved). ``use_partitioner``: a key is read from the partition database it was last
+    # written to (the store's key index, which must hold every key: ``KEY_INDEX``); copies written earlier
+    # from other partitions stay behind, unread.
     def table(name: str) -> Any:
         return app.Table(
             name, partitions=config.pipeline.partitions, key_type=str, value_type=bytes, use_partitioner=True
@@ -138,7 +146,8 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
             outs: list[Any] = []
             if isinstance(m, RunMarker):
                 if m.op == "run-end":
-                    for key in [k for k in cs_table if k.startswith(f"{m.connector}\x00")]:
+                    # A key written from several partitions is listed once per copy.
+                    for key in dict.fromkeys(k for k in cs_table if k.startswith(f"{m.connector}\x00")):
                         current = _load(cs_table, key, CSObject)
                         if current is None:
                             continue

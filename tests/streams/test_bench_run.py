@@ -73,7 +73,7 @@ def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: 
         "streams.cli",
         "bench",
         "--sizes",
-        "300",
+        "1000",
         "--workers",
         "1",
         "--no-ldap",
@@ -98,6 +98,6 @@ def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: 
     batched, naive = json.loads(out.read_text())["results"]
     assert (batched["kind"], naive["kind"]) == ("batched", "naive")
     # the organisation's active people and its groups: provisioned into the directory or updated there
-    assert batched["load_objects"] > 290 and naive["load_objects"] == batched["load_objects"]
+    assert batched["load_objects"] > 950 and naive["load_objects"] == batched["load_objects"]
     assert naive["load_digest"] == batched["load_digest"] != ""
     assert "the naive baseline's exports leave the same directory" in done.stdout
