@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -31,3 +32,20 @@ async def cancel(task: asyncio.Task[Any], *cleanups: Callable[[], Awaitable[Any]
         await task
     for cleanup in cleanups:
         await cleanup()
+
+
+@dataclass
+class Message:
+    """Where a record came from, as a stage reads it off an event (``event.message``)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass
+class Ev:
+    """A consumed record as a stage's ``process`` takes it."""
+
+    message: Message
+    value: Any

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,41 +17,29 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path: Path) -> None:
+def bench(tmp_path: Path, size: int, *flags: str, env: dict[str, str] | None = None) -> tuple[str, list[Any]]:
+    """``idsync bench`` at ``size`` people, one worker, no slapd or connector phases, a one-second latency run
+    at 100 changes/s: its standard output and its JSON results."""
     out = tmp_path / "bench.json"
-    work = tmp_path / "work"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streams.cli",
-        "bench",
-        "--sizes",
-        "300",
-        "--workers",
-        "1",
-        "--no-naive",
-        "--no-ldap",
-        "--no-imports",
-        "--no-kinds",
-        "--latency-seconds",
-        "1",
-        "--rate",
-        "100",
-        "--json",
-        str(out),
-        "--work-dir",
-        str(work),
-    ]
+    cmd = [sys.executable, "-m", "streams.cli", "bench", "--sizes", str(size), "--workers", "1"]
+    cmd += ["--no-ldap", "--no-imports", "--no-kinds", "--latency-seconds", "1", "--rate", "100"]
     done = subprocess.run(
-        cmd,
+        [*cmd, *flags, "--json", str(out)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "IDSYNC_BENCH_MEMORY_LOG_S": "1"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    [result] = json.loads(out.read_text())["results"]
+    return done.stdout, json.loads(out.read_text())["results"]
+
+
+def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    _stdout, [result] = bench(
+        tmp_path, 300, "--no-naive", "--work-dir", str(work), env={"IDSYNC_BENCH_MEMORY_LOG_S": "1"}
+    )
     assert (result["kind"], result["size"], result["workers"]) == ("batched", 300, 1)
     assert result["records"] > 300 and result["rate"] > 0 and result["delta_records"] > 0
     assert result["latency_matched"] == result["latency_samples"] > 0
@@ -66,38 +55,9 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
 def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: Path) -> None:
     """The ratio compares two pipelines doing the same work: after the load, the naive baseline's pending
     exports leave the directory as the batched pipeline's do (the bench says so)."""
-    out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streams.cli",
-        "bench",
-        "--sizes",
-        "1000",
-        "--workers",
-        "1",
-        "--no-ldap",
-        "--no-imports",
-        "--no-kinds",
-        "--latency-seconds",
-        "1",
-        "--rate",
-        "100",
-        "--json",
-        str(out),
-    ]
-    done = subprocess.run(
-        cmd,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    batched, naive = json.loads(out.read_text())["results"]
+    stdout, [batched, naive] = bench(tmp_path, 1000)
     assert (batched["kind"], naive["kind"]) == ("batched", "naive")
     # the organisation's active people and its groups: provisioned into the directory or updated there
     assert batched["load_objects"] > 950 and naive["load_objects"] == batched["load_objects"]
     assert naive["load_digest"] == batched["load_digest"] != ""
-    assert "the naive baseline's exports leave the same directory" in done.stdout
+    assert "the naive baseline's exports leave the same directory" in stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +25,13 @@ from streams.consumer import StageConsumer, restore
 from streams.output import Outputs
 from streams.runtime import Runtime, Settings
 from streams.stages.base import Batch, Stage
-from tests.streams.helpers import cancel, until
+from tests.streams.helpers import Ev, Message, cancel, until
 
 pytestmark = pytest.mark.integration
 
 
 class Tally(msgspec.Struct):
     count: int
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass
-class Ev:
-    message: Message
-    value: bytes
 
 
 class TallyStage(Stage[Tally]):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,7 @@ from streams import output
 from streams.broker import EmbeddedBroker
 from streams.output import Outputs, murmur2, partition_for
 from tests.fixtures.kafka import create_topic
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass
-class Event:
-    message: Message
-    value: bytes
+from tests.streams.helpers import Ev, Message
 
 
 @given(st.binary(max_size=100))
@@ -146,7 +133,7 @@ def test_the_join_answers_staging_only_once_its_contribution_is_on_record(tmp_pa
         )
         value = pack(request)
         p = partition_for(request.route.encode(), rt.topic_partitions()[rt.names.join_topic()])
-        await stage.process([Event(Message(rt.names.join_topic(), p, 0), value)])
+        await stage.process([Ev(Message(rt.names.join_topic(), p, 0), value)])
         topics = [topic for topic, _ in sent]
         assert topics == [rt.names.mv_topic(), rt.names.links_topic()]
         assert sent[1] == (rt.names.links_topic(), True)  # the contribution was acknowledged by then
