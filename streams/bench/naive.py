@@ -47,7 +47,7 @@ from streams.runtime import now_ms
 from streams.topics import Names
 
 #: Keys whose partition faust's table stores remember (``table_key_index_size``): more than a run's tables
-#: hold at any size the bench runs the naive pipeline at (100,000 people: a few million keys).
+#: hold at any size the bench runs the naive pipeline at (``--naive-max``; 100,000 people: a few million).
 KEY_INDEX = 50_000_000
 
 

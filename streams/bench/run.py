@@ -726,7 +726,7 @@ async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResul
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    args.naive_max = getattr(args, "naive_max", 100_000)
+    args.naive_max = getattr(args, "naive_max", 10_000)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="idsync-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
