@@ -627,6 +627,8 @@ def target_state(org: Org, exports: list[PendingExport]) -> dict[str, dict[str, 
         if net.op == "delete":
             entries.pop(dn, None)
             continue
+        if net.op == "delete-add":
+            entries[dn] = {}  # deleted, then provisioned again: nothing of the old entry stays
         entry = entries.setdefault(dn, {})
         for name, change in net.attributes.items():
             if change.new is not None:

@@ -61,3 +61,28 @@ def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: 
     assert batched["load_objects"] > 950 and naive["load_objects"] == batched["load_objects"]
     assert naive["load_digest"] == batched["load_digest"] != ""
     assert "the naive baseline's exports leave the same directory" in stdout
+
+
+def test_the_directory_a_load_leaves_counts_a_converted_add_as_the_update_it_is() -> None:
+    """``target_state``: an existing account joined (an update) or provisioned before its import arrived (an
+    add the connector converts) ends as one entry; a delete-add keeps nothing of the old entry."""
+    from schemas.records import AttrChange, PendingExport
+    from streams.bench.org import generate
+    from streams.bench.run import target_state
+
+    org = generate(50, seed=7)
+    _anchor, dn, before = org.dir_entry(org.dir_accounts[0])
+
+    def export(op: str, seq: int, **attrs: list[str]) -> PendingExport:
+        changes = {k: AttrChange(op="replace", values=v) for k, v in attrs.items()}
+        return PendingExport(
+            export_id=f"e{seq}", seq=seq, connector="dir", mv_id="m1", op=op, object_type="person", dn=dn,
+            attributes=changes, ts_ms=1,
+        )  # fmt: skip
+
+    joined = target_state(org, [export("update", 1, title=["Director"])])
+    provisioned = target_state(org, [export("add", 1, title=["Director"])])
+    assert joined == provisioned
+    assert joined[dn.lower()]["title"] == ["Director"] and joined[dn.lower()]["uid"] == before["uid"]
+    again = target_state(org, [export("delete", 1), export("update", 2, title=["CTO"])])
+    assert again[dn.lower()] == {"title": ["CTO"]}
