@@ -6,9 +6,14 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+from streams.bench.records import bench_config
+from streams.config import load_config
+from streams.runtime import Runtime, Settings
 
 
 async def until(check: Callable[[], Any], seconds: float, step: float = 0.02) -> None:
@@ -49,3 +54,12 @@ class Ev:
 
     message: Message
     value: Any
+
+
+def bench_runtime(bootstrap: str, tmp: Path, name: str, instance: str, partitions: int) -> Runtime:
+    """A worker's runtime (data in ``tmp/name``) for the bench's configuration of ``instance`` with
+    ``partitions`` partitions and an empty HR file, on the broker at ``bootstrap``."""
+    hr = tmp / "hr.csv"
+    hr.write_text("employee_id\n")
+    config = load_config(bench_config(instance, tmp, partitions, hr))
+    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)

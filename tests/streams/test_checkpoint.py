@@ -18,14 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.state import CSObject
 from streams import consumer as consumer_module
 from streams.app import ensure_topics
-from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.config import load_config
 from streams.consumer import StageConsumer, restore
 from streams.output import Outputs
-from streams.runtime import Runtime, Settings
+from streams.runtime import Runtime
 from streams.stages.base import Batch, Stage
-from tests.streams.helpers import Ev, Message, cancel, until
+from tests.streams.helpers import Ev, Message, bench_runtime, cancel, until
 
 pytestmark = pytest.mark.integration
 
@@ -53,10 +51,7 @@ class TallyStage(Stage[Tally]):
 
 
 def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
-    hr = tmp / "hr.csv"
-    hr.write_text("employee_id\n")
-    config = load_config(bench_config("ckpt", tmp, 2, hr))
-    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+    return bench_runtime(bootstrap, tmp, name, "ckpt", 2)
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from streams import output
 from streams.broker import EmbeddedBroker
 from streams.output import Outputs, murmur2, partition_for
 from tests.fixtures.kafka import create_topic
-from tests.streams.helpers import Ev, Message
+from tests.streams.helpers import Ev, Message, bench_runtime
 
 
 @given(st.binary(max_size=100))
@@ -47,6 +47,23 @@ def test_the_hash_cache_stays_bounded(monkeypatch: object) -> None:
     output._HASHES.clear()
 
 
+def spy_sends(producer: AIOKafkaProducer) -> list[tuple[str, bool]]:
+    """Record each batch ``producer`` sends: its topic, and whether every batch sent before it was
+    acknowledged by then."""
+    sent: list[tuple[str, bool]] = []
+    futures: list[asyncio.Future[Any]] = []
+    send_batch = producer.send_batch
+
+    async def spy(batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        sent.append((topic, all(f.done() for f in futures)))
+        fut = await send_batch(batch, topic, partition=partition)
+        futures.append(fut)
+        return fut
+
+    producer.send_batch = spy  # type: ignore[method-assign]
+    return sent
+
+
 def test_after_records_go_out_once_the_others_are_acknowledged(tmp_path: Path) -> None:
     """An ``after`` record (the join's answer to staging) is sent only when every other record of the flush
     (the contribution it answers, on another topic) is on record: across topics Kafka keeps no order."""
@@ -54,17 +71,7 @@ def test_after_records_go_out_once_the_others_are_acknowledged(tmp_path: Path) -
     async def run(bootstrap: str) -> None:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
         await producer.start()
-        sent: list[tuple[str, list[asyncio.Future[Any]]]] = []
-        futures: list[asyncio.Future[Any]] = []
-        send_batch = producer.send_batch
-
-        async def spy(batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
-            sent.append((topic, [f for f in futures if not f.done()]))
-            fut = await send_batch(batch, topic, partition=partition)
-            futures.append(fut)
-            return fut
-
-        producer.send_batch = spy  # type: ignore[method-assign]
+        sent = spy_sends(producer)
         try:
             out = Outputs(producer, {"mv": 2, "links": 2}, Counter())
             out.add("links", b"anchor-1", b"link-1", after=True)
@@ -76,7 +83,7 @@ def test_after_records_go_out_once_the_others_are_acknowledged(tmp_path: Path) -
             # Every contribution batch went out before the link, and none was waiting for its ack then.
             topics = [topic for topic, _ in sent]
             assert topics[-1] == "links" and "links" not in topics[:-1] and len(topics) >= 2
-            assert sent[-1][1] == []
+            assert sent[-1][1] is True
             assert ends[("links", partition_for(b"anchor-1", 2))] == 1
             assert sum(end for (topic, _p), end in ends.items() if topic == "mv") == 20
         finally:
@@ -92,31 +99,12 @@ def test_the_join_answers_staging_only_once_its_contribution_is_on_record(tmp_pa
     """A projection's contribution (metaverse topic) is acknowledged before its link (links topic) is
     sent: staging's registrations in answer to the link land after the keys the contribution carried."""
     from streams.app import ensure_topics
-    from streams.bench.records import bench_config
-    from streams.config import load_config
-    from streams.runtime import Runtime, Settings
     from streams.stages.join import JoinStage
 
     async def run(bootstrap: str) -> None:
-        hr = tmp_path / "hr.csv"
-        hr.write_text("employee_id\n")
-        config = load_config(bench_config("order", tmp_path, 2, hr))
-        rt = Runtime(
-            Settings(bootstrap_servers=bootstrap, data_dir=tmp_path / "w", fetch_max_wait_ms=10), config
-        )
+        rt = bench_runtime(bootstrap, tmp_path, "w", "order", 2)
         await ensure_topics(rt)
-        producer = await rt.producer()
-        sent: list[tuple[str, bool]] = []
-        futures: list[asyncio.Future[Any]] = []
-        send_batch = producer.send_batch
-
-        async def spy(batch: Any, topic: str, *, partition: int) -> asyncio.Future[Any]:
-            sent.append((topic, all(f.done() for f in futures)))
-            fut = await send_batch(batch, topic, partition=partition)
-            futures.append(fut)
-            return fut
-
-        producer.send_batch = spy  # type: ignore[method-assign]
+        sent = spy_sends(await rt.producer())
         stage = JoinStage(rt)
         request = JoinRequest(
             route="person|employeeId=E1",

@@ -16,16 +16,14 @@ from schemas.codec import pack
 from schemas.messages import MVContribution, RefRegister, RefValue
 from schemas.state import MVObject
 from streams.app import ensure_topics
-from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.config import load_config
 from streams.consumer import restore
 from streams.output import partition_for
 from streams.reftable import RefTable
-from streams.runtime import Runtime, Settings
+from streams.runtime import Runtime
 from streams.stages.metaverse import _POSITIONS, POSITIONS_KEY, MetaverseStage
 
-from .helpers import until
+from .helpers import bench_runtime, until
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +32,7 @@ ROUTE = f"ref|hr|{MANAGER_DN}"
 
 
 def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
-    hr = tmp / "hr.csv"
-    hr.write_text("employee_id\n")
-    config = load_config(bench_config("reftable", tmp, 4, hr))
-    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+    return bench_runtime(bootstrap, tmp, name, "reftable", 4)
 
 
 async def publish(rt: Runtime, *values: RefValue) -> None:

@@ -9,12 +9,11 @@ import msgspec
 import pytest
 
 from streams.app import ensure_topics
-from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.config import load_config
 from streams.consumer import restore
-from streams.runtime import Runtime, Settings
+from streams.runtime import Runtime
 from streams.stages.base import Batch, save
+from tests.streams.helpers import bench_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +23,7 @@ class Item(msgspec.Struct):
 
 
 def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
-    hr = tmp / "hr.csv"
-    hr.write_text("employee_id\n")
-    config = load_config(bench_config("handover", tmp, 4, hr))
-    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+    return bench_runtime(bootstrap, tmp, name, "handover", 4)
 
 
 async def write(rt: Runtime, partition: int, puts: dict[bytes, str | None]) -> None:
