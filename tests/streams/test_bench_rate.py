@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.bench import kafka
 from streams.broker import EmbeddedBroker
@@ -87,3 +88,43 @@ def test_waiting_for_a_drain_gives_up_when_a_worker_died(tmp_path: Path) -> None
     with pytest.raises(RuntimeError, match="worker 0 exited"):
         asyncio.run(scenario())
     assert calls == 3
+
+
+def test_a_drain_check_the_broker_leaves_unanswered_is_asked_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe fetch the broker does not answer in time (a 1M load made the embedded broker answer
+    RequestTimedOut for a minute) fails that round only: the wait asks again and ends when the group has
+    drained, instead of ending the whole run."""
+    real = kafka.true_ends
+    failures = 0
+
+    async def slow_broker(*args: object, **kwargs: object) -> object:
+        nonlocal failures
+        if failures < 2:
+            failures += 1
+            raise TimeoutError("no fetch response within 60s for partitions ['in[0]']")
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(kafka, "true_ends", slow_broker)
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path) as broker:
+            await kafka.create_topic(broker.bootstrap, "in", 1)
+            producer = await kafka.producer(broker.bootstrap)
+            try:
+                await kafka.produce_all(Outputs(producer, {"in": 1}, Counter()), [("in", b"k", b"v", None)])
+            finally:
+                await producer.stop()
+            # The group has consumed the record: the wait ends once a round gets an answer.
+            reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="reader")
+            await reader.start()
+            try:
+                reader.assign([TopicPartition("in", 0)])
+                await reader.commit({TopicPartition("in", 0): 1})
+            finally:
+                await reader.stop()
+            await kafka.wait_drained(broker.bootstrap, {"reader": ["in"]}, timeout_s=60, produced={"in": 1})
+
+    asyncio.run(scenario())
+    assert failures == 2
