@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.rules import Rules
+from engine.staging import ValueChanges
 from engine.values import dn_key, dn_keys
 from schemas.messages import DnClaim, RefRegister, RefResolved, RefUpdate, RefValue
 from schemas.state import CSObject, JoinEntry, MVObject, TargetState
@@ -213,6 +214,37 @@ def _same_references(rules: Rules, before: CSObject | None, after: CSObject | No
     )
 
 
+def _value_references(
+    rules: Rules, before: CSObject | None, after: CSObject | None, values: ValueChanges
+) -> tuple[dict[str, list[str]], dict[str, list[str]]] | None:
+    """(keys referred to now, keys no longer referred to) per metaverse attribute, from a value-level
+    change alone: O(values changed), whatever the size of the group. None when the values do not say it
+    all — the object changed metaverse objects, a reference source attribute changed whole, two source
+    attributes flow into one metaverse attribute, or a single-valued one (several DNs refer to none)."""
+    if before is None or after is None or after.mv_id is None or before.mv_id != after.mv_id:
+        return None
+    flows = rules.ref_flows(after.connector, after.object_type)
+    rule = rules.inbound_rule(after.connector, after.object_type)
+    single = rules.single_valued.get(rule.mv_type, frozenset()) if rule is not None else frozenset()
+    targets = [attr for attr, _source in flows]
+    if len(set(targets)) != len(targets) or single.intersection(targets):
+        return None
+    added: dict[str, list[str]] = {}
+    removed: dict[str, list[str]] = {}
+    for attr, source in flows:
+        if source in values:
+            gained, lost = values[source]
+            # A DN removed and added back in another spelling refers to what it did.
+            now, was = _ref_keys(gained), _ref_keys(lost)
+            if now - was:
+                added[attr] = sorted(now - was)
+            if was - now:
+                removed[attr] = sorted(was - now)
+        elif before.attributes.get(source) != after.attributes.get(source):
+            return None
+    return added, removed
+
+
 def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | None:
     """(route, anchor, mv_id) this object publishes as the owner of its DN, if any.
 
@@ -230,6 +262,7 @@ def staging_updates(
     after: CSObject | None,
     ts_ms: int,
     carried: dict[str, list[str]] | None = None,
+    values: ValueChanges | None = None,
 ) -> list[RefUpdate | RefRegister]:
     """Reference updates for a connector-space object that changed from ``before`` to ``after`` (any
     change: staged, joined, unlinked, renamed, deleted): its claim on its DN for the join stage
@@ -239,7 +272,10 @@ def staging_updates(
 
     ``carried``: the join that gave ``after`` its mv_id carried these keys (``CSLink.ref_keys``), and
     the metaverse registered them with the join's contribution: only the difference to the object's
-    references now is registered (nothing, unless it changed while the join was in flight)."""
+    references now is registered (nothing, unless it changed while the join was in flight).
+
+    ``values``: what a value-level change record did (``engine.staging.Staged.values``): the references
+    it added and removed are registered from those values alone, not by comparing the group's members."""
     obj = after or before
     if obj is None:
         return []
@@ -292,6 +328,18 @@ def staging_updates(
     made = {a: set(keys) for a, keys in carried.items()} if carried is not None and new_mv is not None else {}
     if carried is None and _same_references(rules, before, after):
         return out  # an ordinary update of a group: its members did not change, nothing to compare
+    if carried is None and values is not None:
+        delta = _value_references(rules, before, after, values)
+        if delta is not None:
+            assert new_mv is not None  # _value_references answers only for a joined object
+            steps: tuple[tuple[RegisterOp, dict[str, list[str]]], ...] = (
+                ("unrefer", delta[1]),
+                ("refer", delta[0]),
+            )
+            for op, keyed in steps:
+                for attr, keys in sorted(keyed.items()):
+                    out += registers(new_mv, op, connector, keys, ts_ms, attribute=attr, anchor=obj.anchor)
+            return out
     old_refs, new_refs = cs_references(rules, before), cs_references(rules, after)
     old_mv = before.mv_id if before is not None else None
     removed: list[tuple[str, str]] = []

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
 from msgspec.structs import replace
 
-from engine.values import dn_key, same_values
+from engine.values import dn_key, dn_keys, same_values
 from schemas.messages import DnClaim
 from schemas.records import Attrs
 from schemas.state import ConnectorState, CSObject
 from schemas.wire import ChangeRecord
 
 PendingImport = Literal["none", "add", "update", "rename", "delete", "delete-add", "stale", "duplicate"]
+
+
+#: attribute -> (values added, values removed): what a value-level change record did to the hologram.
+ValueChanges = dict[str, tuple[list[str], list[str]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +29,10 @@ class Staged:
     before: CSObject | None
     after: CSObject | None
     changed: frozenset[str] = field(default_factory=frozenset)
+    #: A value-level record (``added``/``removed``) applied to an object already staged: the values each
+    #: of its attributes gained and lost, as they changed the hologram (a value it already had is not
+    #: added again, one it did not have is not removed). None for a record given by whole values.
+    values: ValueChanges | None = None
 
     @property
     def skipped(self) -> bool:
@@ -35,6 +44,54 @@ def changed_attributes(old: Attrs, new: Attrs) -> frozenset[str]:
     if not old:
         return frozenset(k for k, v in new.items() if v)
     return frozenset(k for k in old.keys() | new.keys() if not same_values(old.get(k), new.get(k)))
+
+
+def apply_values(
+    have: list[str], added: list[str], removed: list[str], dn_valued: bool
+) -> tuple[list[str], list[str], list[str]]:
+    """A multi-valued attribute after a value-level change: (its values, those added, those removed).
+
+    Values match exactly, or as DNs (``dn_valued``: case and spaces around separators ignored); the
+    values kept keep their order and the added ones follow. The passes over ``have`` are C-level (DN
+    keys come from the key cache), so a one-member change to a large group costs no Python per member."""
+    keys = dn_keys(have) if dn_valued else have
+    gone = set(dn_keys(removed) if dn_valued else removed)
+    gone.discard("")
+    if gone and not gone.isdisjoint(keys):
+        kept = [v for v, k in zip(have, keys, strict=True) if k not in gone]
+        lost = [v for v, k in zip(have, keys, strict=True) if k in gone]
+        keys = dn_keys(kept) if dn_valued else kept
+    else:
+        kept, lost = list(have), []
+    present = set(keys)
+    gained: list[str] = []
+    for value, key in zip(added, dn_keys(added) if dn_valued else added, strict=True):
+        if key and key not in present:
+            present.add(key)
+            gained.append(value)
+    kept.extend(gained)
+    return kept, gained, lost
+
+
+def _value_changes(
+    record: ChangeRecord, current: CSObject, image: Attrs, dn_valued: Collection[str]
+) -> ValueChanges:
+    """Apply a record's ``added``/``removed`` to ``image`` (the hologram being built); what changed."""
+    added, removed = record.added or {}, record.removed or {}
+    done: ValueChanges = {}
+    for name in sorted({*added, *removed}):
+        have = current.attributes.get(name, [])
+        values, gained, lost = apply_values(
+            have, added.get(name, []), removed.get(name, []), name in dn_valued
+        )
+        image[name] = values
+        if gained or lost:
+            done[name] = (gained, lost)
+    return done
+
+
+def _without(attrs: Attrs, names: set[str]) -> Attrs:
+    return {k: v for k, v in attrs.items() if k not in names}
 
 
 def _new_object(record: ChangeRecord, image: Attrs) -> CSObject:
@@ -53,11 +110,21 @@ def _new_object(record: ChangeRecord, image: Attrs) -> CSObject:
     )
 
 
-def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | None = None) -> Staged:
+def stage(
+    current: CSObject | None,
+    record: ChangeRecord,
+    tombstone: CSObject | None = None,
+    dn_valued: Collection[str] = (),
+) -> Staged:
     """Stage one change record (MIM import step). Stale and duplicate records change nothing.
 
     ``tombstone`` (when the object is not in the connector space) is what is known of its deletion: a
-    record older than the delete, or the delete again, is stale or a duplicate, never a resurrection."""
+    record older than the delete, or the delete again, is stale or a duplicate, never a resurrection.
+
+    A value-level record (``added``/``removed``, version 2) changes those attributes value by value;
+    ``dn_valued``: the attributes whose values match as DNs (the connector's reference attributes). For
+    an object not staged yet it is an add whose attributes are what the record gives (its added values:
+    there is nothing to remove them from), as MIM stages an update of an unknown object."""
     src = record.source
     seen = current if current is not None else tombstone
     if seen is not None:
@@ -70,12 +137,18 @@ def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | 
             return Staged("none", None, None)
         return Staged("delete", current, None, frozenset(current.attributes))
     image: Attrs = dict(record.after or {})
+    values: ValueChanges | None = None
     if record.changes is not None and record.op == "u" and current is not None:
         # A delta carrying only changed attributes: overlay it on the hologram.
         merged = dict(current.attributes)
         for name in record.changes:
             merged[name] = image.get(name, [])
-        image = {k: v for k, v in merged.items() if v}
+        if record.added is not None or record.removed is not None:
+            values = _value_changes(record, current, merged, dn_valued)
+        image = merged
+    elif record.added:
+        for name, added in record.added.items():
+            image[name] = list(dict.fromkeys(added))
     image = {k: v for k, v in image.items() if v}
     if current is None:
         new = _new_object(record, image)
@@ -83,7 +156,14 @@ def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | 
     if current.object_type != record.object_type:
         new = _new_object(record, image)
         return Staged("delete-add", current, new, frozenset(image) | frozenset(current.attributes))
-    changed = changed_attributes(current.attributes, image)
+    if values is not None:
+        # Whole attributes compare as sets; those given by value changed when a value did (no sort of
+        # a large group's members to find out).
+        by_value = {*(record.added or {}), *(record.removed or {})}
+        whole = changed_attributes(_without(current.attributes, by_value), _without(image, by_value))
+        changed = whole | frozenset(values)
+    else:
+        changed = changed_attributes(current.attributes, image)
     renamed = src.dn is not None and dn_key(src.dn) != dn_key(current.dn)
     new = replace(
         current,
@@ -97,8 +177,8 @@ def stage(current: CSObject | None, record: ChangeRecord, tombstone: CSObject | 
     )
     if renamed:
         # A new DN: whatever it was transient for was the old one (the index says if the new one is taken).
-        return Staged("rename", current, replace(new, transient=False), changed)
-    return Staged("update" if changed else "none", current, new, changed)
+        return Staged("rename", current, replace(new, transient=False), changed, values)
+    return Staged("update" if changed else "none", current, new, changed, values)
 
 
 def apply_dn_claim(current: CSObject | None, claim: DnClaim) -> CSObject | None:

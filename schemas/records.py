@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Attrs = dict[str, list[str]]
 
@@ -39,19 +39,70 @@ class Source(_Contract):
     locator: str | None = None
 
 
-class ChangeRecord(_Contract):
-    """One object's change, Debezium-like: ``op`` c/u/d, or r for a full-import (snapshot) read."""
+def value_changes_problem(
+    version: int,
+    op: str,
+    after: Attrs | None,
+    changes: list[str] | None,
+    added: Attrs | None,
+    removed: Attrs | None,
+) -> str | None:
+    """What is wrong with a change record's value-level changes (``added``/``removed``), None if nothing.
+    One rule for the contract and its mirror (``schemas.wire``)."""
+    if added is None and removed is None:
+        return None
+    if version < 2:
+        return "added/removed (value-level changes) need version 2"
+    if op != "u":
+        return f"added/removed (value-level changes) are for op 'u' only, not {op!r}"
+    both = sorted(set(added or {}) & set(removed or {}))
+    for name in both:
+        if set((added or {})[name]) & set((removed or {})[name]):
+            return f"attribute {name!r}: a value is both added and removed"
+    named = set(added or {}) | set(removed or {})
+    whole = set(after or {}) | set(changes or ())
+    overlap = sorted(named & whole)
+    if overlap:
+        return f"attribute {overlap[0]!r} is given both whole (after/changes) and by value (added/removed)"
+    if changes is None:
+        # Without it, ``after`` would be the whole image and the record could not say which values changed.
+        return "added/removed (value-level changes) need changes: the attributes given whole, possibly none"
+    return None
 
-    version: Literal[1] = 1
+
+class ChangeRecord(_Contract):
+    """One object's change, Debezium-like: ``op`` c/u/d, or r for a full-import (snapshot) read.
+
+    Version 2 adds value-level changes (``added``/``removed``); a record without them is the same in both
+    versions. A reader of version 1 refuses version 2 rather than miss a membership change."""
+
+    version: Literal[1, 2] = 1
     op: Literal["c", "u", "d", "r"]
     anchor: str = Field(min_length=1)
     object_type: str
     before: Attrs | None = None
-    #: Full image after the change (None for deletes).
+    #: Full image after the change (None for deletes); with ``changes``, only the changed attributes.
     after: Attrs | None = None
     #: Names of changed attributes when the connector knows them; None means "compare the full image".
     changes: list[str] | None = None
     source: Source
+    #: Version 2, ``op`` "u": values a multi-valued attribute gained, per attribute, as an LDAP modify's
+    #: add, AD DirSync's incremental values or a SCIM PATCH ``add`` give them. Its other values stay as
+    #: the connector space holds them: one member added to a 50,000-member group is one value here, not
+    #: the group's whole image. An attribute given by value is not also in ``after`` or ``changes``.
+    added: Attrs | None = None
+    #: Version 2, ``op`` "u": values a multi-valued attribute lost, per attribute (DN-valued attributes
+    #: match as DNs: case and spaces around separators do not matter).
+    removed: Attrs | None = None
+
+    @model_validator(mode="after")
+    def _value_changes(self) -> ChangeRecord:
+        problem = value_changes_problem(
+            self.version, self.op, self.after, self.changes, self.added, self.removed
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class RunMarker(_Contract):

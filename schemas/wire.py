@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from schemas.records import APPROVE_DELETES_KEY, Attrs
+from schemas.records import APPROVE_DELETES_KEY, Attrs, value_changes_problem
 
 
 class _Public(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
@@ -35,7 +35,7 @@ class Source(_Public, frozen=True, kw_only=True):
 
 
 class ChangeRecord(_Public, frozen=True, kw_only=True):
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1
     op: Literal["c", "u", "d", "r"]
     anchor: Annotated[str, Meta(min_length=1)]
     object_type: str
@@ -43,6 +43,17 @@ class ChangeRecord(_Public, frozen=True, kw_only=True):
     after: Attrs | None = None
     changes: list[str] | None = None
     source: Source
+    added: Attrs | None = None
+    removed: Attrs | None = None
+
+    def __post_init__(self) -> None:
+        # Runs on decoding: a ValueError becomes the decoder's ValidationError, as the model's validator.
+        if self.added is not None or self.removed is not None:
+            problem = value_changes_problem(
+                self.version, self.op, self.after, self.changes, self.added, self.removed
+            )
+            if problem is not None:
+                raise ValueError(problem)
 
 
 class RunMarker(_Public, frozen=True, kw_only=True):

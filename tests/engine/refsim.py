@@ -170,6 +170,28 @@ class Sim:
             ),
         )
 
+    def modify(self, anchor: str, object_type: str, dn: str, added: Attrs, removed: Attrs) -> None:
+        """A value-level change (change record version 2): values added to and removed from attributes."""
+        version = self.versions.get(anchor, 0) + 1
+        self.versions[anchor] = version
+        self.ts += 1
+        self.put(
+            "import",
+            anchor,
+            ChangeRecord(
+                version=2,
+                op="u",
+                anchor=anchor,
+                object_type=object_type,
+                changes=[],
+                added=added or None,
+                removed=removed or None,
+                source=Source(
+                    connector="ad", dn=dn, version=version, event_id=f"{anchor}:{version}:v", ts_ms=self.ts
+                ),
+            ),
+        )
+
     def delete(self, anchor: str, object_type: str) -> None:
         version = self.versions.get(anchor, 0) + 1
         self.versions[anchor] = version
@@ -236,11 +258,12 @@ class Sim:
             self._emit([*outputs, *refs])
             return
         key = f"{msg.source.connector}|{msg.anchor}"
-        staged = stage(self.cs.get(key), msg)
+        dn_valued = {source for _attr, source in self.rules.ref_flows(msg.source.connector, msg.object_type)}
+        staged = stage(self.cs.get(key), msg, dn_valued=dn_valued)
         if staged.skipped:
             return
         cs, outputs = route(self.rules, staged, msg.source.ts_ms)
-        refs = staging_updates(self.rules, staged.before, cs, msg.source.ts_ms)
+        refs = staging_updates(self.rules, staged.before, cs, msg.source.ts_ms, values=staged.values)
         if cs is None:
             gone = self.cs.pop(key, None)
             # Staging keeps a tombstone of a deleted object (streams/stages/staging.py).

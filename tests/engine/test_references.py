@@ -243,18 +243,39 @@ def test_any_arrival_and_delivery_order_gives_the_sequential_model(
                     st.just(False),
                 ),
                 st.tuples(st.just("delete"), st.sampled_from([*uids, "g1"]), st.none(), st.just(False)),
+                # A value-level membership change (change record version 2): one DN added or removed.
+                st.tuples(st.just("member"), st.sampled_from(["g1", "g2"]), dn_choice, st.booleans()),
             ),
             min_size=1,
             max_size=25,
         )
     )
     alive: set[str] = set()
+    #: The groups' members by DN key, as the changes say they are (a value-level change to a group not
+    #: staged creates it with the values it adds).
+    model: dict[str, set[str]] = {}
     for kind, anchor, value, moved in ops:
         if kind == "user":
             user(sim, anchor, manager=value, dn=f"uid={anchor},ou=moved,dc=example,dc=org" if moved else None)
             alive.add(anchor)
         elif kind == "group":
             group(sim, anchor, list(value or []))
+            model[anchor] = {dn_key(d) for d in value or []}
+            alive.add(anchor)
+        elif kind == "member":
+            # moved: removed; the DN in another spelling, as a directory may log it.
+            dn = str(value).upper() if moved else str(value)
+            sim.modify(
+                anchor,
+                "group",
+                group_dn(anchor),
+                {} if moved else {"member": [dn]},
+                {"member": [dn]} if moved else {},
+            )
+            members = model.setdefault(anchor, set())
+            if anchor not in alive:
+                members.clear()  # not staged: the change is an add of the values it gives
+            (members.discard if moved else members.add)(dn_key(dn))
             alive.add(anchor)
         elif anchor in alive:
             sim.delete(anchor, "group" if anchor.startswith("g") else "user")
@@ -266,6 +287,9 @@ def test_any_arrival_and_delivery_order_gives_the_sequential_model(
                 sim.step(sim.rng.choice(keys))
     sim.run()
     assert {cs.anchor for cs in sim.cs.values()} == alive
+    for g in ("g1", "g2"):
+        if g in alive:
+            assert set(map(dn_key, sim.cs[f"ad|{g}"].attributes.get("member", []))) == model[g]
     assert actual(sim) == expected(sim)
     assert inbound_registrations(sim) == expected_registrations(sim)
     assert not sim.errors, sim.errors

@@ -95,6 +95,23 @@ def _model_strategy(model: type[BaseModel]) -> st.SearchStrategy[Any]:
             overrides[name] = _model_strategy(records.Source)
         elif name == "attributes" and model is records.PendingExport:
             overrides[name] = st.dictionaries(text, _model_strategy(records.AttrChange), max_size=3)
+    if model is records.ChangeRecord:
+        # Value-level changes have rules of their own (the validator): whole records, and value-level ones.
+        whole = st.builds(model, **{**overrides, "added": st.none(), "removed": st.none()})
+        names = st.sampled_from(["member", "memberOf"])
+        by_value = st.builds(
+            model,
+            **{
+                **overrides,
+                "version": st.just(2),
+                "op": st.just("u"),
+                "after": st.just({"cn": ["x"]}),
+                "changes": st.just(["cn"]),
+                "added": st.dictionaries(names, st.lists(st.sampled_from("ab"), max_size=2), max_size=1),
+                "removed": st.dictionaries(names, st.lists(st.sampled_from("cd"), max_size=2), max_size=2),
+            },
+        )
+        return whole | by_value
     return st.builds(model, **overrides)
 
 
