@@ -248,6 +248,39 @@ class RecordFactory:
         )
         return self.topic_of[connector], anchor.encode(), rec.model_dump_json().encode(), None
 
+    def values_change(
+        self,
+        connector: str,
+        anchor: str,
+        object_type: str,
+        event_id: str,
+        ts_ms: int,
+        added: dict[str, list[str]],
+        removed: dict[str, list[str]],
+        dn: str | None = None,
+    ) -> Message:
+        """One value-level update (change record version 2): values added to and removed from
+        multi-valued attributes, nothing else."""
+        self.version += 1
+        rec = ChangeRecord(
+            version=2,
+            op="u",
+            anchor=anchor,
+            object_type=object_type,
+            changes=[],
+            added=added or None,
+            removed=removed or None,
+            source=Source(
+                connector=connector,
+                dn=dn,
+                version=self.version,
+                event_id=event_id,
+                ts_ms=ts_ms,
+                locator=anchor,
+            ),
+        )
+        return self.topic_of[connector], anchor.encode(), rec.model_dump_json().encode(), None
+
 
 def hr_dn(employee_id: str) -> str:
     return f"employeeNumber={employee_id},ou=people,o=hr"

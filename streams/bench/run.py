@@ -83,10 +83,14 @@ class PhaseResult:
     cpu_us_per_record: float = 0.0
     broker_cpu_us_per_record: float = 0.0
     #: One membership change of all-staff (``group_members`` members): median ms from its change record
-    #: to its mv.changes record, and the workers' CPU ms per change.
+    #: to its mv.changes record, and the workers' CPU ms per change; ``group_change_*`` by a value-level
+    #: change record (the one member: what AD DirSync's incremental values or an LDAP modify say),
+    #: ``group_image_*`` by a record of the group's whole image (what a full read of the group says).
     group_members: int = 0
     group_change_ms: float = 0.0
     group_change_cpu_ms: float = 0.0
+    group_image_ms: float = 0.0
+    group_image_cpu_ms: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
     #: After the initial load: the directory entries its pending exports leave, and a digest of them
@@ -438,10 +442,11 @@ class Phase:
             for who, before, after in zip(("workers", "broker", "bench"), cpu, spent, strict=True)
         }
 
-    async def group_change(self, res: PhaseResult, changes: int = 6) -> None:
+    async def group_change(self, res: PhaseResult, by_value: bool, changes: int = 6) -> None:
         """One member removed from or added back to all-staff, one change at a time: the time from
         publishing the group's change record to its mv.changes record, and the workers' CPU per change
-        (how the cost of one membership change grows with the group)."""
+        (how the cost of one membership change grows with the group). ``by_value``: the record says
+        which member (version 2, ``added``/``removed``); otherwise it carries the group's whole image."""
         name = "all-staff"
         members = list(self.org.groups[name])
         seen: dict[int, int] = {}
@@ -455,7 +460,7 @@ class Phase:
             self.broker.bootstrap, self.rt.names.mv_changes_topic(), on_change
         ).start()
         took: list[float] = []
-        spies = self._spy("group-change")
+        spies = self._spy("group-change" if by_value else "group-image")
         if spies:
             await asyncio.sleep(1.0)  # py-spy attaches
         cpu = self.cpu_s()
@@ -464,16 +469,29 @@ class Phase:
                 now = members[1:] if k % 2 == 0 else members
                 seen.clear()
                 sent = kafka.now_ms()
-                msg = self.factory.change(
-                    "hr",
-                    "u",
-                    f"group-{name}",
-                    "group",
-                    group_image(self.org, name, now),
-                    f"group-{k}",
-                    sent,
-                    dn=group_dn(name),
-                )
+                if by_value:
+                    first = group_image(self.org, name, members[:1])["member"]
+                    msg = self.factory.values_change(
+                        "hr",
+                        f"group-{name}",
+                        "group",
+                        f"group-value-{k}",
+                        sent,
+                        added={} if k % 2 == 0 else {"member": first},
+                        removed={"member": first} if k % 2 == 0 else {},
+                        dn=group_dn(name),
+                    )
+                else:
+                    msg = self.factory.change(
+                        "hr",
+                        "u",
+                        f"group-{name}",
+                        "group",
+                        group_image(self.org, name, now),
+                        f"group-{k}",
+                        sent,
+                        dn=group_dn(name),
+                    )
                 await kafka.produce_all(self.out, [msg])
                 count = len(now)
                 await kafka.wait_for(functools.partial(dict.__contains__, seen, count), 120, "the change")
@@ -482,8 +500,14 @@ class Phase:
             await watcher.stop()
             self._unspy(spies)
         res.group_members = len(members)
-        res.group_change_ms = _percentiles(took).get("p50", 0.0)
-        res.group_change_cpu_ms = round(1e3 * (self.cpu_s() - cpu) / changes, 1)
+        median, per_change = (
+            _percentiles(took).get("p50", 0.0),
+            round(1e3 * (self.cpu_s() - cpu) / changes, 1),
+        )
+        if by_value:
+            res.group_change_ms, res.group_change_cpu_ms = median, per_change
+        else:
+            res.group_image_ms, res.group_image_cpu_ms = median, per_change
 
     def _spy(self, what: str) -> list[subprocess.Popen[bytes]]:
         """With ``IDSYNC_BENCH_PROFILE_GROUP=DIR``: py-spy attached to every worker for one measurement
@@ -574,7 +598,8 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.peak_rss_by_step["delta"] = ph.rss()
         await ph.latency(res, args.rate, args.latency_seconds)
         res.peak_rss_by_step["latency"] = ph.rss()
-        await ph.group_change(res)
+        await ph.group_change(res, by_value=True)
+        await ph.group_change(res, by_value=False)
         res.peak_rss_by_step["group change"] = ph.rss()
         res.peak_rss_mb = ph.rss()
         res.state_mb = ph.state_mb()
@@ -668,7 +693,7 @@ def _table(results: list[PhaseResult]) -> str:
         "peak RSS MB",
         "state MB",
         "CPU µs/rec w+b",
-        "group change ms (CPU)",
+        "group change ms (CPU): by value / image",
     ]
     rows = []
     for r in results:
@@ -689,7 +714,8 @@ def _table(results: list[PhaseResult]) -> str:
                 "+".join(f"{m:.0f}" for m in r.peak_rss_mb),
                 f"{r.state_mb:.0f}",
                 f"{r.cpu_us_per_record:.0f}+{r.broker_cpu_us_per_record:.0f}" if r.cpu_us_per_record else "-",
-                f"{r.group_change_ms:.0f} ({r.group_change_cpu_ms:.0f}) @{r.group_members:,}"
+                f"{r.group_change_ms:.0f} ({r.group_change_cpu_ms:.0f}) / "
+                f"{r.group_image_ms:.0f} ({r.group_image_cpu_ms:.0f}) @{r.group_members:,}"
                 if r.group_members
                 else "-",
             ]

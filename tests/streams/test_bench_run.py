@@ -43,6 +43,11 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert (result["kind"], result["size"], result["workers"]) == ("batched", 300, 1)
     assert result["records"] > 300 and result["rate"] > 0 and result["delta_records"] > 0
     assert result["latency_matched"] == result["latency_samples"] > 0
+    # Both kinds of membership change reached mv.changes with the group one member short and whole again
+    # (the bench waits for those member counts): by a value-level record and by the group's image.
+    assert result["group_members"] > 0
+    assert result["group_change_ms"] > 0 and result["group_change_cpu_ms"] > 0
+    assert result["group_image_ms"] > 0 and result["group_image_cpu_ms"] > 0
     steps = result["peak_rss_by_step"]
     assert list(steps) == ["load", "delta", "latency", "group change"]
     # peaks only grow, and the phase's peak is the last one
