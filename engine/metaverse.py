@@ -23,7 +23,7 @@ from engine.references import (
 )
 from engine.rules import Rules
 from engine.staging import changed_attributes
-from engine.values import same_values
+from engine.values import same_values, sorted_set
 from schemas.config import OutboundRuleConfig
 from schemas.messages import (
     CSLink,
@@ -243,7 +243,7 @@ def _ref_sync(
     for link in mv.links.values():
         touched.update(link.stale_refs)
         for attr in link.stale_refs:
-            values = sorted(set(link.refs.get(attr, {}).values()))
+            values = sorted_set(link.refs.get(attr, {}).values(), link.flows.get(attr))
             if attr in link.flows and same_values(link.flows[attr], values):
                 continue  # two DNs resolving to one object, a DN resolved back: nothing new
             link.flows[attr] = values
@@ -401,7 +401,8 @@ def _contribute(
                     if answer.value is not None:
                         refs.setdefault(attr, {})[answer.key] = answer.value
     for attr in msg.references:
-        flows[attr] = sorted(set(refs.get(attr, {}).values()))
+        previous = old.flows.get(attr) if old is not None and attr not in old.stale_refs else None
+        flows[attr] = sorted_set(refs.get(attr, {}).values(), previous)
     for attr, values in msg.flows.items():
         if old is not None and attr in old.flows and same_values(old.flows[attr], values):
             changed_ts[attr] = old.changed_ts.get(attr, old.ts_ms)

@@ -39,13 +39,14 @@ def translate_references(mv: MVObject, connector: str, references: Iterable[str]
         values = mv.attributes.get(attr, [])
         if not values:
             continue
-        # One C-level pass (a group has many members); "" is a registered reference not answered yet.
-        found = set(map(dns.get, values))
-        found.discard(None)
-        found.discard("")
-        got: list[str] = sorted(found)  # type: ignore[arg-type]  # no None left
+        # C-level passes (a group has many members), in the order of the values (the metaverse keeps
+        # them sorted), without duplicates; "" is a registered reference not answered yet.
+        found = dict.fromkeys(map(dns.get, values))
+        found.pop(None, None)
+        found.pop("", None)
+        got: list[str] = list(found)  # type: ignore[arg-type]  # no None left
         view[attr] = got
-        if len(got) < len(set(values)):
+        if len(got) < len(values) and len(got) < len(set(values)):
             waiting.add(attr)
     return view, waiting
 

@@ -37,7 +37,34 @@ def same_values(a: Sequence[str] | None, b: Sequence[str] | None) -> bool:
     """Equal as value sets (directories do not keep the order of multi-valued attributes)."""
     if a == b:
         return True  # the common case, without sorting
+    if len(a or ()) != len(b or ()):
+        return False  # as the sorted lists would say, without sorting a large group's members
     return sorted(a or ()) == sorted(b or ())
+
+
+def sorted_set(values: Iterable[str], previous: list[str] | None = None) -> list[str]:
+    """``sorted(set(values))``, from the sorted list it was before (``previous``) when that is close: a
+    reference answer or two changed among a large group's members. Then the unchanged members are not
+    sorted again: the few removed are taken out, the few added appended, and the sort finds the long
+    sorted run and merges the tail into it."""
+    now = set(values)
+    if previous is None or len(previous) < 64:
+        return sorted(now)
+    before = set(previous)
+    gone, came = before - now, now - before
+    if len(gone) + len(came) > len(now) // 16 or len(before) != len(previous):
+        return sorted(now)
+    if not gone and not came:
+        return list(previous)
+    if len(gone) <= 32:
+        out = list(previous)
+        for value in gone:
+            out.remove(value)  # a C-level scan each
+    else:
+        out = [v for v in previous if v not in gone]
+    out.extend(came)
+    out.sort()
+    return out
 
 
 def condition_holds(cond: ConditionConfig, attrs: Attrs) -> bool:
@@ -236,11 +263,49 @@ def _parsed_dn_key(dn: str) -> str:
     return ",".join("=".join(p.strip() for p in rdn.split("=", 1)).casefold() for rdn in split_dn(dn))
 
 
+#: From this many DNs on, ``dn_keys`` first tries the whole list at once (``_plain_keys``).
+PLAIN_KEYS_FROM = 64
+
+
+#: Printable ASCII (what a plain DN of ASCII characters is made of).
+_PRINTABLE_ASCII = bytes(range(0x20, 0x7F))
+
+
+def _plain_keys(dns: list[str]) -> list[str] | None:
+    """The keys of DNs that need no parsing — no escape, no space next to a separator or at either end,
+    printable (``_unspaced``) — all at once: the checks and the case folding run over the joined list in
+    C. A large group's members usually are such DNs, and their keys then cost no Python per member when
+    they are not cached. None when one of them needs more (the caller keys them one by one)."""
+    joined = "\x00".join(dns)
+    if joined.count("\x00") != len(dns) - 1 or "\\" in joined:
+        return None  # a DN holding the separator itself, or an escape
+    if " " in joined:
+        for bad in (" ,", ", ", " =", "= ", "\x00 ", " \x00"):
+            if bad in joined:
+                return None
+        if joined.startswith(" ") or joined.endswith(" "):
+            return None
+    if joined.isascii():
+        # Printable unless a control character is left once the printable ones are taken out (the
+        # separators are); lower case is the case folding of ASCII.
+        if len(joined.encode("ascii").translate(None, _PRINTABLE_ASCII)) != len(dns) - 1:
+            return None
+        return joined.lower().split("\x00")
+    if not all(map(str.isprintable, dns)):
+        return None
+    # Case folding maps each character on its own (never to NUL), so folding the joined DNs folds each.
+    return joined.casefold().split("\x00")
+
+
 def dn_keys(dns: Iterable[str]) -> list[str]:
-    """``dn_key`` of each DN, in order. A group has many members: the cached keys are looked up in one
-    C-level pass, and only the DNs not cached yet are parsed."""
+    """``dn_key`` of each DN, in order. A group has many members: plain DNs are keyed in one C-level pass
+    (``_plain_keys``), others' cached keys are looked up in one, and only those not cached are parsed."""
     dns = dns if isinstance(dns, list) else list(dns)
     keys = list(map(_DN_KEYS.get, dns))
+    if None in keys and len(dns) >= PLAIN_KEYS_FROM:
+        plain = _plain_keys(dns)
+        if plain is not None:
+            return plain
     if None in keys:
         return [key if key is not None else _dn_key(dn) for key, dn in zip(keys, dns, strict=True)]
     return keys  # type: ignore[return-value]  # no None left

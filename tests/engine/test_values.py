@@ -246,3 +246,51 @@ def test_dn_key_distinguishes_escaped_comma_from_separator() -> None:
 def test_dn_key_distinguishes_different_values() -> None:
     assert dn_key("cn=a,ou=people") != dn_key("cn=a,ou=disabled")
     assert dn_key("cn=a b,ou=p") != dn_key("cn=ab,ou=p")
+
+
+PLAIN_PARTS = st.sampled_from(["uid=a", "UID=B", "cn=Ünïcode", "ou=People", "dc=ORG", "ß", "cn=ΣΑΣ", ""])
+ODD_PARTS = st.sampled_from(["cn=x\\,y", " ", ", ", " =", "\x00", "\t", "=  "])
+
+
+def _dn_lists(parts: st.SearchStrategy[str]) -> st.SearchStrategy[list[str]]:
+    return st.lists(st.lists(parts, max_size=4).map(",".join), min_size=values.PLAIN_KEYS_FROM, max_size=90)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_dn_lists(PLAIN_PARTS), _dn_lists(st.one_of(PLAIN_PARTS, PLAIN_PARTS, ODD_PARTS))))
+def test_a_large_list_of_dns_is_keyed_as_each_dn_is(dns: list[str]) -> None:
+    """``dn_keys`` keys a large list at once when its DNs need no parsing: the keys are those ``dn_key``
+    gives one DN at a time, whatever the list holds (escapes, spaces, NULs, tabs, case folding)."""
+    values._DN_KEYS.clear()
+    expected = [values._dn_key(d) for d in dns]
+    values._DN_KEYS.clear()
+    assert values.dn_keys(dns) == expected
+
+
+def test_plain_dns_are_keyed_without_the_cache() -> None:
+    dns = [f"UID=E{i},OU=People,DC=Example,DC=Org" for i in range(100)]
+    values._DN_KEYS.clear()
+    assert values.dn_keys(dns) == [d.lower() for d in dns]
+    assert values._DN_KEYS == {}  # keyed in one pass, not one by one
+    assert values.dn_keys([*dns, "cn=a\\,b"])[-1] == "cn=a\\,b" and values._DN_KEYS  # the slow path
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 1000),
+    st.sets(st.integers(0, 1000), max_size=50),
+    st.lists(st.integers(0, 1100), max_size=6),
+)
+def test_sorted_set_from_the_previous_list_is_sorted_set(n: int, removed: set[int], added: list[int]) -> None:
+    """However few or many values moved since the previous sorted list, and whether the added ones were
+    there already: ``sorted(set(values))``."""
+    previous = [f"m{i:04d}" for i in range(n)]
+    now = [v for i, v in enumerate(previous) if i not in removed] + [f"m{i:04d}" for i in added]
+    assert values.sorted_set(now, previous) == sorted(set(now))
+    assert values.sorted_set(now) == sorted(set(now))
+
+
+def test_sorted_set_with_many_removed_among_many() -> None:
+    previous = [f"m{i:04d}" for i in range(1000)]
+    now = [v for i, v in enumerate(previous) if i % 25 != 3] + ["m0003", "x"]  # 39 removed, one back
+    assert values.sorted_set(now, previous) == sorted(set(now))
