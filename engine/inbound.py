@@ -13,7 +13,7 @@ from engine.references import carried_keys, registers
 from engine.rules import Rules
 from engine.staging import Staged, apply_link
 from engine.values import any_group_holds
-from schemas.config import InboundRuleConfig
+from schemas.config import InboundRuleConfig, template_fields
 from schemas.messages import (
     CSLink,
     JoinIndexUpdate,
@@ -86,7 +86,49 @@ def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, li
             cs = replace(cs, mv_id=None, join_route=None, join_routes=[], state=ConnectorState.DISCONNECTOR)
     if cs is None:
         return None, outputs
+    if _references_only(rules, staged):
+        # The reference registrations staging sends carry the change (engine.references): a contribution
+        # would tell the metaverse object nothing new and cost it a sync of all its members.
+        return cs, outputs
     return _evaluate(rules, cs, ts_ms, outputs)
+
+
+def _references_only(rules: Rules, staged: Staged) -> bool:
+    """Whether an update of a joined object changed nothing but multi-valued reference attributes that
+    nothing else reads (no other flow, no connector filter): a member added to or removed from a group.
+    Its contribution would carry what the last one did; the references are registered on their own."""
+    before, cs = staged.before, staged.after
+    if staged.pending != "update" or before is None or cs is None or not staged.changed:
+        return False
+    flows = rules.ref_flows(cs.connector, cs.object_type)
+    if not flows or not staged.changed <= {source for _attr, source in flows}:
+        return False  # the hot path of every other update ends here
+    if cs.mv_id is None or cs.mv_id != before.mv_id or cs.state != before.state or cs.dn != before.dn:
+        return False
+    if cs.state not in (ConnectorState.CONNECTOR, ConnectorState.EXPLICIT_CONNECTOR):
+        return False
+    if cs.connector in rules.targets:
+        return False  # its contribution carries the image that confirms exports
+    rule = rules.inbound_rule(cs.connector, cs.object_type)
+    if rule is None:
+        return False
+    single = rules.single_valued.get(rule.mv_type, frozenset())
+    refs = {attr for attr, _source in flows}
+    for flow in rule.flows:
+        if flow.mv in refs and flow.source is not None:
+            if flow.mv in single:
+                return False  # several DNs are an error there: the contribution reports it
+            continue
+        if flow.source is not None and flow.source not in staged.changed:
+            continue
+        if flow.constant is not None or flow.dn_component is not None:
+            continue
+        if flow.template is not None and staged.changed.isdisjoint(template_fields(flow.template)):
+            continue
+        if flow.exists is not None and flow.exists not in staged.changed:
+            continue
+        return False  # it reads a changed attribute, or an expression may
+    return not any(c.attribute in staged.changed for group in rule.filter for c in group)
 
 
 def _evaluate(
