@@ -229,45 +229,20 @@ class RecordFactory:
         event_id: str,
         ts_ms: int,
         dn: str | None = None,
+        added: dict[str, list[str]] | None = None,
+        removed: dict[str, list[str]] | None = None,
     ) -> Message:
-        """One delta change record (op c/u/d) with a fresh version."""
+        """One delta change record (op c/u/d) with a fresh version. With ``added``/``removed``: a
+        value-level update (change record version 2) whose ``after`` holds only the attributes given whole."""
         self.version += 1
+        by_value = added is not None or removed is not None
         rec = ChangeRecord(
+            version=2 if by_value else 1,
             op=op,
             anchor=anchor,
             object_type=object_type,
             after=after,  # type: ignore[arg-type]
-            source=Source(
-                connector=connector,
-                dn=dn,
-                version=self.version,
-                event_id=event_id,
-                ts_ms=ts_ms,
-                locator=anchor,
-            ),
-        )
-        return self.topic_of[connector], anchor.encode(), rec.model_dump_json().encode(), None
-
-    def values_change(
-        self,
-        connector: str,
-        anchor: str,
-        object_type: str,
-        event_id: str,
-        ts_ms: int,
-        added: dict[str, list[str]],
-        removed: dict[str, list[str]],
-        dn: str | None = None,
-    ) -> Message:
-        """One value-level update (change record version 2): values added to and removed from
-        multi-valued attributes, nothing else."""
-        self.version += 1
-        rec = ChangeRecord(
-            version=2,
-            op="u",
-            anchor=anchor,
-            object_type=object_type,
-            changes=[],
+            changes=sorted(after or {}) if by_value else None,
             added=added or None,
             removed=removed or None,
             source=Source(

@@ -469,29 +469,20 @@ class Phase:
                 now = members[1:] if k % 2 == 0 else members
                 seen.clear()
                 sent = kafka.now_ms()
-                if by_value:
-                    first = group_image(self.org, name, members[:1])["member"]
-                    msg = self.factory.values_change(
-                        "hr",
-                        f"group-{name}",
-                        "group",
-                        f"group-value-{k}",
-                        sent,
-                        added={} if k % 2 == 0 else {"member": first},
-                        removed={"member": first} if k % 2 == 0 else {},
-                        dn=group_dn(name),
-                    )
-                else:
-                    msg = self.factory.change(
-                        "hr",
-                        "u",
-                        f"group-{name}",
-                        "group",
-                        group_image(self.org, name, now),
-                        f"group-{k}",
-                        sent,
-                        dn=group_dn(name),
-                    )
+                # By value: the one member, removed or added back; by image: the whole member list.
+                first = {"member": group_image(self.org, name, members[:1])["member"]}
+                msg = self.factory.change(
+                    "hr",
+                    "u",
+                    f"group-{name}",
+                    "group",
+                    None if by_value else group_image(self.org, name, now),
+                    f"group-{'value-' if by_value else ''}{k}",
+                    sent,
+                    dn=group_dn(name),
+                    added=(first if k % 2 else {}) if by_value else None,
+                    removed=({} if k % 2 else first) if by_value else None,
+                )
                 await kafka.produce_all(self.out, [msg])
                 count = len(now)
                 await kafka.wait_for(functools.partial(dict.__contains__, seen, count), 120, "the change")

@@ -152,62 +152,41 @@ class Sim:
     def put(self, topic: str, key: str, msg: Any) -> None:
         self.queues.setdefault((topic, key), deque()).append(msg)
 
-    def upsert(self, anchor: str, object_type: str, dn: str, attrs: Attrs) -> None:
+    def _import(self, anchor: str, object_type: str, event: str = "", **fields: Any) -> None:
+        """A change record of ``ad`` with the object's next version."""
         version = self.versions.get(anchor, 0) + 1
         self.versions[anchor] = version
         self.ts += 1
-        self.put(
-            "import",
-            anchor,
-            ChangeRecord(
-                op="u" if version > 1 else "c",
-                anchor=anchor,
-                object_type=object_type,
-                after=attrs,
-                source=Source(
-                    connector="ad", dn=dn, version=version, event_id=f"{anchor}:{version}", ts_ms=self.ts
-                ),
-            ),
+        source = Source(
+            connector="ad",
+            dn=fields.pop("dn", None),
+            version=version,
+            event_id=f"{anchor}:{version}{event}",
+            ts_ms=self.ts,
         )
+        op = fields.pop("op", "u" if version > 1 else "c")
+        record = ChangeRecord(op=op, anchor=anchor, object_type=object_type, source=source, **fields)
+        self.put("import", anchor, record)
+
+    def upsert(self, anchor: str, object_type: str, dn: str, attrs: Attrs) -> None:
+        self._import(anchor, object_type, dn=dn, after=attrs)
 
     def modify(self, anchor: str, object_type: str, dn: str, added: Attrs, removed: Attrs) -> None:
         """A value-level change (change record version 2): values added to and removed from attributes."""
-        version = self.versions.get(anchor, 0) + 1
-        self.versions[anchor] = version
-        self.ts += 1
-        self.put(
-            "import",
+        self._import(
             anchor,
-            ChangeRecord(
-                version=2,
-                op="u",
-                anchor=anchor,
-                object_type=object_type,
-                changes=[],
-                added=added or None,
-                removed=removed or None,
-                source=Source(
-                    connector="ad", dn=dn, version=version, event_id=f"{anchor}:{version}:v", ts_ms=self.ts
-                ),
-            ),
+            object_type,
+            ":v",
+            op="u",
+            dn=dn,
+            version=2,
+            changes=[],
+            added=added or None,
+            removed=removed or None,
         )
 
     def delete(self, anchor: str, object_type: str) -> None:
-        version = self.versions.get(anchor, 0) + 1
-        self.versions[anchor] = version
-        self.ts += 1
-        self.put(
-            "import",
-            anchor,
-            ChangeRecord(
-                op="d",
-                anchor=anchor,
-                object_type=object_type,
-                source=Source(
-                    connector="ad", version=version, event_id=f"{anchor}:{version}:d", ts_ms=self.ts
-                ),
-            ),
-        )
+        self._import(anchor, object_type, ":d", op="d")
 
     # ---- delivery
     def pending(self) -> list[tuple[str, str]]:

@@ -62,6 +62,16 @@ def test_latency_windows_split_the_samples_by_send_time() -> None:
     assert _windows([]) == []
 
 
+async def one_record_on(broker: EmbeddedBroker, topic: str) -> None:
+    """A new one-partition topic holding one record."""
+    await kafka.create_topic(broker.bootstrap, topic, 1)
+    producer = await kafka.producer(broker.bootstrap)
+    try:
+        await kafka.produce_all(Outputs(producer, {topic: 1}, Counter()), [(topic, b"k", b"v", None)])
+    finally:
+        await producer.stop()
+
+
 def test_waiting_for_a_drain_gives_up_when_a_worker_died(tmp_path: Path) -> None:
     """A group nobody consumes for never drains: the bench's liveness check ends the wait at once instead
     of after the (half-hour) timeout."""
@@ -75,12 +85,7 @@ def test_waiting_for_a_drain_gives_up_when_a_worker_died(tmp_path: Path) -> None
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path) as broker:
-            await kafka.create_topic(broker.bootstrap, "in", 1)
-            producer = await kafka.producer(broker.bootstrap)
-            try:
-                await kafka.produce_all(Outputs(producer, {"in": 1}, Counter()), [("in", b"k", b"v", None)])
-            finally:
-                await producer.stop()
+            await one_record_on(broker, "in")
             await kafka.wait_drained(
                 broker.bootstrap, {"nobody": ["in"]}, timeout_s=600, produced={"in": 1}, check=worker_died
             )
@@ -110,12 +115,7 @@ def test_a_drain_check_the_broker_leaves_unanswered_is_asked_again(
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path) as broker:
-            await kafka.create_topic(broker.bootstrap, "in", 1)
-            producer = await kafka.producer(broker.bootstrap)
-            try:
-                await kafka.produce_all(Outputs(producer, {"in": 1}, Counter()), [("in", b"k", b"v", None)])
-            finally:
-                await producer.stop()
+            await one_record_on(broker, "in")
             # The group has consumed the record: the wait ends once a round gets an answer.
             reader = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id="reader")
             await reader.start()
