@@ -52,8 +52,9 @@ def apply_values(
     """A multi-valued attribute after a value-level change: (its values, those added, those removed).
 
     Values match exactly, or as DNs (``dn_valued``: case and spaces around separators ignored); the
-    values kept keep their order and the added ones follow. The passes over ``have`` are C-level (DN
-    keys come from the key cache), so a one-member change to a large group costs no Python per member."""
+    values kept keep their order and the added ones follow. Still O(values held): the members' DN keys
+    (C-level when cached or plain, ``engine.values.dn_keys``), a set of them, and, when a value goes, one
+    Python pass that takes it out — the hologram is one record (docs/architecture.md)."""
     keys = dn_keys(have) if dn_valued else have
     gone = set(dn_keys(removed) if dn_valued else removed)
     gone.discard("")
