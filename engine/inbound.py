@@ -100,8 +100,7 @@ def _references_only(rules: Rules, staged: Staged) -> bool:
     before, cs = staged.before, staged.after
     if staged.pending != "update" or before is None or cs is None or not staged.changed:
         return False
-    flows = rules.ref_flows(cs.connector, cs.object_type)
-    if not flows or not staged.changed <= {source for _attr, source in flows}:
+    if not staged.changed <= rules.ref_sources(cs.connector, cs.object_type):
         return False  # the hot path of every other update ends here
     if cs.mv_id is None or cs.mv_id != before.mv_id or cs.state != before.state or cs.dn != before.dn:
         return False
@@ -113,7 +112,7 @@ def _references_only(rules: Rules, staged: Staged) -> bool:
     if rule is None:
         return False
     single = rules.single_valued.get(rule.mv_type, frozenset())
-    refs = {attr for attr, _source in flows}
+    refs = {attr for attr, _source in rules.ref_flows(cs.connector, cs.object_type)}
     for flow in rule.flows:
         if flow.mv in refs and flow.source is not None:
             if flow.mv in single:

@@ -66,6 +66,9 @@ class Rules:
     reference_attrs: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Per (connector, object type): its reference flows as (metaverse attribute, connector-space attribute).
     reference_flows: dict[tuple[str, str], tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: Per (connector, object type): the connector-space attributes of its reference flows (their values
+    #: are DNs: a value-level change record's values match theirs as DNs).
+    reference_sources: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     #: Connectors with reference flows: their objects' DNs are published in the reference index.
     reference_connectors: frozenset[str] = frozenset()
     #: Per (target connector, metaverse type): reference attributes its export flows read (translated to DNs).
@@ -89,6 +92,9 @@ class Rules:
 
     def ref_flows(self, connector: str, object_type: str) -> tuple[tuple[str, str], ...]:
         return self.reference_flows.get((connector, object_type), ())
+
+    def ref_sources(self, connector: str, object_type: str) -> frozenset[str]:
+        return self.reference_sources.get((connector, object_type), frozenset())
 
     def export_shape(self, connector: str, mv_type: str) -> ExportShape:
         return self.export_shapes.get((connector, mv_type), _PLAIN)
@@ -214,6 +220,9 @@ def compile_rules(config: IdsyncConfig) -> Rules:
         snapshot_types=frozenset(r.mv_type for r in config.inbound if r.resolver is not None),
         reference_attrs=reference_attrs,
         reference_flows={k: v for k, v in reference_flows.items() if v},
+        reference_sources={
+            k: frozenset(source for _attr, source in v) for k, v in reference_flows.items() if v
+        },
         reference_connectors=frozenset(c for (c, _t), v in reference_flows.items() if v),
         export_references={k: v for k, v in export_references.items() if v},
         export_shapes=shapes,

@@ -58,13 +58,13 @@ def apply_values(
     keys = dn_keys(have) if dn_valued else have
     gone = set(dn_keys(removed) if dn_valued else removed)
     gone.discard("")
-    if gone and not gone.isdisjoint(keys):
+    present = set(keys)
+    if gone and not gone.isdisjoint(present):
         kept = [v for v, k in zip(have, keys, strict=True) if k not in gone]
         lost = [v for v, k in zip(have, keys, strict=True) if k in gone]
-        keys = dn_keys(kept) if dn_valued else kept
+        present -= gone  # the keys of what is kept
     else:
         kept, lost = list(have), []
-    present = set(keys)
     gained: list[str] = []
     for value, key in zip(added, dn_keys(added) if dn_valued else added, strict=True):
         if key and key not in present:

@@ -449,6 +449,8 @@ class Phase:
         which member (version 2, ``added``/``removed``); otherwise it carries the group's whole image."""
         name = "all-staff"
         members = list(self.org.groups[name])
+        # By value: the first member, removed or added back; by image: the whole member list.
+        first = {"member": group_image(self.org, name, members[:1])["member"]}
         seen: dict[int, int] = {}
 
         def on_change(r: Any) -> None:
@@ -469,8 +471,6 @@ class Phase:
                 now = members[1:] if k % 2 == 0 else members
                 seen.clear()
                 sent = kafka.now_ms()
-                # By value: the one member, removed or added back; by image: the whole member list.
-                first = {"member": group_image(self.org, name, members[:1])["member"]}
                 msg = self.factory.change(
                     "hr",
                     "u",

@@ -49,16 +49,6 @@ class StagingStage(Stage[CSObject]):
         super().__init__(rt)
         self._links = rt.names.links_topic()
         self._topic_connector = {rt.names.import_topic(c): c for c in rt.config.connectors}
-        self._dn_attrs: dict[tuple[str, str], frozenset[str]] = {}
-
-    def _dn_valued(self, connector: str, object_type: str) -> frozenset[str]:
-        """The object's attributes whose values are DNs (its reference flows' sources): a value-level
-        change record's values match theirs as DNs."""
-        found = self._dn_attrs.get((connector, object_type))
-        if found is None:
-            flows = self.rt.rules.ref_flows(connector, object_type)
-            found = self._dn_attrs[(connector, object_type)] = frozenset(source for _attr, source in flows)
-        return found
 
     def decode(self, topic: str, value: bytes) -> Any:
         if topic == self._links:
@@ -127,7 +117,7 @@ class StagingStage(Stage[CSObject]):
         key, tkey = cs_key(connector, msg.anchor), tombstone_key(connector, msg.anchor)
         current = batch.get(key)
         tomb = batch.get(tkey) if current is None else None
-        staged = stage(current, msg, tomb, self._dn_valued(connector, msg.object_type))
+        staged = stage(current, msg, tomb, self.rt.rules.ref_sources(connector, msg.object_type))
         self._apply(batch, key, staged, out)
         if staged.skipped:
             return

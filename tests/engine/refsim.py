@@ -237,7 +237,7 @@ class Sim:
             self._emit([*outputs, *refs])
             return
         key = f"{msg.source.connector}|{msg.anchor}"
-        dn_valued = {source for _attr, source in self.rules.ref_flows(msg.source.connector, msg.object_type)}
+        dn_valued = self.rules.ref_sources(msg.source.connector, msg.object_type)
         staged = stage(self.cs.get(key), msg, dn_valued=dn_valued)
         if staged.skipped:
             return
