@@ -44,6 +44,17 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a (Linux) process in MiB; 0 when it is gone or unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0.0
+
+
 def broker_binary() -> str:
     """Path of the Tansu binary, or a FatalError that says how to get one."""
     try:
@@ -111,6 +122,11 @@ class EmbeddedBroker:
     def cpu_s(self) -> float:
         """User + system CPU seconds the broker has used so far (0 when not running)."""
         return 0.0 if self._proc is None else cpu_seconds(self._proc.pid)
+
+    def peak_rss_mb(self) -> float:
+        """The broker's peak resident memory so far in MiB (0 when not running): the embedded broker keeps
+        every record batch it was given in memory, so this is what a run's topics cost it."""
+        return 0.0 if self._proc is None else peak_rss_mb(self._proc.pid)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

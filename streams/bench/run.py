@@ -44,7 +44,7 @@ from streams.bench.records import (
     title_change,
     write_hr_file,
 )
-from streams.broker import EmbeddedBroker, cpu_seconds
+from streams.broker import EmbeddedBroker, cpu_seconds, peak_rss_mb
 from streams.config import load_config
 from streams.output import Outputs
 from streams.pending import fold
@@ -78,6 +78,11 @@ class PhaseResult:
     peak_rss_mb: list[float] = field(default_factory=list)
     #: Peak RSS per worker as each step of the phase ended (load, delta, latency, group change).
     peak_rss_by_step: dict[str, list[float]] = field(default_factory=dict)
+    #: The embedded broker's peak RSS (MiB) by the end of the phase, and as each step ended: it keeps every
+    #: record batch of every topic in memory (no retention, no compaction), so it grows with what the
+    #: pipeline writes — its changelogs above all — and decides whether a run fits the machine.
+    broker_rss_mb: float = 0.0
+    broker_rss_by_step: dict[str, float] = field(default_factory=dict)
     #: CPU time the workers (all together) and the broker spent per initial-load record, in µs: steadier
     #: than the rate on a shared machine, and it says where the time goes.
     cpu_us_per_record: float = 0.0
@@ -102,16 +107,6 @@ class PhaseResult:
     topics: dict[str, int] = field(default_factory=dict)
     message_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _cpu_s(pid: int) -> float:
@@ -568,7 +563,10 @@ class Phase:
         return sum(_cpu_s(p.pid) for p in self.procs)
 
     def rss(self) -> list[float]:
-        return [round(_rss_mb(p.pid), 1) for p in self.procs]
+        return [round(peak_rss_mb(p.pid), 1) for p in self.procs]
+
+    def broker_rss(self) -> float:
+        return round(self.broker.peak_rss_mb(), 1)
 
     def state_mb(self) -> float:
         return round(sum(_du_mb(self.work / f"worker{w}") for w in range(self.workers)), 1)
@@ -580,6 +578,7 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         await ph.warm_up()
         await ph.initial_load(res)
         res.peak_rss_by_step["load"] = ph.rss()
+        res.broker_rss_by_step["load"] = ph.broker_rss()
         if args.naive and org.size <= args.naive_max:
             await ph.export_digest(res)  # compared with the naive baseline's
         changes = org.delta(1)
@@ -587,12 +586,16 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
         res.delta_rate = round(res.delta_records / res.delta_seconds)
         res.peak_rss_by_step["delta"] = ph.rss()
+        res.broker_rss_by_step["delta"] = ph.broker_rss()
         await ph.latency(res, args.rate, args.latency_seconds)
         res.peak_rss_by_step["latency"] = ph.rss()
+        res.broker_rss_by_step["latency"] = ph.broker_rss()
         await ph.group_change(res, by_value=True)
         await ph.group_change(res, by_value=False)
         res.peak_rss_by_step["group change"] = ph.rss()
+        res.broker_rss_by_step["group change"] = ph.broker_rss()
         res.peak_rss_mb = ph.rss()
+        res.broker_rss_mb = ph.broker_rss()
         res.state_mb = ph.state_mb()
         res.topics = await ph.sizes()
         if args.kinds:
@@ -606,6 +609,7 @@ async def naive_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRe
         await ph.warm_up()
         await ph.initial_load(res)
         res.peak_rss_mb = ph.rss()
+        res.broker_rss_mb = ph.broker_rss()
         res.state_mb = ph.state_mb()
         await ph.export_digest(res)
     return res
@@ -627,6 +631,7 @@ async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRes
             await ph.initial_load(res)
             res.exports = slapd.entry_count(slapd.people_dn, scope="level")
             res.peak_rss_mb = ph.rss()
+            res.broker_rss_mb = ph.broker_rss()
             res.state_mb = ph.state_mb()
             res.notes.append(f"{res.exports} entries in ou=people after the load (incl. warm-up)")
     return res
@@ -681,7 +686,7 @@ def _table(results: list[PhaseResult]) -> str:
         "records/s",
         "delta/s",
         "lat p50/p95/p99 ms",
-        "peak RSS MB",
+        "peak RSS MB w / broker",
         "state MB",
         "CPU µs/rec w+b",
         "group change ms (CPU): by value / image",
@@ -702,7 +707,8 @@ def _table(results: list[PhaseResult]) -> str:
                 + (f" @{r.latency_rate:,}/s" if r.latency_rate else "")
                 if lat
                 else "-",
-                "+".join(f"{m:.0f}" for m in r.peak_rss_mb),
+                "+".join(f"{m:.0f}" for m in r.peak_rss_mb)
+                + (f" / {r.broker_rss_mb:,.0f}" if r.broker_rss_mb else ""),
                 f"{r.state_mb:.0f}",
                 f"{r.cpu_us_per_record:.0f}+{r.broker_cpu_us_per_record:.0f}" if r.cpu_us_per_record else "-",
                 f"{r.group_change_ms:.0f} ({r.group_change_cpu_ms:.0f}) / "

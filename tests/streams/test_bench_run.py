@@ -53,6 +53,11 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     # peaks only grow, and the phase's peak is the last one
     peaks = [s[0] for s in steps.values()]
     assert peaks == sorted(peaks) and peaks[-1] == result["peak_rss_mb"][0] > 0
+    # the embedded broker's peak too (it holds every topic in memory): step by step, and the phase's
+    broker = result["broker_rss_by_step"]
+    assert list(broker) == list(steps)
+    assert list(broker.values()) == sorted(broker.values())
+    assert list(broker.values())[-1] <= result["broker_rss_mb"] and result["broker_rss_mb"] > 0
     log = (work / "b300w1" / "worker0.log").read_text()
     assert "memory: " in log and "unsaved_values=" in log
 
