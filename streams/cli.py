@@ -379,8 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compression",
         choices=get_args(Compression),
-        default="none",
-        help="pipeline.compression of the batched pipeline and the generated imports (default none)",
+        default="zstd",
+        help="pipeline.compression of the batched pipeline and the generated imports (default zstd, "
+        "as the pipeline's)",
     )
     p.add_argument(
         "--pipeline",

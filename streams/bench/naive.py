@@ -43,7 +43,7 @@ from schemas.messages import (
 from schemas.state import CSObject, JoinEntry, MVObject
 from schemas.wire import ChangeRecord, ErrorRecord, ExportConfirmed, MVChange, PendingExport, RunMarker
 from streams.config import load_config
-from streams.runtime import now_ms
+from streams.runtime import compression_type, now_ms
 from streams.topics import Names
 
 #: Keys whose partition faust's table stores remember (``table_key_index_size``): more than a run's tables
@@ -81,6 +81,8 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         producer_acks=1,
         # A large group's state is over Kafka's default 1 MB request: as the batched pipeline's producer.
         producer_max_request_size=8 << 20,
+        # The batched pipeline's codec (pipeline.compression), so both cost the broker alike.
+        producer_compression_type=compression_type(config.pipeline.compression),
         # Which partition's database holds each key (below): faust keeps 1,000 by default and, for a key
         # it forgot, reads the first partition that has a copy — possibly an older one.
         table_key_index_size=KEY_INDEX,

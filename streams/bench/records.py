@@ -27,11 +27,12 @@ def bench_config(
     partitions: int,
     hr_file: Path,
     checkpoint_ms: int = 1000,
-    compression: str = "none",
+    compression: str | None = "zstd",
     pipeline: dict[str, Any] | None = None,
 ) -> Path:
     """The bench's configuration file: hr projects, dir and appdb join, provisioning into dir.
-    ``pipeline``: further ``pipeline`` settings (``idsync bench --pipeline KEY=VALUE``)."""
+    ``compression``: ``pipeline.compression`` (None: not set, the default applies); ``pipeline``: further
+    ``pipeline`` settings (``idsync bench --pipeline KEY=VALUE``)."""
     config: dict[str, Any] = {
         "name": name,
         "connectors": {
@@ -143,7 +144,7 @@ def bench_config(
         "pipeline": {
             "partitions": partitions,
             "checkpoint_interval_ms": checkpoint_ms,
-            "compression": compression,
+            **({"compression": compression} if compression is not None else {}),
             **(pipeline or {}),
         },
     }

@@ -27,10 +27,11 @@ pytestmark = pytest.mark.integration
 CODECS = {"none": 0, "gzip": 1, "lz4": 3, "zstd": 4}
 
 
-def config(tmp: Path, compression: str) -> Path:
+def config(tmp: Path, compression: str | None) -> Path:
+    """The bench's configuration with ``pipeline.compression`` set to ``compression`` (None: not set)."""
     hr = tmp / "hr.csv"
     hr.write_text("employee_id\n")
-    return bench_config(f"c-{compression}", tmp, 2, hr, compression=compression)
+    return bench_config(f"c-{compression or 'default'}", tmp, 2, hr, compression=compression)
 
 
 async def stored_codecs(bootstrap: str, topic: str, partition: int) -> list[int]:
@@ -58,8 +59,11 @@ async def stored_codecs(bootstrap: str, topic: str, partition: int) -> list[int]
         await client.close()
 
 
-@pytest.mark.parametrize("compression", ["none", "gzip", "lz4", "zstd"])
-def test_outputs_are_stored_compressed_and_read_back(tmp_path: Path, compression: str) -> None:
+@pytest.mark.parametrize("compression", ["none", "gzip", "lz4", "zstd", None])
+def test_outputs_are_stored_compressed_and_read_back(tmp_path: Path, compression: str | None) -> None:
+    """Each codec on the wire and in the log; a configuration that names none gets zstd (the embedded
+    broker holds every batch in memory: uncompressed, a 300k load took it to 7.7 GB, docs/benchmarks.md)."""
+
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
             cfg = load_config(config(tmp_path, compression))
@@ -73,7 +77,7 @@ def test_outputs_are_stored_compressed_and_read_back(tmp_path: Path, compression
             await out.flush()
 
             codecs = await stored_codecs(broker.bootstrap, topic, 0)
-            assert codecs and set(codecs) == {CODECS[compression]}
+            assert codecs and set(codecs) == {CODECS[compression or "zstd"]}
 
             consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)
             await consumer.start()
