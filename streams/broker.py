@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 
 from schemas.errors import FatalError
+from streams.memory import rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +47,7 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_mb(pid: int) -> float:
     """Peak resident memory (VmHWM) of a (Linux) process in MiB; 0 when it is gone or unreadable."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, IndexError, ValueError):
-        pass
-    return 0.0
+    return rss_bytes(pid).get("peak", 0) / (1 << 20)
 
 
 def broker_binary() -> str:

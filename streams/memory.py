@@ -137,12 +137,13 @@ def pymalloc_bytes() -> int:
     return int(m.group(1).replace(",", "")) if m else arenas * (1 << 20)
 
 
-def rss_bytes() -> dict[str, int]:
-    """Resident memory of this process from /proc (``rss``, ``anon``, ``file``, ``peak``)."""
+def rss_bytes(pid: int | None = None) -> dict[str, int]:
+    """Resident memory of this process, or of process ``pid``, from /proc (``rss``, ``anon``, ``file``,
+    ``peak``); empty when it is gone or unreadable."""
     fields = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "VmHWM": "peak"}
     out: dict[str, int] = {}
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{'self' if pid is None else pid}/status") as f:
             for line in f:
                 key = line.split(":", 1)[0]
                 if key in fields:
