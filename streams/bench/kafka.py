@@ -299,17 +299,22 @@ def message_kind(value: bytes | None) -> str:
 
 
 async def read_all(
-    bootstrap: str, topics: list[str], timeout_s: float
+    bootstrap: str, topics: list[str], timeout_s: float, last: int = 0
 ) -> AsyncIterator[tuple[str, list[ConsumerRecord[bytes, bytes]]]]:
-    """Every record of ``topics``, from the beginning up to (at least) the ends they had when called, one
-    fetched batch at a time; TimeoutError when that takes longer than ``timeout_s``."""
+    """Every record of ``topics`` (with ``last``, the newest ``last`` of each partition), up to (at least) the
+    ends they had when called, one fetched batch at a time; TimeoutError when that takes longer than
+    ``timeout_s``."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
         ends = await true_ends(consumer, tps)
         consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
+        if last:
+            for tp in tps:
+                consumer.seek(tp, max(0, ends[tp][0] - last))
+        else:
+            await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if ends[tp][0] > 0}
         deadline = time.monotonic() + timeout_s
         while remaining and time.monotonic() < deadline:

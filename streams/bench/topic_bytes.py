@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
-from connectors.kafka.client import exact_ends
-from streams.bench.kafka import _quietly
+from streams.bench.kafka import _quietly, read_all
 from streams.sync import format_table
 
 
@@ -57,34 +55,19 @@ async def topic_bytes(
     await consumer.start()
     try:
         names = sorted(await consumer.topics())
-        if topics is not None:
-            names = [t for t in names if any(t == w or t.endswith(f".{w}") for w in topics)]
-        tps = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = await exact_ends(consumer, tps, timeout_s)
-        consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, max(0, ends[tp] - last) if last else 0)
-        sizes: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
-        counts: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
-        stamps: dict[str, list[int]] = {t: [] for t in names}
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        deadline = time.monotonic() + timeout_s
-        while remaining:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {len(names)} topics took over {timeout_s:.0f}s")
-            batches = await consumer.getmany(*remaining, timeout_ms=200, max_records=100_000)
-            for tp, records in batches.items():
-                size, count, stamp = sizes[tp.topic], counts[tp.topic], stamps[tp.topic]
-                for r in records:
-                    if r.offset >= ends[tp]:
-                        continue  # written after the call: not part of what is measured
-                    size[r.key] += len(r.key or b"") + len(r.value or b"")
-                    count[r.key] += 1
-                    stamp.append(r.timestamp)
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
     finally:
         await _quietly(consumer.stop())
+    if topics is not None:
+        names = [t for t in names if any(t == w or t.endswith(f".{w}") for w in topics)]
+    sizes: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
+    counts: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
+    stamps: dict[str, list[int]] = {t: [] for t in names}
+    async for topic, records in read_all(bootstrap, names, timeout_s, last=last):
+        size, count, stamp = sizes[topic], counts[topic], stamps[topic]
+        for r in records:
+            size[r.key] += len(r.key or b"") + len(r.value or b"")
+            count[r.key] += 1
+            stamp.append(r.timestamp)
     result = []
     for t in names:
         stamp = stamps[t]
