@@ -53,6 +53,8 @@ class Counters:
     last_activity: float = field(default_factory=time.monotonic)
     #: Per stage: state keys processed and not saved yet (a checkpoint saves them).
     unsaved: Counter[str] = field(default_factory=Counter)
+    #: Objects whose reference answers are deferred (streams.stages.metaverse): work still to do.
+    deferred: int = 0
 
     def count(self, name: str, n: int = 1) -> None:
         self.steps[name] += n
@@ -84,6 +86,20 @@ class Runtime:
         self._topic_partitions = self._all_topics()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
+        #: Per stage: when it processed its last batch (monotonic) and how old that batch's newest record
+        #: was (ms, from the records' Kafka timestamps): ``behind`` reads it.
+        self.input_age: dict[str, tuple[float, int]] = {}
+
+    def behind(self, threshold_ms: int, recent_s: float = 0.5) -> bool:
+        """Whether a stage of this process is working through a backlog (an initial load, a replay, an
+        outage caught up): its last batch, processed less than ``recent_s`` ago, held no record younger
+        than ``threshold_ms``. A stage that has gone quiet is not behind."""
+        now = time.monotonic()
+        return any(now - at < recent_s and age > threshold_ms for at, age in self.input_age.values())
+
+    def record_input_age(self, stage: str, newest_ts_ms: int) -> None:
+        """A stage processed a batch whose newest record was produced at ``newest_ts_ms``."""
+        self.input_age[stage] = (time.monotonic(), max(0, now_ms() - newest_ts_ms))
 
     # ---- topics
     def topic_partitions(self) -> dict[str, int]:
