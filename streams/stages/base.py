@@ -170,7 +170,8 @@ class Stage(ABC, Generic[S]):
         await self.commit(batches, out)
         newest = max((getattr(ev.message, "timestamp", 0) or 0 for ev in events), default=0)
         if newest > 0:
-            self.rt.record_input_age(self.step_id, newest)
+            full = len(events) >= self.rt.config.pipeline.batch_size
+            self.rt.record_input_age(self.step_id, newest, full)
         for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1
         self.rt.counters.last_activity = asyncio.get_running_loop().time()
