@@ -131,6 +131,10 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
                 settings.memory_log_s,
                 lambda: [*rt.databases(), mv.table.db],
                 lambda: sum(s.unsaved()[1] for s in stages),
+                lambda: {
+                    "deferred_objects": rt.counters.deferred,
+                    "answers_deferred": rt.counters.steps["ref-answers-deferred"],
+                },
             )
         )
     pipeline.closers.append(mv.table.close)

@@ -44,6 +44,7 @@ from streams.bench.records import (
     title_change,
     write_hr_file,
 )
+from streams.bench.topic_bytes import topic_bytes
 from streams.broker import EmbeddedBroker, cpu_seconds, peak_rss_mb
 from streams.config import load_config
 from streams.output import Outputs
@@ -106,6 +107,9 @@ class PhaseResult:
     #: internal topics' messages by kind (``streams.bench.kafka.message_kind``).
     topics: dict[str, int] = field(default_factory=dict)
     message_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: With ``--load-bytes``: uncompressed bytes on the state changelogs and ``mv.changes`` right after the
+    #: initial load (the warm-up's included): what the load's checkpoints and syncs wrote.
+    load_bytes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -532,6 +536,19 @@ class Phase:
         sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
         return {t.removeprefix(prefix): n for t, n in sizes.items()}
 
+    async def load_bytes(self, res: PhaseResult) -> dict[str, int]:
+        """Uncompressed bytes on the state changelogs and ``mv.changes`` (none, and a note, when reading
+        them takes longer than 10 minutes)."""
+        n = self.rt.names
+        topics = [n.changelog_topic(s) for s in ("cs", "join", "mv", "mv-refs")] + [n.mv_changes_topic()]
+        prefix = f"idsync.{self.name}."
+        try:
+            found = await topic_bytes(self.broker.bootstrap, topics, top=0, timeout_s=600)
+        except TimeoutError as exc:
+            res.notes.append(f"load bytes not measured: {exc}")
+            return {}
+        return {t.topic.removeprefix(prefix): t.bytes for t in found}
+
     async def kinds(self, res: PhaseResult) -> dict[str, dict[str, int]]:
         """The internal topics' messages by kind (none, and a note, when reading them takes too long: at
         least 5 minutes, or a second per 20,000 messages ``res.topics`` counts)."""
@@ -580,6 +597,8 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         await ph.initial_load(res)
         res.peak_rss_by_step["load"] = ph.rss()
         res.broker_rss_by_step["load"] = ph.broker_rss()
+        if args.load_bytes:
+            res.load_bytes = await ph.load_bytes(res)
         if args.naive and org.size <= args.naive_max:
             await ph.export_digest(res)  # compared with the naive baseline's
         changes = org.delta(1)
@@ -775,6 +794,9 @@ def run_bench(args: argparse.Namespace) -> int:
         if r.latency_cpu_us:
             spent = ", ".join(f"{who} {us:,.0f}" for who, us in r.latency_cpu_us.items())
             print(f"N={r.size:,} workers={r.workers}: latency run CPU µs per change: {spent}")
+        if r.load_bytes:
+            written = ", ".join(f"{t} {b / 1e6:,.1f}" for t, b in r.load_bytes.items())
+            print(f"N={r.size:,} workers={r.workers}: MB written by the load (uncompressed): {written}")
     for r in results:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:

@@ -112,6 +112,7 @@ class MetaverseStage(Stage[MVObject]):
         self._defer_s = rt.config.pipeline.reference_defer_ms / 1000
         self._deferred: dict[int, dict[bytes, float]] = {}
         self._deferred_batches: dict[int, Batch] = {}
+        self._was_behind = False
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -305,7 +306,21 @@ class MetaverseStage(Stage[MVObject]):
     # ---- deferred answers
     def _deferring(self) -> bool:
         """Whether table answers are deferred now: allowed, and the worker is behind its input."""
-        return self._defer_s > 0 and self.rt.behind(BEHIND_MS)
+        return self._defer_s > 0 and self._behind()
+
+    def _behind(self) -> bool:
+        """``Runtime.behind``, logged when it changes."""
+        behind = self.rt.behind(BEHIND_MS)
+        if behind != self._was_behind:
+            self._was_behind = behind
+            if behind:
+                log.info("metaverse: behind its input: reference answers are deferred")
+            else:
+                log.info(
+                    "metaverse: caught up: applying the deferred reference answers of %d objects",
+                    self.rt.counters.deferred,
+                )
+        return behind
 
     def _defer(
         self, p: int, keys: list[bytes], answers: dict[bytes, list[tuple[bytes, RefResolved]]]
@@ -379,7 +394,7 @@ class MetaverseStage(Stage[MVObject]):
         those that waited ``reference_defer_ms`` while it has not — oldest first, a slice of referrers
         at a time with a checkpoint between slices when one is due (as the applier does)."""
         now = asyncio.get_running_loop().time()
-        everything = not self.rt.behind(BEHIND_MS)
+        everything = not self._behind()
         for p in sorted(self._deferred):
             waiting = self._deferred[p]
             if p not in self.store.owned:

@@ -37,8 +37,14 @@ def bench(tmp_path: Path, size: int, *flags: str, env: dict[str, str] | None = N
 
 def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path: Path) -> None:
     work = tmp_path / "work"
-    _stdout, [result] = bench(
-        tmp_path, 300, "--no-naive", "--work-dir", str(work), env={"IDSYNC_BENCH_MEMORY_LOG_S": "1"}
+    stdout, [result] = bench(
+        tmp_path,
+        300,
+        "--no-naive",
+        "--load-bytes",
+        "--work-dir",
+        str(work),
+        env={"IDSYNC_BENCH_MEMORY_LOG_S": "1"},
     )
     assert (result["kind"], result["size"], result["workers"]) == ("batched", 300, 1)
     assert result["records"] > 300 and result["rate"] > 0 and result["delta_records"] > 0
@@ -59,7 +65,14 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert list(broker.values()) == sorted(broker.values())
     assert list(broker.values())[-1] <= result["broker_rss_mb"] and result["broker_rss_mb"] > 0
     log = (work / "b300w1" / "worker0.log").read_text()
-    assert "memory: " in log and "unsaved_values=" in log
+    assert "memory: " in log and "unsaved_values=" in log and "deferred_objects=" in log
+    # What the load wrote, in bytes: every state changelog and mv.changes, each person's and group's
+    # objects at least once (hundreds of bytes each)
+    written = result["load_bytes"]
+    changelogs = [f"changelog.{store}" for store in ("cs", "join", "mv", "mv-refs")]
+    assert sorted(written) == [*changelogs, "mv.changes"]
+    assert written["changelog.mv"] > 300 * 200 and written["mv.changes"] > 300 * 100
+    assert "MB written by the load (uncompressed): changelog.cs" in stdout
 
 
 def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: Path) -> None:
