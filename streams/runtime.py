@@ -86,25 +86,23 @@ class Runtime:
         self._topic_partitions = self._all_topics()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
-        #: Per stage: when it processed its last batch (monotonic), how old that batch's newest record was
-        #: (ms, from the records' Kafka timestamps) and whether the batch was full: ``behind`` reads it.
-        self.input_age: dict[str, tuple[float, int, bool]] = {}
+        #: Per stage: when it processed its last batch (monotonic) and how old that batch's newest record
+        #: was (ms, from the records' Kafka timestamps): ``behind`` reads it.
+        self.input_age: dict[str, tuple[float, int]] = {}
 
     def behind(self, threshold_ms: int, recent_s: float = 0.5) -> bool:
         """Whether a stage of this process is working through a backlog (an initial load, a replay, an
-        outage caught up): its last batch, processed less than ``recent_s`` ago, was full (more records
-        were waiting) and held no record younger than ``threshold_ms``. Both are asked: a burst that
-        fills a batch for a moment is not a backlog, and neither are old timestamps alone (a producer
-        outside idsync may stamp records with the source's time). A stage that went quiet is not behind."""
+        outage caught up): its last batch, processed less than ``recent_s`` ago, held no record younger
+        than ``threshold_ms``. Only stages whose input idsync stamped count (``Stage.times_backlog``: not
+        staging, whose change records a producer outside idsync may stamp with the source's time). A
+        stage that went quiet is not behind. (Whether a batch was full is no sign: a consumer returns what
+        it has fetched, often less than a batch, with thousands of records waiting.)"""
         now = time.monotonic()
-        return any(
-            now - at < recent_s and full and age > threshold_ms for at, age, full in self.input_age.values()
-        )
+        return any(now - at < recent_s and age > threshold_ms for at, age in self.input_age.values())
 
-    def record_input_age(self, stage: str, newest_ts_ms: int, full: bool) -> None:
-        """A stage processed a batch whose newest record was produced at ``newest_ts_ms`` (``full``: it
-        held as many records as a batch may)."""
-        self.input_age[stage] = (time.monotonic(), max(0, now_ms() - newest_ts_ms), full)
+    def record_input_age(self, stage: str, newest_ts_ms: int) -> None:
+        """A stage processed a batch whose newest record was produced at ``newest_ts_ms``."""
+        self.input_age[stage] = (time.monotonic(), max(0, now_ms() - newest_ts_ms))
 
     # ---- topics
     def topic_partitions(self) -> dict[str, int]:

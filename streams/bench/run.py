@@ -108,8 +108,10 @@ class PhaseResult:
     topics: dict[str, int] = field(default_factory=dict)
     message_kinds: dict[str, dict[str, int]] = field(default_factory=dict)
     #: With ``--load-bytes``: uncompressed bytes on the state changelogs and ``mv.changes`` right after the
-    #: initial load (the warm-up's included): what the load's checkpoints and syncs wrote.
+    #: initial load (the warm-up's included): what the load's checkpoints and syncs wrote; and per topic the
+    #: keys that wrote the most, as [key, bytes, records].
     load_bytes: dict[str, int] = field(default_factory=dict)
+    load_bytes_top: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -536,18 +538,19 @@ class Phase:
         sizes = await kafka.topic_sizes(self.broker.bootstrap, list(dict.fromkeys(topics)))
         return {t.removeprefix(prefix): n for t, n in sizes.items()}
 
-    async def load_bytes(self, res: PhaseResult) -> dict[str, int]:
-        """Uncompressed bytes on the state changelogs and ``mv.changes`` (none, and a note, when reading
-        them takes longer than 10 minutes)."""
+    async def load_bytes(self, res: PhaseResult) -> None:
+        """Uncompressed bytes on the state changelogs and ``mv.changes``, and the keys that wrote the most
+        (none, and a note, when reading them takes longer than 10 minutes)."""
         n = self.rt.names
         topics = [n.changelog_topic(s) for s in ("cs", "join", "mv", "mv-refs")] + [n.mv_changes_topic()]
         prefix = f"idsync.{self.name}."
         try:
-            found = await topic_bytes(self.broker.bootstrap, topics, top=0, timeout_s=600)
+            found = await topic_bytes(self.broker.bootstrap, topics, top=5, timeout_s=600)
         except TimeoutError as exc:
             res.notes.append(f"load bytes not measured: {exc}")
-            return {}
-        return {t.topic.removeprefix(prefix): t.bytes for t in found}
+            return
+        res.load_bytes = {t.topic.removeprefix(prefix): t.bytes for t in found}
+        res.load_bytes_top = {t.topic.removeprefix(prefix): t.top for t in found}
 
     async def kinds(self, res: PhaseResult) -> dict[str, dict[str, int]]:
         """The internal topics' messages by kind (none, and a note, when reading them takes too long: at
@@ -598,7 +601,7 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.peak_rss_by_step["load"] = ph.rss()
         res.broker_rss_by_step["load"] = ph.broker_rss()
         if args.load_bytes:
-            res.load_bytes = await ph.load_bytes(res)
+            await ph.load_bytes(res)
         if args.naive and org.size <= args.naive_max:
             await ph.export_digest(res)  # compared with the naive baseline's
         changes = org.delta(1)

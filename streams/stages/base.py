@@ -123,6 +123,9 @@ class Stage(ABC, Generic[S]):
     step_id: str
     store_name: str
     state_model: type[S]
+    #: Whether the age of the records this stage processes tells the worker it is behind
+    #: (``Runtime.behind``): true for inputs idsync produced itself, stamped when they were produced.
+    times_backlog = True
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -169,9 +172,8 @@ class Stage(ABC, Generic[S]):
             batches.append(batch)
         await self.commit(batches, out)
         newest = max((getattr(ev.message, "timestamp", 0) or 0 for ev in events), default=0)
-        if newest > 0:
-            full = len(events) >= self.rt.config.pipeline.batch_size
-            self.rt.record_input_age(self.step_id, newest, full)
+        if newest > 0 and self.times_backlog:
+            self.rt.record_input_age(self.step_id, newest)
         for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1
         self.rt.counters.last_activity = asyncio.get_running_loop().time()

@@ -44,6 +44,9 @@ class StagingStage(Stage[CSObject]):
     step_id = "staging"
     store_name = "cs"
     state_model = CSObject
+    #: Its input's timestamps are the connectors' (a producer outside idsync may stamp a change record
+    #: with the source's time): a backlog here shows downstream, in the join and metaverse stages' inputs.
+    times_backlog = False
 
     def __init__(self, rt: Any) -> None:
         super().__init__(rt)

@@ -72,6 +72,8 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     changelogs = [f"changelog.{store}" for store in ("cs", "join", "mv", "mv-refs")]
     assert sorted(written) == [*changelogs, "mv.changes"]
     assert written["changelog.mv"] > 300 * 200 and written["mv.changes"] > 300 * 100
+    top = result["load_bytes_top"]["changelog.mv"]
+    assert 0 < len(top) <= 5 and sum(size for _key, size, _n in top) <= written["changelog.mv"]
     assert "MB written by the load (uncompressed): changelog.cs" in stdout
 
 
