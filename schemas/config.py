@@ -512,7 +512,7 @@ class PipelineConfig(_Config):
     #: deferred: kept as one small state key each, and applied together when the worker has caught up,
     #: when a message for the object arrives, or once the oldest has waited this long. Applied as they
     #: came, a group of a few hundred members was written whole once per checkpoint for most of a load
-    #: (docs/architecture.md, "Deferred reference answers"). 0: never deferred.
+    #: (docs/architecture.md, large multi-valued references). 0: never deferred.
     reference_defer_ms: int = Field(default=60_000, ge=0, le=3_600_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next

@@ -93,10 +93,10 @@ class Runtime:
     def behind(self, threshold_ms: int, recent_s: float = 0.5) -> bool:
         """Whether a stage of this process is working through a backlog (an initial load, a replay, an
         outage caught up): its last batch, processed less than ``recent_s`` ago, held no record younger
-        than ``threshold_ms``. Only stages whose input idsync stamped count (``Stage.times_backlog``: not
-        staging, whose change records a producer outside idsync may stamp with the source's time). A
-        stage that went quiet is not behind. (Whether a batch was full is no sign: a consumer returns what
-        it has fetched, often less than a batch, with thousands of records waiting.)"""
+        than ``threshold_ms``. Only records idsync stamped count (``Stage.times_backlog``: not the
+        change records of the import topics, which a producer outside idsync may stamp with the source's
+        time). A stage that went quiet is not behind. (Whether a batch was full is no sign: a consumer
+        returns what it has fetched, often less than a batch, with thousands of records waiting.)"""
         now = time.monotonic()
         return any(now - at < recent_s and age > threshold_ms for at, age in self.input_age.values())
 

@@ -123,13 +123,15 @@ class Stage(ABC, Generic[S]):
     step_id: str
     store_name: str
     state_model: type[S]
-    #: Whether the age of the records this stage processes tells the worker it is behind
-    #: (``Runtime.behind``): true for inputs idsync produced itself, stamped when they were produced.
-    times_backlog = True
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.store = rt.store(self.store_name)
+
+    def times_backlog(self, topic: str) -> bool:
+        """Whether the age of this topic's records tells the worker it is behind (``Runtime.behind``):
+        true for topics idsync produces itself, stamped when the records were produced."""
+        return True
 
     @abstractmethod
     def decode(self, topic: str, value: bytes) -> Any:
@@ -171,8 +173,11 @@ class Stage(ABC, Generic[S]):
             self.handle_all(batch, items, out)
             batches.append(batch)
         await self.commit(batches, out)
-        newest = max((getattr(ev.message, "timestamp", 0) or 0 for ev in events), default=0)
-        if newest > 0 and self.times_backlog:
+        timed = self.times_backlog
+        newest = max(
+            (getattr(ev.message, "timestamp", 0) or 0 for ev in events if timed(ev.message.topic)), default=0
+        )
+        if newest > 0:
             self.rt.record_input_age(self.step_id, newest)
         for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1

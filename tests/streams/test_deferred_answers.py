@@ -20,6 +20,7 @@ from schemas.state import MVObject
 from streams.broker import EmbeddedBroker
 from streams.runtime import Runtime, now_ms
 from streams.stages.metaverse import DEFERRED, MetaverseStage
+from streams.stages.staging import StagingStage
 from streams.sync import drained
 
 from .helpers import until
@@ -227,6 +228,11 @@ def test_a_worker_is_behind_while_its_stages_process_old_records(tmp_path: Path)
     assert rt.behind(2_000)
     time.sleep(0.06)
     assert not rt.behind(2_000, recent_s=0.05)  # a stage that went quiet is not behind
+    # Staging times its links, not the change records of the import topics (their producer's stamps).
+    staging = StagingStage(rt)
+    assert staging.times_backlog(rt.names.links_topic())
+    assert not any(staging.times_backlog(rt.names.import_topic(c)) for c in rt.config.connectors)
+    assert MetaverseStage(rt).times_backlog(rt.names.mv_topic())
 
 
 def test_the_pipeline_is_not_drained_while_answers_are_deferred(tmp_path: Path) -> None:
