@@ -52,6 +52,20 @@ def behind_switch(monkeypatch: pytest.MonkeyPatch, *runtimes: Runtime) -> dict[s
     return state
 
 
+async def managed(
+    broker: EmbeddedBroker, tmp: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> tuple[Runtime, int, list[str], dict[str, bool], tuple[MetaverseStage, Any, Any]]:
+    """A worker owning partition 0 whose ``n`` people have registered to their manager's DN, not behind
+    yet: (runtime, partition, people, its behind switch, (stage, table reader, applier))."""
+    a = runtime(broker.bootstrap, tmp, "a")
+    people = people_in(a, 0, n)
+    switch = behind_switch(monkeypatch, a)
+    switch["behind"] = False
+    running = await owning(a, 0)
+    await register_managers(a, running[0], 0, people)
+    return a, 0, people, switch, running
+
+
 def manager(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:
     """The person's manager as the stage holds it (unsaved state first, then the database)."""
     part = stage.store.partition(p)
@@ -163,15 +177,9 @@ def test_answers_deferred_longer_than_the_limit_are_applied_while_still_behind(
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            a = runtime(broker.bootstrap, tmp_path, "a")
-            p = 0
-            people = people_in(a, p, 3)
-            switch = behind_switch(monkeypatch, a)
-            switch["behind"] = False
-            stage, reader, applier = await owning(a, p)
+            a, p, people, switch, (stage, reader, applier) = await managed(broker, tmp_path, monkeypatch, 3)
             stage._defer_s = 1.0
             releaser = asyncio.ensure_future(stage.release_deferred())
-            await register_managers(a, stage, p, people)
             switch["behind"] = True
             started = time.monotonic()
             await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
@@ -196,13 +204,7 @@ def test_an_answer_applied_at_once_comes_after_those_deferred_before_it(
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            a = runtime(broker.bootstrap, tmp_path, "a")
-            p = 0
-            people = people_in(a, p, 2)
-            switch = behind_switch(monkeypatch, a)
-            switch["behind"] = False
-            stage, reader, applier = await owning(a, p)
-            await register_managers(a, stage, p, people)
+            a, p, people, switch, (stage, reader, applier) = await managed(broker, tmp_path, monkeypatch, 2)
             switch["behind"] = True
             await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
             await until(lambda: a.counters.deferred == 2, 10)
