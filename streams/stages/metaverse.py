@@ -96,7 +96,8 @@ class MetaverseStage(Stage[MVObject]):
         self._synced_at: dict[bytes, float] = {}
         #: Registrations (``engine.references.registration_keys``), per partition like the objects.
         self.refs = rt.store("mv-refs")
-        self._reg_batches: dict[int, Batch] = {}
+        #: Writes to the registrations store until the next commit, per partition and kind of value.
+        self._reg_batches: dict[tuple[int, type], Batch] = {}
         self.table = RefTable(rt)
         #: The table position each owned partition was last saved with.
         self._positions: dict[int, TablePositions] = {}
@@ -111,7 +112,6 @@ class MetaverseStage(Stage[MVObject]):
         #: Referrers with deferred answers per partition, and when the first was deferred (loop time).
         self._defer_s = rt.config.pipeline.reference_defer_ms / 1000
         self._deferred: dict[int, dict[bytes, float]] = {}
-        self._deferred_batches: dict[int, Batch] = {}
         self._was_behind = False
 
     async def process(self, events: list[Any]) -> None:
@@ -329,7 +329,7 @@ class MetaverseStage(Stage[MVObject]):
         the worker works through a backlog is then decoded, synced and written once for all of them (when
         the worker catches up, when a message for it arrives, or after ``reference_defer_ms``), not once
         per checkpoint. A later answer to the same registration replaces an earlier one."""
-        batch = self._deferred_batch(p)
+        batch = self._reg_batch(p, DeferredAnswer)
         waiting = self._deferred.setdefault(p, {})
         now = asyncio.get_running_loop().time()
         n = 0
@@ -352,20 +352,13 @@ class MetaverseStage(Stage[MVObject]):
         if not waiting or waiting.pop(key, None) is None:
             return []
         self._count_deferred()
-        batch = self._deferred_batch(p)
+        batch = self._reg_batch(p, DeferredAnswer)
         prefix = deferred_prefix(key)
         answers = []
         for k, held in batch.scan(prefix):
             batch.put(k, None)
             answers.append(resolution(k[len(prefix) :].decode(), held.value, held.ts_ms))
         return answers
-
-    def _deferred_batch(self, partition: int) -> Batch:
-        batch = self._deferred_batches.get(partition)
-        if batch is None:
-            part = self.refs.partition(partition)
-            batch = self._deferred_batches[partition] = Batch(part, [], DeferredAnswer)
-        return batch
 
     def _load_deferred(self, p: int) -> dict[bytes, float]:
         """The referrers of partition ``p`` with deferred answers in its saved state (a partition taken
@@ -416,16 +409,18 @@ class MetaverseStage(Stage[MVObject]):
                         await self.save_if_due()
             self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
-    def _reg_batch(self, partition: int) -> Batch:
-        batch = self._reg_batches.get(partition)
+    def _reg_batch(self, partition: int, model: type[Registration | DeferredAnswer] = Registration) -> Batch:
+        """The batch that writes registrations (or, with ``model``, deferred answers) to a partition of the
+        registrations store until the next commit: one per partition and kind of value."""
+        batch = self._reg_batches.get((partition, model))
         if batch is None:
-            batch = self._reg_batches[partition] = Batch(self.refs.partition(partition), [], Registration)
+            part = self.refs.partition(partition)
+            batch = self._reg_batches[(partition, model)] = Batch(part, [], model)
         return batch
 
     async def commit(self, batches: list[Batch], out: Outputs) -> None:
         regs, self._reg_batches = list(self._reg_batches.values()), {}
-        deferred, self._deferred_batches = list(self._deferred_batches.values()), {}
-        await super().commit([*batches, *regs, *deferred], out)
+        await super().commit([*batches, *regs], out)
 
     def unsaved(self) -> tuple[int, int]:
         keys, values = super().unsaved()
