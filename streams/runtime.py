@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,23 +87,25 @@ class Runtime:
         self._topic_partitions = self._all_topics()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
-        #: Per stage: when it processed its last batch (monotonic) and how old that batch's newest record
-        #: was (ms, from the records' Kafka timestamps): ``behind`` reads it.
-        self.input_age: dict[str, tuple[float, int]] = {}
+        #: Per stage consumer: when it processed its last batch (monotonic) and how many records its
+        #: assigned partitions held after it (from the fetch's high watermarks): ``behind`` reads it.
+        self.input_lag: dict[str, tuple[float, int]] = {}
 
-    def behind(self, threshold_ms: int, recent_s: float = 0.5) -> bool:
-        """Whether a stage of this process is working through a backlog (an initial load, a replay, an
-        outage caught up): its last batch, processed less than ``recent_s`` ago, held no record younger
-        than ``threshold_ms``. Only records idsync stamped count (``Stage.times_backlog``: not the
-        change records of the import topics, which a producer outside idsync may stamp with the source's
-        time). A stage that went quiet is not behind. (Whether a batch was full is no sign: a consumer
-        returns what it has fetched, often less than a batch, with thousands of records waiting.)"""
+    def behind(self, threshold: int, stages: Collection[str], recent_s: float = 0.5) -> bool:
+        """Whether one of the ``stages`` of this process is working through a backlog (an initial load, a
+        replay, an outage caught up): its last batch, processed less than ``recent_s`` ago, left at least
+        ``threshold`` records waiting on its partitions (the consumer lag, from the high watermarks its
+        fetches returned). The lag, not the records' timestamps: a load's backlog is on the import topics,
+        whose producer (outside idsync) may stamp a change record with the source's time, and it leaves
+        the internal topics' records young, the later stages keeping up with staging. A stage that went
+        quiet is not behind."""
         now = time.monotonic()
-        return any(now - at < recent_s and age > threshold_ms for at, age in self.input_age.values())
+        lags = self.input_lag
+        return any(now - lags[s][0] < recent_s and lags[s][1] >= threshold for s in stages if s in lags)
 
-    def record_input_age(self, stage: str, newest_ts_ms: int) -> None:
-        """A stage processed a batch whose newest record was produced at ``newest_ts_ms``."""
-        self.input_age[stage] = (time.monotonic(), max(0, now_ms() - newest_ts_ms))
+    def record_input_lag(self, stage: str, lag: int) -> None:
+        """A stage processed a batch that left ``lag`` records waiting on its partitions."""
+        self.input_lag[stage] = (time.monotonic(), lag)
 
     # ---- topics
     def topic_partitions(self) -> dict[str, int]:

@@ -128,11 +128,6 @@ class Stage(ABC, Generic[S]):
         self.rt = rt
         self.store = rt.store(self.store_name)
 
-    def times_backlog(self, topic: str) -> bool:
-        """Whether the age of this topic's records tells the worker it is behind (``Runtime.behind``):
-        true for topics idsync produces itself, stamped when the records were produced."""
-        return True
-
     @abstractmethod
     def decode(self, topic: str, value: bytes) -> Any:
         """Decode one event's value (raise on a malformed record: it is dead-lettered)."""
@@ -173,12 +168,6 @@ class Stage(ABC, Generic[S]):
             self.handle_all(batch, items, out)
             batches.append(batch)
         await self.commit(batches, out)
-        timed = self.times_backlog
-        newest = max(
-            (getattr(ev.message, "timestamp", 0) or 0 for ev in events if timed(ev.message.topic)), default=0
-        )
-        if newest > 0:
-            self.rt.record_input_age(self.step_id, newest)
         for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1
         self.rt.counters.last_activity = asyncio.get_running_loop().time()

@@ -51,8 +51,12 @@ _POSITIONS = unpacker(TablePositions)
 #: ``DEFERRED + referrer's mv_id + SEP + registration key`` -> ``DeferredAnswer`` (mv_ids hold no NUL).
 DEFERRED = b"deferred\x00"
 _SEP = b"\x00"
-#: The worker is behind its input when a stage's last batch held no record younger than this.
-BEHIND_MS = 2_000
+#: The worker is behind its input when a stage's last batch left at least this many records waiting on
+#: its partitions (``Runtime.behind``): a second's work and more.
+BEHIND_RECORDS = 2_000
+#: The stages whose backlog counts: those that feed the metaverse (not the exports: a slow target system
+#: is no reason to hold group changes).
+INPUT_STAGES = ("staging", "join", "metaverse")
 #: How often the stage looks for deferred answers to apply.
 RELEASE_TICK_S = 0.25
 
@@ -310,7 +314,7 @@ class MetaverseStage(Stage[MVObject]):
 
     def _behind(self) -> bool:
         """``Runtime.behind``, logged when it changes."""
-        behind = self.rt.behind(BEHIND_MS)
+        behind = self.rt.behind(BEHIND_RECORDS, INPUT_STAGES)
         if behind != self._was_behind:
             self._was_behind = behind
             if behind:

@@ -50,12 +50,6 @@ class StagingStage(Stage[CSObject]):
         self._links = rt.names.links_topic()
         self._topic_connector = {rt.names.import_topic(c): c for c in rt.config.connectors}
 
-    def times_backlog(self, topic: str) -> bool:
-        """Only the links topic's records: the import topics' timestamps are their producers' (one outside
-        idsync may stamp a change record with the source's time). The links wait behind the imports
-        when staging is behind: a load's bottleneck, where a member's link back to staging waits."""
-        return topic == self._links
-
     def decode(self, topic: str, value: bytes) -> Any:
         if topic == self._links:
             link = _LINK.decode(value)

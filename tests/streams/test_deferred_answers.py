@@ -18,9 +18,8 @@ from schemas.errors import IdsyncError
 from schemas.messages import RefRegister, RefValue
 from schemas.state import MVObject
 from streams.broker import EmbeddedBroker
-from streams.runtime import Runtime, now_ms
+from streams.runtime import Runtime
 from streams.stages.metaverse import DEFERRED, MetaverseStage
-from streams.stages.staging import StagingStage
 from streams.sync import drained
 
 from .helpers import until
@@ -44,8 +43,8 @@ pytestmark = pytest.mark.integration
 
 
 def behind_switch(monkeypatch: pytest.MonkeyPatch, *runtimes: Runtime) -> dict[str, bool]:
-    """Whether the workers are behind their input, set by the test (the real signal is the age of the
-    records their stages process: ``test_a_worker_is_behind_while_its_stages_process_old_records``)."""
+    """Whether the workers are behind their input, set by the test (the real signal is their stages'
+    consumer lag: ``test_a_stage_is_behind_while_its_batches_leave_records_waiting``, test_consumer.py)."""
     state = {"behind": True}
     for rt in runtimes:
         monkeypatch.setattr(rt, "behind", lambda *_a, **_k: state["behind"])
@@ -219,22 +218,6 @@ def test_an_answer_applied_at_once_comes_after_those_deferred_before_it(
             await a.stop()
 
     asyncio.run(scenario())
-
-
-def test_a_worker_is_behind_while_its_stages_process_old_records(tmp_path: Path) -> None:
-    rt = runtime("127.0.0.1:1", tmp_path, "a")
-    assert not rt.behind(2_000)
-    rt.record_input_age("metaverse", now_ms() - 100)
-    assert not rt.behind(2_000)  # records a tenth of a second old: keeping up
-    rt.record_input_age("join", now_ms() - 5_000)
-    assert rt.behind(2_000)
-    time.sleep(0.06)
-    assert not rt.behind(2_000, recent_s=0.05)  # a stage that went quiet is not behind
-    # Staging times its links, not the change records of the import topics (their producer's stamps).
-    staging = StagingStage(rt)
-    assert staging.times_backlog(rt.names.links_topic())
-    assert not any(staging.times_backlog(rt.names.import_topic(c)) for c in rt.config.connectors)
-    assert MetaverseStage(rt).times_backlog(rt.names.mv_topic())
 
 
 def test_the_pipeline_is_not_drained_while_answers_are_deferred(tmp_path: Path) -> None:
