@@ -507,6 +507,13 @@ class PipelineConfig(_Config):
     #: unsaved state is held decoded, and a few thousand large groups changed at once (a delta round
     #: that moves people between departments) would otherwise all be held until the interval ends.
     checkpoint_max_values: int = Field(default=500_000, ge=1, le=100_000_000)
+    #: While this worker is behind its input (an initial load, a replay, a backlog after an outage), the
+    #: reference table's answers to an object (a group hearing its members resolve one by one) are
+    #: deferred: kept as one small state key each, and applied together when the worker has caught up,
+    #: when a message for the object arrives, or once the oldest has waited this long. Applied as they
+    #: came, a group of a few hundred members was written whole once per checkpoint for most of a load
+    #: (docs/architecture.md, large multi-valued references). 0: never deferred.
+    reference_defer_ms: int = Field(default=60_000, ge=0, le=3_600_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.

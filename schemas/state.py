@@ -225,6 +225,15 @@ class Registration(_State, kw_only=True):
     says it all (route, referrer, attribute, anchor), the value is empty."""
 
 
+class DeferredAnswer(_State, kw_only=True):
+    """A reference table answer to a registration, deferred while the worker is behind its input
+    (``streams.stages.metaverse``): kept under the referrer's key until it is applied. The key names the
+    registration; this is what the table said and when."""
+
+    value: str | None = None
+    ts_ms: int = 0
+
+
 class TablePositions(_State, kw_only=True):
     """Where the reference table stood (next offset per partition of ``sync.refs``) when a metaverse
     partition was last saved: every table change before it had reached that partition's registrations.

@@ -122,7 +122,7 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     ]
     # The table's applier checkpoints through the metaverse consumer, between slices of its work.
     mv.save_if_due = next(c for c in pipeline.consumers if c.stage == "metaverse").save_if_due
-    pipeline.tasks += [mv.read_table, mv.apply_table]
+    pipeline.tasks += [mv.read_table, mv.apply_table, mv.release_deferred]
     if settings.memory_log_s > 0:
         stages = (staging, join, mv)
         pipeline.tasks.append(
@@ -131,6 +131,10 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
                 settings.memory_log_s,
                 lambda: [*rt.databases(), mv.table.db],
                 lambda: sum(s.unsaved()[1] for s in stages),
+                lambda: {
+                    "deferred_objects": rt.counters.deferred,
+                    "answers_deferred": rt.counters.steps["ref-answers-deferred"],
+                },
             )
         )
     pipeline.closers.append(mv.table.close)

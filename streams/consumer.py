@@ -97,6 +97,9 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         #: Offsets after the last record processed per partition, not committed yet (held until the
         #: state they produced is saved).
         self._processed: dict[TopicPartition, int] = {}
+        #: Offset after the last record processed per partition, kept after commits: the lag is measured
+        #: from it (``_record_lag``).
+        self._next: dict[TopicPartition, int] = {}
         self._saved_at = self._busy_at = time.monotonic()
         self._consumer: AIOKafkaConsumer | None = None
         #: The last checkpoint's offset commit, still in flight while the next batch is processed.
@@ -142,8 +145,9 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                             self.rt.fatal(f"stage {self.stage}: {type(exc).__name__}: {exc}")
                             raise
                         for tp, recs in owned.items():
-                            self._processed[tp] = recs[-1].offset + 1
+                            self._processed[tp] = self._next[tp] = recs[-1].offset + 1
                         self._busy_at = time.monotonic()
+                        self._record_lag(consumer)
                     # Idle (nothing came for a while): save now, so nothing waits on a next batch.
                     if self._dirty() and self._save_due(idle=not owned):
                         await self._save(consumer)
@@ -164,6 +168,17 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._committed(quiet=True)
                 await consumer.stop()
                 self.stopped.set()
+
+    def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Tell the runtime how many records wait on this stage's partitions after the batch just processed
+        (``Runtime.behind``): each partition's high watermark, as the last fetch from it returned it, less
+        the offset after its last record processed; a partition not processed from yet counts nothing."""
+        lag = 0
+        for tp in self.assigned & consumer.assignment():
+            high, done = consumer.highwater(tp), self._next.get(tp)
+            if high is not None and done is not None:
+                lag += max(0, high - done)
+        self.rt.record_input_lag(self.stage, lag)
 
     async def save_if_due(self) -> None:
         """Checkpoint now if one is due (the interval is over, or the unsaved state is over its bounds).
@@ -253,6 +268,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
             await self._committed(quiet=True)
             gone = set(revoked)
             self._processed = {tp: o for tp, o in self._processed.items() if tp not in gone}
+            self._next = {tp: o for tp, o in self._next.items() if tp not in gone}
             parts = {tp.partition for tp in revoked}
             self.assigned -= set(revoked)
             still = {tp.partition for tp in self.assigned}

@@ -175,9 +175,14 @@ def live_types(top: int = 12) -> list[tuple[str, int]]:
     return counts.most_common(top)
 
 
-async def log_memory(interval_s: float, dbs: Callable[[], list[Any]], unsaved: Callable[[], int]) -> None:
+async def log_memory(
+    interval_s: float,
+    dbs: Callable[[], list[Any]],
+    unsaved: Callable[[], int],
+    counts: Callable[[], dict[str, int]] | None = None,
+) -> None:
     """Log ``memory_report`` and ``live_types`` every ``interval_s`` until cancelled (``idsync worker
-    --memory-log-seconds``)."""
+    --memory-log-seconds``); ``counts``: more figures for the memory line (plain numbers)."""
     mem_log = logging.getLogger("idsync.memory")
     mem_log.setLevel(logging.INFO)
     if not mem_log.handlers:
@@ -192,7 +197,8 @@ async def log_memory(interval_s: float, dbs: Callable[[], list[Any]], unsaved: C
         except Exception as exc:  # a diagnostic never stops the worker (a store closing at shutdown)
             mem_log.warning("memory: no report (%s: %s)", type(exc).__name__, exc)
         else:
-            figures = (f"{k}={v}" if k == "unsaved_values" else f"{k}={v >> 20}M" for k, v in report.items())
+            figures = [f"{k}={v}" if k == "unsaved_values" else f"{k}={v >> 20}M" for k, v in report.items()]
+            figures += [f"{k}={v}" for k, v in (counts() if counts is not None else {}).items()]
             mem_log.info("memory: %s", " ".join(figures))
             mem_log.info("objects: %s", " ".join(f"{name}={n}" for name, n in live_types()))
         await asyncio.sleep(interval_s)

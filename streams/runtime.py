@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +54,8 @@ class Counters:
     last_activity: float = field(default_factory=time.monotonic)
     #: Per stage: state keys processed and not saved yet (a checkpoint saves them).
     unsaved: Counter[str] = field(default_factory=Counter)
+    #: Objects whose reference answers are deferred (streams.stages.metaverse): work still to do.
+    deferred: int = 0
 
     def count(self, name: str, n: int = 1) -> None:
         self.steps[name] += n
@@ -84,6 +87,25 @@ class Runtime:
         self._topic_partitions = self._all_topics()
         self._producer: AIOKafkaProducer | None = None
         self._producer_lock = asyncio.Lock()
+        #: Per stage consumer: when it processed its last batch (monotonic) and how many records its
+        #: assigned partitions held after it (from the fetch's high watermarks): ``behind`` reads it.
+        self.input_lag: dict[str, tuple[float, int]] = {}
+
+    def behind(self, threshold: int, stages: Collection[str], recent_s: float = 0.5) -> bool:
+        """Whether one of the ``stages`` of this process is working through a backlog (an initial load, a
+        replay, an outage caught up): its last batch, processed less than ``recent_s`` ago, left at least
+        ``threshold`` records waiting on its partitions (the consumer lag, from the high watermarks its
+        fetches returned). The lag, not the records' timestamps: a load's backlog is on the import topics,
+        whose producer (outside idsync) may stamp a change record with the source's time, and it leaves
+        the internal topics' records young, the later stages keeping up with staging. A stage that went
+        quiet is not behind."""
+        now = time.monotonic()
+        lags = self.input_lag
+        return any(now - lags[s][0] < recent_s and lags[s][1] >= threshold for s in stages if s in lags)
+
+    def record_input_lag(self, stage: str, lag: int) -> None:
+        """A stage processed a batch that left ``lag`` records waiting on its partitions."""
+        self.input_lag[stage] = (time.monotonic(), lag)
 
     # ---- topics
     def topic_partitions(self) -> dict[str, int]:

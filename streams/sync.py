@@ -35,13 +35,13 @@ async def drained(rt: Runtime, settle_s: float = 0.3, timeout_s: float = 600.0) 
         c = rt.counters
         # Only topics a stage consumes: mv.changes, errors, changelogs and the like are outputs.
         pending = {t: c.produced[t] - c.consumed[t] for t in rt.stage_topics if c.produced[t] > c.consumed[t]}
-        if not pending and not any(c.unsaved.values()) and loop.time() - c.last_activity >= settle_s:
+        quiet = loop.time() - c.last_activity >= settle_s
+        if not pending and not any(c.unsaved.values()) and not c.deferred and quiet:
             return
         if loop.time() > deadline:
             unsaved = {s: n for s, n in c.unsaved.items() if n}
-            raise IdsyncError(
-                f"pipeline did not drain within {timeout_s:.0f}s; waiting on {pending or unsaved}"
-            )
+            waiting = pending or unsaved or f"{c.deferred} objects' deferred reference answers"
+            raise IdsyncError(f"pipeline did not drain within {timeout_s:.0f}s; waiting on {waiting}")
         await asyncio.sleep(0.05)
 
 

@@ -373,11 +373,12 @@ class Phase:
         assert n == expected or expected < 0, (n, expected)
         await self.drained()
         # The stage groups have committed everything; a reference table change read just before may still
-        # be turning into exports (streams.reftable): the end is the last output once none has come for a
-        # while.
+        # be turning into exports (streams.reftable), and reference answers deferred during a load are
+        # applied once the worker sees it has caught up (about a second after its last batch): the end is
+        # the last output once none has come for a while.
         end = await kafka.last_timestamp(self.broker.bootstrap, self.output_topics())
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)
             later = await kafka.last_timestamp(self.broker.bootstrap, self.output_topics())
             if later == end:
                 break

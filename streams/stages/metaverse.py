@@ -26,7 +26,7 @@ from schemas.messages import (
     RefSync,
     RefValue,
 )
-from schemas.state import MVObject, Registration, TablePositions, values_held
+from schemas.state import DeferredAnswer, MVObject, Registration, TablePositions, values_held
 from schemas.wire import ErrorRecord, ExportConfirmed, MVChange, PendingExport
 from streams.output import Outputs
 from streams.reftable import RefTable
@@ -47,6 +47,23 @@ REFERRER_SLICE = 200
 #: Where a partition's registrations store keeps the reference table's position it was saved at.
 POSITIONS_KEY = META + b"reftable-positions"
 _POSITIONS = unpacker(TablePositions)
+#: Deferred reference answers (``pipeline.reference_defer_ms``) are keys of the registrations store:
+#: ``DEFERRED + referrer's mv_id + SEP + registration key`` -> ``DeferredAnswer`` (mv_ids hold no NUL).
+DEFERRED = b"deferred\x00"
+_SEP = b"\x00"
+#: The worker is behind its input when a stage's last batch left at least this many records waiting on
+#: its partitions (``Runtime.behind``): a second's work and more.
+BEHIND_RECORDS = 2_000
+#: The stages whose backlog counts: those that feed the metaverse (not the exports: a slow target system
+#: is no reason to hold group changes).
+INPUT_STAGES = ("staging", "join", "metaverse")
+#: How often the stage looks for deferred answers to apply.
+RELEASE_TICK_S = 0.25
+
+
+def deferred_prefix(mv_id: bytes) -> bytes:
+    """Where the answers deferred for one referrer are kept."""
+    return DEFERRED + mv_id + _SEP
 
 
 def ref_count(mv: MVObject) -> int:
@@ -83,7 +100,8 @@ class MetaverseStage(Stage[MVObject]):
         self._synced_at: dict[bytes, float] = {}
         #: Registrations (``engine.references.registration_keys``), per partition like the objects.
         self.refs = rt.store("mv-refs")
-        self._reg_batches: dict[int, Batch] = {}
+        #: Writes to the registrations store until the next commit, per partition and kind of value.
+        self._reg_batches: dict[tuple[int, type], Batch] = {}
         self.table = RefTable(rt)
         #: The table position each owned partition was last saved with.
         self._positions: dict[int, TablePositions] = {}
@@ -95,6 +113,10 @@ class MetaverseStage(Stage[MVObject]):
         #: The consumer's checkpoint-if-due (``StageConsumer.save_if_due``; None: no consumer), called
         #: between slices of referrers while table changes are applied.
         self.save_if_due: Callable[[], Awaitable[None]] | None = None
+        #: Referrers with deferred answers per partition, and when the first was deferred (loop time).
+        self._defer_s = rt.config.pipeline.reference_defer_ms / 1000
+        self._deferred: dict[int, dict[bytes, float]] = {}
+        self._was_behind = False
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -139,7 +161,10 @@ class MetaverseStage(Stage[MVObject]):
         for item in items:
             by_key.setdefault(item[1].mv_id.encode(), []).append(item)
         for key, group in by_key.items():
-            if not self._steps(batch, key, [m for _ev, m in group], out):
+            # Answers deferred for the object come first: they are older than its messages.
+            early = self._take_deferred(batch.partition, key)
+            if not self._steps(batch, key, [*early, *(m for _ev, m in group)], out):
+                self._one_by_one(batch, key, early, out)
                 super().handle_all(batch, group, out)
 
     def _steps(self, batch: Batch, key: bytes, msgs: list[Any], out: Outputs) -> bool:
@@ -220,7 +245,7 @@ class MetaverseStage(Stage[MVObject]):
             # nothing is answered (only a commit drops it), and a partition released meanwhile would
             # leave it reading a closed database.
             regs = Batch(self.refs.partition(p), [], Registration)
-            answers: dict[bytes, list[RefResolved]] = {}
+            answers: dict[bytes, list[tuple[bytes, RefResolved]]] = {}
             for route in routes:
                 found = regs.scan(registration_prefix(route).encode())
                 if not found:
@@ -228,52 +253,173 @@ class MetaverseStage(Stage[MVObject]):
                 value = self.table.get(route)
                 for reg, _ in found:
                     answer = resolution(reg.decode(), value, ts)
-                    answers.setdefault(answer.mv_id.encode(), []).append(answer)
+                    answers.setdefault(answer.mv_id.encode(), []).append((reg, answer))
             # The referrers a slice at a time, and a checkpoint between slices when one is due: a delta
             # round's table changes reach most groups at once (at 1M, 2,000 department groups in one
             # slice of routes held the worker's peak memory, decoded twice over, until the next save).
             referrers = list(answers)
             for i in range(0, len(referrers), REFERRER_SLICE):
                 keys = referrers[i : i + REFERRER_SLICE]
-                await self._answer(p, keys, answers, ts)
+                await self._answer(p, keys, answers)
                 if self.save_if_due is not None:
                     await self.save_if_due()
 
     async def _answer(
-        self, p: int, keys: list[bytes], answers: dict[bytes, list[RefResolved]], ts: int
+        self,
+        p: int,
+        keys: list[bytes],
+        answers: dict[bytes, list[tuple[bytes, RefResolved]]],
+        defer: bool = True,
     ) -> None:
-        """Apply the table's answers to referrers ``keys`` of partition ``p``, and commit them."""
+        """Apply the table's answers (after the answers deferred before them) to referrers ``keys`` of
+        partition ``p``, and commit them; while the worker is behind its input, defer them instead."""
         out = await self.rt.outputs()
+        if defer and self._deferring():
+            self._defer(p, keys, answers)
+            await self.commit([], out)
+            return
         batch = Batch(self.store.partition(p), keys, MVObject)
         for key in keys:
-            msgs = answers[key]
-            if self._steps(batch, key, list(msgs), out):
-                continue
-            for msg in msgs:  # one by one: only the failing answer is left out, and reported
-                try:
-                    mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg, lookup=self.table.get)
-                except Exception as exc:
-                    log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
-                    self.rt.record_error(
-                        ErrorRecord(
-                            step_id=self.step_id,
-                            error_type="engine-error",
-                            algorithm_step="metaverse",
-                            mv_id=msg.mv_id,
-                            message=f"reference {msg.direction} {msg.connector} {msg.key}: {exc}",
-                            ts_ms=ts,
-                        ),
-                        out,
-                    )
-                    continue
-                batch.update(key, mv)
-                self._emit(outputs, out, p)
+            msgs = [*self._take_deferred(p, key), *(answer for _reg, answer in answers.get(key, ()))]
+            if msgs and not self._steps(batch, key, msgs, out):
+                self._one_by_one(batch, key, msgs, out)
         await self.commit([batch], out)
 
-    def _reg_batch(self, partition: int) -> Batch:
-        batch = self._reg_batches.get(partition)
+    def _one_by_one(self, batch: Batch, key: bytes, msgs: list[RefResolved], out: Outputs) -> None:
+        """Apply answers one by one (they failed together): only a failing one is left out, and reported."""
+        for msg in msgs:
+            try:
+                mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg, lookup=self.table.get)
+            except Exception as exc:
+                log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
+                self.rt.record_error(
+                    ErrorRecord(
+                        step_id=self.step_id,
+                        error_type="engine-error",
+                        algorithm_step="metaverse",
+                        mv_id=msg.mv_id,
+                        message=f"reference {msg.direction} {msg.connector} {msg.key}: {exc}",
+                        ts_ms=msg.ts_ms,
+                    ),
+                    out,
+                )
+                continue
+            batch.update(key, mv)
+            self._emit(outputs, out, batch.partition)
+
+    # ---- deferred answers
+    def _deferring(self) -> bool:
+        """Whether table answers are deferred now: allowed, and the worker is behind its input."""
+        return self._defer_s > 0 and self._behind()
+
+    def _behind(self) -> bool:
+        """``Runtime.behind``, logged when it changes."""
+        behind = self.rt.behind(BEHIND_RECORDS, INPUT_STAGES)
+        if behind != self._was_behind:
+            self._was_behind = behind
+            if behind:
+                log.info("metaverse: behind its input: reference answers are deferred")
+            else:
+                log.info(
+                    "metaverse: caught up: applying the deferred reference answers of %d objects",
+                    self.rt.counters.deferred,
+                )
+        return behind
+
+    def _defer(
+        self, p: int, keys: list[bytes], answers: dict[bytes, list[tuple[bytes, RefResolved]]]
+    ) -> None:
+        """Keep answers as one key each, not applied: an object hearing from many referenced objects while
+        the worker works through a backlog is then decoded, synced and written once for all of them (when
+        the worker catches up, when a message for it arrives, or after ``reference_defer_ms``), not once
+        per checkpoint. A later answer to the same registration replaces an earlier one."""
+        batch = self._reg_batch(p, DeferredAnswer)
+        waiting = self._deferred.setdefault(p, {})
+        now = asyncio.get_running_loop().time()
+        n = 0
+        for key in keys:
+            prefix = deferred_prefix(key)
+            for reg, answer in answers.get(key, ()):
+                batch.put(prefix + reg, DeferredAnswer(value=answer.value, ts_ms=answer.ts_ms))
+                n += 1
+            waiting.setdefault(key, now)
+        self.rt.counters.count("ref-answers-deferred", n)
+        self._count_deferred()
+
+    def _count_deferred(self) -> None:
+        self.rt.counters.deferred = sum(map(len, self._deferred.values()))
+
+    def _take_deferred(self, p: int, key: bytes) -> list[RefResolved]:
+        """The answers deferred for referrer ``key`` of partition ``p``, oldest registration first, removed
+        from the store (in the batch that applies them)."""
+        waiting = self._deferred.get(p)
+        if not waiting or waiting.pop(key, None) is None:
+            return []
+        self._count_deferred()
+        batch = self._reg_batch(p, DeferredAnswer)
+        prefix = deferred_prefix(key)
+        answers = []
+        for k, held in batch.scan(prefix):
+            batch.put(k, None)
+            answers.append(resolution(k[len(prefix) :].decode(), held.value, held.ts_ms))
+        return answers
+
+    def _load_deferred(self, p: int) -> dict[bytes, float]:
+        """The referrers of partition ``p`` with deferred answers in its saved state (a partition taken
+        over, or a worker restarted: they are applied as if deferred now)."""
+        part = self.refs.partition(p)
+        now = asyncio.get_running_loop().time()
+        found: dict[bytes, float] = {}
+        keys = [k for k, _ in part.scan(DEFERRED)] + part.unsaved_under(DEFERRED)
+        for k in keys:
+            found.setdefault(k[len(DEFERRED) :].split(_SEP, 1)[0], now)
+        return found
+
+    async def release_deferred(self) -> None:
+        """Apply deferred answers when they are due (a task of the app). An error here is a bug or I/O:
+        it stops the process (nothing was acked)."""
+        await self._or_stop("applying deferred answers of", self._release_loop())
+
+    async def _release_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RELEASE_TICK_S)
+            if any(self._deferred.values()):
+                await self.release_due()
+
+    async def release_due(self) -> None:
+        """Apply the deferred answers that are due — all of them once the worker has caught up, and
+        those that waited ``reference_defer_ms`` while it has not — oldest first, a slice of referrers
+        at a time with a checkpoint between slices when one is due (as the applier does)."""
+        now = asyncio.get_running_loop().time()
+        everything = not self._behind()
+        for p in sorted(self._deferred):
+            waiting = self._deferred[p]
+            if p not in self.store.owned:
+                del self._deferred[p]  # handed over: its deferred answers went with its saved state
+                self._count_deferred()
+                continue
+            due = [
+                k
+                for k, since in sorted(waiting.items(), key=lambda kv: kv[1])
+                if everything or now - since >= self._defer_s
+            ]
+            for i in range(0, len(due), REFERRER_SLICE):
+                async with self.lock:
+                    if p not in self.store.owned:
+                        break
+                    keys = [k for k in due[i : i + REFERRER_SLICE] if k in waiting]
+                    await self._answer(p, keys, {}, defer=False)
+                    if self.save_if_due is not None:
+                        await self.save_if_due()
+            self.rt.counters.last_activity = asyncio.get_running_loop().time()
+
+    def _reg_batch(self, partition: int, model: type[Registration | DeferredAnswer] = Registration) -> Batch:
+        """The batch that writes registrations (or, with ``model``, deferred answers) to a partition of the
+        registrations store until the next commit: one per partition and kind of value."""
+        batch = self._reg_batches.get((partition, model))
         if batch is None:
-            batch = self._reg_batches[partition] = Batch(self.refs.partition(partition), [], Registration)
+            part = self.refs.partition(partition)
+            batch = self._reg_batches[(partition, model)] = Batch(part, [], model)
         return batch
 
     async def commit(self, batches: list[Batch], out: Outputs) -> None:
@@ -295,6 +441,10 @@ class MetaverseStage(Stage[MVObject]):
         # slices as the applier does (the unsaved bounds hold), while these partitions' saved positions
         # stay as they were until their replay is over.
         self._replaying.update(partitions)
+        for p in partitions:
+            # Known before the replay: its answers come after them.
+            self._deferred[p] = self._load_deferred(p)
+        self._count_deferred()
         for p in partitions:
             self._positions.pop(p, None)  # saved by whoever held it last: written again at the checkpoint
             await self._replay(p)
@@ -340,7 +490,13 @@ class MetaverseStage(Stage[MVObject]):
             if self._positions.get(p) != positions:
                 self.refs.partition(p).stash({POSITIONS_KEY: positions}, [POSITIONS_KEY], values_held)
                 self._positions[p] = positions
-        await save(self.rt, [*self.store.opened(), *self.refs.opened()], self.step_id)
+        # The objects first: a checkpoint cut short by a crash may then leave them saved without the
+        # registrations store's part (registrations are recomputed from the inputs delivered again, a
+        # deferred answer already applied is applied again, the table replays from the older position),
+        # never the other way round, which would lose answers: deferred ones deleted, or a table position
+        # saved past answers whose objects were not.
+        await save(self.rt, self.store.opened(), self.step_id)
+        await save(self.rt, self.refs.opened(), self.step_id)
 
     async def _settle_held(self) -> None:
         held, self._held = self._held, {}

@@ -69,3 +69,56 @@ def test_every_processed_batch_is_committed_the_last_one_without_a_next(tmp_path
                 await cancel(task, probe.stop, rt.stop)
 
     asyncio.run(scenario())
+
+
+def test_a_stage_is_behind_while_its_batches_leave_records_waiting(tmp_path: Path) -> None:
+    """``Runtime.behind``: the lag a stage's batch leaves on its partitions (the high watermarks its
+    fetches returned), whatever the records' timestamps; a stage that keeps up or went quiet is not
+    behind, and only the stages asked about count."""
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            hr = tmp_path / "hr.csv"
+            hr.write_text("employee_id\n")
+            config = load_config(bench_config("lag", tmp_path, 2, hr))
+            settings = Settings(
+                bootstrap_servers=broker.bootstrap, data_dir=tmp_path / "w", fetch_max_wait_ms=10
+            )
+            rt = Runtime(settings, config)
+            await ensure_topics(rt)
+            topic = rt.names.import_topic("hr")
+            out = await rt.outputs()
+            for i in range(3_000):
+                # Stamped now: their age says nothing, only how many wait. One partition: a partition
+                # not processed from yet counts nothing.
+                out.add(topic, f"k{i}".encode(), b"{}", partition=0)
+            await out.flush()
+            seen: list[int] = []
+            gate = asyncio.Event()
+
+            async def process(events: list[Any]) -> None:
+                if len(seen) == 3:
+                    await gate.wait()  # hold the fourth batch: the lag of the third is the last known
+                seen.append(len(events))
+
+            stage = StageConsumer(rt, "probe", [topic], process, [], batch_size=100)
+            task = asyncio.create_task(stage.run())
+            try:
+                await until(lambda: len(seen) == 3, 20)
+                assert sum(seen) <= 300  # batches of at most 100
+                assert rt.input_lag["probe"][1] == 3_000 - sum(seen)  # what the third batch left waiting
+                assert rt.behind(1_000, ["probe"])
+                assert not rt.behind(1_000, ["staging", "join"])  # another stage's backlog: not asked
+                assert not rt.behind(5_000, ["probe"])  # fewer wait than that
+                gate.set()
+                await until(lambda: sum(seen) == 3_000, 20)
+                await until(lambda: rt.input_lag["probe"][1] == 0, 20)  # caught up
+                assert not rt.behind(1_000, ["probe"])
+                rt.record_input_lag("probe", 4_000)
+                assert rt.behind(1_000, ["probe"])
+                await asyncio.sleep(0.06)
+                assert not rt.behind(1_000, ["probe"], recent_s=0.05)  # went quiet: not behind
+            finally:
+                await cancel(task, rt.stop)
+
+    asyncio.run(scenario())

@@ -110,7 +110,7 @@ import asyncio, logging, sys
 from streams.memory import log_memory
 logging.basicConfig(level=logging.WARNING)
 async def main():
-    task = asyncio.ensure_future(log_memory(0.05, lambda: [], lambda: 3))
+    task = asyncio.ensure_future(log_memory(0.05, lambda: [], lambda: 3, lambda: {"deferred_objects": 7}))
     await asyncio.sleep(0.12)
     task.cancel()
 asyncio.run(main())
@@ -126,6 +126,7 @@ asyncio.run(main())
     reports = [line for line in done.stderr.splitlines() if "memory: " in line]
     assert len(reports) >= 2
     assert "unsaved_values=3" in reports[0] and "pymalloc=" in reports[0] and "malloc_held=" in reports[0]
+    assert "deferred_objects=7" in reports[0]
     assert any("objects: " in line and "dict=" in line for line in done.stderr.splitlines())
 
 

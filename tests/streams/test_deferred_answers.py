@@ -1,0 +1,230 @@
+"""Reference answers deferred while the worker is behind its input (``pipeline.reference_defer_ms``), on a
+real broker: kept as one key each instead of applied, applied before any later message of their object,
+carried by the saved state to a worker that takes the partition over, and applied when the worker has
+caught up or they have waited long enough."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from schemas.codec import pack
+from schemas.errors import IdsyncError
+from schemas.messages import RefRegister, RefValue
+from schemas.state import MVObject
+from streams.broker import EmbeddedBroker
+from streams.runtime import Runtime
+from streams.stages.metaverse import DEFERRED, MetaverseStage
+from streams.sync import drained
+
+from .helpers import until
+from .test_reftable import (
+    MANAGER_DN,
+    ROUTE,
+    Ev,
+    Message,
+    _decode,
+    contribution,
+    owning,
+    people_in,
+    publish,
+    register_managers,
+    runtime,
+    stop,
+    taking_over,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def behind_switch(monkeypatch: pytest.MonkeyPatch, *runtimes: Runtime) -> dict[str, bool]:
+    """Whether the workers are behind their input, set by the test (the real signal is their stages'
+    consumer lag: ``test_a_stage_is_behind_while_its_batches_leave_records_waiting``, test_consumer.py)."""
+    state = {"behind": True}
+    for rt in runtimes:
+        monkeypatch.setattr(rt, "behind", lambda *_a, **_k: state["behind"])
+    return state
+
+
+async def managed(
+    broker: EmbeddedBroker, tmp: Path, monkeypatch: pytest.MonkeyPatch, n: int
+) -> tuple[Runtime, int, list[str], dict[str, bool], tuple[MetaverseStage, Any, Any]]:
+    """A worker owning partition 0 whose ``n`` people have registered to their manager's DN, not behind
+    yet: (runtime, partition, people, its behind switch, (stage, table reader, applier))."""
+    a = runtime(broker.bootstrap, tmp, "a")
+    people = people_in(a, 0, n)
+    switch = behind_switch(monkeypatch, a)
+    switch["behind"] = False
+    running = await owning(a, 0)
+    await register_managers(a, running[0], 0, people)
+    return a, 0, people, switch, running
+
+
+def manager(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:
+    """The person's manager as the stage holds it (unsaved state first, then the database)."""
+    part = stage.store.partition(p)
+    key = mv_id.encode()
+    mv: Any = part.unsaved[key] if key in part.unsaved else _decode(part.get(key) or b"")
+    return list(mv.attributes.get("manager", [])) if isinstance(mv, MVObject) else []
+
+
+def deferred_keys(stage: MetaverseStage, p: int) -> list[bytes]:
+    """Deferred answers in partition ``p``'s registrations store, saved or not."""
+    part = stage.refs.partition(p)
+    keys = {k for k, _ in part.scan(DEFERRED)}
+    for k in part.unsaved_under(DEFERRED):
+        if part.unsaved[k] is None:
+            keys.discard(k)
+        else:
+            keys.add(k)
+    return sorted(keys)
+
+
+def test_answers_deferred_while_behind_are_applied_before_the_objects_next_message_or_once_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a = runtime(broker.bootstrap, tmp_path, "a")
+            p = 0
+            people = people_in(a, p)
+            switch = behind_switch(monkeypatch, a)
+            stage, reader, applier = await owning(a, p)
+            switch["behind"] = False
+            await register_managers(a, stage, p, people)
+            assert [manager(stage, p, m) for m in people] == [[]] * 5
+
+            # Behind: the manager joins, and the table's answer to its five referrers is kept, not applied.
+            switch["behind"] = True
+            await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
+            await until(lambda: a.counters.steps["ref-answers-deferred"] == 5, 10)
+            assert [manager(stage, p, m) for m in people] == [[]] * 5
+            assert len(deferred_keys(stage, p)) == 5 and a.counters.deferred == 5
+            # The manager changes again: the later answer replaces the earlier one (still one key each).
+            await publish(a, RefValue(route=ROUTE, value="M-one-b", ts_ms=4))
+            await until(lambda: a.counters.steps["ref-answers-deferred"] == 10, 10)
+            assert len(deferred_keys(stage, p)) == 5
+
+            # A message for one of them: its deferred answer is applied first, then the message — here
+            # it leaves its manager: the answer must not bring the manager back after it.
+            first, second = people[0], people[1]
+            leave = RefRegister(
+                mv_id=first,
+                op="unrefer",
+                connector="hr",
+                keys=[MANAGER_DN],
+                attribute="manager",
+                anchor="E10",
+                ts_ms=5,
+            )
+            update = msgspec.structs.replace(contribution(second, "E11"), cs_version=2)
+            topic = a.names.mv_topic()
+            async with stage.lock:
+                await stage.process(
+                    [Ev(Message(topic, p, 100), pack(leave)), Ev(Message(topic, p, 101), pack(update))]
+                )
+            assert manager(stage, p, first) == []
+            assert manager(stage, p, second) == ["M-one-b"]  # deferred answer applied before the update
+            assert a.counters.deferred == 3 and len(deferred_keys(stage, p)) == 3
+            async with stage.lock:
+                await stage.checkpoint()
+
+            # The worker stops with three referrers' answers deferred: they are in its saved state, and
+            # the worker that takes the partition over applies them once it is not behind.
+            await stop(applier, reader)
+            b, other, reader_b = await taking_over(broker.bootstrap, tmp_path, p)
+            switch_b = behind_switch(monkeypatch, b)
+            await asyncio.wait_for(other.table.ready.wait(), 30)
+            async with other.lock:
+                await other.assigned([p], [])
+            rest = people[2:]
+            assert b.counters.deferred == 3 and [manager(other, p, m) for m in rest] == [[]] * 3
+
+            # Still behind: nothing has waited ``reference_defer_ms`` yet, nothing is applied.
+            await other.release_due()
+            assert [manager(other, p, m) for m in rest] == [[]] * 3
+            # Caught up: all of them are.
+            switch_b["behind"] = False
+            await other.release_due()
+            assert [manager(other, p, m) for m in rest] == [["M-one-b"]] * 3
+            assert b.counters.deferred == 0
+            async with other.lock:
+                await other.checkpoint()
+            assert deferred_keys(other, p) == []
+            assert manager(other, p, first) == [] and manager(other, p, second) == ["M-one-b"]
+            assert a.errors == [] and b.errors == []
+
+            await stop(reader_b)
+            stage.table.close()
+            other.table.close()
+            await a.stop()
+            await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_answers_deferred_longer_than_the_limit_are_applied_while_still_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that never catches up (a sustained overload) still applies what it deferred, once it has
+    waited ``reference_defer_ms``: the oldest first, by the app's release task."""
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a, p, people, switch, (stage, reader, applier) = await managed(broker, tmp_path, monkeypatch, 3)
+            stage._defer_s = 1.0
+            releaser = asyncio.ensure_future(stage.release_deferred())
+            switch["behind"] = True
+            started = time.monotonic()
+            await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
+            await until(lambda: a.counters.steps["ref-answers-deferred"] == 3, 10)
+            assert [manager(stage, p, m) for m in people] == [[]] * 3
+            await until(lambda: a.counters.deferred == 0, 10)
+            assert time.monotonic() - started >= 1.0
+            assert [manager(stage, p, m) for m in people] == [["M-one"]] * 3
+
+            await stop(releaser, applier, reader)
+            stage.table.close()
+            await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_applied_at_once_comes_after_those_deferred_before_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Caught up, the applier answers a referrer directly: what was deferred for it is applied first, so
+    the newer value is the one that stays."""
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a, p, people, switch, (stage, reader, applier) = await managed(broker, tmp_path, monkeypatch, 2)
+            switch["behind"] = True
+            await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3))
+            await until(lambda: a.counters.deferred == 2, 10)
+            switch["behind"] = False  # caught up; no release task runs here: only the applier
+            await publish(a, RefValue(route=ROUTE, value="M-two", ts_ms=4))
+            await until(lambda: a.counters.deferred == 0, 10)
+            assert [manager(stage, p, m) for m in people] == [["M-two"]] * 2
+            assert deferred_keys(stage, p) == []
+
+            await stop(applier, reader)
+            stage.table.close()
+            await a.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_pipeline_is_not_drained_while_answers_are_deferred(tmp_path: Path) -> None:
+    rt = runtime("127.0.0.1:1", tmp_path, "a")
+    rt.counters.last_activity = 0
+    rt.counters.deferred = 2
+    with pytest.raises(IdsyncError, match="2 objects' deferred reference answers"):
+        asyncio.run(drained(rt, settle_s=0, timeout_s=0.2))
+    rt.counters.deferred = 0
+    asyncio.run(drained(rt, settle_s=0, timeout_s=0.2))
