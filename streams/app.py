@@ -122,6 +122,8 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     ]
     # The table's applier checkpoints through the metaverse consumer, between slices of its work.
     mv.save_if_due = next(c for c in pipeline.consumers if c.stage == "metaverse").save_if_due
+    # Whose backlog defers reference answers: these three consumers feed the metaverse (not the exports).
+    mv.input_stages = tuple(c.stage for c in pipeline.consumers)
     pipeline.tasks += [mv.read_table, mv.apply_table, mv.release_deferred]
     if settings.memory_log_s > 0:
         stages = (staging, join, mv)

@@ -95,10 +95,10 @@ class Runtime:
         """Whether one of the ``stages`` of this process is working through a backlog (an initial load, a
         replay, an outage caught up): its last batch, processed less than ``recent_s`` ago, left at least
         ``threshold`` records waiting on its partitions (the consumer lag, from the high watermarks its
-        fetches returned). The lag, not the records' timestamps: a load's backlog is on the import topics,
-        whose producer (outside idsync) may stamp a change record with the source's time, and it leaves
-        the internal topics' records young, the later stages keeping up with staging. A stage that went
-        quiet is not behind."""
+        fetches returned). The lag, not the records' timestamps: a producer outside idsync may stamp an
+        import topic's change record with the source's time, and a backlog leaves young what the stages
+        after it consume (a 1M load's is the join stage's, minutes long, while the metaverse stage's
+        inputs are seconds old). A stage that went quiet is not behind."""
         now = time.monotonic()
         lags = self.input_lag
         return any(now - lags[s][0] < recent_s and lags[s][1] >= threshold for s in stages if s in lags)

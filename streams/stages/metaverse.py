@@ -54,9 +54,6 @@ _SEP = b"\x00"
 #: The worker is behind its input when a stage's last batch left at least this many records waiting on
 #: its partitions (``Runtime.behind``): a second's work and more.
 BEHIND_RECORDS = 2_000
-#: The stages whose backlog counts: those that feed the metaverse (not the exports: a slow target system
-#: is no reason to hold group changes).
-INPUT_STAGES = ("staging", "join", "metaverse")
 #: How often the stage looks for deferred answers to apply.
 RELEASE_TICK_S = 0.25
 
@@ -117,6 +114,10 @@ class MetaverseStage(Stage[MVObject]):
         self._defer_s = rt.config.pipeline.reference_defer_ms / 1000
         self._deferred: dict[int, dict[bytes, float]] = {}
         self._was_behind = False
+        #: The stage consumers whose backlog counts (``Runtime.behind``): those that feed the metaverse, set
+        #: by the app (not the exports: a slow target system is no reason to hold group changes). None set:
+        #: never behind.
+        self.input_stages: tuple[str, ...] = ()
 
     async def process(self, events: list[Any]) -> None:
         await super().process(events)
@@ -314,7 +315,7 @@ class MetaverseStage(Stage[MVObject]):
 
     def _behind(self) -> bool:
         """``Runtime.behind``, logged when it changes."""
-        behind = self.rt.behind(BEHIND_RECORDS, INPUT_STAGES)
+        behind = self.rt.behind(BEHIND_RECORDS, self.input_stages)
         if behind != self._was_behind:
             self._was_behind = behind
             if behind:

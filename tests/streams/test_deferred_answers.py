@@ -17,8 +17,11 @@ from schemas.codec import pack
 from schemas.errors import IdsyncError
 from schemas.messages import RefRegister, RefValue
 from schemas.state import MVObject
+from streams.app import create_app
+from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.runtime import Runtime
+from streams.config import load_config
+from streams.runtime import Runtime, Settings
 from streams.stages.metaverse import DEFERRED, MetaverseStage
 from streams.sync import drained
 
@@ -228,3 +231,21 @@ def test_the_pipeline_is_not_drained_while_answers_are_deferred(tmp_path: Path) 
         asyncio.run(drained(rt, settle_s=0, timeout_s=0.2))
     rt.counters.deferred = 0
     asyncio.run(drained(rt, settle_s=0, timeout_s=0.2))
+
+
+def test_the_backlog_that_defers_answers_is_that_of_the_stages_feeding_the_metaverse(tmp_path: Path) -> None:
+    """The app tells the metaverse stage which consumers' lag counts: staging, join and its own, never an
+    export's (a slow target system holds no group change back)."""
+    hr = tmp_path / "hr.csv"
+    hr.write_text("employee_id\n")
+    config = load_config(bench_config("inputs", tmp_path, 2, hr))
+    pipeline = create_app(Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path / "w"), config)
+    try:
+        consumers = {c.stage: c for c in pipeline.consumers}
+        assert any(name.startswith("export") for name in consumers)  # the bench's directory target
+        mv = consumers["metaverse"].process.__self__
+        assert isinstance(mv, MetaverseStage)
+        assert sorted(mv.input_stages) == ["join", "metaverse", "staging"]
+    finally:
+        pipeline.close()
+        pipeline.rt.close_stores()
