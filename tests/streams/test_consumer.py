@@ -11,12 +11,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from streams.app import ensure_topics
-from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.config import load_config
 from streams.consumer import StageConsumer
-from streams.runtime import Runtime, Settings
-from tests.streams.helpers import cancel, until
+from tests.streams.helpers import bench_runtime, cancel, until
 
 pytestmark = pytest.mark.integration
 
@@ -24,13 +21,7 @@ pytestmark = pytest.mark.integration
 def test_every_processed_batch_is_committed_the_last_one_without_a_next(tmp_path: Path) -> None:
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            hr = tmp_path / "hr.csv"
-            hr.write_text("employee_id\n")
-            config = load_config(bench_config("commits", tmp_path, 2, hr))
-            settings = Settings(
-                bootstrap_servers=broker.bootstrap, data_dir=tmp_path / "w", fetch_max_wait_ms=10
-            )
-            rt = Runtime(settings, config)
+            rt = bench_runtime(broker.bootstrap, tmp_path, "w", "commits", 2)
             await ensure_topics(rt)
             topic = rt.names.import_topic("hr")
             seen: list[tuple[int, int]] = []
@@ -78,13 +69,7 @@ def test_a_stage_is_behind_while_its_batches_leave_records_waiting(tmp_path: Pat
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            hr = tmp_path / "hr.csv"
-            hr.write_text("employee_id\n")
-            config = load_config(bench_config("lag", tmp_path, 2, hr))
-            settings = Settings(
-                bootstrap_servers=broker.bootstrap, data_dir=tmp_path / "w", fetch_max_wait_ms=10
-            )
-            rt = Runtime(settings, config)
+            rt = bench_runtime(broker.bootstrap, tmp_path, "w", "lag", 2)
             await ensure_topics(rt)
             topic = rt.names.import_topic("hr")
             out = await rt.outputs()
