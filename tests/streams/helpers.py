@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from schemas.config import IdsyncConfig
 from streams.bench.records import bench_config
 from streams.config import load_config
 from streams.runtime import Runtime, Settings
@@ -56,10 +57,15 @@ class Ev:
     value: Any
 
 
+def empty_bench_config(tmp: Path, instance: str, partitions: int) -> IdsyncConfig:
+    """The bench's configuration of ``instance`` with ``partitions`` partitions and an empty HR file."""
+    hr = tmp / "hr.csv"
+    hr.write_text("employee_id\n")
+    return load_config(bench_config(instance, tmp, partitions, hr))
+
+
 def bench_runtime(bootstrap: str, tmp: Path, name: str, instance: str, partitions: int) -> Runtime:
     """A worker's runtime (data in ``tmp/name``) for the bench's configuration of ``instance`` with
     ``partitions`` partitions and an empty HR file, on the broker at ``bootstrap``."""
-    hr = tmp / "hr.csv"
-    hr.write_text("employee_id\n")
-    config = load_config(bench_config(instance, tmp, partitions, hr))
+    config = empty_bench_config(tmp, instance, partitions)
     return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)

@@ -18,14 +18,12 @@ from schemas.errors import IdsyncError
 from schemas.messages import RefRegister, RefValue
 from schemas.state import MVObject
 from streams.app import create_app
-from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.config import load_config
 from streams.runtime import Runtime, Settings
 from streams.stages.metaverse import DEFERRED, MetaverseStage
 from streams.sync import drained
 
-from .helpers import until
+from .helpers import empty_bench_config, until
 from .test_reftable import (
     MANAGER_DN,
     ROUTE,
@@ -236,9 +234,7 @@ def test_the_pipeline_is_not_drained_while_answers_are_deferred(tmp_path: Path) 
 def test_the_backlog_that_defers_answers_is_that_of_the_stages_feeding_the_metaverse(tmp_path: Path) -> None:
     """The app tells the metaverse stage which consumers' lag counts: staging, join and its own, never an
     export's (a slow target system holds no group change back)."""
-    hr = tmp_path / "hr.csv"
-    hr.write_text("employee_id\n")
-    config = load_config(bench_config("inputs", tmp_path, 2, hr))
+    config = empty_bench_config(tmp_path, "inputs", 2)
     pipeline = create_app(Settings(bootstrap_servers="127.0.0.1:1", data_dir=tmp_path / "w"), config)
     try:
         consumers = {c.stage: c for c in pipeline.consumers}
