@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from streams.bench.run import _rocksdb_cpu_s, _threads
+from streams.store import PartitionStore
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +57,8 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert result["group_members"] > 0
     assert result["group_change_ms"] > 0 and result["group_change_cpu_ms"] > 0
     assert result["group_image_ms"] > 0 and result["group_image_cpu_ms"] > 0
+    # the load's CPU per record, and the part of it in the workers' RocksDB flush and compaction threads
+    assert 0 <= result["rocksdb_cpu_us_per_record"] < result["cpu_us_per_record"]
     steps = result["peak_rss_by_step"]
     assert list(steps) == ["load", "delta", "latency", "group change"]
     # peaks only grow, and the phase's peak is the last one
@@ -111,3 +116,15 @@ def test_the_directory_a_load_leaves_counts_a_converted_add_as_the_update_it_is(
     assert joined[dn.lower()]["title"] == ["Director"] and joined[dn.lower()]["uid"] == before["uid"]
     again = target_state(org, [export("delete", 1), export("update", 2, title=["CTO"])])
     assert again[dn.lower()] == {"title": ["CTO"]}
+
+
+def test_the_rocksdb_threads_are_told_apart_from_the_event_loop(tmp_path: Path) -> None:
+    """The bench splits a worker's CPU into RocksDB's background threads and the rest by thread name."""
+    part = PartitionStore(tmp_path / "p0")
+    try:
+        names = {(task / "comm").read_text().strip() for task in _threads(os.getpid(), "rocksdb")}
+        assert names and all(n.startswith("rocksdb:") for n in names)
+        assert _threads(os.getpid(), "no-such-thread") == []
+        assert _rocksdb_cpu_s(os.getpid()) >= 0
+    finally:
+        part.close()
