@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
+from rocksdict import RdictIter
 
 from schemas.codec import pack, unpacker
 from schemas.errors import DataError
@@ -92,15 +93,24 @@ class Batch:
             bisect.insort(self._put_keys, key)
         self._puts[key] = value
 
-    def scan(self, prefix: bytes, head: type[msgspec.Struct] | None = None) -> list[tuple[bytes, Any]]:
+    def iterator(self) -> RdictIter:
+        """A store iterator for several ``scan``s in a row (``PartitionStore.iterator``). Drop it when they
+        are done: a live iterator keeps the partition's database open, and a released partition could
+        not be opened again."""
+        return self._store.iterator()
+
+    def scan(
+        self, prefix: bytes, head: type[msgspec.Struct] | None = None, it: RdictIter | None = None
+    ) -> list[tuple[bytes, Any]]:
         """Every stored object under a prefix, with this batch's changes applied.
 
         ``head``: a struct with some of the state's fields, to decode stored objects into (cheaper when a
-        scan only looks at a few fields); objects this batch changed come whole."""
+        scan only looks at a few fields); objects this batch changed come whole. ``it``: an ``iterator``
+        to seek with instead of a new one."""
         seen: dict[bytes, Any] = {}
         decoder = unpacker(head) if head is not None else None
         unsaved = self._unsaved
-        for k, raw in self._store.scan(prefix):
+        for k, raw in self._store.scan(prefix, it):
             if decoder is not None and k not in self._cache and k not in unsaved:
                 seen[k] = decoder.decode(raw)
             else:

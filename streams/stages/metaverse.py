@@ -247,14 +247,17 @@ class MetaverseStage(Stage[MVObject]):
             # leave it reading a closed database.
             regs = Batch(self.refs.partition(p), [], Registration)
             answers: dict[bytes, list[tuple[bytes, RefResolved]]] = {}
+            # One iterator for every route (most have nothing here), dropped before the first await.
+            it = regs.iterator()
             for route in routes:
-                found = regs.scan(registration_prefix(route).encode())
+                found = regs.scan(registration_prefix(route).encode(), it=it)
                 if not found:
                     continue
                 value = self.table.get(route)
                 for reg, _ in found:
                     answer = resolution(reg.decode(), value, ts)
                     answers.setdefault(answer.mv_id.encode(), []).append((reg, answer))
+            del it
             # The referrers a slice at a time, and a checkpoint between slices when one is due: a delta
             # round's table changes reach most groups at once (at 1M, 2,000 department groups in one
             # slice of routes held the worker's peak memory, decoded twice over, until the next save).

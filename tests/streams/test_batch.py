@@ -37,6 +37,22 @@ def test_scan_sees_the_store_with_this_batchs_writes(tmp_path: Path) -> None:
     part.close()
 
 
+def test_scans_through_one_iterator_find_what_scans_of_their_own_find(tmp_path: Path) -> None:
+    """The reference table's applier seeks every route of a slice with one iterator, in any order."""
+    part = PartitionStore(tmp_path / "p0")
+    part.write({f"r{i % 7}\x00{i}".encode(): pack(Item(str(i))) for i in range(50)}, changelog_offset=3)
+    batch = Batch(part, [], Item)
+    batch.put(b"r2\x00new", Item("new"))
+    prefixes = [b"r5\x00", b"r1\x00", b"absent\x00", b"r2\x00", b"r5\x00", b"", b"r"]
+    it = batch.iterator()
+    shared = [batch.scan(prefix, it=it) for prefix in prefixes]
+    del it
+    assert shared == [batch.scan(prefix) for prefix in prefixes]
+    assert [len(found) for found in shared] == [7, 7, 0, 8, 7, 51, 51]  # bookkeeping keys never come
+    part.close()
+    PartitionStore(tmp_path / "p0").close()  # the iterator gone, the database opens again
+
+
 def test_scan_into_a_head_decodes_stored_objects_partly(tmp_path: Path) -> None:
     part = PartitionStore(tmp_path / "p0")
     part.write({b"k1": pack(Item("one", extra="x")), b"k2": pack(Item("two", extra="y"))})
