@@ -522,7 +522,7 @@ class PipelineConfig(_Config):
     #: cache (state blocks, and the SST files' index and filter blocks) and the memtables. Both count in
     #: the worker's RSS. A larger cache keeps more of a large state's blocks decompressed in memory.
     state_cache_mb: int = Field(default=64, ge=8, le=1_048_576)
-    state_memtables_mb: int = Field(default=64, ge=8, le=1_048_576)
+    state_memtables_mb: int = Field(default=128, ge=8, le=1_048_576)
     #: Compression of every record batch idsync produces (outputs, changelogs, imports). Kafka
     #: deployments usually compress: the internal topics repeat DNs and attribute names, and a group's
     #: image is mostly its members' common DN suffix. zstd, the default (a 3 MB group image: 5.5 ms, 42x
