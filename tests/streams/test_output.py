@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from schemas.codec import pack
 from schemas.messages import JoinRequest
-from streams import output
 from streams.broker import EmbeddedBroker
 from streams.output import Outputs, murmur2, partition_for
 from tests.fixtures.kafka import create_topic
@@ -35,16 +34,6 @@ def test_murmur2_is_kafkas(data: bytes) -> None:
 def test_the_java_clients_partitions(key: bytes, partition: int) -> None:
     # What Kafka's own partitioner gives these keys with 1,000 partitions (kafka-python's test vectors).
     assert partition_for(key, 1000) == partition
-
-
-def test_the_hash_cache_stays_bounded(monkeypatch: object) -> None:
-    output._HASHES.clear()
-    for i in range(output.HASH_CACHE + 10):
-        key = f"key-{i}".encode()
-        assert partition_for(key, 7) == (aiokafka_murmur2(key) & 0x7FFFFFFF) % 7
-    assert len(output._HASHES) <= output.HASH_CACHE
-    assert b"key-0" not in output._HASHES and f"key-{output.HASH_CACHE + 9}".encode() in output._HASHES
-    output._HASHES.clear()
 
 
 def spy_sends(producer: AIOKafkaProducer) -> list[tuple[str, bool]]:
