@@ -36,6 +36,7 @@ from .test_reftable import (
     publish,
     register_managers,
     runtime,
+    shut_down,
     stop,
     taking_over,
 )
@@ -161,10 +162,7 @@ def test_answers_deferred_while_behind_are_applied_before_the_objects_next_messa
             assert a.errors == [] and b.errors == []
 
             await stop(reader_b)
-            stage.table.close()
-            other.table.close()
-            await a.stop()
-            await b.stop()
+            await shut_down((a, stage), (b, other))
 
     asyncio.run(scenario())
 
@@ -190,8 +188,7 @@ def test_answers_deferred_longer_than_the_limit_are_applied_while_still_behind(
             assert [manager(stage, p, m) for m in people] == [["M-one"]] * 3
 
             await stop(releaser, applier, reader)
-            stage.table.close()
-            await a.stop()
+            await shut_down((a, stage))
 
     asyncio.run(scenario())
 
@@ -215,8 +212,7 @@ def test_an_answer_applied_at_once_comes_after_those_deferred_before_it(
             assert deferred_keys(stage, p) == []
 
             await stop(applier, reader)
-            stage.table.close()
-            await a.stop()
+            await shut_down((a, stage))
 
     asyncio.run(scenario())
 

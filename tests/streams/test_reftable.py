@@ -190,6 +190,14 @@ async def stop(*tasks: asyncio.Future[None]) -> None:
             await task
 
 
+async def shut_down(*workers: tuple[Runtime, MetaverseStage]) -> None:
+    """Close each worker's copy of the table, then stop its runtime (its tasks are stopped already)."""
+    for _rt, stage in workers:
+        stage.table.close()
+    for rt, _stage in workers:
+        await rt.stop()
+
+
 async def taking_over(
     bootstrap: str, tmp: Path, p: int
 ) -> tuple[Runtime, MetaverseStage, asyncio.Future[None]]:
@@ -255,10 +263,7 @@ def test_a_partition_taken_over_gets_the_table_changes_made_since_it_was_saved(t
             assert manager(other.store.partition(p).unsaved[mv_id.encode()]) == ["M-one-again"]
 
             await stop(reader_b)
-            stage.table.close()
-            other.table.close()
-            await a.stop()
-            await b.stop()
+            await shut_down((a, stage), (b, other))
 
     asyncio.run(scenario())
 
@@ -296,8 +301,7 @@ def test_a_table_change_reaching_many_referrers_is_applied_a_slice_at_a_time_wit
                 assert raw is not None and _decode(raw).attributes.get("manager") == ["M-one"]
 
             await stop(applier, reader)
-            stage.table.close()
-            await rt.stop()
+            await shut_down((rt, stage))
 
     asyncio.run(scenario())
 
@@ -356,10 +360,7 @@ def test_a_partition_taken_over_replays_a_slice_of_referrers_at_a_time_and_keeps
             assert position(other) == other.table.applied != old
 
             await stop(reader_b)
-            stage.table.close()
-            other.table.close()
-            await a.stop()
-            await b.stop()
+            await shut_down((a, stage), (b, other))
 
     asyncio.run(scenario())
 
@@ -397,8 +398,7 @@ def test_a_registration_written_before_registrations_were_batched_is_still_read(
             mv = stage.store.partition(p).unsaved[mv_id.encode()]
             assert mv.attributes.get("manager") == ["M-one"]
             await stop(applier, reader)
-            stage.table.close()
-            await rt.stop()
+            await shut_down((rt, stage))
 
     asyncio.run(scenario())
 
