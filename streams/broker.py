@@ -38,8 +38,14 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a (Linux) process has used; 0 when it is gone or unreadable."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+
+
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU seconds from a ``/proc`` stat file (a process's, or one thread's under
+    ``/proc/<pid>/task/<tid>/stat``); 0 when it is gone or unreadable."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat.read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0

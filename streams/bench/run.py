@@ -45,7 +45,7 @@ from streams.bench.records import (
     write_hr_file,
 )
 from streams.bench.topic_bytes import topic_bytes
-from streams.broker import EmbeddedBroker, cpu_seconds, peak_rss_mb
+from streams.broker import EmbeddedBroker, cpu_seconds, peak_rss_mb, stat_cpu_seconds
 from streams.config import load_config
 from streams.output import Outputs
 from streams.pending import fold
@@ -148,12 +148,7 @@ def _threads(pid: int, name: str) -> list[Path]:
 def _rocksdb_cpu_s(pid: int) -> float:
     """CPU seconds of the RocksDB background threads (memtable flushes and compactions, named
     ``rocksdb:*``) of a process and its children: part of ``_cpu_s``, spent beside the event loop."""
-    total = 0.0
-    for task in _threads(pid, "rocksdb"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(stat_cpu_seconds(task / "stat") for task in _threads(pid, "rocksdb"))
 
 
 def _du_mb(path: Path) -> float:
