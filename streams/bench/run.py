@@ -23,10 +23,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from schemas.errors import IdsyncError
 from schemas.records import MVChange, PendingExport
 from streams.app import ensure_topics
 from streams.bench import kafka
@@ -810,7 +812,21 @@ async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResul
     return results
 
 
+#: Environment variables that run py-spy on the workers (``IDSYNC_BENCH_PROFILE``: the whole phase;
+#: ``IDSYNC_BENCH_PROFILE_GROUP``: each group change measurement).
+PROFILE_VARIABLES = ("IDSYNC_BENCH_PROFILE", "IDSYNC_BENCH_PROFILE_GROUP")
+
+
+def check_profiler(environ: Mapping[str, str]) -> None:
+    """Refuse to start a run asked to profile without py-spy on the PATH: it would fail only when the
+    profiler starts, after the initial load for a group change's profile."""
+    asked = [name for name in PROFILE_VARIABLES if environ.get(name)]
+    if asked and shutil.which("py-spy") is None:
+        raise IdsyncError(f"{' and '.join(asked)} set, but py-spy is not on the PATH: pip install py-spy")
+
+
 def run_bench(args: argparse.Namespace) -> int:
+    check_profiler(os.environ)
     args.naive_max = getattr(args, "naive_max", 10_000)
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="idsync-bench-"))
     work.mkdir(parents=True, exist_ok=True)

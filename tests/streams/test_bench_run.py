@@ -128,3 +128,24 @@ def test_the_rocksdb_threads_are_told_apart_from_the_event_loop(tmp_path: Path) 
         assert _rocksdb_cpu_s(os.getpid()) >= 0
     finally:
         part.close()
+
+
+def test_a_run_asked_to_profile_without_py_spy_fails_at_once_naming_it(tmp_path: Path) -> None:
+    """Without py-spy on the PATH a profiled run stops before its load, saying what is missing (it used
+    to fail when the profiler started, after a whole initial load for a group change's profile)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "streams.cli", "bench", "--sizes", "100", "--json", str(tmp_path / "b.json")],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "PATH": str(tmp_path),  # nothing there: no py-spy
+            "IDSYNC_BENCH_PROFILE_GROUP": str(tmp_path / "profiles"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "IDSYNC_BENCH_PROFILE_GROUP set, but py-spy is not on the PATH" in done.stderr
+    assert not (tmp_path / "b.json").exists()
