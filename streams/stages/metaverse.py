@@ -8,6 +8,8 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from rocksdict import RdictIter
+
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
 from engine.references import (
     out_route,
@@ -161,12 +163,14 @@ class MetaverseStage(Stage[MVObject]):
         by_key: dict[bytes, list[tuple[Any, Any]]] = {}
         for item in items:
             by_key.setdefault(item[1].mv_id.encode(), []).append(item)
+        its: dict[int, RdictIter] = {}
         for key, group in by_key.items():
             # Answers deferred for the object come first: they are older than its messages.
-            early = self._take_deferred(batch.partition, key)
+            early = self._take_deferred(batch.partition, key, its)
             if not self._steps(batch, key, [*early, *(m for _ev, m in group)], out):
                 self._one_by_one(batch, key, early, out)
                 super().handle_all(batch, group, out)
+        its.clear()  # no await above: the iterator never outlives a partition's release
 
     def _steps(self, batch: Batch, key: bytes, msgs: list[Any], out: Outputs) -> bool:
         """Apply one object's messages at once (False, nothing changed, if that raised)."""
@@ -283,10 +287,12 @@ class MetaverseStage(Stage[MVObject]):
             await self.commit([], out)
             return
         batch = Batch(self.store.partition(p), keys, MVObject)
+        its: dict[int, RdictIter] = {}
         for key in keys:
-            msgs = [*self._take_deferred(p, key), *(answer for _reg, answer in answers.get(key, ()))]
+            msgs = [*self._take_deferred(p, key, its), *(answer for _reg, answer in answers.get(key, ()))]
             if msgs and not self._steps(batch, key, msgs, out):
                 self._one_by_one(batch, key, msgs, out)
+        its.clear()  # dropped before the await: a live iterator keeps the partition's database open
         await self.commit([batch], out)
 
     def _one_by_one(self, batch: Batch, key: bytes, msgs: list[RefResolved], out: Outputs) -> None:
@@ -353,17 +359,26 @@ class MetaverseStage(Stage[MVObject]):
     def _count_deferred(self) -> None:
         self.rt.counters.deferred = sum(map(len, self._deferred.values()))
 
-    def _take_deferred(self, p: int, key: bytes) -> list[RefResolved]:
+    def _take_deferred(
+        self, p: int, key: bytes, its: dict[int, RdictIter] | None = None
+    ) -> list[RefResolved]:
         """The answers deferred for referrer ``key`` of partition ``p``, oldest registration first, removed
-        from the store (in the batch that applies them)."""
+        from the store (in the batch that applies them). ``its``: iterators of the registrations stores
+        by partition, made here as needed and shared by the calls of one pass over referrers (the
+        caller drops them before it awaits; a seek costs about as much as making an iterator)."""
         waiting = self._deferred.get(p)
         if not waiting or waiting.pop(key, None) is None:
             return []
         self._count_deferred()
         batch = self._reg_batch(p, DeferredAnswer)
         prefix = deferred_prefix(key)
+        it = None
+        if its is not None:
+            it = its.get(p)
+            if it is None:
+                it = its[p] = batch.iterator()
         answers = []
-        for k, held in batch.scan(prefix):
+        for k, held in batch.scan(prefix, it=it):
             batch.put(k, None)
             answers.append(resolution(k[len(prefix) :].decode(), held.value, held.ts_ms))
         return answers
