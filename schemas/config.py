@@ -487,6 +487,12 @@ class OutboundRuleConfig(_Config):
 # --------------------------------------------------------------------------- pipeline
 #: Record-batch codecs of ``pipeline.compression`` (aiokafka's names; "none" compresses nothing).
 Compression = Literal["none", "gzip", "lz4", "zstd", "snappy"]
+#: ``pipeline.compression_level`` per codec that has levels: (lowest, highest, the default).
+COMPRESSION_LEVELS: dict[str, tuple[int, int, int]] = {
+    "zstd": (1, 22, 1),
+    "lz4": (1, 12, 9),
+    "gzip": (1, 9, 9),
+}
 
 
 class PipelineConfig(_Config):
@@ -531,6 +537,35 @@ class PipelineConfig(_Config):
     #: faster; "none" for a cluster whose clients cannot read zstd (Kafka < 2.1). lz4, zstd and snappy
     #: need ``cramjam`` (a dependency of idsync).
     compression: Compression = "zstd"
+    #: The codec's level (Kafka's ``compression.level``): zstd 1 to 22, lz4 1 to 12, gzip 1 to 9; snappy
+    #: and none have none. Unset: zstd 1 (Kafka's default, 3, costs about three times the CPU for 15%
+    #: smaller batches, and compressing is the event loop's work: a large group's changelog record at
+    #: each checkpoint, docs/benchmarks.md), lz4 9, gzip 9 (``COMPRESSION_LEVELS``).
+    compression_level: int | None = None
+
+    def codec_level(self) -> int | None:
+        """The level ``compression`` runs at (None: a codec without levels)."""
+        levels = COMPRESSION_LEVELS.get(self.compression)
+        if levels is None:
+            return None
+        return levels[2] if self.compression_level is None else self.compression_level
+
+    @model_validator(mode="after")
+    def _level_of_the_codec(self) -> PipelineConfig:
+        if self.compression_level is None:
+            return self
+        levels = COMPRESSION_LEVELS.get(self.compression)
+        if levels is None:
+            raise ValueError(
+                f"compression_level: {self.compression} compression has no levels (leave it unset)"
+            )
+        lowest, highest, _default = levels
+        if not lowest <= self.compression_level <= highest:
+            raise ValueError(
+                f"compression_level: {self.compression} levels are {lowest} to {highest}, "
+                f"not {self.compression_level}"
+            )
+        return self
 
     @field_validator("compression")
     @classmethod

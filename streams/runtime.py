@@ -20,6 +20,7 @@ from engine.rules import Rules, compile_rules
 from schemas.codec import to_json
 from schemas.config import IdsyncConfig
 from schemas.wire import ErrorRecord
+from streams import compression
 from streams.output import Outputs
 from streams.store import Store, claim_state_dir, set_memory_budget
 from streams.topics import Names
@@ -78,6 +79,7 @@ class Runtime:
         self.counters = Counters()
         pipeline = config.pipeline
         set_memory_budget(pipeline.state_cache_mb << 20, pipeline.state_memtables_mb << 20)
+        compression.set_level(pipeline.compression, pipeline.codec_level())
         #: Topics some stage of this process consumes (registered by the stage consumers).
         self.stage_topics: set[str] = set()
         self.errors: list[ErrorRecord] = []
