@@ -124,6 +124,10 @@ class RefTable:
         self.applied = positions
         self.rt.counters.consumed[self.topic] += records
 
+    def backlog(self) -> int:
+        """Routes read and not taken yet."""
+        return len(self._pending)
+
     async def changed(self) -> None:
         """Wait until something was read that was not taken yet."""
         await self._changed.wait()

@@ -54,7 +54,8 @@ _POSITIONS = unpacker(TablePositions)
 DEFERRED = b"deferred\x00"
 _SEP = b"\x00"
 #: The worker is behind its input when a stage's last batch left at least this many records waiting on
-#: its partitions (``Runtime.behind``): a second's work and more.
+#: its partitions (``Runtime.behind``), or the reference table's applier has this many routes left to
+#: apply: a second's work and more.
 BEHIND_RECORDS = 2_000
 #: How often the stage looks for deferred answers to apply.
 RELEASE_TICK_S = 0.25
@@ -116,6 +117,8 @@ class MetaverseStage(Stage[MVObject]):
         self._defer_s = rt.config.pipeline.reference_defer_ms / 1000
         self._deferred: dict[int, dict[bytes, float]] = {}
         self._was_behind = False
+        #: Routes of the reference table the applier has read and not applied yet (``_apply_table``).
+        self._table_backlog = 0
         #: The stage consumers whose backlog counts (``Runtime.behind``): those that feed the metaverse, set
         #: by the app (not the exports: a slow target system is no reason to hold group changes). None set:
         #: never behind.
@@ -233,8 +236,14 @@ class MetaverseStage(Stage[MVObject]):
             # decoded together. A partition assigned meanwhile replays them itself; a checkpoint meanwhile
             # saves the position before them.
             for i in range(0, len(routes), size):
+                # What is left of this take and what was read since: a backlog of the table is the
+                # worker's too (``_behind``).
+                self._table_backlog = len(routes) - i + self.table.backlog()
                 async with self.lock:
                     await self._resolve(routes[i : i + size], sorted(self.store.owned))
+            # Read meanwhile: still behind if the reader keeps ahead (the deferred answers wait for the
+            # applier to catch up, not for the end of each take).
+            self._table_backlog = self.table.backlog()
             self.table.done(positions, records)
             self.rt.counters.last_activity = asyncio.get_running_loop().time()
 
@@ -323,12 +332,22 @@ class MetaverseStage(Stage[MVObject]):
         return self._defer_s > 0 and self._behind()
 
     def _behind(self) -> bool:
-        """``Runtime.behind``, logged when it changes."""
-        behind = self.rt.behind(BEHIND_RECORDS, self.input_stages)
+        """Whether the worker is working through a backlog: a stage that feeds the metaverse is
+        (``Runtime.behind``), or the reference table's applier has at least ``BEHIND_RECORDS`` routes
+        left to apply. The second is a load's tail: the stages have caught up with their inputs, but
+        each person provisioned publishes its target DN, and its groups' registrations are answered
+        from the table a slice of routes at a time — at 1M, applied as they came, a department group
+        was synced and planned whole once per slice that resolved one of its members, and that was
+        82% of the worker (docs/benchmarks.md, twenty-second session). Logged when it changes."""
+        table = self._table_backlog >= BEHIND_RECORDS
+        behind = table or self.rt.behind(BEHIND_RECORDS, self.input_stages)
         if behind != self._was_behind:
             self._was_behind = behind
             if behind:
-                log.info("metaverse: behind its input: reference answers are deferred")
+                log.info(
+                    "metaverse: behind its %s: reference answers are deferred",
+                    f"reference table ({self._table_backlog} routes to apply)" if table else "input",
+                )
             else:
                 log.info(
                     "metaverse: caught up: applying the deferred reference answers of %d objects",

@@ -20,6 +20,7 @@ from schemas.state import MVObject
 from streams.app import create_app
 from streams.broker import EmbeddedBroker
 from streams.runtime import Runtime, Settings
+from streams.stages import metaverse as metaverse_stage
 from streams.stages.metaverse import DEFERRED, MetaverseStage
 from streams.sync import drained
 
@@ -241,3 +242,52 @@ def test_the_backlog_that_defers_answers_is_that_of_the_stages_feeding_the_metav
     finally:
         pipeline.close()
         pipeline.rt.close_stores()
+
+
+def test_a_table_applier_with_a_backlog_defers_answers_while_the_inputs_are_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load's tail: the stages have caught up with their inputs, but the reference table's applier has
+    many routes left to apply (each person provisioned publishes its target DN). While it has at least
+    ``BEHIND_RECORDS`` left, its answers are deferred, and applied together once it has caught up; with
+    fewer, they are applied at once. (The threshold is lowered here: the real one is 2,000 routes.)"""
+
+    async def take_at_once(a: Runtime, stage: MetaverseStage, applier: Any, values: list[RefValue]) -> Any:
+        """Publish ``values`` while the applier is stopped, so that it takes them all in one go."""
+        await stop(applier)
+        await publish(a, *values)
+        await until(lambda: stage.table.backlog() == len(values), 10)
+        return asyncio.ensure_future(stage.apply_table())
+
+    def others(tag: str) -> list[RefValue]:
+        return [RefValue(route=f"ref|hr|other-{tag}-{i}", value=f"X-{i}", ts_ms=3) for i in range(4)]
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a, p, people, switch, (stage, reader, applier) = await managed(broker, tmp_path, monkeypatch, 3)
+            assert switch["behind"] is False  # the inputs are caught up throughout
+
+            # Five routes in one take, the threshold six: applied at once.
+            monkeypatch.setattr(metaverse_stage, "BEHIND_RECORDS", 6)
+            values = [RefValue(route=ROUTE, value="M-one", ts_ms=3), *others("a")]
+            applier = await take_at_once(a, stage, applier, values)
+            await until(lambda: [manager(stage, p, m) for m in people] == [["M-one"]] * 3, 10)
+            assert a.counters.steps["ref-answers-deferred"] == 0
+
+            # Five routes in one take, the threshold three: the applier is behind, its answers wait.
+            monkeypatch.setattr(metaverse_stage, "BEHIND_RECORDS", 3)
+            values = [RefValue(route=ROUTE, value="M-two", ts_ms=4), *others("b")]
+            applier = await take_at_once(a, stage, applier, values)
+            await until(lambda: a.counters.steps["ref-answers-deferred"] == 3, 10)
+            await until(lambda: stage.table.backlog() == 0 and stage.table.applied == stage.table.read, 10)
+            assert [manager(stage, p, m) for m in people] == [["M-one"]] * 3
+            assert a.counters.deferred == 3 and len(deferred_keys(stage, p)) == 3
+            # The take applied, nothing read since: caught up, and what was deferred is applied.
+            await stage.release_due()
+            assert [manager(stage, p, m) for m in people] == [["M-two"]] * 3
+            assert a.counters.deferred == 0 and a.errors == []
+
+            await stop(applier, reader)
+            await shut_down((a, stage))
+
+    asyncio.run(scenario())
