@@ -364,6 +364,14 @@ def build_parser() -> argparse.ArgumentParser:
         "mv.changes (streams.bench.topic_bytes; reads them all: about a second per 20,000 records)",
     )
     p.add_argument(
+        "--digest",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="after each initial load, digest what its pending exports leave in the directory (also "
+        "without the naive baseline, which always gets one): two versions of idsync that decide the same "
+        "print the same digest (reads every pending export)",
+    )
+    p.add_argument(
         "--kinds",
         action=argparse.BooleanOptionalAction,
         default=True,

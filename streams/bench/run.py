@@ -638,8 +638,8 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.broker_rss_by_step["load"] = ph.broker_rss()
         if args.load_bytes:
             await ph.load_bytes(res)
-        if args.naive and org.size <= args.naive_max:
-            await ph.export_digest(res)  # compared with the naive baseline's
+        if getattr(args, "digest", False) or (args.naive and org.size <= args.naive_max):
+            await ph.export_digest(res)  # compared with the naive baseline's, or another version's
         changes = org.delta(1)
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
         res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
@@ -853,6 +853,11 @@ def run_bench(args: argparse.Namespace) -> int:
         if r.load_bytes:
             written = ", ".join(f"{t} {b / 1e6:,.1f}" for t, b in r.load_bytes.items())
             print(f"N={r.size:,} workers={r.workers}: MB written by the load (uncompressed): {written}")
+        if r.load_digest:
+            print(
+                f"N={r.size:,} workers={r.workers} {r.kind}: the load's exports leave {r.load_objects:,} "
+                f"directory entries, digest {r.load_digest}"
+            )
     for r in results:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:

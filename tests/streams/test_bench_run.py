@@ -45,6 +45,7 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
         300,
         "--no-naive",
         "--load-bytes",
+        "--digest",
         "--work-dir",
         str(work),
         env={"IDSYNC_BENCH_MEMORY_LOG_S": "1"},
@@ -80,6 +81,12 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     top = result["load_bytes_top"]["changelog.mv"]
     assert 0 < len(top) <= 5 and sum(size for _key, size, _n in top) <= written["changelog.mv"]
     assert "MB written by the load (uncompressed): changelog.cs" in stdout
+    # --digest without the naive baseline: what the load's exports leave in the directory, digested (the
+    # organisation's 300 people less the inactive, and its groups)
+    assert result["load_objects"] > 250 and len(result["load_digest"]) == 16
+    entries = f"the load's exports leave {result['load_objects']:,} directory entries"
+    assert f"{entries}, digest {result['load_digest']}" in stdout
+    assert (work / "b300w1" / "directory.jsonl").read_text().count("\n") == result["load_objects"]
 
 
 def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: Path) -> None:
