@@ -513,7 +513,8 @@ class PipelineConfig(_Config):
     #: unsaved state is held decoded, and a few thousand large groups changed at once (a delta round
     #: that moves people between departments) would otherwise all be held until the interval ends.
     checkpoint_max_values: int = Field(default=500_000, ge=1, le=100_000_000)
-    #: While this worker is behind its input (an initial load, a replay, a backlog after an outage), the
+    #: While this worker is behind its input (an initial load, a replay, a backlog after an outage, or the
+    #: reference table's changes still to apply at 2,000 routes or more), the
     #: reference table's answers to an object (a group hearing its members resolve one by one) are
     #: deferred: kept as one small state key each, and applied together when the worker has caught up,
     #: when a message for the object arrives, or once the oldest has waited this long. Applied as they
