@@ -136,6 +136,7 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
                 lambda: {
                     "deferred_objects": rt.counters.deferred,
                     "answers_deferred": rt.counters.steps["ref-answers-deferred"],
+                    "table_backlog": mv.table_backlog,
                 },
             )
         )

@@ -331,6 +331,11 @@ class MetaverseStage(Stage[MVObject]):
         """Whether table answers are deferred now: allowed, and the worker is behind its input."""
         return self._defer_s > 0 and self._behind()
 
+    @property
+    def table_backlog(self) -> int:
+        """Routes of the reference table read and not applied yet, as the applier last counted them."""
+        return self._table_backlog
+
     def _behind(self) -> bool:
         """Whether the worker is working through a backlog: a stage that feeds the metaverse is
         (``Runtime.behind``), or the reference table's applier has at least ``BEHIND_RECORDS`` routes

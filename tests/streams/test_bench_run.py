@@ -72,6 +72,7 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert list(broker.values())[-1] <= result["broker_rss_mb"] and result["broker_rss_mb"] > 0
     log = (work / "b300w1" / "worker0.log").read_text()
     assert "memory: " in log and "unsaved_values=" in log and "deferred_objects=" in log
+    assert "table_backlog=" in log
     # What the load wrote, in bytes: every state changelog and mv.changes, each person's and group's
     # objects at least once (hundreds of bytes each)
     written = result["load_bytes"]
