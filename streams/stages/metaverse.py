@@ -167,13 +167,15 @@ class MetaverseStage(Stage[MVObject]):
         for item in items:
             by_key.setdefault(item[1].mv_id.encode(), []).append(item)
         its: dict[int, RdictIter] = {}
-        for key, group in by_key.items():
-            # Answers deferred for the object come first: they are older than its messages.
-            early = self._take_deferred(batch.partition, key, its)
-            if not self._steps(batch, key, [*early, *(m for _ev, m in group)], out):
-                self._one_by_one(batch, key, early, out)
-                super().handle_all(batch, group, out)
-        its.clear()  # no await above: the iterator never outlives a partition's release
+        try:
+            for key, group in by_key.items():
+                # Answers deferred for the object come first: they are older than its messages.
+                early = self._take_deferred(batch.partition, key, its)
+                if not self._steps(batch, key, [*early, *(m for _ev, m in group)], out):
+                    self._one_by_one(batch, key, early, out)
+                    super().handle_all(batch, group, out)
+        finally:
+            its.clear()  # no await above, and none kept: an iterator never outlives a partition's release
 
     def _steps(self, batch: Batch, key: bytes, msgs: list[Any], out: Outputs) -> bool:
         """Apply one object's messages at once (False, nothing changed, if that raised)."""
@@ -297,11 +299,14 @@ class MetaverseStage(Stage[MVObject]):
             return
         batch = Batch(self.store.partition(p), keys, MVObject)
         its: dict[int, RdictIter] = {}
-        for key in keys:
-            msgs = [*self._take_deferred(p, key, its), *(answer for _reg, answer in answers.get(key, ()))]
-            if msgs and not self._steps(batch, key, msgs, out):
-                self._one_by_one(batch, key, msgs, out)
-        its.clear()  # dropped before the await: a live iterator keeps the partition's database open
+        try:
+            for key in keys:
+                early = self._take_deferred(p, key, its)
+                msgs = [*early, *(answer for _reg, answer in answers.get(key, ()))]
+                if msgs and not self._steps(batch, key, msgs, out):
+                    self._one_by_one(batch, key, msgs, out)
+        finally:
+            its.clear()  # dropped before the await: a live iterator keeps the partition's database open
         await self.commit([batch], out)
 
     def _one_by_one(self, batch: Batch, key: bytes, msgs: list[RefResolved], out: Outputs) -> None:
