@@ -15,6 +15,7 @@ the other. Not a test: nothing here asserts a speed. Figures: docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 from rocksdict import DBCompactionStyle, DBCompressionType, Options, Rdict, WriteBatch
 
 from streams import store
+from streams.bench.run import _rocksdb_cpu_s
 from streams.broker import stat_cpu_seconds
 
 MIB = 1 << 20
@@ -68,18 +70,6 @@ VARIANTS: dict[str, Callable[[Options], None]] = {
 }
 
 
-def rocksdb_cpu() -> float:
-    """CPU seconds of this process's RocksDB threads (``rocksdb:*``)."""
-    total = 0.0
-    for task in Path("/proc/self/task").iterdir():
-        try:
-            if (task / "comm").read_text().startswith("rocksdb"):
-                total += stat_cpu_seconds(task / "stat")
-        except OSError:
-            continue
-    return total
-
-
 def _value(rnd: random.Random, size: int) -> bytes:
     """About as compressible as msgpack state: half repeated text, half random."""
     filler = b"objectClass\xa6person\xa2cn\xa9Some Name\xa5title\xa8Engineer"
@@ -118,7 +108,7 @@ def run(
     me = threading.get_native_id()
     stat = Path(f"/proc/self/task/{me}/stat")
     for _ in range(3):
-        t0, r0, w0 = stat_cpu_seconds(stat), rocksdb_cpu(), time.monotonic()
+        t0, r0, w0 = stat_cpu_seconds(stat), _rocksdb_cpu_s(os.getpid()), time.monotonic()
         target = done + per_third
         while done < target:
             d = rnd.randrange(databases)
@@ -145,7 +135,7 @@ def run(
             {
                 "puts": per_third,
                 "writer_us": (stat_cpu_seconds(stat) - t0) / per_third * 1e6,
-                "rocksdb_us": (rocksdb_cpu() - r0) / per_third * 1e6,
+                "rocksdb_us": (_rocksdb_cpu_s(os.getpid()) - r0) / per_third * 1e6,
                 "wall_s": time.monotonic() - w0,
             }
         )
