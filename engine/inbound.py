@@ -93,6 +93,18 @@ def route(rules: Rules, staged: Staged, ts_ms: int) -> tuple[CSObject | None, li
     return _evaluate(rules, cs, ts_ms, outputs)
 
 
+def routes_by_value(rules: Rules, staged: Staged) -> bool:
+    """Whether ``route`` decides a staged change without reading the object's attributes: skipped, an
+    unchanged source object, or a change of references only (``_references_only``). Then an object whose
+    large attributes are held apart (``engine.staging.stage_by_value``) need not be read whole."""
+    if staged.skipped:
+        return True
+    cs = staged.after
+    if staged.pending == "none":
+        return cs is None or cs.mv_id is None or cs.connector not in rules.targets
+    return _references_only(rules, staged)
+
+
 def _references_only(rules: Rules, staged: Staged) -> bool:
     """Whether an update of a joined object changed nothing but multi-valued reference attributes that
     nothing else reads (no other flow, no connector filter): a member added to or removed from a group.

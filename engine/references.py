@@ -227,12 +227,12 @@ def _value_references(
     rule = rules.inbound_rule(after.connector, after.object_type)
     single = rules.single_valued.get(rule.mv_type, frozenset()) if rule is not None else frozenset()
     targets = [attr for attr, _source in flows]
-    if len(set(targets)) != len(targets) or single.intersection(targets):
-        return None
     added: dict[str, list[str]] = {}
     removed: dict[str, list[str]] = {}
     for attr, source in flows:
         if source in values:
+            if attr in single or targets.count(attr) > 1:
+                return None
             gained, lost = values[source]
             # A DN removed and added back in another spelling refers to what it did.
             now, was = _ref_keys(gained), _ref_keys(lost)
@@ -326,7 +326,7 @@ def staging_updates(
     # names now, even when it was joined already (a later request's contribution registered its keys
     # too, or the answer is delivered again).
     made = {a: set(keys) for a, keys in carried.items()} if carried is not None and new_mv is not None else {}
-    if carried is None and _same_references(rules, before, after):
+    if carried is None and values is None and _same_references(rules, before, after):
         return out  # an ordinary update of a group: its members did not change, nothing to compare
     if carried is None and values is not None:
         delta = _value_references(rules, before, after, values)

@@ -69,6 +69,12 @@ class Rules:
     #: Per (connector, object type): the connector-space attributes of its reference flows (their values
     #: are DNs: a value-level change record's values match theirs as DNs).
     reference_sources: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
+    #: Per (connector, object type): the reference source attributes staging may hold value by value once
+    #: they are large (``engine.staging.split_object``): each flows into a multi-valued metaverse
+    #: attribute no other reference flow of the rule feeds, and nothing else of the rule reads it (no other
+    #: flow, no filter), so a value-level change of it alone reaches the metaverse as its registrations
+    #: (``engine.inbound.routes_by_value``). Never a target connector's: its imports carry whole images.
+    split_sources: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict)
     #: Connectors with reference flows: their objects' DNs are published in the reference index.
     reference_connectors: frozenset[str] = frozenset()
     #: Per (target connector, metaverse type): reference attributes its export flows read (translated to DNs).
@@ -95,6 +101,9 @@ class Rules:
 
     def ref_sources(self, connector: str, object_type: str) -> frozenset[str]:
         return self.reference_sources.get((connector, object_type), frozenset())
+
+    def splittable(self, connector: str, object_type: str) -> frozenset[str]:
+        return self.split_sources.get((connector, object_type), frozenset())
 
     def export_shape(self, connector: str, mv_type: str) -> ExportShape:
         return self.export_shapes.get((connector, mv_type), _PLAIN)
@@ -145,6 +154,36 @@ def _exported_references(rule: OutboundRuleConfig, refs: frozenset[str]) -> froz
 
 def signature(rule: InboundRuleConfig, group_index: int) -> JoinSignature:
     return tuple((c.mv, tuple(c.normalize)) for c in rule.mapping_groups()[group_index])
+
+
+def _split_sources(
+    rule: InboundRuleConfig, refs: tuple[tuple[str, str], ...], single: frozenset[str]
+) -> frozenset[str]:
+    """Reference sources of an inbound rule that staging may hold value by value (``Rules.split_sources``)."""
+    targeted: dict[str, int] = {}
+    for attr, _source in refs:
+        targeted[attr] = targeted.get(attr, 0) + 1
+    ref_flows = set(refs)
+    filtered = {c.attribute for group in rule.filter for c in group}
+    found: set[str] = set()
+    for attr, source in refs:
+        if attr in single or targeted[attr] > 1 or source in filtered:
+            continue
+        read_elsewhere = False
+        for f in rule.flows:
+            if f.source is not None and (f.mv, f.source) in ref_flows:
+                continue
+            if f.source is not None:
+                read_elsewhere |= f.source == source
+            elif f.template is not None:
+                read_elsewhere |= source in template_fields(f.template)
+            elif f.exists is not None:
+                read_elsewhere |= f.exists == source
+            elif f.constant is None and f.dn_component is None:
+                read_elsewhere = True  # an expression may read it
+        if not read_elsewhere:
+            found.add(source)
+    return frozenset(found)
 
 
 def compile_rules(config: IdsyncConfig) -> Rules:
@@ -222,6 +261,20 @@ def compile_rules(config: IdsyncConfig) -> Rules:
         reference_flows={k: v for k, v in reference_flows.items() if v},
         reference_sources={
             k: frozenset(source for _attr, source in v) for k, v in reference_flows.items() if v
+        },
+        split_sources={
+            (r.connector, r.object_type): split
+            for r in config.inbound
+            if r.connector not in config.export_targets()
+            and (
+                split := _split_sources(
+                    r,
+                    reference_flows[(r.connector, r.object_type)],
+                    frozenset(a for a, c in types[r.mv_type].attributes.items() if not c.multi_valued)
+                    if r.mv_type in types
+                    else frozenset(),
+                )
+            )
         },
         reference_connectors=frozenset(c for (c, _t), v in reference_flows.items() if v),
         export_references={k: v for k, v in export_references.items() if v},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from msgspec.structs import replace
 
@@ -180,6 +180,183 @@ def stage(
         # A new DN: whatever it was transient for was the old one (the index says if the new one is taken).
         return Staged("rename", current, replace(new, transient=False), changed, values)
     return Staged("update" if changed else "none", current, new, changed, values)
+
+
+# --------------------------------------------------------------------------- large attributes, by value
+#: From this many values a splittable attribute (``Rules.split_sources``: a group's members) is held as
+#: one state key per value (``CSValue`` under ``held_key``) instead of inside the object, so a change of
+#: one member reads and writes one key, not the group (docs/architecture.md). It goes back inside the
+#: object below half of it.
+SPLIT_VALUES = 1_000
+
+#: attribute -> normalized value (its DN key) -> the value as the connector gave it.
+HeldAttrs = dict[str, dict[str, str]]
+#: What to write of held values: attribute -> normalized value -> the value, or None to forget it.
+HeldWrites = dict[str, dict[str, str | None]]
+
+
+class HeldValues(Protocol):
+    """Where one object's held values are read from (the staging stage's store, the tests' dicts)."""
+
+    def lookup(self, attribute: str, keys: Collection[str]) -> dict[str, str]:
+        """The held values of ``attribute`` among ``keys`` (normalized), by key; absent ones left out."""
+        ...
+
+    def values(self, attribute: str) -> dict[str, str]:
+        """Every held value of ``attribute``, by key."""
+        ...
+
+
+def held_prefix(connector: str, anchor: str, attribute: str) -> bytes:
+    """Where an object's held values of one attribute are kept: beside the connector space and its
+    tombstones, outside both key ranges (this byte sorts before any connector name)."""
+    return f"\x02{connector}\x00{anchor}\x00{attribute}\x00".encode()
+
+
+def held_key(connector: str, anchor: str, attribute: str, key: str) -> bytes:
+    return held_prefix(connector, anchor, attribute) + key.encode()
+
+
+def held_of(cs: CSObject, store: HeldValues) -> HeldAttrs:
+    """Every value an object holds outside itself, per split attribute."""
+    return {attr: store.values(attr) for attr in sorted(cs.split)}
+
+
+def hydrate(cs: CSObject, held: HeldAttrs) -> CSObject:
+    """The object with its held values back in ``attributes`` (in the order of their keys): what the
+    steps that read an object whole are given."""
+    if not cs.split:
+        return cs
+    attributes = dict(cs.attributes)
+    for attr in cs.split:
+        values = held.get(attr, {})
+        if values:
+            attributes[attr] = [values[k] for k in sorted(values)]
+    return replace(cs, attributes=attributes, split={})
+
+
+def split_object(
+    cs: CSObject | None,
+    before: HeldAttrs,
+    splittable: Collection[str],
+    min_values: int | None = None,
+) -> tuple[CSObject | None, HeldWrites]:
+    """What to store of a whole object (``hydrate``'s form, None when it is gone) that held ``before``:
+    the object without its large splittable attributes, and the held values to write. An attribute is
+    held from ``min_values`` values (default ``SPLIT_VALUES``), and stays held down to half of it."""
+    if cs is not None and cs.split:
+        raise ValueError(
+            f"split_object needs the whole object, {cs.connector} {cs.anchor} holds values apart"
+        )
+    least = SPLIT_VALUES if min_values is None else min_values
+    writes: HeldWrites = {}
+    keep: dict[str, dict[str, str]] = {}
+    if cs is not None:
+        for attr in sorted(splittable):
+            values = cs.attributes.get(attr)
+            if not values or len(values) < (least // 2 if attr in before else least):
+                continue
+            mine: dict[str, str] = {}
+            for value, key in zip(values, dn_keys(values), strict=True):
+                if key and key not in mine:
+                    mine[key] = value
+            if len(mine) >= (least // 2 if attr in before else least):
+                keep[attr] = mine
+    for attr, had in before.items():
+        now = keep.get(attr, {})
+        changes: dict[str, str | None] = {k: None for k in had.keys() - now.keys()}
+        changes.update((k, v) for k, v in now.items() if had.get(k) != v)
+        if changes:
+            writes[attr] = changes
+    for attr, now in keep.items():
+        if attr not in before:
+            writes[attr] = dict(now)
+    if cs is None:
+        return None, writes
+    if not keep:
+        return cs, writes
+    attributes = {k: v for k, v in cs.attributes.items() if k not in keep}
+    return replace(cs, attributes=attributes, split={a: len(v) for a, v in sorted(keep.items())}), writes
+
+
+def stage_by_value(
+    current: CSObject,
+    record: ChangeRecord,
+    dn_valued: Collection[str],
+    store: HeldValues,
+    min_values: int | None = None,
+) -> tuple[Staged, HeldWrites] | None:
+    """``stage`` for an object with held attributes (``CSObject.split``) and a value-level record that
+    changes them value by value: O(values changed), the held values looked up by key in ``store``.
+    Gives what ``stage`` gives for the hydrated object (``before`` and ``after`` in stored form, the held
+    values to write beside), or None when the record needs the whole object: not a value-level update of
+    held attributes alone, a rename, or an attribute left with fewer values than it is held from."""
+    src = record.source
+    if record.op != "u" or record.changes is None or not current.split:
+        return None
+    if src.version < current.version:
+        return Staged("stale", current, current), {}
+    if src.event_id == current.event_id:
+        return Staged("duplicate", current, current), {}
+    added, removed = record.added or {}, record.removed or {}
+    by_value = {*added, *removed}
+    if (
+        not by_value
+        or not by_value <= current.split.keys()
+        or not set(record.changes).isdisjoint(current.split)
+    ):
+        return None
+    if src.dn is not None and dn_key(src.dn) != dn_key(current.dn):
+        return None
+    if record.object_type != current.object_type:
+        return None
+    least = (SPLIT_VALUES if min_values is None else min_values) // 2
+    image: Attrs = dict(current.attributes)
+    after = record.after or {}
+    for name in record.changes:
+        image[name] = after.get(name, [])
+    image = {k: v for k, v in image.items() if v}
+    counts = dict(current.split)
+    values: ValueChanges = {}
+    writes: HeldWrites = {}
+    for name in sorted(by_value):
+        plus, minus = added.get(name, []), removed.get(name, [])
+        dn = name in dn_valued
+        plus_keys = dn_keys(plus) if dn else plus
+        minus_keys = dn_keys(minus) if dn else minus
+        have = store.lookup(name, [k for k in {*plus_keys, *minus_keys} if k])
+        gone = {k for k in minus_keys if k and k in have}
+        lost = [have[k] for k in dict.fromkeys(k for k in minus_keys if k in gone)]
+        present = have.keys() - gone
+        gained: list[str] = []
+        changes: dict[str, str | None] = dict.fromkeys(gone)
+        for value, key in zip(plus, plus_keys, strict=True):
+            if key and key not in present:
+                present.add(key)
+                gained.append(value)
+                changes[key] = value
+        counts[name] += len(gained) - len(lost)
+        if counts[name] < least:
+            return None
+        if gained or lost:
+            values[name] = (gained, lost)
+            writes[name] = changes
+    whole = changed_attributes(_without(current.attributes, by_value), _without(image, by_value))
+    if not whole.isdisjoint(dn_valued):
+        return None  # references changed whole too: registered by comparing the whole objects
+    changed = whole | frozenset(values)
+    new = replace(
+        current,
+        attributes=image,
+        split=counts,
+        dn=src.dn if src.dn is not None else current.dn,
+        version=src.version,
+        event_id=src.event_id,
+        last_run=src.run_id or current.last_run,
+        locator=src.locator or current.locator,
+        source_ts_ms=src.ts_ms,
+    )
+    return Staged("update" if changed else "none", current, new, changed, values), writes
 
 
 def apply_dn_claim(current: CSObject | None, claim: DnClaim) -> CSObject | None:

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
-from engine.inbound import on_link, on_link_gone, route
+from engine.inbound import on_link, on_link_gone, route, routes_by_value
 from engine.join import join_step
 from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import (
@@ -27,7 +27,15 @@ from engine.references import (
     staging_updates,
 )
 from engine.rules import Rules, compile_rules
-from engine.staging import stage, tombstone
+from engine.staging import (
+    HeldAttrs,
+    HeldWrites,
+    hydrate,
+    split_object,
+    stage,
+    stage_by_value,
+    tombstone,
+)
 from schemas.config import IdsyncConfig
 from schemas.messages import (
     CSLink,
@@ -124,11 +132,31 @@ def group_dn(cn: str) -> str:
     return f"cn={cn},{GROUPS}"
 
 
+class _DictHeld:
+    """An object's held values in the simulation (``engine.staging.HeldValues``)."""
+
+    def __init__(self, held: HeldAttrs) -> None:
+        self._held = held
+
+    def lookup(self, attribute: str, keys: Collection[str]) -> dict[str, str]:
+        mine = self._held.get(attribute, {})
+        return {k: mine[k] for k in keys if k in mine}
+
+    def values(self, attribute: str) -> dict[str, str]:
+        return dict(self._held.get(attribute, {}))
+
+
 class Sim:
     """The pipeline's state and queues; ``step`` delivers the head of one queue."""
 
-    def __init__(self, rules: Rules, seed: int = 0, hold: bool = False) -> None:
+    def __init__(self, rules: Rules, seed: int = 0, hold: bool = False, split: int | None = None) -> None:
         self.rules = rules
+        #: With ``split``: staging holds a group's members apart from this many on, as the staging stage
+        #: does from ``engine.staging.SPLIT_VALUES`` (a member change then goes ``stage_by_value``'s way).
+        self.split = split
+        #: The values objects hold apart, per connector-space key; how many changes went by value.
+        self.held: dict[str, HeldAttrs] = {}
+        self.by_value = 0
         #: Whether batches may hold a large group's answers as the metaverse stage does (the property
         #: tests); off, the delivery orders the other tests were written against stay as they were.
         self.hold = hold
@@ -223,28 +251,85 @@ class Sim:
             self.step(self.rng.choice(keys) if shuffle else sorted(keys)[0])
         raise AssertionError("the simulated pipeline did not settle")
 
+    # ---- staging's held values (streams/stages/staging.py)
+    def whole(self, key: str) -> CSObject | None:
+        """A connector-space object with the values it holds apart."""
+        cs = self.cs.get(key)
+        return None if cs is None else hydrate(cs, self.held.get(key, {}))
+
+    def wholes(self) -> list[CSObject]:
+        """Every connector-space object, whole."""
+        return [hydrate(cs, self.held.get(key, {})) for key, cs in self.cs.items()]
+
+    def _keep(self, key: str, cs: CSObject | None, before: HeldAttrs) -> None:
+        """Store a whole object (None: gone) as staging does: its large attributes held apart."""
+        if self.split is not None and cs is not None:
+            cs, writes = split_object(
+                cs, before, self.rules.splittable(cs.connector, cs.object_type), self.split
+            )
+            self._write(key, writes)
+        elif before:
+            self._write(key, {attr: dict.fromkeys(values) for attr, values in before.items()})
+        if cs is None:
+            self.cs.pop(key, None)
+        else:
+            self.cs[key] = cs
+
+    def _write(self, key: str, writes: HeldWrites) -> None:
+        held = self.held.setdefault(key, {})
+        for attr, changes in writes.items():
+            values = held.setdefault(attr, {})
+            for k, v in changes.items():
+                if v is None:
+                    values.pop(k, None)
+                else:
+                    values[k] = v
+            if not values:
+                del held[attr]
+        if not held:
+            del self.held[key]
+
     # ---- stages (as streams/stages/*.py wire them)
     def _staging(self, msg: Any) -> None:
         if isinstance(msg, CSLink):
             key = f"{msg.connector}|{msg.anchor}"
-            cs = self.cs.get(key)
+            cs = self.whole(key)
             if cs is None:
                 self._emit(on_link_gone(msg, self.tombs.get(key)))
                 return
             new, outputs = on_link(self.rules, cs, msg)
             refs = staging_updates(self.rules, cs, new, msg.ts_ms, carried=msg.ref_keys)
-            self.cs[key] = new
+            self._keep(key, new, self.held.get(key, {}))
             self._emit([*outputs, *refs])
             return
         key = f"{msg.source.connector}|{msg.anchor}"
         dn_valued = self.rules.ref_sources(msg.source.connector, msg.object_type)
-        staged = stage(self.cs.get(key), msg, dn_valued=dn_valued)
+        current = self.cs.get(key)
+        if current is not None and current.split:
+            fast = stage_by_value(current, msg, dn_valued, _DictHeld(self.held.get(key, {})), self.split)
+            if fast is not None and routes_by_value(self.rules, fast[0]):
+                by_value, writes = fast
+                if by_value.skipped:
+                    return
+                cs, outputs = route(self.rules, by_value, msg.source.ts_ms)
+                assert cs is not None
+                refs = staging_updates(
+                    self.rules, by_value.before, cs, msg.source.ts_ms, values=by_value.values
+                )
+                self._write(key, writes)
+                self.cs[key] = cs
+                self.by_value += 1
+                self._emit([*outputs, *refs])
+                return
+        before = self.held.get(key, {})
+        staged = stage(self.whole(key), msg, dn_valued=dn_valued)
         if staged.skipped:
             return
         cs, outputs = route(self.rules, staged, msg.source.ts_ms)
         refs = staging_updates(self.rules, staged.before, cs, msg.source.ts_ms, values=staged.values)
         if cs is None:
-            gone = self.cs.pop(key, None)
+            gone = self.whole(key)
+            self._keep(key, None, before)
             # Staging keeps a tombstone of a deleted object (streams/stages/staging.py).
             unseen = CSObject(connector=msg.source.connector, anchor=msg.anchor, object_type=msg.object_type)
             self.tombs[key] = tombstone(
@@ -254,7 +339,7 @@ class Sim:
                 msg.source.ts_ms,
             )
         else:
-            self.cs[key] = cs
+            self._keep(key, cs, before)
             self.tombs.pop(key, None)
         self._emit([*outputs, *refs])
 
