@@ -74,7 +74,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     from streams.app import create_app
     from streams.broker import EmbeddedBroker
     from streams.memory import tune_malloc
-    from streams.store import STATE_FORMAT, state_format
+    from streams.store import STATE_FORMAT, UPGRADES, state_format
     from streams.sync import exports_applied, format_errors, format_summary, run_pipeline, summary, sync_cycle
 
     config = load_config(Path(args.config))
@@ -89,7 +89,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         # object gone from a source since is deleted, not forgotten. After a run that was killed, state
         # that waits for messages the old broker took with it is dropped, and so is state an older idsync
         # wrote in another format: the run starts from empty (the targets' existing objects join again).
-        if not clean.exists() or state_format(data_dir / "state") not in (None, STATE_FORMAT):
+        if not clean.exists() or state_format(data_dir / "state") not in {None, STATE_FORMAT, *UPGRADES}:
             shutil.rmtree(data_dir / "state", ignore_errors=True)
         clean.unlink(missing_ok=True)
         broker = EmbeddedBroker(data_dir).start()

@@ -28,6 +28,7 @@ from rocksdict import (
     Options,
     Rdict,
     RdictIter,
+    ReadOptions,
     WriteBatch,
     WriteBufferManager,
     WriteOptions,
@@ -108,7 +109,12 @@ META = b"\x00\x00idsync:"
 CHANGELOG_OFFSET = META + b"changelog-offset"
 #: How state values are encoded (schemas.codec); a state directory records it in ``FORMAT_FILE``.
 #: msgpack-2: reference registrations live in the metaverse stage (``mv-refs``), not the join store.
-STATE_FORMAT = "msgpack-2"
+#: msgpack-3: a connector-space object may hold a large attribute's values as keys of their own
+#: (``CSObject.split``, ``engine.staging.held_key``), which an older idsync would not read.
+STATE_FORMAT = "msgpack-3"
+#: Formats this idsync reads as they are: claiming a directory in one of them records ``STATE_FORMAT``
+#: (from then on an older idsync refuses it instead of misreading it).
+UPGRADES = frozenset({"msgpack-2"})
 FORMAT_FILE = "FORMAT"
 
 
@@ -127,7 +133,7 @@ def claim_state_dir(root: Path) -> None:
     """Use ``root`` for state: record the format in a new one; refuse one in another format (its values
     would not decode), naming what to do."""
     found = state_format(root)
-    if found is None:
+    if found is None or found in UPGRADES:
         root.mkdir(parents=True, exist_ok=True)
         (root / FORMAT_FILE).write_text(STATE_FORMAT + "\n")
     elif found != STATE_FORMAT:
@@ -183,6 +189,14 @@ def open_db(path: Path, partitioned: bool = True) -> Rdict:
 #: run's state (its stores closed, so flushed) and starts from empty after a killed one.
 _NO_WAL = WriteOptions()
 _NO_WAL.disable_wal = True
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The first key after every key that starts with ``prefix`` (None: no such key, or no prefix)."""
+    end = prefix.rstrip(b"\xff")
+    if not end:
+        return None
+    return end[:-1] + bytes([end[-1] + 1])
 
 
 class PartitionStore:
@@ -283,6 +297,16 @@ class PartitionStore:
     def scan(self, prefix: bytes, it: RdictIter | None = None) -> Iterator[tuple[bytes, bytes]]:
         """State entries under ``prefix`` in key order (bookkeeping entries never included); ``it``: an
         ``iterator`` to reuse (a fresh one by default)."""
+        bound = prefix_end(prefix)
+        if it is None and bound is not None:
+            # One call per entry instead of four (valid, key, value, next): a group's 50,000 held
+            # members are read in about half the time (engine.staging.held_of).
+            opts = ReadOptions()
+            opts.set_iterate_upper_bound(bound)
+            for key, value in self._db.items(from_key=prefix, read_opt=opts):
+                if not key.startswith(META):
+                    yield key, value
+            return
         if it is None:
             it = self._db.iter()
         it.seek(prefix)

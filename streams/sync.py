@@ -87,7 +87,8 @@ def summary(p: Pipeline) -> dict[str, dict[str, int]]:
     rt = p.rt
     cs: dict[str, int] = dict.fromkeys(rt.config.connectors, 0)
     for _p, key, _v in rt.store("cs").scan_all():
-        if not key.startswith(b"\x01"):  # tombstones of deleted objects (engine.staging) do not count
+        # Tombstones of deleted objects and the values large objects hold apart (engine.staging) do not count.
+        if key[:1] not in (b"\x01", b"\x02"):
             cs[key.split(b"\x00", 1)[0].decode()] += 1
     mv = 0
     for _p, _k, v in rt.store("mv").scan_all():

@@ -60,6 +60,11 @@ class Batch:
         #: The keys of ``_puts``, sorted (for ``scan``).
         self._put_keys: list[bytes] = []
 
+    def sibling(self, keys: list[bytes], model: type[msgspec.Struct]) -> Batch:
+        """A batch of the same partition for keys of another kind (``model``), read with one multi-get of
+        ``keys``; the stage stashes it with this one."""
+        return Batch(self._store, keys, model)
+
     @property
     def partition(self) -> int:
         """The partition this batch's state (and the records it came from) belongs to."""
@@ -110,11 +115,15 @@ class Batch:
         seen: dict[bytes, Any] = {}
         decoder = unpacker(head) if head is not None else None
         unsaved = self._unsaved
+        cache = self._cache
         for k, raw in self._store.scan(prefix, it):
-            if decoder is not None and k not in self._cache and k not in unsaved:
+            if k in cache or k in unsaved:
+                seen[k] = self.get(k)
+            elif decoder is not None:
                 seen[k] = decoder.decode(raw)
             else:
-                seen[k] = self.get(k)
+                # Decoded from what the scan read (``get`` would read the key again).
+                seen[k] = cache[k] = self._decoder.decode(raw)
         for k in self._store.unsaved_under(prefix) if unsaved else ():
             seen[k] = self.get(k)
         # Only what this batch wrote can differ from the store: its keys are kept sorted, so a scan does

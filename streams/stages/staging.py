@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route
+from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route, routes_by_value
 from engine.references import staging_updates
 from engine.staging import (
+    HeldAttrs,
+    HeldWrites,
     Staged,
     apply_dn_claim,
+    held_key,
+    held_of,
+    held_prefix,
+    hydrate,
     missed_by_run,
+    split_object,
     stage,
     stage_absent,
+    stage_by_value,
     tombstone,
     tombstone_key,
 )
+from engine.values import dn_keys
 from schemas.codec import decode_import, pack, unpacker
 from schemas.errors import DataError
 from schemas.messages import (
@@ -27,7 +37,7 @@ from schemas.messages import (
     RefRegister,
     RefUpdate,
 )
-from schemas.state import CSHead, CSObject
+from schemas.state import CSHead, CSObject, CSValue
 from schemas.wire import ChangeRecord, ErrorRecord, RunMarker
 from streams.output import Outputs
 from streams.runtime import now_ms
@@ -40,6 +50,29 @@ def cs_key(connector: str, anchor: str) -> bytes:
     return f"{connector}\x00{anchor}".encode()
 
 
+class _Held:
+    """One object's held values (``engine.staging.HeldValues``), read through the batch of its
+    partition's held values."""
+
+    __slots__ = ("_anchor", "_batch", "_connector")
+
+    def __init__(self, batch: Batch, connector: str, anchor: str) -> None:
+        self._batch, self._connector, self._anchor = batch, connector, anchor
+
+    def lookup(self, attribute: str, keys: Collection[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for key in keys:
+            held = self._batch.get(held_key(self._connector, self._anchor, attribute, key))
+            if held is not None:
+                found[key] = held.value
+        return found
+
+    def values(self, attribute: str) -> dict[str, str]:
+        prefix = held_prefix(self._connector, self._anchor, attribute)
+        n = len(prefix)
+        return {k[n:].decode(): held.value for k, held in self._batch.scan(prefix)}
+
+
 class StagingStage(Stage[CSObject]):
     step_id = "staging"
     store_name = "cs"
@@ -49,6 +82,11 @@ class StagingStage(Stage[CSObject]):
         super().__init__(rt)
         self._links = rt.names.links_topic()
         self._topic_connector = {rt.names.import_topic(c): c for c in rt.config.connectors}
+        #: The batch of held values (``CSValue``) of the partition being handled, and those of the batch
+        #: being processed (stashed with the objects' batches when their outputs are acknowledged).
+        self._split_from = rt.config.pipeline.split_values_from
+        self._held: Batch | None = None
+        self._held_batches: list[Batch] = []
 
     def decode(self, topic: str, value: bytes) -> Any:
         if topic == self._links:
@@ -75,6 +113,63 @@ class StagingStage(Stage[CSObject]):
             return [cs_key(msg.connector, msg.anchor)]
         return []
 
+    def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
+        """One partition's events, with one multi-get of the held values their value-level records name
+        (a member added to or removed from a large group reads its one key, engine.staging)."""
+        self._held = batch.sibling(self._held_keys(items), CSValue)
+        self._held_batches.append(self._held)
+        super().handle_all(batch, items, out)
+
+    def _held_keys(self, items: list[tuple[Any, Any]]) -> list[bytes]:
+        keys: list[bytes] = []
+        for _ev, msg in items:
+            if isinstance(msg, ChangeRecord) and (msg.added or msg.removed):
+                connector = msg.source.connector
+                split = self.rt.rules.splittable(connector, msg.object_type)
+                for attrs in (msg.added, msg.removed):
+                    for name, values in (attrs or {}).items():
+                        if name in split:
+                            keys.extend(
+                                held_key(connector, msg.anchor, name, k) for k in dn_keys(values) if k
+                            )
+        return list(dict.fromkeys(keys))
+
+    async def commit(self, batches: list[Batch], out: Outputs) -> None:
+        held, self._held_batches = self._held_batches, []
+        await super().commit([*batches, *held], out)
+
+    def _held_values(self, cs: CSObject) -> _Held:
+        assert self._held is not None  # set by handle_all
+        return _Held(self._held, cs.connector, cs.anchor)
+
+    def _whole(self, cs: CSObject | None) -> tuple[CSObject | None, HeldAttrs]:
+        """The object with its held values in it, and those values (what it held before a change)."""
+        if cs is None or not cs.split:
+            return cs, {}
+        held = held_of(cs, self._held_values(cs))
+        return hydrate(cs, held), held
+
+    def _store(
+        self, batch: Batch, key: bytes, connector: str, anchor: str, cs: CSObject | None, before: HeldAttrs
+    ) -> None:
+        """Store a whole object (None: gone) that held ``before``: its large attributes held by value."""
+        split = self.rt.rules.splittable(connector, cs.object_type) if cs is not None else frozenset()
+        if split or before:
+            stored, writes = split_object(cs, before, split, self._split_from)
+            self._write_held(connector, anchor, writes)
+            cs = stored
+        batch.put(key, cs)
+
+    def _write_held(self, connector: str, anchor: str, writes: HeldWrites) -> None:
+        assert self._held is not None
+        for attr, changes in writes.items():
+            # In key order: the batch keeps its written keys sorted, and a new group writes thousands.
+            for k in sorted(changes):
+                value = changes[k]
+                self._held.put(
+                    held_key(connector, anchor, attr, k), None if value is None else CSValue(value=value)
+                )
+
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         c = self.rt.counters
         if isinstance(msg, DnClaim):
@@ -86,17 +181,17 @@ class StagingStage(Stage[CSObject]):
             return
         if isinstance(msg, OperatorLink):
             key = cs_key(msg.connector, msg.anchor)
-            cs = batch.get(key)
+            cs, held = self._whole(batch.get(key))
             new, outputs = on_operator(self.rt.rules, cs, msg)
             outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms))
             if new is not cs:
-                batch.put(key, new)
+                self._store(batch, key, msg.connector, msg.anchor, new, held)
             c.count(f"operator-{msg.action}:{msg.connector}")
             self._emit(outputs, out)
             return
         if isinstance(msg, CSLink):
             key = cs_key(msg.connector, msg.anchor)
-            cs = batch.get(key)
+            cs, held = self._whole(batch.get(key))
             if cs is None:
                 # Deleted meanwhile: leave what it joined; not staged yet (a replay): wait for its record.
                 tomb = batch.get(tombstone_key(msg.connector, msg.anchor))
@@ -105,7 +200,7 @@ class StagingStage(Stage[CSObject]):
                 return
             new, outputs = on_link(self.rt.rules, cs, msg)
             outputs.extend(staging_updates(self.rt.rules, cs, new, msg.ts_ms, carried=msg.ref_keys))
-            batch.put(key, new)
+            self._store(batch, key, msg.connector, msg.anchor, new, held)
             c.count(f"link-{msg.outcome}")
             self._emit(outputs, out)
             return
@@ -116,9 +211,17 @@ class StagingStage(Stage[CSObject]):
         connector = msg.source.connector
         key, tkey = cs_key(connector, msg.anchor), tombstone_key(connector, msg.anchor)
         current = batch.get(key)
+        dn_valued = self.rt.rules.ref_sources(connector, msg.object_type)
+        if current is not None and current.split and self._by_value(batch, key, current, msg, dn_valued, out):
+            return
         tomb = batch.get(tkey) if current is None else None
-        staged = stage(current, msg, tomb, self.rt.rules.ref_sources(connector, msg.object_type))
-        self._apply(batch, key, staged, out)
+        src = msg.source
+        if current is not None and (src.version < current.version or src.event_id == current.event_id):
+            held: HeldAttrs = {}  # stale or a duplicate: nothing of it is read
+        else:
+            current, held = self._whole(current)
+        staged = stage(current, msg, tomb, dn_valued)
+        self._apply(batch, key, staged, out, held)
         if staged.skipped:
             return
         if msg.op == "d":
@@ -128,16 +231,44 @@ class StagingStage(Stage[CSObject]):
         elif tomb is not None:
             batch.put(tkey, None)  # back, with a newer version than its delete
 
-    def _apply(self, batch: Batch, key: bytes, staged: Staged, out: Outputs) -> None:
-        connector = (staged.after or staged.before).connector if (staged.after or staged.before) else ""
+    def _by_value(
+        self,
+        batch: Batch,
+        key: bytes,
+        current: CSObject,
+        msg: ChangeRecord,
+        dn_valued: Collection[str],
+        out: Outputs,
+    ) -> bool:
+        """Stage a value-level change of a large attribute held apart (a group's members) without reading
+        the object whole: its changed values are read and written, one key each. False when the change
+        needs the whole object (engine.staging.stage_by_value, engine.inbound.routes_by_value)."""
+        fast = stage_by_value(current, msg, dn_valued, self._held_values(current), self._split_from)
+        if fast is None or not routes_by_value(self.rt.rules, fast[0]):
+            return False
+        staged, writes = fast
+        self.rt.counters.count(f"stage-{staged.pending}:{current.connector}")
+        if staged.skipped:
+            return True
+        ts = now_ms()
+        cs, outputs = route(self.rt.rules, staged, ts)
+        outputs.extend(staging_updates(self.rt.rules, staged.before, cs, ts, values=staged.values))
+        self._write_held(current.connector, current.anchor, writes)
+        batch.put(key, cs)
+        self._emit(outputs, out)
+        return True
+
+    def _apply(self, batch: Batch, key: bytes, staged: Staged, out: Outputs, held: HeldAttrs) -> None:
+        obj = staged.after or staged.before
+        connector = obj.connector if obj is not None else ""
         self.rt.counters.count(f"stage-{staged.pending}:{connector}")
-        if staged.pending in ("stale", "duplicate"):
+        if staged.pending in ("stale", "duplicate") or obj is None:
             return
         ts = now_ms()
         cs, outputs = route(self.rt.rules, staged, ts)
         # The reference index hears when its DN, its mv_id or its references changed.
         outputs.extend(staging_updates(self.rt.rules, staged.before, cs, ts, values=staged.values))
-        batch.put(key, cs)
+        self._store(batch, key, obj.connector, obj.anchor, cs, held)
         self._emit(outputs, out)
 
     def _end_run(self, batch: Batch, marker: RunMarker, out: Outputs) -> None:
@@ -147,10 +278,10 @@ class StagingStage(Stage[CSObject]):
         for key, head in batch.scan(prefix, head=CSHead):
             if not missed_by_run(head.last_run, head.version, marker.run_id, marker.run_version):
                 continue  # most objects: seen by the run, decoded no further
-            cs = batch.get(key)
+            cs, held = self._whole(batch.get(key))
             staged = stage_absent(cs, marker.run_id, marker.run_version)
             if staged is not None:
-                self._apply(batch, key, staged, out)
+                self._apply(batch, key, staged, out, held)
                 tomb = tombstone(cs, marker.run_version, f"{marker.run_id}:absent", now)
                 batch.put(tombstone_key(cs.connector, cs.anchor), tomb)
         # Tombstones past their retention are forgotten (a record that old is not expected any more).

@@ -28,3 +28,13 @@ def test_state_of_an_older_idsync_is_refused_with_what_to_do(tmp_path: Path) -> 
     (root / FORMAT_FILE).write_text("msgpack-0\n")
     with pytest.raises(FatalError, match=str(root)):
         claim_state_dir(root)
+
+
+def test_state_of_the_format_before_is_read_and_upgraded(tmp_path: Path) -> None:
+    """msgpack-2 state decodes as it is (msgpack-3 only added what an older idsync would not read): the
+    directory is kept and recorded in the new format, which the older idsync then refuses."""
+    root = tmp_path / "state"
+    root.mkdir()
+    (root / FORMAT_FILE).write_text("msgpack-2\n")
+    claim_state_dir(root)
+    assert state_format(root) == STATE_FORMAT == "msgpack-3"
