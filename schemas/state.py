@@ -58,9 +58,10 @@ class CSObject(_State, kw_only=True):
     #: its own delete or rename has not arrived yet. It no longer answers for the DN (references resolve to
     #: the other); cleared when it moves to another DN, or when the other leaves the DN first.
     transient: bool = False
-    #: Large multi-valued reference attributes held as one state key per value (a group's members, once
-    #: there are ``engine.staging.SPLIT_VALUES`` of them): attribute -> how many values it holds. They are
-    #: not in ``attributes``; ``engine.staging.hydrate`` puts them back for the steps that read them all.
+    #: Large multi-valued reference attributes held apart from the object, in buckets of values under
+    #: keys of their own (a group's members, once there are ``pipeline.split_values_from`` of them):
+    #: attribute -> how many values it holds. They are not in ``attributes``; ``engine.staging.hydrate``
+    #: puts them back for the steps that read them all.
     split: dict[str, int] = {}
     #: Set on a tombstone only (kept under ``engine.staging.tombstone_key``): when staging recorded the
     #: delete. A tombstone remembers a deleted object's version so that an older record arriving later
@@ -68,12 +69,12 @@ class CSObject(_State, kw_only=True):
     deleted_ts_ms: int | None = None
 
 
-class CSValue(_State, kw_only=True):
-    """One value of a connector-space object's split attribute (``CSObject.split``), kept under
-    ``engine.staging.held_key``: the key names the object, the attribute and the value's normalized form
-    (its DN key); this is the value as the connector gave it."""
+class HeldBucket(_State, kw_only=True):
+    """Some of the values of a connector-space object's held attribute (``CSObject.split``), kept under
+    ``engine.staging.held_bucket_key``: the values whose normalized form (their DN key) hashes to this
+    bucket, normalized form -> the value as the connector gave it."""
 
-    value: str
+    values: dict[str, str] = {}
 
 
 class CSHead(Struct, kw_only=True):
@@ -272,4 +273,6 @@ def values_held(state: object) -> int:
             for entry in target.ledger.values():
                 n += len(entry.values) + len(entry.removed)
         return n
+    if isinstance(state, HeldBucket):
+        return 1 + len(state.values)
     return 1

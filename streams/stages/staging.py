@@ -12,7 +12,8 @@ from engine.staging import (
     HeldWrites,
     Staged,
     apply_dn_claim,
-    held_key,
+    held_bucket,
+    held_bucket_key,
     held_of,
     held_prefix,
     hydrate,
@@ -37,7 +38,7 @@ from schemas.messages import (
     RefRegister,
     RefUpdate,
 )
-from schemas.state import CSHead, CSObject, CSValue
+from schemas.state import CSHead, CSObject, HeldBucket
 from schemas.wire import ChangeRecord, ErrorRecord, RunMarker
 from streams.output import Outputs
 from streams.runtime import now_ms
@@ -52,7 +53,7 @@ def cs_key(connector: str, anchor: str) -> bytes:
 
 class _Held:
     """One object's held values (``engine.staging.HeldValues``), read through the batch of its
-    partition's held values."""
+    partition's held buckets (``HeldBucket``)."""
 
     __slots__ = ("_anchor", "_batch", "_connector")
 
@@ -62,15 +63,18 @@ class _Held:
     def lookup(self, attribute: str, keys: Collection[str]) -> dict[str, str]:
         found: dict[str, str] = {}
         for key in keys:
-            held = self._batch.get(held_key(self._connector, self._anchor, attribute, key))
-            if held is not None:
-                found[key] = held.value
+            bucket = self._batch.get(
+                held_bucket_key(self._connector, self._anchor, attribute, held_bucket(key))
+            )
+            if bucket is not None and key in bucket.values:
+                found[key] = bucket.values[key]
         return found
 
     def values(self, attribute: str) -> dict[str, str]:
-        prefix = held_prefix(self._connector, self._anchor, attribute)
-        n = len(prefix)
-        return {k[n:].decode(): held.value for k, held in self._batch.scan(prefix)}
+        found: dict[str, str] = {}
+        for _k, bucket in self._batch.scan(held_prefix(self._connector, self._anchor, attribute)):
+            found.update(bucket.values)
+        return found
 
 
 class StagingStage(Stage[CSObject]):
@@ -82,7 +86,7 @@ class StagingStage(Stage[CSObject]):
         super().__init__(rt)
         self._links = rt.names.links_topic()
         self._topic_connector = {rt.names.import_topic(c): c for c in rt.config.connectors}
-        #: The batch of held values (``CSValue``) of the partition being handled, and those of the batch
+        #: The batch of held values (``HeldBucket``) of the partition being handled, and those of the batch
         #: being processed (stashed with the objects' batches when their outputs are acknowledged).
         self._split_from = rt.config.pipeline.split_values_from
         self._held: Batch | None = None
@@ -116,7 +120,7 @@ class StagingStage(Stage[CSObject]):
     def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
         """One partition's events, with one multi-get of the held values their value-level records name
         (a member added to or removed from a large group reads its one key, engine.staging)."""
-        self._held = batch.sibling(self._held_keys(items), CSValue)
+        self._held = batch.sibling(self._held_keys(items), HeldBucket)
         self._held_batches.append(self._held)
         super().handle_all(batch, items, out)
 
@@ -130,7 +134,9 @@ class StagingStage(Stage[CSObject]):
                     for name, values in (attrs or {}).items():
                         if name in split:
                             keys.extend(
-                                held_key(connector, msg.anchor, name, k) for k in dn_keys(values) if k
+                                held_bucket_key(connector, msg.anchor, name, held_bucket(k))
+                                for k in dn_keys(values)
+                                if k
                             )
         return list(dict.fromkeys(keys))
 
@@ -161,14 +167,24 @@ class StagingStage(Stage[CSObject]):
         batch.put(key, cs)
 
     def _write_held(self, connector: str, anchor: str, writes: HeldWrites) -> None:
-        assert self._held is not None
+        """Write what changed of held values, one bucket at a time (a copy: the batch's is not changed)."""
+        held = self._held
+        assert held is not None
         for attr, changes in writes.items():
-            # In key order: the batch keeps its written keys sorted, and a new group writes thousands.
-            for k in sorted(changes):
-                value = changes[k]
-                self._held.put(
-                    held_key(connector, anchor, attr, k), None if value is None else CSValue(value=value)
-                )
+            by_bucket: dict[int, list[str]] = {}
+            for k in changes:
+                by_bucket.setdefault(held_bucket(k), []).append(k)
+            for b in sorted(by_bucket):
+                key = held_bucket_key(connector, anchor, attr, b)
+                bucket = held.get(key)
+                values = dict(bucket.values) if bucket is not None else {}
+                for k in by_bucket[b]:
+                    value = changes[k]
+                    if value is None:
+                        values.pop(k, None)
+                    else:
+                        values[k] = value
+                held.put(key, HeldBucket(values=values) if values else None)
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         c = self.rt.counters

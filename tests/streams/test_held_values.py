@@ -1,7 +1,8 @@
-"""The staging stage holds a large group's members apart from the group, one state key each
-(``pipeline.split_values_from``), on a real broker: a value-level member change reads and writes that
-member's key alone and registers that member alone, the held keys go through the changelog to a worker
-that takes the partition over, and a group that shrinks, or is deleted, leaves no held key behind."""
+"""The staging stage holds a large group's members apart from the group, in buckets of values under
+keys of their own (``pipeline.split_values_from``), on a real broker: a value-level member change reads
+and writes that member's bucket alone and registers that member alone, the held buckets go through the
+changelog to a worker that takes the partition over, and a group that shrinks, or is deleted, leaves no
+held bucket behind."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from engine.staging import held_prefix
+from engine.staging import held_bucket, held_prefix
 from engine.values import dn_key
 from schemas.codec import pack, to_json, unpack
 from schemas.messages import CSLink, RefRegister
-from schemas.state import CSObject, CSValue
+from schemas.state import CSObject, HeldBucket
 from schemas.wire import ChangeRecord, Source
 from streams.app import ensure_topics
 from streams.bench.kafka import read_all
@@ -86,10 +87,16 @@ def state(stage: StagingStage) -> tuple[CSObject | None, dict[str, str]]:
     raw = part.get(key)
     cs = part.unsaved[key] if key in part.unsaved else (None if raw is None else unpack(raw, CSObject))
     prefix = held_prefix("hr", ANCHOR, "member")
-    held = {k: unpack(v, CSValue) for k, v in part.scan(prefix)}
+    buckets = {k: unpack(v, HeldBucket) for k, v in part.scan(prefix)}
     for k in part.unsaved_under(prefix):
-        held[k] = part.unsaved[k]
-    return cs, {k[len(prefix) :].decode(): v.value for k, v in sorted(held.items()) if v is not None}
+        buckets[k] = part.unsaved[k]
+    held: dict[str, str] = {}
+    for k, bucket in buckets.items():
+        if bucket is not None:
+            assert bucket.values, f"an empty bucket is kept: {k!r}"
+            assert all(held_bucket(v) == int(k[len(prefix) :], 16) for v in bucket.values)
+            held.update(bucket.values)
+    return cs, dict(sorted(held.items()))
 
 
 async def registrations(rt: Runtime) -> list[RefRegister]:
