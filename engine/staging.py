@@ -246,18 +246,23 @@ def hydrate(cs: CSObject, held: HeldAttrs) -> CSObject:
     return replace(cs, attributes=attributes, split={})
 
 
-def _keyed(values: list[str], had: dict[str, str] | None) -> dict[str, str]:
-    """Values by their DN key (the first value of a key wins; blank ones refer to nothing). The keys of
-    values held already are taken from ``had`` instead of parsing the DNs again."""
+def _keyed(values: list[str], had: dict[str, str] | None) -> tuple[dict[str, str], list[str]]:
+    """Values by their DN key (the first value of a key wins; blank ones refer to nothing), and the keys
+    of the values ``had`` does not hold as they are (new, or in another spelling): only those can need
+    a write. The keys of values held already are taken from ``had`` instead of parsing the DNs again."""
     if had:
         known = dict(zip(had.values(), had.keys(), strict=True))
         keys: list[str | None] = list(map(known.get, values))
         if None in keys:
             missing = [v for v, k in zip(values, keys, strict=True) if k is None]
-            parsed = iter(dn_keys(missing))
+            fresh = dn_keys(missing)
+            parsed = iter(fresh)
             keys = [k if k is not None else next(parsed) for k in keys]
+        else:
+            fresh = []
     else:
         keys = list(dn_keys(values))
+        fresh = keys  # type: ignore[assignment]  # every key is parsed: no None
     mine = dict(zip(keys, values, strict=True))
     if len(mine) < len(values):
         # A DN twice (in two spellings): the first one stays, in the values' order.
@@ -266,7 +271,7 @@ def _keyed(values: list[str], had: dict[str, str] | None) -> dict[str, str]:
             if key not in mine:
                 mine[key] = value
     mine.pop("", None)
-    return mine  # type: ignore[return-value]  # no None key left: every value has its key
+    return mine, fresh  # type: ignore[return-value]  # no None key left: every value has its key
 
 
 def split_object(
@@ -285,21 +290,25 @@ def split_object(
     least = SPLIT_VALUES if min_values is None else min_values
     writes: HeldWrites = {}
     keep: dict[str, dict[str, str]] = {}
+    fresh_keys: dict[str, list[str]] = {}
     if cs is not None:
         for attr in sorted(splittable):
             values = cs.attributes.get(attr)
             if not values or len(values) < (least // 2 if attr in before else least):
                 continue
-            mine = _keyed(values, before.get(attr))
+            mine, fresh = _keyed(values, before.get(attr))
             if len(mine) >= (least // 2 if attr in before else least):
                 keep[attr] = mine
+                fresh_keys[attr] = fresh
     for attr, had in before.items():
         now = keep.get(attr, {})
-        if now == had:
-            continue  # a full import of a group that did not change
-        # Set operations on the dicts' views: C-level passes over a large group's members.
+        # Gone: a set operation on the keys (C-level over a large group's members); new or respelled: only
+        # the values not held as they are.
         changes: dict[str, str | None] = dict.fromkeys(had.keys() - now.keys())
-        changes.update(now.items() - had.items())
+        for k in fresh_keys.get(attr, ()):
+            value = now.get(k)
+            if value is not None and had.get(k) != value:
+                changes[k] = value
         if changes:
             writes[attr] = changes
     for attr, now in keep.items():

@@ -202,10 +202,12 @@ def prefix_end(prefix: bytes) -> bytes | None:
 #: Decoded copies of large saved objects (a group's metaverse object), kept after a checkpoint so that the
 #: next change to the object neither reads nor decodes it again (a 49,528-member group: a 12.7 MB value,
 #: 16% of the CPU of a member change). An object weighs ``schemas.state.values_held``; those of at least
-#: ``DECODED_FROM`` are kept, the least recently saved or read dropped first beyond ``DECODED_VALUES`` in
-#: the process. Such a group weighs about 200,000 (each member in its attribute, its link's references and
-#: flow, its target's DNs) and takes ~35 MB decoded: the budget holds two or three.
-DECODED_FROM = 1_000
+#: ``DECODED_FROM`` are kept (a group of a few thousand members; a person weighs ~30, a department
+#: group of 500 members ~2,000, cheap to decode), the least recently saved or read dropped first beyond
+#: ``DECODED_VALUES`` in the process. A group of 50,000 members weighs about 200,000 (each member in its
+#: attribute, its link's references and flow, its target's DNs) and takes ~35 MB decoded: the budget
+#: holds two or three.
+DECODED_FROM = 10_000
 DECODED_VALUES = 500_000
 
 

@@ -117,6 +117,12 @@ def test_a_group_is_held_apart_from_its_size_on_and_back_inside_below_half_of_it
     held = apply({}, writes)
     assert held == {"member": {dn_key(m): m for m in members}}  # one key per DN, the first spelling
     assert hydrate(stored, held) == group(members)  # the values in their order, the second spelling gone
+    # The same group in a whole image again: nothing to write; one member spelled anew: that value alone.
+    assert split_object(group(members), held, {"member"}, MIN)[1] == {}
+    respelled = [members[0].upper(), *members[1:]]
+    assert split_object(group(respelled), held, {"member"}, MIN)[1] == {
+        "member": {dn_key(members[0]): members[0].upper()}
+    }
     # Down to half: still held; below it, back inside the object and the keys forgotten.
     whole = hydrate(stored, held)
     stored, writes = split_object(group(members[:2]), held, {"member"}, MIN)
