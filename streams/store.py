@@ -199,53 +199,6 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return end[:-1] + bytes([end[-1] + 1])
 
 
-#: Decoded copies of large saved objects (a group's metaverse object), kept after a checkpoint so that the
-#: next change to the object neither reads nor decodes it again (a 49,528-member group: a 12.7 MB value,
-#: 16% of the CPU of a member change). An object weighs ``schemas.state.values_held``; those of at least
-#: ``DECODED_FROM`` are kept (a group of a few thousand members; a person weighs ~30, a department
-#: group of 500 members ~2,000, cheap to decode), the least recently saved or read dropped first beyond
-#: ``DECODED_VALUES`` in the process. A group of 50,000 members weighs about 200,000 (each member in its
-#: attribute, its link's references and flow, its target's DNs) and takes ~35 MB decoded: the budget
-#: holds two or three.
-DECODED_FROM = 10_000
-DECODED_VALUES = 500_000
-
-
-class _DecodedCache:
-    """The process's decoded copies of large saved objects, across its stores and partitions."""
-
-    def __init__(self) -> None:
-        self.order: dict[tuple[int, bytes], tuple[PartitionStore, int]] = {}
-        self.weight = 0
-
-    def keep(self, part: PartitionStore, key: bytes, value: Any, weight: int) -> None:
-        self.drop(part, key)
-        part.decoded[key] = value
-        self.order[(id(part), key)] = (part, weight)
-        self.weight += weight
-        while self.weight > DECODED_VALUES and self.order:
-            (_pid, old), (owner, _w) = next(iter(self.order.items()))
-            self.drop(owner, old)
-
-    def touch(self, part: PartitionStore, key: bytes) -> None:
-        entry = self.order.pop((id(part), key), None)
-        if entry is not None:
-            self.order[(id(part), key)] = entry
-
-    def drop(self, part: PartitionStore, key: bytes) -> None:
-        part.decoded.pop(key, None)
-        entry = self.order.pop((id(part), key), None)
-        if entry is not None:
-            self.weight -= entry[1]
-
-    def drop_all(self, part: PartitionStore) -> None:
-        for key in list(part.decoded):
-            self.drop(part, key)
-
-
-DECODED = _DecodedCache()
-
-
 class PartitionStore:
     """One partition of one stage's state: bytes keys to bytes values."""
 
@@ -266,8 +219,6 @@ class PartitionStore:
         #: counts once, at its latest weight) and each key's.
         self.unsaved_weight = 0
         self._weights: dict[bytes, int] = {}
-        #: Decoded copies of large objects as saved (``DECODED``): what the database holds for those keys.
-        self.decoded: dict[bytes, Any] = {}
 
     def stash(self, puts: dict[bytes, Any], sorted_keys: list[bytes], weigh: Callable[[Any], int]) -> None:
         """Keep a processed batch's writes (``sorted_keys``: their keys in order) until the checkpoint;
@@ -296,13 +247,7 @@ class PartitionStore:
         return keys[i:j]
 
     def saved(self) -> None:
-        """The unsaved state is in the changelog and the database now: the large objects among it stay
-        decoded (``DECODED``)."""
-        weights = self._weights
-        for k, v in self.unsaved.items():
-            w = weights.get(k, 0)
-            if v is not None and w >= DECODED_FROM:
-                DECODED.keep(self, k, v, w)
+        """The unsaved state is in the changelog and the database now."""
         self.unsaved = {}
         self._unsaved_sorted = []
         self._unsaved_new = []
@@ -328,9 +273,6 @@ class PartitionStore:
         """Apply puts (None = delete) atomically, with the changelog offset they were logged from."""
         if not puts and changelog_offset is None:
             return
-        if self.decoded:
-            for k in puts:
-                DECODED.drop(self, k)  # written from elsewhere (a restore): no longer what it holds
         wb = WriteBatch(raw_mode=True)
         for k, v in puts.items():
             if v is None:
@@ -378,7 +320,6 @@ class PartitionStore:
 
     def clear(self) -> None:
         """Delete every entry (state and bookkeeping): the next restore reads the whole changelog."""
-        DECODED.drop_all(self)
         keys = list(self._db.keys())
         for i in range(0, len(keys), 10_000):
             wb = WriteBatch(raw_mode=True)
@@ -387,7 +328,6 @@ class PartitionStore:
             self._db.write(wb)
 
     def close(self) -> None:
-        DECODED.drop_all(self)
         # Without a write-ahead log, what is in the memtables is on disk only once flushed.
         self._db.flush()
         self._db.close()

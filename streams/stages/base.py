@@ -33,7 +33,7 @@ from schemas.state import values_held
 from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
-from streams.store import DECODED, PartitionStore
+from streams.store import PartitionStore
 
 log = logging.getLogger("idsync.stage")
 
@@ -50,11 +50,9 @@ class Batch:
     def __init__(self, store: PartitionStore, keys: list[bytes], model: type[msgspec.Struct]) -> None:
         self._store = store
         self._decoder = unpacker(model)
-        #: Written by earlier batches, not saved yet: read from there, decoded already. Then large objects
-        #: saved since and still decoded (``streams.store.DECODED``).
+        #: Written by earlier batches, not saved yet: read from there, decoded already.
         self._unsaved = store.unsaved
-        self._decoded = store.decoded
-        keys = [k for k in keys if k not in self._unsaved and k not in self._decoded]
+        keys = [k for k in keys if k not in self._unsaved]
         raw = store.get_many(keys)
         self._raw: dict[bytes, bytes | None] = dict(zip(keys, raw, strict=True))
         self._cache: dict[bytes, Any] = {}
@@ -77,10 +75,6 @@ class Batch:
             return self._cache[key]
         if key in self._unsaved:
             value = self._cache[key] = self._unsaved[key]
-            return value
-        if key in self._decoded:
-            DECODED.touch(self._store, key)
-            value = self._cache[key] = self._decoded[key]
             return value
         raw = self._raw.get(key) if key in self._raw else self._store.get(key)
         value = None if raw is None else self._decoder.decode(raw)
@@ -123,7 +117,7 @@ class Batch:
         unsaved = self._unsaved
         cache = self._cache
         for k, raw in self._store.scan(prefix, it):
-            if k in cache or k in unsaved or k in self._decoded:
+            if k in cache or k in unsaved:
                 seen[k] = self.get(k)
             elif decoder is not None:
                 seen[k] = decoder.decode(raw)

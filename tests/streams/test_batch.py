@@ -5,11 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
-import pytest
 
 from schemas.codec import pack
-from streams import store
-from streams.stages import base
 from streams.stages.base import Batch
 from streams.store import PartitionStore
 
@@ -78,58 +75,3 @@ def test_update_writes_only_what_changed(tmp_path: Path) -> None:
     batch.stash()
     assert part.unsaved == {b"gone": None, b"new": Item("n")}
     part.close()
-
-
-def save(part: PartitionStore, puts: dict[bytes, msgspec.Struct | None]) -> None:
-    """What a stage's checkpoint does with a batch's writes (streams.stages.base.save)."""
-    batch = Batch(part, [], Item)
-    for k, v in puts.items():
-        batch.put(k, v)
-    batch.stash()
-    part.write({k: None if v is None else pack(v) for k, v in part.unsaved.items()})
-    part.saved()
-
-
-def test_a_large_saved_object_stays_decoded_until_it_is_written_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A group's metaverse object is not read and decoded again at its next change (streams.store.DECODED):
-    the decoded copy is what the database holds, and goes when anything else writes the key."""
-    monkeypatch.setattr(store, "DECODED_FROM", 2)
-    part = PartitionStore(tmp_path / "p0")
-    big, small = Item("big", "x" * 10), Item("s")
-    monkeypatch.setattr(base, "values_held", lambda v: 5 if v is big else 1)
-    save(part, {b"big": big, b"small": small})
-    assert set(part.decoded) == {b"big"}
-    batch = Batch(part, [b"big", b"small"], Item)
-    assert batch.get(b"big") is big  # not read from the database
-    assert batch.get(b"small") == small and batch.get(b"small") is not small
-    assert batch.scan(b"b")[0][1] is big
-    # Written from elsewhere (a restore from the changelog): the database's value is read.
-    part.write({b"big": pack(Item("restored"))})
-    assert b"big" not in part.decoded
-    assert Batch(part, [b"big"], Item).get(b"big") == Item("restored")
-    # Saved again, then deleted: nothing decoded is left for a key the database no longer holds.
-    save(part, {b"big": big})
-    assert part.decoded == {b"big": big}
-    save(part, {b"big": None})
-    assert part.decoded == {} and Batch(part, [b"big"], Item).get(b"big") is None
-    part.close()
-
-
-def test_decoded_objects_are_bounded_across_the_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(store, "DECODED_FROM", 2)
-    monkeypatch.setattr(store, "DECODED_VALUES", 10)
-    monkeypatch.setattr(base, "values_held", lambda v: int(v.extra or 1))
-    one, two = PartitionStore(tmp_path / "p0"), PartitionStore(tmp_path / "p1", 1)
-    save(one, {b"a": Item("a", "4"), b"b": Item("b", "4")})
-    Batch(one, [], Item).get(b"a")  # read: the most recently used now
-    save(two, {b"c": Item("c", "4")})
-    assert set(one.decoded) == {b"a"} and set(two.decoded) == {b"c"}  # b, the least recently used, went
-    assert store.DECODED.weight == 8
-    two.close()
-    assert store.DECODED.weight == 4
-    one.close()
-    assert store.DECODED.weight == 0
