@@ -127,9 +127,11 @@ class StagingStage(Stage[CSObject]):
     def _held_keys(self, items: list[tuple[Any, Any]]) -> list[bytes]:
         keys: list[bytes] = []
         for _ev, msg in items:
-            if isinstance(msg, ChangeRecord) and (msg.added or msg.removed):
-                connector = msg.source.connector
-                split = self.rt.rules.splittable(connector, msg.object_type)
+            if not isinstance(msg, ChangeRecord) or not (msg.added or msg.removed):
+                continue
+            connector = msg.source.connector
+            split = self.rt.rules.splittable(connector, msg.object_type)
+            try:
                 for attrs in (msg.added, msg.removed):
                     for name, values in (attrs or {}).items():
                         if name in split:
@@ -138,7 +140,14 @@ class StagingStage(Stage[CSObject]):
                                 for k in dn_keys(values)
                                 if k
                             )
+            except Exception:  # its own handling fails again and dead-letters it, not the batch
+                continue
         return list(dict.fromkeys(keys))
+
+    async def process(self, events: list[Any]) -> None:
+        # Held values of a batch that failed before its commit are not carried into the next one.
+        self._held_batches = []
+        await super().process(events)
 
     async def commit(self, batches: list[Batch], out: Outputs) -> None:
         held, self._held_batches = self._held_batches, []
@@ -259,6 +268,8 @@ class StagingStage(Stage[CSObject]):
         """Stage a value-level change of a large attribute held apart (a group's members) without reading
         the object whole: its changed values are read and written, one key each. False when the change
         needs the whole object (engine.staging.stage_by_value, engine.inbound.routes_by_value)."""
+        if not current.split.keys() <= self.rt.rules.splittable(current.connector, current.object_type):
+            return False  # held under rules that no longer allow it: read whole, stored back inside
         fast = stage_by_value(current, msg, dn_valued, self._held_values(current), self._split_from)
         if fast is None or not routes_by_value(self.rt.rules, fast[0]):
             return False

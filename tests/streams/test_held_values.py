@@ -7,6 +7,7 @@ held bucket behind."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -173,5 +174,34 @@ def test_a_large_groups_members_are_held_apart_changed_by_value_and_carried_to_a
             assert state(stage) == (None, {})
             await a.stop()
             await b.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_group_held_under_rules_that_no_longer_allow_it_goes_back_inside_at_its_next_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held while only its reference flow read the members; the rules change (a flow or a filter reads
+    them now): its next member change, by value, reads it whole and stores the members inside again."""
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a = runtime(broker.bootstrap, tmp_path, "a")
+            await ensure_topics(a)
+            stage = StagingStage(a)
+            await restore(a, stage.store, [0])
+            feed = Feed(a)
+            members = [person_dn(i) for i in range(6)]
+            await stage.process([feed.record({"name": ["x"], "member": members}, op="c"), feed.link("G1")])
+            cs, _held = state(stage)
+            assert cs is not None and cs.split == {"member": 6}
+            monkeypatch.setattr(a, "rules", dataclasses.replace(a.rules, split_sources={}))
+            await stage.process([feed.record(added={"member": [person_dn(9)]})])
+            cs, held = state(stage)
+            assert cs is not None and cs.split == {} and held == {}
+            assert sorted(map(dn_key, cs.attributes["member"])) == sorted(
+                map(dn_key, [*members, person_dn(9)])
+            )
+            await a.stop()
 
     asyncio.run(scenario())
