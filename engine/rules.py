@@ -166,8 +166,9 @@ def _split_sources(
     ref_flows = set(refs)
     filtered = {c.attribute for group in rule.filter for c in group}
     found: set[str] = set()
-    for attr, source in refs:
-        if attr in single or targeted[attr] > 1 or source in filtered:
+    refused = {source for attr, source in refs if attr in single or targeted[attr] > 1}
+    for _attr, source in refs:
+        if source in refused or source in filtered:
             continue
         read_elsewhere = False
         for f in rule.flows:

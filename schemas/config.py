@@ -522,9 +522,9 @@ class PipelineConfig(_Config):
     #: (docs/architecture.md, large multi-valued references). 0: never deferred.
     reference_defer_ms: int = Field(default=60_000, ge=0, le=3_600_000)
     #: From how many values staging holds a large reference attribute of a source object (a group's
-    #: members) as one state key per value instead of inside the object: a member added or removed by a
-    #: value-level change record then reads and writes that member's key, not the group, and the
-    #: connector-space changelog carries one small record, not the group (docs/architecture.md). Only
+    #: members) apart from the object, in 256 buckets of values under keys of their own: a member added or
+    #: removed by a value-level change record then reads and writes that member's bucket, not the group,
+    #: and the connector-space changelog carries the bucket, not the group (docs/architecture.md). Only
     #: attributes nothing but their reference flow reads are held so (``engine.rules.Rules.split_sources``);
     #: an attribute goes back inside its object below half of this.
     split_values_from: int = Field(default=1_000, ge=2, le=10_000_000)

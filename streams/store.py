@@ -109,8 +109,8 @@ META = b"\x00\x00idsync:"
 CHANGELOG_OFFSET = META + b"changelog-offset"
 #: How state values are encoded (schemas.codec); a state directory records it in ``FORMAT_FILE``.
 #: msgpack-2: reference registrations live in the metaverse stage (``mv-refs``), not the join store.
-#: msgpack-3: a connector-space object may hold a large attribute's values as keys of their own
-#: (``CSObject.split``, ``engine.staging.held_key``), which an older idsync would not read.
+#: msgpack-3: a connector-space object may hold a large attribute's values in buckets under keys of
+#: their own (``CSObject.split``, ``engine.staging.held_bucket_key``), which an older idsync would not read.
 STATE_FORMAT = "msgpack-3"
 #: Formats this idsync reads as they are: claiming a directory in one of them records ``STATE_FORMAT``
 #: (from then on an older idsync refuses it instead of misreading it).
@@ -299,8 +299,7 @@ class PartitionStore:
         ``iterator`` to reuse (a fresh one by default)."""
         bound = prefix_end(prefix)
         if it is None and bound is not None:
-            # One call per entry instead of four (valid, key, value, next): a group's 50,000 held
-            # members are read in about half the time (engine.staging.held_of).
+            # One call per entry instead of four (valid, key, value, next): about half the time.
             opts = ReadOptions()
             opts.set_iterate_upper_bound(bound)
             for key, value in self._db.items(from_key=prefix, read_opt=opts):

@@ -106,6 +106,10 @@ def test_splittable_attributes_are_multi_valued_references_nothing_else_reads() 
     rules = compile_rules(IdsyncConfig.model_validate(cfg))
     assert rules.splittable("ad", "group") == {"member"}
     assert rules.splittable("ldap", "group") == frozenset()  # a target: its imports carry whole images
+    cfg = ref_config_dict()
+    cfg["inbound"][1]["flows"].append({"mv": "owner", "source": "member"})
+    cfg["metaverse"]["group"]["attributes"]["owner"] = {"reference": True}  # single-valued
+    assert compile_rules(IdsyncConfig.model_validate(cfg)).splittable("ad", "group") == frozenset()
 
 
 def test_a_group_is_held_apart_from_its_size_on_and_back_inside_below_half_of_it() -> None:
