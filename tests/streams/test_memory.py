@@ -109,9 +109,17 @@ def test_the_worker_logs_its_memory_when_asked(tmp_path: Path) -> None:
 import asyncio, logging, sys
 from streams.memory import log_memory
 logging.basicConfig(level=logging.WARNING)
+reports = []
+def extra():
+    reports.append(1)
+    return {"deferred_objects": 7}
 async def main():
-    task = asyncio.ensure_future(log_memory(0.05, lambda: [], lambda: 3, lambda: {"deferred_objects": 7}))
-    await asyncio.sleep(0.12)
+    task = asyncio.ensure_future(log_memory(0.05, lambda: [], lambda: 3, extra))
+    # Two reports, however long a loaded machine takes for them (each walks the heap).
+    for _ in range(400):
+        if len(reports) >= 2:
+            break
+        await asyncio.sleep(0.05)
     task.cancel()
 asyncio.run(main())
 """
