@@ -112,6 +112,21 @@ def _new_object(record: ChangeRecord, image: Attrs) -> CSObject:
     )
 
 
+def _restaged(current: CSObject, record: ChangeRecord, image: Attrs) -> CSObject:
+    """The object after a record that updates it: its attributes ``image``, the record's source facts."""
+    src = record.source
+    return replace(
+        current,
+        attributes=image,
+        dn=src.dn if src.dn is not None else current.dn,
+        version=src.version,
+        event_id=src.event_id,
+        last_run=src.run_id or current.last_run,
+        locator=src.locator or current.locator,
+        source_ts_ms=src.ts_ms,
+    )
+
+
 def stage(
     current: CSObject | None,
     record: ChangeRecord,
@@ -167,16 +182,7 @@ def stage(
     else:
         changed = changed_attributes(current.attributes, image)
     renamed = src.dn is not None and dn_key(src.dn) != dn_key(current.dn)
-    new = replace(
-        current,
-        attributes=image,
-        dn=src.dn if src.dn is not None else current.dn,
-        version=src.version,
-        event_id=src.event_id,
-        last_run=src.run_id or current.last_run,
-        locator=src.locator or current.locator,
-        source_ts_ms=src.ts_ms,
-    )
+    new = _restaged(current, record, image)
     if renamed:
         # A new DN: whatever it was transient for was the old one (the index says if the new one is taken).
         return Staged("rename", current, replace(new, transient=False), changed, values)
@@ -211,6 +217,22 @@ class HeldValues(Protocol):
     def values(self, attribute: str) -> dict[str, str]:
         """Every held value of ``attribute``, by key."""
         ...
+
+
+def apply_held(held: HeldAttrs, writes: HeldWrites) -> HeldAttrs:
+    """Held values after ``writes`` (a new mapping; an attribute left with none is gone): what a store of
+    held values holds once they are written, for the models that keep them in memory."""
+    out = {attr: dict(values) for attr, values in held.items()}
+    for attr, changes in writes.items():
+        values = out.setdefault(attr, {})
+        for k, v in changes.items():
+            if v is None:
+                values.pop(k, None)
+            else:
+                values[k] = v
+        if not values:
+            del out[attr]
+    return out
 
 
 def held_prefix(connector: str, anchor: str, attribute: str) -> bytes:
@@ -388,17 +410,7 @@ def stage_by_value(
     if not whole.isdisjoint(dn_valued):
         return None  # references changed whole too: registered by comparing the whole objects
     changed = whole | frozenset(values)
-    new = replace(
-        current,
-        attributes=image,
-        split=counts,
-        dn=src.dn if src.dn is not None else current.dn,
-        version=src.version,
-        event_id=src.event_id,
-        last_run=src.run_id or current.last_run,
-        locator=src.locator or current.locator,
-        source_ts_ms=src.ts_ms,
-    )
+    new = replace(_restaged(current, record, image), split=counts)
     return Staged("update" if changed else "none", current, new, changed, values), writes
 
 

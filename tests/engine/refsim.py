@@ -30,6 +30,7 @@ from engine.rules import Rules, compile_rules
 from engine.staging import (
     HeldAttrs,
     HeldWrites,
+    apply_held,
     hydrate,
     split_object,
     stage,
@@ -276,18 +277,11 @@ class Sim:
             self.cs[key] = cs
 
     def _write(self, key: str, writes: HeldWrites) -> None:
-        held = self.held.setdefault(key, {})
-        for attr, changes in writes.items():
-            values = held.setdefault(attr, {})
-            for k, v in changes.items():
-                if v is None:
-                    values.pop(k, None)
-                else:
-                    values[k] = v
-            if not values:
-                del held[attr]
-        if not held:
-            del self.held[key]
+        held = apply_held(self.held.get(key, {}), writes)
+        if held:
+            self.held[key] = held
+        else:
+            self.held.pop(key, None)
 
     # ---- stages (as streams/stages/*.py wire them)
     def _staging(self, msg: Any) -> None:

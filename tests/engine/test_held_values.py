@@ -13,13 +13,14 @@ from msgspec.structs import replace
 from engine.inbound import route, routes_by_value
 from engine.references import staging_updates
 from engine.rules import compile_rules
-from engine.staging import HeldAttrs, hydrate, split_object, stage, stage_by_value
+from engine.staging import HeldAttrs, apply_held, hydrate, split_object, stage, stage_by_value
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
-from schemas.state import ConnectorState, CSObject
-from schemas.wire import ChangeRecord, Source
+from schemas.state import CSObject
+from schemas.wire import Source
 
 from .refsim import Sim, group_dn, ref_config_dict, ref_rules, user_dn
+from .test_value_changes import member_change, staff
 
 RULES = ref_rules()
 MIN = 4
@@ -37,56 +38,6 @@ class Held:
 
     def values(self, attribute: str) -> dict[str, str]:
         raise AssertionError("a change by value does not read the group whole")
-
-
-def group(members: list[str], mv_id: str | None = "G1", **attrs: list[str]) -> CSObject:
-    return CSObject(
-        connector="ad",
-        anchor="staff",
-        object_type="group",
-        dn=group_dn("staff"),
-        attributes={"cn": ["staff"], "member": members, **attrs},
-        version=1,
-        event_id="e0",
-        mv_id=mv_id,
-        state=ConnectorState.CONNECTOR if mv_id else ConnectorState.DISCONNECTOR,
-    )
-
-
-def change(
-    added: list[str] | None = None,
-    removed: list[str] | None = None,
-    *,
-    after: dict[str, list[str]] | None = None,
-    changes: list[str] | None = None,
-    seq: int = 2,
-    event: str | None = None,
-) -> ChangeRecord:
-    return ChangeRecord(
-        version=2,
-        op="u",
-        anchor="staff",
-        object_type="group",
-        after=after,
-        changes=changes or [],
-        added={"member": added} if added else None,
-        removed={"member": removed} if removed else None,
-        source=Source(connector="ad", version=seq, event_id=event or f"e{seq}", ts_ms=5),
-    )
-
-
-def apply(held: HeldAttrs, writes: dict[str, dict[str, str | None]]) -> HeldAttrs:
-    out = {attr: dict(values) for attr, values in held.items()}
-    for attr, changes in writes.items():
-        values = out.setdefault(attr, {})
-        for k, v in changes.items():
-            if v is None:
-                values.pop(k, None)
-            else:
-                values[k] = v
-        if not values:
-            del out[attr]
-    return out
 
 
 def member_keys(cs: CSObject) -> set[str]:
@@ -114,27 +65,27 @@ def test_splittable_attributes_are_multi_valued_references_nothing_else_reads() 
 
 def test_a_group_is_held_apart_from_its_size_on_and_back_inside_below_half_of_it() -> None:
     members = [user_dn(f"u{i}") for i in range(MIN)]
-    stored, writes = split_object(group(members[:3]), {}, {"member"}, MIN)
-    assert stored == group(members[:3]) and writes == {}
-    stored, writes = split_object(group([*members, members[0].upper()]), {}, {"member"}, MIN)
+    stored, writes = split_object(staff(members[:3]), {}, {"member"}, MIN)
+    assert stored == staff(members[:3]) and writes == {}
+    stored, writes = split_object(staff([*members, members[0].upper()]), {}, {"member"}, MIN)
     assert stored is not None and "member" not in stored.attributes and stored.split == {"member": MIN}
-    held = apply({}, writes)
+    held = apply_held({}, writes)
     assert held == {"member": {dn_key(m): m for m in members}}  # one key per DN, the first spelling
-    assert hydrate(stored, held) == group(members)  # the values in their order, the second spelling gone
+    assert hydrate(stored, held) == staff(members)  # the values in their order, the second spelling gone
     # The same group in a whole image again: nothing to write; one member spelled anew: that value alone.
-    assert split_object(group(members), held, {"member"}, MIN)[1] == {}
+    assert split_object(staff(members), held, {"member"}, MIN)[1] == {}
     respelled = [members[0].upper(), *members[1:]]
-    assert split_object(group(respelled), held, {"member"}, MIN)[1] == {
+    assert split_object(staff(respelled), held, {"member"}, MIN)[1] == {
         "member": {dn_key(members[0]): members[0].upper()}
     }
     # Down to half: still held; below it, back inside the object and the keys forgotten.
     whole = hydrate(stored, held)
-    stored, writes = split_object(group(members[:2]), held, {"member"}, MIN)
+    stored, writes = split_object(staff(members[:2]), held, {"member"}, MIN)
     assert stored is not None and stored.split == {"member": 2}
-    held = apply(held, writes)
+    held = apply_held(held, writes)
     assert set(held["member"]) == {dn_key(m) for m in members[:2]}
-    stored, writes = split_object(group(members[:1]), held, {"member"}, MIN)
-    assert stored == group(members[:1]) and apply(held, writes) == {}
+    stored, writes = split_object(staff(members[:1]), held, {"member"}, MIN)
+    assert stored == staff(members[:1]) and apply_held(held, writes) == {}
     # Gone: every held value is forgotten.
     assert split_object(None, {"member": {"k": "v"}}, {"member"}, MIN) == (None, {"member": {"k": None}})
     assert whole.split == {}
@@ -142,11 +93,11 @@ def test_a_group_is_held_apart_from_its_size_on_and_back_inside_below_half_of_it
 
 def test_one_member_added_reads_and_writes_its_key_alone() -> None:
     members = [user_dn(f"u{i}") for i in range(6)]
-    stored, writes = split_object(group(members), {}, {"member"}, MIN)
+    stored, writes = split_object(staff(members), {}, {"member"}, MIN)
     assert stored is not None
-    held = Held(apply({}, writes))
+    held = Held(apply_held({}, writes))
     newcomer = user_dn("new")
-    result = stage_by_value(stored, change([newcomer]), {"member"}, held, MIN)
+    result = stage_by_value(stored, member_change([newcomer]), {"member"}, held, MIN)
     assert result is not None
     staged, writes = result
     assert staged.pending == "update" and staged.changed == {"member"}
@@ -163,25 +114,29 @@ def test_one_member_added_reads_and_writes_its_key_alone() -> None:
 
 def test_a_change_that_needs_the_whole_group_is_not_staged_by_value() -> None:
     members = [user_dn(f"u{i}") for i in range(6)]
-    stored, writes = split_object(group(members), {}, {"member"}, MIN)
+    stored, writes = split_object(staff(members), {}, {"member"}, MIN)
     assert stored is not None
-    held = Held(apply({}, writes))
-    whole_members = change(after={"member": members[:3]}, changes=["member"])
+    held = Held(apply_held({}, writes))
+    whole_members = member_change(after={"member": members[:3]}, changes=["member"])
     assert stage_by_value(stored, whole_members, {"member"}, held, MIN) is None
-    assert stage_by_value(stored, change(removed=members[:5]), {"member"}, held, MIN) is None  # below half
-    renamed = change([user_dn("x")])
+    assert (
+        stage_by_value(stored, member_change(removed=members[:5]), {"member"}, held, MIN) is None
+    )  # below half
+    renamed = member_change([user_dn("x")])
     renamed = replace(renamed, source=Source(connector="ad", dn="cn=other", version=2, event_id="r", ts_ms=5))
     assert stage_by_value(stored, renamed, {"member"}, held, MIN) is None
     # Old or repeated: skipped by value, as stage skips it.
-    stale = stage_by_value(stored, change([user_dn("x")], seq=0), {"member"}, held, MIN)
+    stale = stage_by_value(stored, member_change([user_dn("x")], seq=0), {"member"}, held, MIN)
     assert stale is not None and stale[0].pending == "stale" and stale[1] == {}
-    again = stage_by_value(stored, change([user_dn("x")], seq=3, event="e0"), {"member"}, held, MIN)
+    repeated = member_change([user_dn("x")], seq=3)
+    repeated = replace(repeated, source=replace(repeated.source, event_id="e0"))
+    again = stage_by_value(stored, repeated, {"member"}, held, MIN)
     assert again is not None and again[0].pending == "duplicate"
     # Another attribute changed with it: the description flows, so the group is read whole.
     cfg = ref_config_dict()
     cfg["inbound"][1]["flows"].append({"mv": "description", "source": "description"})
     rules = compile_rules(IdsyncConfig.model_validate(cfg))
-    both = change([user_dn("x")], after={"description": ["d"]}, changes=["description"])
+    both = member_change([user_dn("x")], after={"description": ["d"]}, changes=["description"])
     result = stage_by_value(stored, both, {"member"}, held, MIN)
     assert result is not None and not routes_by_value(rules, result[0])
 
@@ -203,13 +158,13 @@ def test_by_value_gives_what_staging_the_whole_group_gives(
     members: list[str], added: list[str], removed: list[str], joined: bool, cn: list[str] | None
 ) -> None:
     removed = [r for r in removed if r not in added]
-    whole = group(members, "G1" if joined else None)
+    whole = staff(members, "G1" if joined else None)
     stored, writes = split_object(whole, {}, {"member"}, MIN)
     assert stored is not None
     if not stored.split:
         return  # fewer than MIN distinct DNs: not held
-    held = apply({}, writes)
-    record = change(
+    held = apply_held({}, writes)
+    record = member_change(
         added or None, removed or None, after={"cn": cn} if cn else None, changes=["cn"] if cn else []
     )
     if not added and not removed:
@@ -221,7 +176,7 @@ def test_by_value_gives_what_staging_the_whole_group_gives(
     staged, writes = result
     assert (staged.pending, staged.changed) == (expected.pending, expected.changed)
     assert staged.after is not None and expected.after is not None
-    after = hydrate(staged.after, apply(held, writes))
+    after = hydrate(staged.after, apply_held(held, writes))
     assert member_keys(after) == member_keys(expected.after)
     assert {**after.attributes, "member": []} == {**expected.after.attributes, "member": []}
     assert after.version == expected.after.version and after.event_id == expected.after.event_id

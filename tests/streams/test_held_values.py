@@ -108,6 +108,15 @@ async def registrations(rt: Runtime) -> list[RefRegister]:
     return out
 
 
+async def staging_worker(bootstrap: str, tmp: Path) -> tuple[Runtime, StagingStage, Feed]:
+    """A worker's staging stage owning partition 0 (restored), and a feed of events for it."""
+    rt = runtime(bootstrap, tmp, "a")
+    await ensure_topics(rt)
+    stage = StagingStage(rt)
+    await restore(rt, stage.store, [0])
+    return rt, stage, Feed(rt)
+
+
 def test_a_large_groups_members_are_held_apart_changed_by_value_and_carried_to_another_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -119,11 +128,7 @@ def test_a_large_groups_members_are_held_apart_changed_by_value_and_carried_to_a
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            a = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(a)
-            stage = StagingStage(a)
-            await restore(a, stage.store, [0])
-            feed = Feed(a)
+            a, stage, feed = await staging_worker(broker.bootstrap, tmp_path)
             members = [person_dn(i) for i in range(6)]
             await stage.process([feed.record({"name": ["x"], "member": members}, op="c")])
             cs, held = state(stage)
@@ -186,11 +191,7 @@ def test_a_group_held_under_rules_that_no_longer_allow_it_goes_back_inside_at_it
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            a = runtime(broker.bootstrap, tmp_path, "a")
-            await ensure_topics(a)
-            stage = StagingStage(a)
-            await restore(a, stage.store, [0])
-            feed = Feed(a)
+            a, stage, feed = await staging_worker(broker.bootstrap, tmp_path)
             members = [person_dn(i) for i in range(6)]
             await stage.process([feed.record({"name": ["x"], "member": members}, op="c"), feed.link("G1")])
             cs, _held = state(stage)
