@@ -119,7 +119,7 @@ class StagingStage(Stage[CSObject]):
 
     def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
         """One partition's events, with one multi-get of the held values their value-level records name
-        (a member added to or removed from a large group reads its one key, engine.staging)."""
+        (a member added to or removed from a large group reads its one bucket, engine.staging)."""
         self._held = batch.sibling(self._held_keys(items), HeldBucket)
         self._held_batches.append(self._held)
         super().handle_all(batch, items, out)
