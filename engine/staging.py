@@ -127,6 +127,28 @@ def _restaged(current: CSObject, record: ChangeRecord, image: Attrs) -> CSObject
     )
 
 
+def skipped_by(seen: CSObject | None, record: ChangeRecord) -> Literal["stale", "duplicate"] | None:
+    """Whether a record changes nothing of what staging has seen of its object (the object, or its
+    tombstone): older than it (stale), or the record it saw last again (duplicate)."""
+    if seen is None:
+        return None
+    if record.source.version < seen.version:
+        return "stale"
+    if record.source.event_id == seen.event_id:
+        return "duplicate"
+    return None
+
+
+def _overlay(attributes: Attrs, record: ChangeRecord) -> Attrs:
+    """A delta carrying only changed attributes (``changes``, given whole in ``after``) overlaid on the
+    hologram's attributes."""
+    after = record.after or {}
+    merged = dict(attributes)
+    for name in record.changes or ():
+        merged[name] = after.get(name, [])
+    return merged
+
+
 def stage(
     current: CSObject | None,
     record: ChangeRecord,
@@ -143,12 +165,9 @@ def stage(
     an object not staged yet it is an add whose attributes are what the record gives (its added values:
     there is nothing to remove them from), as MIM stages an update of an unknown object."""
     src = record.source
-    seen = current if current is not None else tombstone
-    if seen is not None:
-        if src.version < seen.version:
-            return Staged("stale", current, current)
-        if src.event_id == seen.event_id:
-            return Staged("duplicate", current, current)
+    skip = skipped_by(current if current is not None else tombstone, record)
+    if skip is not None:
+        return Staged(skip, current, current)
     if record.op == "d":
         if current is None:
             return Staged("none", None, None)
@@ -156,10 +175,7 @@ def stage(
     image: Attrs = dict(record.after or {})
     values: ValueChanges | None = None
     if record.changes is not None and record.op == "u" and current is not None:
-        # A delta carrying only changed attributes: overlay it on the hologram.
-        merged = dict(current.attributes)
-        for name in record.changes:
-            merged[name] = image.get(name, [])
+        merged = _overlay(current.attributes, record)
         if record.added is not None or record.removed is not None:
             values = _value_changes(record, current, merged, dn_valued)
         image = merged
@@ -316,10 +332,11 @@ def split_object(
     if cs is not None:
         for attr in sorted(splittable):
             values = cs.attributes.get(attr)
-            if not values or len(values) < (least // 2 if attr in before else least):
+            need = least // 2 if attr in before else least
+            if not values or len(values) < need:
                 continue
             mine, fresh = _keyed(values, before.get(attr))
-            if len(mine) >= (least // 2 if attr in before else least):
+            if len(mine) >= need:
                 keep[attr] = mine
                 fresh_keys[attr] = fresh
     for attr, had in before.items():
@@ -359,10 +376,9 @@ def stage_by_value(
     src = record.source
     if record.op != "u" or record.changes is None or not current.split:
         return None
-    if src.version < current.version:
-        return Staged("stale", current, current), {}
-    if src.event_id == current.event_id:
-        return Staged("duplicate", current, current), {}
+    skip = skipped_by(current, record)
+    if skip is not None:
+        return Staged(skip, current, current), {}
     added, removed = record.added or {}, record.removed or {}
     by_value = {*added, *removed}
     if (
@@ -376,11 +392,7 @@ def stage_by_value(
     if record.object_type != current.object_type:
         return None
     least = (SPLIT_VALUES if min_values is None else min_values) // 2
-    image: Attrs = dict(current.attributes)
-    after = record.after or {}
-    for name in record.changes:
-        image[name] = after.get(name, [])
-    image = {k: v for k, v in image.items() if v}
+    image = {k: v for k, v in _overlay(current.attributes, record).items() if v}
     counts = dict(current.split)
     values: ValueChanges = {}
     writes: HeldWrites = {}

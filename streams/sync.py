@@ -23,6 +23,7 @@ from schemas.state import MVObject
 from streams.app import Pipeline, ensure_topics
 from streams.importer import ImportReport, full_import
 from streams.runtime import Runtime, tune_gc
+from streams.stages.staging import connector_space_size
 
 log = logging.getLogger("idsync")
 
@@ -85,11 +86,7 @@ async def sync_cycle(p: Pipeline, confirm_rounds: int = 3) -> CycleReport:
 def summary(p: Pipeline) -> dict[str, dict[str, int]]:
     """Counts for the summary table: state sizes and run counters per connector."""
     rt = p.rt
-    cs: dict[str, int] = dict.fromkeys(rt.config.connectors, 0)
-    for _p, key, _v in rt.store("cs").scan_all():
-        # Tombstones of deleted objects and the values large objects hold apart (engine.staging) do not count.
-        if key[:1] not in (b"\x01", b"\x02"):
-            cs[key.split(b"\x00", 1)[0].decode()] += 1
+    cs = {name: connector_space_size(rt.store("cs"), name) for name in rt.config.connectors}
     mv = 0
     for _p, _k, v in rt.store("mv").scan_all():
         if not unpack(v, MVObject).deleted:

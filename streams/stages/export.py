@@ -49,6 +49,7 @@ from schemas.wire import ErrorRecord
 from streams.output import Outputs
 from streams.runtime import Runtime, now_ms
 from streams.stages.base import flush
+from streams.stages.staging import connector_space_size
 
 log = logging.getLogger("idsync.export")
 
@@ -219,8 +220,7 @@ class ExportWorker:
 
     def _target_size(self) -> int:
         """The target's connector-space size (percentage threshold), as far as this process holds it."""
-        prefix = self.name.encode() + b"\x00"
-        return sum(1 for _ in self.rt.store("cs").scan_all(prefix))
+        return connector_space_size(self.rt.store("cs"), self.name)
 
     def _tripped(self, export: PendingExport, p: int, budget: int | None, out: Outputs) -> None:
         t = self.threshold

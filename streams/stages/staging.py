@@ -18,6 +18,7 @@ from engine.staging import (
     held_prefix,
     hydrate,
     missed_by_run,
+    skipped_by,
     split_object,
     stage,
     stage_absent,
@@ -43,12 +44,19 @@ from schemas.wire import ChangeRecord, ErrorRecord, RunMarker
 from streams.output import Outputs
 from streams.runtime import now_ms
 from streams.stages.base import Batch, Stage
+from streams.store import Store
 
 _LINK = unpacker(LinkMessage)
 
 
 def cs_key(connector: str, anchor: str) -> bytes:
     return f"{connector}\x00{anchor}".encode()
+
+
+def connector_space_size(cs_store: Store, connector: str) -> int:
+    """How many objects of a connector the connector space holds on this process's partitions (its
+    tombstones and the values its large objects hold apart are outside the range scanned)."""
+    return sum(1 for _ in cs_store.scan_all(cs_key(connector, "")))
 
 
 class _Held:
@@ -240,8 +248,7 @@ class StagingStage(Stage[CSObject]):
         if current is not None and current.split and self._by_value(batch, key, current, msg, dn_valued, out):
             return
         tomb = batch.get(tkey) if current is None else None
-        src = msg.source
-        if current is not None and (src.version < current.version or src.event_id == current.event_id):
+        if skipped_by(current, msg) is not None:
             held: HeldAttrs = {}  # stale or a duplicate: nothing of it is read
         else:
             current, held = self._whole(current)
