@@ -185,6 +185,18 @@ class MVObject(_State, kw_only=True):
     #: Reference answers applied but not synced yet: the connector that caused the first of them (a
     #: ``RefSync`` to this object is on its way and syncs them all at once).
     ref_sync: str | None = None
+    #: Large containers held apart in chunks under keys of their own (``engine.chunks``: a group's members,
+    #: their references, their DNs in a target): container path -> how many entries it holds. Set in the
+    #: stored form only; ``engine.chunks.hydrate`` puts the containers back for the engine.
+    chunked: dict[str, int] = {}
+
+
+class MVChunk(_State, kw_only=True):
+    """A run of a large container of a metaverse object (``MVObject.chunked``), in order: a list's values,
+    or a dict's items whose keys fall in the chunk's range."""
+
+    values: list[str] = []
+    items: dict[str, str] = {}
 
 
 class JoinTicket(_State, kw_only=True):

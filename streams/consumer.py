@@ -27,6 +27,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
+from itertools import chain
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -35,7 +36,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError, Re
 from aiokafka.structs import ConsumerRecord
 
 from streams.runtime import Runtime
-from streams.store import META, PartitionStore, Store
+from streams.store import APART, META, PartitionStore, Store
 
 log = logging.getLogger("idsync.consumer")
 
@@ -416,7 +417,8 @@ async def _seed(rt: Runtime, part: PartitionStore, topic: str) -> None:
     """Publish every local entry of ``part`` to its changelog partition."""
     out = await rt.outputs()
     n = 0
-    for key, value in part.scan(b""):
+    # The objects, then what they hold apart (large containers' chunks): scans of their own.
+    for key, value in chain(part.scan(b""), part.scan(APART)):
         out.add(topic, key, value, partition=part.partition)
         n += 1
         if n % 5000 == 0:

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
@@ -21,6 +22,7 @@ from schemas.codec import to_json
 from schemas.config import IdsyncConfig
 from schemas.wire import ErrorRecord
 from streams import compression
+from streams.chunks import MVChunks
 from streams.output import Outputs
 from streams.store import Store, claim_state_dir, set_memory_budget
 from streams.topics import Names
@@ -145,7 +147,12 @@ class Runtime:
             root = self.settings.data_dir / "state"
             if not self._stores:
                 claim_state_dir(root)
-            self._stores[name] = Store(root, name, changelog)
+            codec = None
+            if stage == "mv":
+                # A metaverse object's large containers (a group's members) are held in chunks.
+                least = self.config.pipeline.split_values_from
+                codec = partial(MVChunks, least)
+            self._stores[name] = Store(root, name, changelog, codec)
         return self._stores[name]
 
     def databases(self) -> list[Rdict]:

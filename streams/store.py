@@ -18,7 +18,7 @@ import bisect
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rocksdict import (
     BlockBasedIndexType,
@@ -34,6 +34,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from schemas.codec import pack
 from schemas.errors import FatalError
 
 #: Size of one memtable of one partition's database.
@@ -105,16 +106,21 @@ def _options(partitioned: bool = True) -> Options:
 
 #: Reserved key prefix for the store's own bookkeeping; state keys never start with it.
 META = b"\x00\x00idsync:"
+#: Reserved key prefix for values a state object holds apart (``engine.chunks``): state like the objects
+#: (changelog, checkpoint, restore), but outside their range — a scan lists them only when asked for them.
+APART = b"\x00\x01"
 #: Changelog records with an offset below this one are reflected in the local database.
 CHANGELOG_OFFSET = META + b"changelog-offset"
 #: How state values are encoded (schemas.codec); a state directory records it in ``FORMAT_FILE``.
 #: msgpack-2: reference registrations live in the metaverse stage (``mv-refs``), not the join store.
 #: msgpack-3: a connector-space object may hold a large attribute's values in buckets under keys of
 #: their own (``CSObject.split``, ``engine.staging.held_bucket_key``), which an older idsync would not read.
-STATE_FORMAT = "msgpack-3"
+#: msgpack-4: a metaverse object may hold its large containers in chunks (``MVObject.chunked``,
+#: ``engine.chunks``).
+STATE_FORMAT = "msgpack-4"
 #: Formats this idsync reads as they are: claiming a directory in one of them records ``STATE_FORMAT``
 #: (from then on an older idsync refuses it instead of misreading it).
-UPGRADES = frozenset({"msgpack-2"})
+UPGRADES = frozenset({"msgpack-2", "msgpack-3"})
 FORMAT_FILE = "FORMAT"
 
 
@@ -199,15 +205,33 @@ def prefix_end(prefix: bytes) -> bytes | None:
     return end[:-1] + bytes([end[-1] + 1])
 
 
+class StateCodec(Protocol):
+    """How a store's objects are put together from the database and taken apart for it, where one object
+    is more than one key (``streams.chunks``). One per partition."""
+
+    def loaded(self, part: PartitionStore, key: bytes, value: Any) -> Any:
+        """A value just decoded from the database, as the stage is to see it."""
+
+    def encode(self, part: PartitionStore, unsaved: dict[bytes, Any]) -> dict[bytes, bytes | None]:
+        """The unsaved values as the records to log and write (None deletes a key)."""
+
+    def saved(self) -> None:
+        """What ``encode`` gave is in the changelog and the database."""
+
+
 class PartitionStore:
     """One partition of one stage's state: bytes keys to bytes values."""
 
-    def __init__(self, path: Path, partition: int = 0, changelog: str | None = None) -> None:
+    def __init__(
+        self, path: Path, partition: int = 0, changelog: str | None = None, codec: StateCodec | None = None
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.partition = partition
         #: Topic this partition's writes are logged to (partition ``partition`` of it); None: local only.
         self.changelog = changelog
+        #: None: a value is one key, encoded with ``schemas.codec.pack``.
+        self.codec = codec
         self._db = open_db(path)
         #: State written by processed batches and not saved yet (decoded values; None deletes the key):
         #: the stage's checkpoint logs it to the changelog and writes it here (streams.stages.base). Reads
@@ -246,8 +270,16 @@ class PartitionStore:
             j += 1
         return keys[i:j]
 
+    def encode_unsaved(self) -> dict[bytes, bytes | None]:
+        """The unsaved state as records to log and write (a checkpoint's): each key once."""
+        if self.codec is not None:
+            return self.codec.encode(self, self.unsaved)
+        return {k: None if v is None else pack(v) for k, v in self.unsaved.items()}
+
     def saved(self) -> None:
         """The unsaved state is in the changelog and the database now."""
+        if self.codec is not None:
+            self.codec.saved()
         self.unsaved = {}
         self._unsaved_sorted = []
         self._unsaved_new = []
@@ -295,15 +327,17 @@ class PartitionStore:
         return self._db.iter()
 
     def scan(self, prefix: bytes, it: RdictIter | None = None) -> Iterator[tuple[bytes, bytes]]:
-        """State entries under ``prefix`` in key order (bookkeeping entries never included); ``it``: an
-        ``iterator`` to reuse (a fresh one by default)."""
+        """State entries under ``prefix`` in key order (bookkeeping entries never included, values held
+        apart only under a prefix of theirs, ``APART``); ``it``: an ``iterator`` to reuse (a fresh one by
+        default)."""
+        skip = META if prefix.startswith(APART) else (META, APART)
         bound = prefix_end(prefix)
         if it is None and bound is not None:
             # One call per entry instead of four (valid, key, value, next): about half the time.
             opts = ReadOptions()
             opts.set_iterate_upper_bound(bound)
             for key, value in self._db.items(from_key=prefix, read_opt=opts):
-                if not key.startswith(META):
+                if not key.startswith(skip):
                     yield key, value
             return
         if it is None:
@@ -313,7 +347,7 @@ class PartitionStore:
             key = it.key()
             if not key.startswith(prefix):
                 break
-            if not key.startswith(META):
+            if not key.startswith(skip):
                 yield key, it.value()
             it.next()
 
@@ -335,10 +369,18 @@ class PartitionStore:
 class Store:
     """A stage's state across the partitions this worker holds."""
 
-    def __init__(self, root: Path, name: str, changelog: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        changelog: str | None = None,
+        codec: Callable[[], StateCodec] | None = None,
+    ) -> None:
         self.root = root / name
         self.name = name
         self.changelog = changelog
+        #: Makes each partition's codec (None: values are one key each).
+        self._codec = codec
         self._parts: dict[int, PartitionStore] = {}
         #: Partitions this worker owns now (set by the stage's consumer on assignment/revocation).
         self.owned: set[int] = set()
@@ -362,7 +404,8 @@ class Store:
     def partition(self, p: int) -> PartitionStore:
         part = self._parts.get(p)
         if part is None:
-            part = self._parts[p] = PartitionStore(self.root / f"p{p}", p, self.changelog)
+            codec = self._codec() if self._codec is not None else None
+            part = self._parts[p] = PartitionStore(self.root / f"p{p}", p, self.changelog, codec)
         return part
 
     def release(self, p: int) -> None:

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from rocksdict import RdictIter
 
-from schemas.codec import pack, unpacker
+from schemas.codec import unpacker
 from schemas.errors import DataError
 from schemas.state import values_held
 from schemas.wire import ErrorRecord
@@ -77,9 +77,15 @@ class Batch:
             value = self._cache[key] = self._unsaved[key]
             return value
         raw = self._raw.get(key) if key in self._raw else self._store.get(key)
-        value = None if raw is None else self._decoder.decode(raw)
+        value = None if raw is None else self._decode(key, raw)
         self._cache[key] = value
         return value
+
+    def _decode(self, key: bytes, raw: bytes) -> Any:
+        """A stored value as the stage sees it (whole, where the store's codec keeps it in parts)."""
+        value = self._decoder.decode(raw)
+        codec = self._store.codec
+        return value if codec is None else codec.loaded(self._store, key, value)
 
     def stash(self) -> None:
         """Keep this batch's changes in the partition's unsaved state (after its outputs were acked): the
@@ -123,7 +129,7 @@ class Batch:
                 seen[k] = decoder.decode(raw)
             else:
                 # Decoded from what the scan read (``get`` would read the key again).
-                seen[k] = cache[k] = self._decoder.decode(raw)
+                seen[k] = cache[k] = self._decode(k, raw)
         for k in self._store.unsaved_under(prefix) if unsaved else ():
             seen[k] = self.get(k)
         # Only what this batch wrote can differ from the store: its keys are kept sorted, so a scan does
@@ -267,7 +273,7 @@ async def save(rt: Runtime, parts: list[PartitionStore], step_id: str) -> None:
     out = await rt.outputs()
     encoded: list[tuple[PartitionStore, dict[bytes, bytes | None]]] = []
     for part in parts:
-        puts = {k: None if v is None else pack(v) for k, v in part.unsaved.items()}
+        puts = part.encode_unsaved()
         if part.changelog is not None:
             for k, v in puts.items():
                 out.add(part.changelog, k, v, partition=part.partition)

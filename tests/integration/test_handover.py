@@ -51,7 +51,9 @@ PEOPLE = 300
 def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[Message]]:
     org = generate(PEOPLE, seed=11, big_group=50)
     hr = write_hr_file(org, tmp / f"{name}-hr.csv")
-    config_path = bench_config(name, tmp, partitions, hr)
+    # Large containers held apart from 8 values: the group's members (50) and its department groups'
+    # go through staging's buckets and the metaverse's chunks, handed over with their partitions.
+    config_path = bench_config(name, tmp, partitions, hr, pipeline={"split_values_from": 8})
     rt = Runtime(Settings(bootstrap_servers="", data_dir=tmp), load_config(config_path))
     n = rt.names
     factory = RecordFactory({c: n.import_topic(c) for c in rt.config.connectors}, partitions)
@@ -88,7 +90,10 @@ def groups(rt: Runtime) -> dict[str, list[str]]:
 async def metaverse(bootstrap: str, rt: Runtime, scratch: Path) -> dict[str, dict[str, Any]]:
     """The live metaverse, keyed by the HR join value: rebuilt from the mv store's changelog into an empty
     directory (what any new worker would take over), checked against the public mv.changes feed."""
-    cs, objects = await restored(bootstrap, rt.config, scratch)
+    apart: dict[str, int] = {}
+    cs, objects = await restored(bootstrap, rt.config, scratch, apart)
+    # The groups' members went through the changelogs held apart (split_values_from: 8), read back whole.
+    assert apart["cs"] > 0 and apart["mv"] > 0, apart
     STATES[rt.config.name] = {
         # keyed like the store: a tombstone of a deleted object beside a live one of the same anchor
         "cs": {(o.connector, o.anchor, o.deleted_ts_ms is not None): _stable(as_dict(o)) for o in cs},

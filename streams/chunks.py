@@ -1,0 +1,90 @@
+"""The metaverse store's codec: large containers of its objects held in chunks (``engine.chunks``).
+
+Objects are read whole: a stored object that holds containers apart is put together from its chunks (one
+scan per container) as it is decoded, and what its chunks held is remembered until the partition's next
+checkpoint. The checkpoint stores each object written since through ``engine.chunks.split`` against what
+it was read from: only the chunks whose runs changed go to the changelog and the database, with the
+object (now small). Everything above the store — the stage, the engine — sees whole objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, object_prefix, split
+from schemas.codec import pack, unpacker
+from schemas.state import MVChunk, MVObject
+from streams.store import PartitionStore
+
+_CHUNK = unpacker(MVChunk)
+
+
+class _Head(Struct, kw_only=True):
+    """What a stored metaverse object says of its chunks (the rest is not decoded)."""
+
+    chunked: dict[str, int] = {}
+
+
+_HEAD = unpacker(_Head)
+
+
+class MVChunks:
+    """One partition's codec (``streams.store.StateCodec``)."""
+
+    def __init__(self, min_values: int) -> None:
+        self.min_values = min_values
+        #: Objects read from the database since the last checkpoint that hold containers apart: what their
+        #: chunks held then (the database's, until the checkpoint writes the new ones).
+        self._read: dict[bytes, Chunks] = {}
+
+    def loaded(self, part: PartitionStore, key: bytes, value: Any) -> Any:
+        """A value decoded from the database, whole."""
+        if not isinstance(value, MVObject) or not value.chunked:
+            return value
+        chunks = self._chunks(part, value.mv_id, value.chunked)
+        self._read[key] = chunks
+        return hydrate(value, chunks)
+
+    def _chunks(self, part: PartitionStore, mv_id: str, paths: dict[str, int]) -> Chunks:
+        chunks: Chunks = {}
+        for path in paths:
+            prefix = chunk_prefix(mv_id, path)
+            chunks[path] = [(low_of(prefix, k), _CHUNK.decode(raw)) for k, raw in part.scan(prefix)]
+        return chunks
+
+    def _stored(self, part: PartitionStore, key: bytes) -> Chunks:
+        """What the database's chunks of an object not read since the last checkpoint hold."""
+        raw = part.get(key)
+        if raw is None:
+            return {}
+        head = _HEAD.decode(raw)
+        return self._chunks(part, key.decode(), head.chunked) if head.chunked else {}
+
+    def encode(self, part: PartitionStore, unsaved: dict[bytes, Any]) -> dict[bytes, bytes | None]:
+        """The unsaved objects as state records: each object, and the chunks that changed."""
+        puts: dict[bytes, bytes | None] = {}
+        least = self.min_values // 2
+        for key, value in unsaved.items():
+            before = self._read.get(key)
+            big = value is not None and large(value, least)
+            if before is None and (value is None or big):
+                before = self._stored(part, key)  # written without being read (not done by the stage)
+            if before or big:
+                value, writes = split(value, key.decode(), before or {}, self.min_values)
+                for ck, chunk in writes.items():
+                    puts[ck] = None if chunk is None else pack(chunk)
+            puts[key] = None if value is None else pack(value)
+        return puts
+
+    def saved(self) -> None:
+        """The database holds what ``encode`` gave: chunks are read again from it."""
+        self._read = {}
+
+    def chunk_keys(self, part: PartitionStore, mv_id: str) -> list[bytes]:
+        """Every chunk key the database holds for an object (for tests and inspection)."""
+        return [k for k, _raw in part.scan(object_prefix(mv_id))]
+
+
+__all__ = ["MVChunks"]
