@@ -216,7 +216,11 @@ class StateCodec(Protocol):
         """The unsaved values as the records to log and write (None deletes a key)."""
 
     def saved(self) -> None:
-        """What ``encode`` gave is in the changelog and the database."""
+        """What ``encode`` gave last is in the changelog and the database (a checkpoint)."""
+
+    def forget(self) -> None:
+        """The database was written otherwise (a restore from the changelog): nothing read from it before
+        holds."""
 
 
 class PartitionStore:
@@ -301,8 +305,11 @@ class PartitionStore:
         value: bytes | None = self._db.get(key)
         return value
 
-    def write(self, puts: dict[bytes, bytes | None], changelog_offset: int | None = None) -> None:
-        """Apply puts (None = delete) atomically, with the changelog offset they were logged from."""
+    def write(
+        self, puts: dict[bytes, bytes | None], changelog_offset: int | None = None, checkpoint: bool = False
+    ) -> None:
+        """Apply puts (None = delete) atomically, with the changelog offset they were logged from;
+        ``checkpoint``: they are the unsaved state's (``encode_unsaved``), not a restore's."""
         if not puts and changelog_offset is None:
             return
         wb = WriteBatch(raw_mode=True)
@@ -314,6 +321,8 @@ class PartitionStore:
         if changelog_offset is not None:
             wb.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(wb)
+        if self.codec is not None and not checkpoint:
+            self.codec.forget()
 
     def changelog_offset(self) -> int | None:
         """Where this copy's changelog position stands (None: never written from a changelog)."""
@@ -353,6 +362,8 @@ class PartitionStore:
 
     def clear(self) -> None:
         """Delete every entry (state and bookkeeping): the next restore reads the whole changelog."""
+        if self.codec is not None:
+            self.codec.forget()
         keys = list(self._db.keys())
         for i in range(0, len(keys), 10_000):
             wb = WriteBatch(raw_mode=True)
