@@ -216,11 +216,7 @@ class StateCodec(Protocol):
         """The unsaved values as the records to log and write (None deletes a key)."""
 
     def saved(self) -> None:
-        """What ``encode`` gave last is in the changelog and the database (a checkpoint)."""
-
-    def forget(self) -> None:
-        """The database was written otherwise (a restore from the changelog): nothing read from it before
-        holds."""
+        """What ``encode`` gave is in the changelog and the database."""
 
 
 class PartitionStore:
@@ -305,11 +301,8 @@ class PartitionStore:
         value: bytes | None = self._db.get(key)
         return value
 
-    def write(
-        self, puts: dict[bytes, bytes | None], changelog_offset: int | None = None, checkpoint: bool = False
-    ) -> None:
-        """Apply puts (None = delete) atomically, with the changelog offset they were logged from;
-        ``checkpoint``: they are the unsaved state's (``encode_unsaved``), not a restore's."""
+    def write(self, puts: dict[bytes, bytes | None], changelog_offset: int | None = None) -> None:
+        """Apply puts (None = delete) atomically, with the changelog offset they were logged from."""
         if not puts and changelog_offset is None:
             return
         wb = WriteBatch(raw_mode=True)
@@ -321,8 +314,6 @@ class PartitionStore:
         if changelog_offset is not None:
             wb.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(wb)
-        if self.codec is not None and not checkpoint:
-            self.codec.forget()
 
     def changelog_offset(self) -> int | None:
         """Where this copy's changelog position stands (None: never written from a changelog)."""
@@ -362,8 +353,6 @@ class PartitionStore:
 
     def clear(self) -> None:
         """Delete every entry (state and bookkeeping): the next restore reads the whole changelog."""
-        if self.codec is not None:
-            self.codec.forget()
         keys = list(self._db.keys())
         for i in range(0, len(keys), 10_000):
             wb = WriteBatch(raw_mode=True)

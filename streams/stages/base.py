@@ -281,7 +281,7 @@ async def save(rt: Runtime, parts: list[PartitionStore], step_id: str) -> None:
     offsets = await flush(out, step_id)
     for part, puts in encoded:
         end = None if part.changelog is None else offsets.get((part.changelog, part.partition))
-        part.write(puts, end, checkpoint=True)
+        part.write(puts, end)
         part.saved()
 
 
