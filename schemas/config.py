@@ -526,7 +526,10 @@ class PipelineConfig(_Config):
     #: removed by a value-level change record then reads and writes that member's bucket, not the group,
     #: and the connector-space changelog carries the bucket, not the group (docs/architecture.md). Only
     #: attributes nothing but their reference flow reads are held so (``engine.rules.Rules.split_sources``);
-    #: an attribute goes back inside its object below half of this.
+    #: an attribute goes back inside its object below half of this. From as many entries, a metaverse
+    #: object's large containers (an attribute's values, a link's flow and references, a target's member
+    #: DNs) are stored in chunks of a quarter of this (``engine.chunks``): a checkpoint logs the chunks a
+    #: change changed, not the group.
     split_values_from: int = Field(default=1_000, ge=2, le=10_000_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next

@@ -68,7 +68,8 @@ class MVChunks:
         least = self.min_values // 2
         for key, value in unsaved.items():
             before = self._read.get(key)
-            big = value is not None and large(value, least)
+            # The weight (every value it holds, schemas.state.values_held) rules out most objects at once.
+            big = value is not None and part.weight(key) >= least and large(value, least)
             if before is None and (value is None or big):
                 before = self._stored(part, key)  # written without being read (not done by the stage)
             if before or big:

@@ -257,6 +257,10 @@ class PartitionStore:
             weights[k] = w
         self.unsaved_weight = total
 
+    def weight(self, key: bytes) -> int:
+        """The weight of an unsaved key's value (``stash``'s ``weigh``; 0: not unsaved)."""
+        return self._weights.get(key, 0)
+
     def unsaved_under(self, prefix: bytes) -> list[bytes]:
         """Unsaved keys under ``prefix``, in order."""
         if self._unsaved_new:
