@@ -1,8 +1,9 @@
 """A metaverse object's large containers held apart in chunks (a group's members, their references).
 
-A 50,000-member group's metaverse object holds its members five times over: the attribute (mv_ids), the
-source link's flow (mv_ids) and references (DN key -> mv_id), each member's DN in a target
-(``TargetState.ref_dns``) and, for a target that imports the group, the imported image. Stored as one value,
+A 50,000-member group's metaverse object holds its members four to six times over: the attribute (mv_ids),
+the source link's flow (mv_ids) and references (DN key -> mv_id), each member's DN in a target
+(``TargetState.ref_dns``), for a target that imports the group the imported image, and while the export of
+its members waits for the confirming import the export ledger's values. Stored as one value,
 every change of one member wrote all of it again (12.7 MB at 49,528 members) to the state store and to
 its changelog — above a Kafka cluster's default ``message.max.bytes`` (1 MB) from a few thousand members.
 
@@ -35,7 +36,7 @@ from schemas.state import ConnectorLink, MVChunk, MVObject, TargetState
 CHUNK_PREFIX = b"\x00\x01mv\x00"
 _SEP = "\x1f"
 #: Container kinds: a path is the kind, then the names that find it, separated by ``_SEP``.
-ATTRIBUTE, FLOW, REFS, IMAGE, REF_DNS = "a", "f", "r", "i", "d"
+ATTRIBUTE, FLOW, REFS, IMAGE, REF_DNS, LEDGER = "a", "f", "r", "i", "d", "l"
 
 #: What a stored object's chunks hold, as read: container path -> [(low, chunk)] in key order.
 Chunks = dict[str, list[tuple[str, MVChunk]]]
@@ -81,6 +82,8 @@ def containers(mv: MVObject) -> Iterator[tuple[str, Container]]:
             yield _SEP.join((IMAGE, connector, attr)), values
     for connector, target in mv.targets.items():
         yield _SEP.join((REF_DNS, connector)), target.ref_dns
+        for attr, entry in target.ledger.items():
+            yield _SEP.join((LEDGER, connector, attr)), entry.values
 
 
 def large(mv: MVObject, least: int) -> bool:
@@ -92,7 +95,10 @@ def large(mv: MVObject, least: int) -> bool:
         for part in (link.flows, link.refs, link.image or {}):
             if any(len(v) >= least for v in part.values()):
                 return True
-    return any(len(t.ref_dns) >= least for t in mv.targets.values())
+    for t in mv.targets.values():
+        if len(t.ref_dns) >= least or any(len(e.values) >= least for e in t.ledger.values()):
+            return True
+    return False
 
 
 def hydrate(main: MVObject, chunks: Chunks) -> MVObject:
@@ -250,6 +256,11 @@ def _without(whole: MVObject, keep: dict[str, Container]) -> MVObject:
         elif kind == REF_DNS:
             target = targets.get(names[0]) or replace(whole.targets[names[0]])
             targets[names[0]] = replace(target, ref_dns={})
+        elif kind == LEDGER:
+            connector, attr = names
+            target = targets.get(connector) or replace(whole.targets[connector])
+            entry = replace(target.ledger[attr], values=[])
+            targets[connector] = replace(target, ledger={**target.ledger, attr: entry})
         else:
             connector, attr = names
             link = links.get(connector) or replace(whole.links[connector])
@@ -282,6 +293,12 @@ def _with(main: MVObject, whole: dict[str, Container]) -> MVObject:
         elif kind == REF_DNS:
             assert isinstance(container, dict)
             targets[names[0]] = replace(targets.get(names[0]) or main.targets[names[0]], ref_dns=container)
+        elif kind == LEDGER:
+            assert isinstance(container, list)
+            connector, attr = names
+            target = targets.get(connector) or main.targets[connector]
+            entry = replace(target.ledger[attr], values=container)
+            targets[connector] = replace(target, ledger={**target.ledger, attr: entry})
         else:
             connector, attr = names
             link = links.get(connector) or replace(main.links[connector])

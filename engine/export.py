@@ -69,13 +69,15 @@ def _delta_entry(
         # An unconfirmed whole value set (the add): it stays one, with the change applied.
         delta = LedgerEntry(op="delta", values=added, removed=removed, dn_valued=dn_valued, seq=0)
         values = overlay(prev.values, delta)
-        return LedgerEntry(values=values, dn_valued=dn_valued, seq=seq)
+        return LedgerEntry(values=sorted(values), dn_valued=dn_valued, seq=seq)
     old_added = list(prev.values) if prev is not None else []
     old_removed = list(prev.removed) if prev is not None else []
     add_keys, rem_keys = {key(v) for v in added}, {key(v) for v in removed}
     all_added = [v for v in old_added if key(v) not in rem_keys] + added
     all_removed = [v for v in old_removed if key(v) not in add_keys] + removed
-    return LedgerEntry(op="delta", values=all_added, removed=all_removed, dn_valued=dn_valued, seq=seq)
+    return LedgerEntry(
+        op="delta", values=sorted(all_added), removed=sorted(all_removed), dn_valued=dn_valued, seq=seq
+    )
 
 
 def _emit(
@@ -94,7 +96,10 @@ def _emit(
     seq = target.seq
     for attr, change in attributes.items():
         if change.op == "replace":
-            target.ledger[attr] = LedgerEntry(values=change.values, seq=seq, dn_valued=attr in dn_valued)
+            # In order (a set of values either way): a large group's stored in chunks (engine.chunks).
+            target.ledger[attr] = LedgerEntry(
+                values=sorted(change.values), seq=seq, dn_valued=attr in dn_valued
+            )
         else:
             added = change.values if change.op == "add" else []
             removed = change.values if change.op == "delete" else []
