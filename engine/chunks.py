@@ -24,6 +24,7 @@ the chunk size is cut in pieces; an emptied one (but the first) is deleted.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Iterator
 from itertools import chain
 
@@ -211,16 +212,9 @@ def _dict_writes(
         for low, piece in _cut(sorted(items), "", size):
             writes[chunk_key(mv_id, path, low)] = MVChunk(items={k: items[k] for k in piece})
         return
-    old: dict[str, str] = {}
-    for _low, chunk in had:
-        old.update(chunk.items)
-    if old == items:
+    changed = _changed_keys(items, had)
+    if not changed:
         return
-    lows = [low for low, _chunk in had]
-    # Chunk i holds the keys from its low up to the next chunk's (the first: every key below the second's).
-    changed: dict[int, list[str]] = {}
-    for k, _v in items.items() ^ old.items():
-        changed.setdefault(max(bisect.bisect_right(lows, k) - 1, 0), []).append(k)
     for i, keys in changed.items():
         low, chunk = had[i]
         run = dict(chunk.items)
@@ -237,6 +231,41 @@ def _dict_writes(
                 writes[chunk_key(mv_id, path, piece_low)] = MVChunk(items={k: run[k] for k in piece})
         else:
             writes[chunk_key(mv_id, path, low)] = MVChunk(items=run)
+
+
+def _changed_keys(items: dict[str, str], had: list[tuple[str, MVChunk]]) -> dict[int, list[str]]:
+    """The keys whose item differs between ``items`` and the chunks ``had``, by chunk index, with C-level
+    passes where nothing changed: each chunk's items checked as a subset of ``items`` (a set difference of
+    all the items allocated a pair per item: about 12 ms at 50,000 members, where a member change changes
+    one). Keys no chunk holds are looked for at the end of ``items`` first — the engine changes a copy of
+    the dict it was given, so a new key comes last — and in all of it when they are not all there."""
+    changed: dict[int, list[str]] = {}
+    present = 0
+    view = items.items()
+    for i, (_low, chunk) in enumerate(had):
+        mine = chunk.items
+        present += len(mine)
+        if mine.items() <= view:
+            continue
+        diff = [k for k, v in mine.items() if items.get(k) != v]
+        present -= sum(1 for k in diff if k not in items)
+        changed[i] = diff
+    new = len(items) - present
+    if new > 0:
+        lows = [low for low, _chunk in had]
+
+        def chunk_of(k: str) -> int:
+            # Chunk i holds the keys from its low up to the next chunk's (the first: all below the second's).
+            return max(bisect.bisect_right(lows, k) - 1, 0)
+
+        tail = [k for k in itertools.islice(reversed(items), new) if k not in had[chunk_of(k)][1].items]
+        if len(tail) < new:
+            held: set[str] = set()
+            held.update(*(chunk.items for _low, chunk in had))
+            tail = list(items.keys() - held)
+        for k in tail:
+            changed.setdefault(chunk_of(k), []).append(k)
+    return changed
 
 
 def _parse(path: str) -> tuple[str, list[str]]:

@@ -1,0 +1,202 @@
+"""One member change of a large group through the metaverse step and its store, without a broker.
+
+``python -m streams.bench.group_store [--members 50000] [--changes 16] [--whole]`` builds a group as the
+metaverse holds it after an initial load — members resolved from a source's DNs, exported to a target
+whose confirming import has not come yet (its ledger holds the members) — stores it in a RocksDB partition
+with the metaverse store's codec, then adds one member at a time the way the stage does: read the object
+(``Batch.get``), apply a reference answer and sync it (``engine.metaverse.metaverse_steps``), keep it
+unsaved, and save it as a checkpoint does (``encode_unsaved``, one WriteBatch). It prints the median CPU ms
+of the read, the sync and the save, and the bytes the save writes (what the changelog would carry).
+``--whole`` stores the object as one value (the codec off: as before the twenty-fourth session).
+
+What it leaves out: the broker (producing the changelog and the outputs), staging, the reference
+registrations' store. Not a test: nothing here asserts a speed. Figures: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from engine.metaverse import metaverse_steps
+from engine.rules import compile_rules
+from engine.values import dn_key
+from schemas.config import IdsyncConfig
+from schemas.messages import RefResolved, RefSync
+from schemas.state import ConnectorLink, LedgerEntry, MVObject, TargetState
+from streams.chunks import MVChunks
+from streams.runtime import GC_THRESHOLDS
+from streams.stages.base import Batch
+from streams.store import PartitionStore
+
+SOURCE, TARGET = "hr", "dir"
+PEOPLE, TARGET_PEOPLE = "ou=people,o=hr", "ou=people,dc=dir"
+
+
+def _rules() -> Any:
+    ldap = {"kind": "ldap", "uri": "ldap://source.invalid", "base_dn": "o=hr"}
+    return compile_rules(
+        IdsyncConfig.model_validate(
+            {
+                "name": "group-store",
+                "connectors": {
+                    SOURCE: {**ldap, "object_classes": {"user": "inetOrgPerson", "group": "groupOfNames"}},
+                    TARGET: {**ldap, "uri": "ldap://target.invalid", "base_dn": "dc=dir"},
+                },
+                "metaverse": {
+                    "person": {"attributes": {}},
+                    "group": {"attributes": {"member": {"reference": True, "multi_valued": True}}},
+                },
+                "inbound": [
+                    {
+                        "connector": SOURCE,
+                        "object_type": "group",
+                        "mv_type": "group",
+                        "join": [{"cs": "cn", "mv": "name"}],
+                        "project": True,
+                        "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
+                    }
+                ],
+                "outbound": [
+                    {
+                        "connector": TARGET,
+                        "mv_type": "group",
+                        "object_type": "group",
+                        "dn": "cn={name},ou=groups,dc=dir",
+                        "flows": [
+                            {"target": "cn", "source": "name"},
+                            {"target": "member", "source": "member", "allow_null": True},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+
+
+def _mv_id(i: int) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, f"person-{i}"))
+
+
+def group(members: int) -> MVObject:
+    """A group of ``members`` as the metaverse holds it after an initial load."""
+    refs = {dn_key(f"uid=u{i},{PEOPLE}"): _mv_id(i) for i in range(members)}
+    ids = sorted(refs.values())
+    dns = {m: f"uid=u{i},{TARGET_PEOPLE}" for i, m in enumerate(_mv_id(i) for i in range(members))}
+    return MVObject(
+        mv_id="group-all-staff",
+        object_type="group",
+        attributes={"member": ids, "name": ["all-staff"]},
+        contributors={"member": SOURCE, "name": SOURCE},
+        links={
+            SOURCE: ConnectorLink(
+                anchor="all-staff", flows={"member": ids, "name": ["all-staff"]}, refs={"member": refs}
+            )
+        },
+        targets={
+            TARGET: TargetState(
+                status="exists",
+                anchor="cn=all-staff,ou=groups,dc=dir",
+                dn="cn=all-staff,ou=groups,dc=dir",
+                seq=1,
+                ref_dns=dns,
+                ledger={"member": LedgerEntry(values=sorted(dns.values()), dn_valued=True, seq=1)},
+            )
+        },
+        published_connectors=[SOURCE, TARGET],
+    )
+
+
+def run(members: int, changes: int, whole: bool) -> dict[str, float]:
+    rules = _rules()
+    with tempfile.TemporaryDirectory() as tmp:
+        part = PartitionStore(Path(tmp) / "p0", 0, None, None if whole else MVChunks(1_000))
+        key = b"group-all-staff"
+
+        def save() -> int:
+            puts = part.encode_unsaved()
+            part.write(puts, None)
+            part.saved()
+            return sum(len(k) + len(v or b"") for k, v in puts.items())
+
+        batch = Batch(part, [key], MVObject)
+        batch.get(key)
+        batch.put(key, group(members))
+        batch.stash()
+        save()
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+
+        def lookup(route: str) -> str | None:
+            """The reference table: every person is in the target (its DN there)."""
+            if route.startswith("xref|"):
+                return f"uid={route.rsplit('|', 1)[-1]},{TARGET_PEOPLE}"
+            return None
+
+        reads, syncs, saves, written = [], [], [], []
+        for n in range(changes):
+            i = members + n
+            t0 = time.process_time()
+            batch = Batch(part, [key], MVObject)
+            mv = batch.get(key)
+            t1 = time.process_time()
+            answer = RefResolved(
+                mv_id=mv.mv_id,
+                direction="in",
+                connector=SOURCE,
+                attribute="member",
+                anchor="all-staff",
+                key=dn_key(f"uid=u{i},{PEOPLE}"),
+                value=_mv_id(i),
+                ts_ms=n,
+            )
+            mv, _ = metaverse_steps(rules, mv, [answer], settle=True, lookup=lookup)
+            mv, _ = metaverse_steps(
+                rules, mv, [RefSync(mv_id="group-all-staff", ts_ms=n)], settle=True, lookup=lookup
+            )
+            batch.update(key, mv)
+            batch.stash()
+            t2 = time.process_time()
+            written.append(save())
+            t3 = time.process_time()
+            reads.append(t1 - t0)
+            syncs.append(t2 - t1)
+            saves.append(t3 - t2)
+    skip = min(2, changes - 1)  # the first changes warm up
+
+    def ms(xs: list[float]) -> float:
+        return round(1e3 * statistics.median(xs[skip:]), 1)
+
+    return {
+        "read_ms": ms(reads),
+        "sync_ms": ms(syncs),
+        "save_ms": ms(saves),
+        "total_ms": ms([a + b + c for a, b, c in zip(reads, syncs, saves, strict=True)]),
+        "save_bytes": statistics.median(written[skip:]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="one member change of a large group through the metaverse store")
+    p.add_argument("--members", type=int, default=50_000)
+    p.add_argument("--changes", type=int, default=16)
+    p.add_argument("--whole", action="store_true", help="store the object as one value (no chunks)")
+    args = p.parse_args(argv)
+    r = run(args.members, args.changes, args.whole)
+    print(
+        f"{'whole' if args.whole else 'chunks'} @{args.members:,} members: read {r['read_ms']} ms, sync "
+        f"{r['sync_ms']} ms, save {r['save_ms']} ms (CPU, median of {args.changes}); "
+        f"{r['save_bytes'] / 1e3:,.1f} KB written per change"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
