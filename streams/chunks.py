@@ -19,6 +19,9 @@ from schemas.state import MVChunk, MVObject
 from streams.store import PartitionStore
 
 _CHUNK = unpacker(MVChunk)
+#: Values of the chunks a partition's codec remembers from its reads until the checkpoint (a 50,000-member
+#: group with a source and a target: ~250,000).
+READ_VALUES = 2_000_000
 
 
 class _Head(Struct, kw_only=True):
@@ -33,19 +36,34 @@ _HEAD = unpacker(_Head)
 class MVChunks:
     """One partition's codec (``streams.store.StateCodec``)."""
 
-    def __init__(self, min_values: int) -> None:
+    def __init__(self, min_values: int, read_values: int = READ_VALUES) -> None:
         self.min_values = min_values
         #: Objects read from the database since the last checkpoint that hold containers apart: what their
-        #: chunks held then (the database's, until the checkpoint writes the new ones).
-        self._read: dict[bytes, Chunks] = {}
+        #: chunks held then (the database's, until the checkpoint writes the new ones), the latest read
+        #: last, and how many values that is, at most ``read_values`` (a scan of the partition's objects
+        #: reads every large group: what is dropped is read again from the database if it is saved).
+        self._read: dict[bytes, tuple[Chunks, int]] = {}
+        self._read_values = 0
+        self.read_values = read_values
+        #: Objects whose chunks were read and are not remembered any more (read again if saved).
+        self._dropped: set[bytes] = set()
 
     def loaded(self, part: PartitionStore, key: bytes, value: Any) -> Any:
         """A value decoded from the database, whole."""
         if not isinstance(value, MVObject) or not value.chunked:
             return value
         chunks = self._chunks(part, value.mv_id, value.chunked)
-        self._read[key] = chunks
+        self._remember(key, chunks, sum(value.chunked.values()))
         return hydrate(value, chunks)
+
+    def _remember(self, key: bytes, chunks: Chunks, values: int) -> None:
+        old = self._read.pop(key, None)
+        self._read_values += values - (old[1] if old is not None else 0)
+        self._read[key] = (chunks, values)
+        while self._read_values > self.read_values and len(self._read) > 1:
+            oldest = next(iter(self._read))
+            self._read_values -= self._read.pop(oldest)[1]
+            self._dropped.add(oldest)
 
     def _chunks(self, part: PartitionStore, mv_id: str, paths: dict[str, int]) -> Chunks:
         chunks: Chunks = {}
@@ -67,11 +85,13 @@ class MVChunks:
         puts: dict[bytes, bytes | None] = {}
         least = self.min_values // 2
         for key, value in unsaved.items():
-            before = self._read.get(key)
+            read = self._read.get(key)
+            before = read[0] if read is not None else None
             # The weight (every value it holds, schemas.state.values_held) rules out most objects at once.
             big = value is not None and part.weight(key) >= least and large(value, least)
-            if before is None and (value is None or big):
-                before = self._stored(part, key)  # written without being read (not done by the stage)
+            if before is None and (value is None or big or key in self._dropped):
+                # Not remembered (dropped, or written without being read: the stage reads first).
+                before = self._stored(part, key)
             if before or big:
                 value, writes = split(value, key.decode(), before or {}, self.min_values)
                 for ck, chunk in writes.items():
@@ -80,12 +100,14 @@ class MVChunks:
         return puts
 
     def saved(self) -> None:
-        """The database holds what ``encode`` gave: chunks are read again from it."""
+        """The database was written (a checkpoint's records, a restore's): chunks are read again from it."""
         self._read = {}
+        self._read_values = 0
+        self._dropped = set()
 
     def chunk_keys(self, part: PartitionStore, mv_id: str) -> list[bytes]:
         """Every chunk key the database holds for an object (for tests and inspection)."""
         return [k for k, _raw in part.scan(object_prefix(mv_id))]
 
 
-__all__ = ["MVChunks"]
+__all__ = ["READ_VALUES", "MVChunks"]

@@ -216,7 +216,8 @@ class StateCodec(Protocol):
         """The unsaved values as the records to log and write (None deletes a key)."""
 
     def saved(self) -> None:
-        """What ``encode`` gave is in the changelog and the database."""
+        """The database was written (a checkpoint's records, or a restore's): what was read from it before
+        is read again."""
 
 
 class PartitionStore:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from engine.chunks import CHUNK_PREFIX, object_prefix
@@ -16,10 +17,11 @@ from schemas.state import ConnectorLink, MVObject, TargetState
 from streams.app import ensure_topics
 from streams.bench.kafka import read_all
 from streams.broker import EmbeddedBroker
+from streams.chunks import MVChunks
 from streams.consumer import restore
 from streams.runtime import Runtime, Settings
 from streams.stages.base import Batch, save
-from streams.store import APART, META
+from streams.store import APART, META, PartitionStore
 
 from .helpers import empty_bench_config
 
@@ -141,3 +143,37 @@ def test_chunks_on_the_changelog_and_through_handover_and_seeding(tmp_path: Path
                 await rt.stop()
 
     asyncio.run(scenario())
+
+
+def test_chunks_not_remembered_are_read_again_when_saved(tmp_path: Path) -> None:
+    """A scan of a partition's objects reads every large group; what the codec remembers of their chunks is
+    bounded (``read_values``), and a group saved after its chunks were dropped is compared with the
+    database's — its chunks replaced, not left behind."""
+    part = PartitionStore(tmp_path / "p0", 0, None, MVChunks(SPLIT, read_values=10))
+    keys = {b"group-a": set(range(40)), b"group-b": set(range(100, 140))}
+
+    def grp(key: bytes, members: set[int]) -> MVObject:
+        return msgspec.structs.replace(group(members), mv_id=key.decode())
+
+    def save() -> None:
+        part.write(part.encode_unsaved())
+        part.saved()
+
+    batch = Batch(part, list(keys), MVObject)
+    for key, members in keys.items():
+        batch.get(key)
+        batch.put(key, grp(key, members))
+    batch.stash()
+    save()
+    # Both read (a's chunks dropped when b's are read), then a shrinks back inside its object.
+    batch = Batch(part, list(keys), MVObject)
+    assert [batch.get(k) for k in keys] == [grp(k, m) for k, m in keys.items()]
+    batch.put(b"group-a", grp(b"group-a", {1, 2}))
+    batch.stash()
+    save()
+    assert [k for k, _v in part.scan(object_prefix("group-a"))] == []
+    assert [k for k, _v in part.scan(object_prefix("group-b"))]
+    fresh = Batch(part, list(keys), MVObject)
+    assert fresh.get(b"group-a") == grp(b"group-a", {1, 2})
+    assert fresh.get(b"group-b") == grp(b"group-b", keys[b"group-b"])
+    part.close()
