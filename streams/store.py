@@ -319,6 +319,8 @@ class PartitionStore:
         if changelog_offset is not None:
             wb.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(wb)
+        if self.codec is not None:
+            self.codec.saved()  # a checkpoint's or a restore's: what was read before is read again
 
     def changelog_offset(self) -> int | None:
         """Where this copy's changelog position stands (None: never written from a changelog)."""
@@ -358,6 +360,8 @@ class PartitionStore:
 
     def clear(self) -> None:
         """Delete every entry (state and bookkeeping): the next restore reads the whole changelog."""
+        if self.codec is not None:
+            self.codec.saved()
         keys = list(self._db.keys())
         for i in range(0, len(keys), 10_000):
             wb = WriteBatch(raw_mode=True)
