@@ -13,7 +13,7 @@ from typing import Any
 
 from msgspec import Struct
 
-from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, object_prefix, split
+from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, split
 from schemas.codec import pack, unpacker
 from schemas.state import MVChunk, MVObject
 from streams.store import PartitionStore
@@ -104,10 +104,6 @@ class MVChunks:
         self._read = {}
         self._read_values = 0
         self._dropped = set()
-
-    def chunk_keys(self, part: PartitionStore, mv_id: str) -> list[bytes]:
-        """Every chunk key the database holds for an object (for tests and inspection)."""
-        return [k for k, _raw in part.scan(object_prefix(mv_id))]
 
 
 __all__ = ["READ_VALUES", "MVChunks"]
