@@ -59,6 +59,8 @@ def confirm_import(
         if not ok and (not final or read_before):
             continue
         if not ok:
+            # Dropped: the target does not hold what the ledger said; the next plan is made whole.
+            target.settled_by = None
             errors.append(
                 ErrorRecord(
                     step_id="metaverse.confirm",

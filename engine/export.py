@@ -3,6 +3,7 @@ pending exports, and record export results."""
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections.abc import Callable
 from typing import Literal
 
@@ -61,10 +62,30 @@ def overlay(have: list[str], entry: LedgerEntry) -> list[str]:
 
 
 def _delta_entry(
-    prev: LedgerEntry | None, added: list[str], removed: list[str], dn_valued: bool, seq: int
+    prev: LedgerEntry | None,
+    added: list[str],
+    removed: list[str],
+    dn_valued: bool,
+    seq: int,
+    exact: bool = False,
 ) -> LedgerEntry:
-    """The ledger entry after a value-level change, merged with an unconfirmed one before it."""
+    """The ledger entry after a value-level change, merged with an unconfirmed one before it.
+
+    ``exact``: the removed values are in the entry as they are written and no added value is (the
+    planner knows it, ``engine.membership``): an unconfirmed whole value set is changed in place of
+    its sorted list, without comparing every value."""
     key = value_key(dn_valued)
+    if exact and prev is not None and prev.op != "delta":
+        values = list(prev.values)
+        for value in removed:
+            at = bisect_left(values, value)
+            if at == len(values) or values[at] != value:
+                break  # not where a sorted list has it: compared value by value below
+            del values[at]
+        else:
+            for value in added:
+                insort(values, value)
+            return LedgerEntry(values=values, dn_valued=dn_valued, seq=seq)
     if prev is not None and prev.op != "delta":
         # An unconfirmed whole value set (the add): it stays one, with the change applied.
         delta = LedgerEntry(op="delta", values=added, removed=removed, dn_valued=dn_valued, seq=0)
@@ -91,6 +112,7 @@ def _emit(
     ts_ms: int,
     new_dn: str | None = None,
     dn_valued: frozenset[str] = frozenset(),
+    exact: bool = False,
 ) -> PendingExport:
     target.seq += 1
     seq = target.seq
@@ -104,7 +126,7 @@ def _emit(
             added = change.values if change.op == "add" else []
             removed = change.values if change.op == "delete" else []
             prev = target.ledger.get(attr)
-            target.ledger[attr] = _delta_entry(prev, added, removed, attr in dn_valued, seq)
+            target.ledger[attr] = _delta_entry(prev, added, removed, attr in dn_valued, seq, exact)
     if op in ("add", "rename"):
         target.pending_dn = new_dn or dn
         target.ledger[DN_KEY] = LedgerEntry(values=[new_dn or dn], seq=seq)
@@ -195,21 +217,41 @@ def _update(
         target.disabled = False
     if current_dn is None:
         return []
+    return emit_update(mv, rule, target, current_dn, new_dn, changes, adds, old, ts_ms, shape)
+
+
+def emit_update(
+    mv: MVObject,
+    rule: OutboundRuleConfig,
+    target: TargetState,
+    current_dn: str,
+    new_dn: str | None,
+    changes: dict[str, AttrChange],
+    adds: dict[str, AttrChange],
+    old: Attrs,
+    ts_ms: int,
+    shape: ExportShape = _PLAIN,
+    exact: bool = False,
+) -> list[OutboundOutput]:
+    """The exports of an update: ``changes`` (replaced values, removed ones) and ``adds`` (added values),
+    renaming to ``new_dn`` if it is another DN. ``exact``: as for ``_delta_entry``."""
     dns = shape.dn_valued
     out: list[OutboundOutput] = []
     renamed = new_dn is not None and dn_key(new_dn) != dn_key(current_dn)
     if renamed:
-        out.append(_emit(mv, rule, target, "rename", current_dn, changes, old, ts_ms, new_dn, dns))
+        out.append(_emit(mv, rule, target, "rename", current_dn, changes, old, ts_ms, new_dn, dns, exact))
         current_dn = new_dn or current_dn
     elif adds and not any(c.op == "delete" and a in adds for a, c in changes.items()):
         # No value of an attribute is both added and removed: one update carries everything.
         changes.update(adds)
         adds = {}
     if changes and not renamed:
-        out.append(_emit(mv, rule, target, "update", current_dn, changes, old, ts_ms, dn_valued=dns))
+        out.append(
+            _emit(mv, rule, target, "update", current_dn, changes, old, ts_ms, dn_valued=dns, exact=exact)
+        )
     if adds:
         # An attribute has one change per export: its added values follow its removed ones.
-        out.append(_emit(mv, rule, target, "update", current_dn, adds, {}, ts_ms, dn_valued=dns))
+        out.append(_emit(mv, rule, target, "update", current_dn, adds, {}, ts_ms, dn_valued=dns, exact=exact))
     return out
 
 
@@ -257,13 +299,16 @@ def _deprovision(
 
 
 def plan_exports(
-    mv: MVObject, rule: OutboundRuleConfig, ts_ms: int, shape: ExportShape = _PLAIN
+    mv: MVObject, rule: OutboundRuleConfig, ts_ms: int, shape: ExportShape = _PLAIN, mark: str | None = None
 ) -> list[OutboundOutput]:
     """Outbound sync of one metaverse object against one outbound rule. Mutates ``mv.targets``.
 
-    ``shape``: reference attributes (exported as the targets' DNs) and value-level attributes."""
+    ``shape``: reference attributes (exported as the targets' DNs) and value-level attributes.
+    ``mark``: the rule's mark (``Rules.rule_marks``), recorded as ``TargetState.settled_by`` when the
+    plan leaves the target holding all the rule wants (None: never recorded)."""
     target = mv.targets.setdefault(rule.connector, TargetState())
     target.replan = False
+    target.settled_by = None
     if target.status in ("disconnected", "joining"):
         return []
     link = mv.links.get(rule.connector)
@@ -283,11 +328,33 @@ def plan_exports(
             for issue in want.issues
         ]
         if target.status in ("none", "pending-delete"):
-            return errors + _provision(mv, rule, target, want, ts_ms)
-        return errors + _update(mv, rule, target, want, image, ts_ms, shape)
+            out = errors + _provision(mv, rule, target, want, ts_ms)
+        else:
+            out = errors + _update(mv, rule, target, want, image, ts_ms, shape)
+        failed = any(isinstance(o, ErrorRecord) for o in out)
+        if not failed and not want.adds_only and (target.pending_dn or target.dn) is not None:
+            # Every value the rule wants is exported (or was): what the target holds is what it wants.
+            target.settled_by = mark
+        return out
     if target.status in ("pending-add", "exists"):
         return _deprovision(mv, rule, target, image, ts_ms)
     return []
+
+
+#: Target states in which a plan changes only when what the rule reads changes, or the target does.
+_SETTLED = frozenset({"exists", "pending-add", "joining", "pending-delete", "disconnected"})
+
+
+def unaffected(
+    mv: MVObject, rule: OutboundRuleConfig, reads: frozenset[str] | None, cause: str, changed: frozenset[str]
+) -> bool:
+    """Whether planning ``rule`` again would find nothing to export: nothing it reads changed, the change
+    did not come from its target (a new image to compare and confirm), and the target is settled (not
+    waiting to be provisioned, no failed export to make again)."""
+    if reads is None or cause == rule.connector or changed & reads:
+        return False
+    target = mv.targets.get(rule.connector)
+    return target is not None and target.status in _SETTLED and not target.replan
 
 
 def record_result(target: TargetState, result: ExportResult) -> None:
@@ -295,6 +362,7 @@ def record_result(target: TargetState, result: ExportResult) -> None:
     if result.status == "failed":
         target.error = f"{result.error_type}: {result.message}"
         target.replan = True
+        target.settled_by = None
         for attr, entry in list(target.ledger.items()):
             if entry.seq == result.seq:
                 del target.ledger[attr]

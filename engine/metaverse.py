@@ -9,8 +9,9 @@ from collections.abc import Callable, Collection, Sequence
 
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
-from engine.export import OutboundOutput, plan_exports, record_result
+from engine.export import OutboundOutput, plan_exports, record_result, unaffected
 from engine.join import mv_join_keys
+from engine.membership import member_sync, track_answer
 from engine.precedence import resolve_all
 from engine.references import (
     Lookup,
@@ -101,6 +102,7 @@ def metaverse_steps(
         held = work
         work, outputs = _expire(rules, work, msg.ts_ms if now_ms is None else now_ms)
         more: list[MVOutput]
+        current = False  # the step left the outbound registrations current
         if isinstance(msg, ExportResult):
             work, more = _export_result(work, msg)
         elif isinstance(msg, MVDisconnect):
@@ -110,7 +112,7 @@ def metaverse_steps(
         elif isinstance(msg, RefRegister):
             work, more = _ref_register(rules, work, msg, lookup)
         elif isinstance(msg, RefSync):
-            work, more = _ref_sync(rules, work, msg, lookup)
+            work, more, current = _ref_sync(rules, work, msg, lookup)
         else:
             work, more = _contribute(rules, work, msg, lookup)
         # A dropped object (None) leaves every registration it had: the object it was still knows them.
@@ -125,7 +127,7 @@ def metaverse_steps(
             held if gone else work,
             msg.ts_ms,
             dropped=gone,
-            registrations=values,
+            registrations=values and not current,
             lookup=lookup,
         )
         if found and work is not None:
@@ -141,10 +143,13 @@ def metaverse_steps(
         # deleted object is not synced: its RefSync finds nothing to do and leaves the mark as it was.)
         while work is not None and work.ref_sync is not None and not work.deleted:
             published = published_dns(rules, work)
-            work, synced = _ref_sync(rules, work, RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms), lookup)
+            sync = RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms)
+            work, synced, current = _ref_sync(rules, work, sync, lookup)
             results[-1] += synced
             if work is not None:
-                refs, found = mv_updates(rules, work.mv_id, published, work, last.ts_ms, lookup=lookup)
+                refs, found = mv_updates(
+                    rules, work.mv_id, published, work, last.ts_ms, registrations=not current, lookup=lookup
+                )
                 results[-1] += refs
                 if found:
                     work.ref_sync = found
@@ -196,6 +201,7 @@ def _ref_resolved(
     refs = link.refs.get(attr)
     if (refs or {}).get(msg.key) == msg.value:
         return mv, []
+    track_answer(link, attr, msg.key, (refs or {}).get(msg.key))
     if refs is None:
         refs = link.refs[attr] = {}
     if msg.value is None:
@@ -231,9 +237,15 @@ def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:
 
 def _ref_sync(
     rules: Rules, mv: MVObject | None, msg: RefSync, lookup: Lookup = no_table
-) -> tuple[MVObject | None, list[MVOutput]]:
+) -> tuple[MVObject | None, list[MVOutput], bool]:
+    """The answers recorded since the last sync reach the object's values, then its targets. The flag
+    says whether the sync left the object's outbound registrations current (the step's ``mv_updates``
+    need not compare them): a change of a few members synced from those members alone does."""
     if mv is None or mv.deleted or mv.ref_sync is None:
-        return mv, []
+        return mv, [], False
+    synced = member_sync(rules, mv, msg.ts_ms, lookup)
+    if synced is not None:
+        return mv, list(synced), True
     cause = mv.ref_sync
     mv.ref_sync = None
     equal = rules.equal.get(mv.object_type, frozenset())
@@ -251,7 +263,8 @@ def _ref_sync(
                 link.changed_ts[attr] = msg.ts_ms
             mv.retained.pop(attr, None)
         link.stale_refs = []
-    return mv, _sync(rules, mv, False, cause, msg.ts_ms, touched, lookup)
+        link.stale_keys = {}
+    return mv, _sync(rules, mv, False, cause, msg.ts_ms, touched, lookup), False
 
 
 def fork(mv: MVObject) -> MVObject:
@@ -276,6 +289,7 @@ def _fork_link(link: ConnectorLink) -> ConnectorLink:
     new.changed_ts = dict(link.changed_ts)
     new.refs = {attr: dict(refs) for attr, refs in link.refs.items()}
     new.stale_refs = list(link.stale_refs)
+    new.stale_keys = {attr: dict(keys) for attr, keys in link.stale_keys.items()}
     return new
 
 
@@ -287,8 +301,10 @@ def fork_target(target: TargetState) -> TargetState:
     return new
 
 
-def _plan(rules: Rules, mv: MVObject, rule: OutboundRuleConfig, ts_ms: int) -> list[OutboundOutput]:
-    return plan_exports(mv, rule, ts_ms, rules.export_shape(rule.connector, mv.object_type))
+def _plan(
+    rules: Rules, mv: MVObject, rule: OutboundRuleConfig, ts_ms: int, mark: str | None = None
+) -> list[OutboundOutput]:
+    return plan_exports(mv, rule, ts_ms, rules.export_shape(rule.connector, mv.object_type), mark)
 
 
 def _export_result(mv: MVObject | None, msg: ExportResult) -> tuple[MVObject | None, list[MVOutput]]:
@@ -610,10 +626,11 @@ def _sync(
             if exported and (created or not changed.isdisjoint(exported)):
                 outputs.extend(register_target(rules, mv.mv_id, mv, connector, ts_ms, lookup)[0])
     reads = rules.outbound_reads.get(mv.object_type, ())
-    for rule, read in zip(rules.outbound.get(mv.object_type, []), reads, strict=True):
-        if not created and _unaffected(mv, rule, read, cause, changed):
+    marks = rules.rule_marks.get(mv.object_type, ())
+    for rule, read, mark in zip(rules.outbound.get(mv.object_type, []), reads, marks, strict=True):
+        if not created and unaffected(mv, rule, read, cause, changed):
             continue
-        outputs.extend(_plan(rules, mv, rule, ts_ms))
+        outputs.extend(_plan(rules, mv, rule, ts_ms, mark))
     return outputs
 
 
@@ -623,22 +640,6 @@ def _registration_changes(rules: Rules, mv_type: str, created: bool, changed: fr
     if created or changed & rules.join_attributes.get(mv_type, frozenset()):
         return True
     return bool(changed) and mv_type in rules.snapshot_types
-
-
-#: Target states in which a plan changes only when what the rule reads changes, or the target does.
-_SETTLED = frozenset({"exists", "pending-add", "joining", "pending-delete", "disconnected"})
-
-
-def _unaffected(
-    mv: MVObject, rule: OutboundRuleConfig, reads: frozenset[str] | None, cause: str, changed: frozenset[str]
-) -> bool:
-    """Whether planning ``rule`` again would find nothing to export: nothing it reads changed, the change
-    did not come from its target (a new image to compare and confirm), and the target is settled (not
-    waiting to be provisioned, no failed export to make again)."""
-    if reads is None or cause == rule.connector or changed & reads:
-        return False
-    target = mv.targets.get(rule.connector)
-    return target is not None and target.status in _SETTLED and not target.replan
 
 
 def _register(rules: Rules, mv: MVObject, changed: bool, ts_ms: int) -> list[MVOutput]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -89,6 +90,14 @@ class Rules:
     join_attributes: dict[str, frozenset[str]] = field(default_factory=dict)
     #: Target connectors that need the DNs of referenced objects, in name order.
     xref_targets: tuple[str, ...] = ()
+    #: Per metaverse type, beside ``outbound``: the reference attributes each outbound rule exports value
+    #: by value through one direct flow and reads nowhere else (not its scope, DN template or other
+    #: flows), -> that flow's target attribute: a change of some of their values alone can be planned
+    #: from the values that changed (``engine.membership``).
+    member_exports: dict[str, tuple[dict[str, str], ...]] = field(default_factory=dict)
+    #: Per metaverse type, beside ``outbound``: a digest of each outbound rule and its export shape.
+    #: ``TargetState.settled_by`` holds it: a rule changed by a new configuration is planned whole again.
+    rule_marks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def inbound_rule(self, connector: str, object_type: str) -> InboundRuleConfig | None:
         return self.inbound.get((connector, object_type))
@@ -145,6 +154,35 @@ def rule_reads(rule: OutboundRuleConfig) -> frozenset[str] | None:
                 return None
             reads.update(named)
     return frozenset(reads)
+
+
+def _member_exports(rule: OutboundRuleConfig, refs: frozenset[str], shape: ExportShape) -> dict[str, str]:
+    """Reference attributes of ``rule`` exported value by value by one direct flow each and read nowhere
+    else in the rule, -> the target attribute (``Rules.member_exports``)."""
+    reads = rule_reads(rule)
+    if reads is None:
+        return {}
+    found: dict[str, str] = {}
+    for attr in sorted(refs & reads):
+        readers = [f for f in rule.flows if flow_reads(f, [attr])]
+        if len(readers) != 1 or readers[0].source != attr:
+            continue
+        target = readers[0].target
+        if target not in shape.value_level or target not in shape.dn_valued:
+            continue
+        if sum(1 for f in rule.flows if f.target.casefold() == target.casefold()) != 1:
+            continue
+        if attr in template_fields(rule.dn) or any(c.attribute == attr for g in rule.scope for c in g):
+            continue
+        found[attr] = target
+    return found
+
+
+def _rule_mark(rule: OutboundRuleConfig, shape: ExportShape) -> str:
+    text = rule.model_dump_json() + repr(
+        (sorted(shape.references), sorted(shape.value_level), sorted(shape.dn_valued))
+    )
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _exported_references(rule: OutboundRuleConfig, refs: frozenset[str]) -> frozenset[str]:
@@ -282,6 +320,21 @@ def compile_rules(config: IdsyncConfig) -> Rules:
         export_shapes=shapes,
         xref_targets=tuple(sorted({c for (c, _t), attrs in export_references.items() if attrs})),
         outbound_reads={name: tuple(rule_reads(r) for r in config.outbound_rules(name)) for name in types},
+        member_exports={
+            name: tuple(
+                _member_exports(
+                    r, reference_attrs.get(name, frozenset()), shapes.get((r.connector, name), _PLAIN)
+                )
+                for r in config.outbound_rules(name)
+            )
+            for name in types
+        },
+        rule_marks={
+            name: tuple(
+                _rule_mark(r, shapes.get((r.connector, name), _PLAIN)) for r in config.outbound_rules(name)
+            )
+            for name in types
+        },
         join_attributes={
             n: frozenset(attr for sig in sigs for attr, _ops in sig) for n, sigs in signatures.items()
         },

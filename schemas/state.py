@@ -105,6 +105,10 @@ class ConnectorLink(_State, kw_only=True):
     #: Reference attributes whose ``refs`` changed since their flow value was last computed from them
     #: (the next ``RefSync`` does it once for all the answers that arrived meanwhile).
     stale_refs: list[str] = []
+    #: Per stale reference attribute, the keys whose answers changed since its flow value was computed
+    #: -> the value each had then ("" for none): the next sync changes the flow value by these alone
+    #: (``engine.membership``). A stale attribute without an entry (too many answers) is computed whole.
+    stale_keys: dict[str, dict[str, str]] = {}
 
 
 class LedgerEntry(_State, kw_only=True):
@@ -147,6 +151,11 @@ class TargetState(_State, kw_only=True):
     #: Referenced metaverse objects this object exports references to, -> their DN in this target
     #: ("" while they do not exist there yet: the reference waits for a second pass).
     ref_dns: dict[str, str] = {}
+    #: The mark (``Rules.rule_marks``) of the outbound rule whose last plan left this target holding what
+    #: the rule wants, every reference resolved and no flow failing: until something else changes what
+    #: the target holds or what the rule wants, a change of some members is planned from those members
+    #: alone (``engine.membership``). None: the next plan is made whole.
+    settled_by: str | None = None
 
 
 class RetainedValue(_State, kw_only=True):

@@ -117,10 +117,12 @@ CHANGELOG_OFFSET = META + b"changelog-offset"
 #: their own (``CSObject.split``, ``engine.staging.held_bucket_key``), which an older idsync would not read.
 #: msgpack-4: a metaverse object may hold its large containers in chunks (``MVObject.chunked``,
 #: ``engine.chunks``).
-STATE_FORMAT = "msgpack-4"
+#: msgpack-5: a connector link remembers its answered keys (``ConnectorLink.stale_keys``) and a target the
+#: rule that left it settled (``TargetState.settled_by``); an older idsync refuses fields it does not know.
+STATE_FORMAT = "msgpack-5"
 #: Formats this idsync reads as they are: claiming a directory in one of them records ``STATE_FORMAT``
 #: (from then on an older idsync refuses it instead of misreading it).
-UPGRADES = frozenset({"msgpack-2", "msgpack-3"})
+UPGRADES = frozenset({"msgpack-2", "msgpack-3", "msgpack-4"})
 FORMAT_FILE = "FORMAT"
 
 

@@ -94,7 +94,8 @@ def _run(
                 return real(*args[:5], **kwargs)
 
             m.setattr(metaverse, "_sync", everything)
-            m.setattr(metaverse, "_unaffected", lambda *a: False)
+            m.setattr(metaverse, "unaffected", lambda *a: False)
+            m.setattr(metaverse, "member_sync", lambda *a: None)
             m.setattr(metaverse, "_registration_changes", lambda *a: True)
         mv: MVObject | None = None
         hr = dict(hr_attrs())
@@ -173,9 +174,9 @@ def test_a_contribution_that_no_outbound_rule_reads_plans_nothing(monkeypatch: p
     planned: list[str] = []
     real = metaverse._plan
 
-    def counting(rules: Rules, mv: MVObject, rule: Any, ts_ms: int) -> Any:
+    def counting(rules: Rules, mv: MVObject, rule: Any, ts_ms: int, mark: str | None = None) -> Any:
         planned.append(rule.connector)
-        return real(rules, mv, rule, ts_ms)
+        return real(rules, mv, rule, ts_ms, mark)
 
     monkeypatch.setattr(metaverse, "_plan", counting)
     mv, _ = metaverse.metaverse_step(RULES, None, hr_contribution(RULES, MV_ID, projected=True))

@@ -30,13 +30,13 @@ def test_state_of_an_older_idsync_is_refused_with_what_to_do(tmp_path: Path) -> 
         claim_state_dir(root)
 
 
-@pytest.mark.parametrize("before", ["msgpack-2", "msgpack-3"])
+@pytest.mark.parametrize("before", ["msgpack-2", "msgpack-3", "msgpack-4"])
 def test_state_of_the_formats_before_is_read_and_upgraded(tmp_path: Path, before: str) -> None:
-    """msgpack-2 and msgpack-3 state decodes as it is (msgpack-3 and msgpack-4 only added what an older
-    idsync would not read: held buckets, metaverse chunks): the directory is kept and recorded in the new
-    format, which the older idsync then refuses."""
+    """msgpack-2, -3 and -4 state decodes as it is (msgpack-3, -4 and -5 only added what an older idsync
+    would not read: held buckets, metaverse chunks, answered keys and settled targets): the directory is
+    kept and recorded in the new format, which the older idsync then refuses."""
     root = tmp_path / "state"
     root.mkdir()
     (root / FORMAT_FILE).write_text(f"{before}\n")
     claim_state_dir(root)
-    assert state_format(root) == STATE_FORMAT == "msgpack-4"
+    assert state_format(root) == STATE_FORMAT == "msgpack-5"

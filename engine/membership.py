@@ -1,0 +1,266 @@
+"""A change of a few members of a large group, synced from those members alone.
+
+A group's members are a reference attribute: the source's member DNs, resolved by the reference table to
+mv_ids (``ConnectorLink.refs``), make the link's flow value (the sorted set of those mv_ids), which
+precedence makes the metaverse value, which an outbound rule exports value by value as the members' DNs
+in the target. The general sync (``engine.metaverse._ref_sync``) computes each of these whole: the
+flow value from every answer, the target's registrations from every member, the plan from every member
+translated and compared with every value the target holds — O(members) for one member added.
+
+``member_sync`` does the same work from the answers that changed, when it can prove the result is the
+one the general sync gives:
+
+- the answers: ``track_answer`` remembers, per stale attribute, each answered key's value before the
+  first answer since the last sync (``ConnectorLink.stale_keys``; beyond ``TRACKED_KEYS`` keys the
+  attribute is computed whole). With the flow value's values each held by one key (as many values as
+  keys), the values that leave are those the changed keys held and hold no more, the values that come are
+  those they hold now and the flow value did not;
+- precedence: the link is the attribute's winner before and after (ranked precedence, the link's value
+  not empty before or after, not initial-only, nothing retained), so the metaverse value changes as the
+  flow value does;
+- registrations: the target's registrations are the attribute's members before (``ref_dns``, as many),
+  so the members that came are registered and those that left unregistered, as the general sync would;
+- plans: a rule that must be planned exports the attribute by one direct flow it reads nowhere else
+  (``Rules.member_exports``) into a target that its last plan left holding all the rule wants
+  (``TargetState.settled_by``, this rule's mark; no failed export since, no import that showed other
+  values). What the target holds is then what the rule wanted before; what it wants now differs by the
+  members that came (their DNs in the target, each known: else the general plan holds back removals
+  and is made whole) and those that left (their DNs as the target holds them, found as they are written:
+  else made whole). The DN, the scope and the other flows read nothing that changed.
+
+Where any of this does not hold, it returns None before it changes anything, and the general sync runs.
+It assumes what the DN claims ensure: two metaverse objects do not have one DN in a target.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+
+from engine.export import OutboundOutput, emit_update, unaffected
+from engine.references import Lookup, out_route, registers
+from engine.rules import Rules
+from engine.values import dn_key, dn_keys, render
+from schemas.config import OutboundRuleConfig
+from schemas.messages import RefRegister
+from schemas.state import ConnectorLink, MVObject, TargetState
+from schemas.wire import AttrChange, MVChange
+
+__all__ = ["TRACKED_KEYS", "member_sync", "track_answer"]
+
+#: Answered keys remembered per stale attribute; past them the attribute's flow value is computed whole.
+TRACKED_KEYS = 256
+
+#: Target states planned by updates (what ``engine.export.plan_exports`` does with an object in scope).
+_UPDATED = frozenset({"exists", "pending-add"})
+
+
+def track_answer(link: ConnectorLink, attr: str, key: str, before: str | None) -> None:
+    """Remember that ``key`` of reference attribute ``attr`` is answered, and the value it had before
+    (None: none) if this is its first answer since the attribute's flow value was computed. Call it
+    before the answer changes ``link.refs`` and ``link.stale_refs``."""
+    keys = link.stale_keys.get(attr)
+    if attr not in link.stale_refs:
+        link.stale_keys[attr] = {key: before or ""}
+    elif keys is not None and key not in keys:
+        if len(keys) >= TRACKED_KEYS:
+            del link.stale_keys[attr]  # computed whole
+        else:
+            keys[key] = before or ""
+
+
+def _flow_delta(
+    refs: dict[str, str], before: list[str], keys: dict[str, str]
+) -> tuple[set[str], set[str]] | None:
+    """(values that come, values that leave) of a flow value ``before`` (the sorted set of the values the
+    keys held) now that ``keys`` (key -> value before) changed; None unless each value was one key's."""
+    held_before = len(refs)
+    olds: set[str] = set()
+    news: set[str] = set()
+    for key, old in keys.items():
+        new = refs.get(key)
+        if old:
+            olds.add(old)
+            held_before += 1
+        if new is not None:
+            news.add(new)
+            held_before -= 1
+    if held_before != len(before):
+        return None  # two keys held one value: the whole set decides whether it stays
+    # Each value before was one key's: the unchanged keys hold ``before`` less ``olds``.
+    came = {v for v in news if not _holds(before, v)}
+    return came, olds - news
+
+
+def _holds(values: list[str], value: str) -> bool:
+    at = bisect_left(values, value)
+    return at < len(values) and values[at] == value
+
+
+def _image_values(mv: MVObject, connector: str, attr: str) -> list[str]:
+    """The target attribute's values in its connector's last imported image (names compared
+    case-insensitively, the last of equal names winning, as ``engine.export`` folds them)."""
+    link = mv.links.get(connector)
+    if link is None or link.image is None:
+        return []
+    found: list[str] = []
+    folded = attr.casefold()
+    for name, values in link.image.items():
+        if name.casefold() == folded:
+            found = values
+    return found
+
+
+def _held_as_written(
+    mv: MVObject, connector: str, target: TargetState, attr: str, dns: list[str]
+) -> list[str] | None:
+    """``dns`` in the order the target's view of ``attr`` (its image overlaid with the ledger, as
+    ``engine.export`` builds it) holds them, each found as it is written there; None if one is not."""
+    entry = target.ledger.get(attr)
+    if entry is not None and entry.op != "delta":
+        # The whole value set, in order (``engine.export._emit`` sorts it).
+        return sorted(dns) if all(_holds(entry.values, d) for d in dns) else None
+    image = _image_values(mv, connector, attr)
+    gone = set(dn_keys(entry.removed)) if entry is not None else set()
+    placed: list[tuple[int, int, str]] = []
+    for dn in dns:
+        if dn in image and dn_key(dn) not in gone:
+            placed.append((0, image.index(dn), dn))
+        elif entry is not None and dn in entry.values:
+            placed.append((1, entry.values.index(dn), dn))
+        else:
+            return None
+    return [dn for _part, _at, dn in sorted(placed)]
+
+
+def member_sync(
+    rules: Rules, mv: MVObject, ts_ms: int, lookup: Lookup
+) -> list[OutboundOutput | MVChange | RefRegister] | None:
+    """Sync a metaverse object whose only stale answers change a few values of one reference attribute,
+    from those values alone; None (nothing changed) when the general sync must do it."""
+    stale = [(c, link) for c, link in mv.links.items() if link.stale_refs]
+    if len(stale) != 1 or len(stale[0][1].stale_refs) != 1 or mv.ref_sync is None:
+        return None
+    connector, link = stale[0]
+    attr = link.stale_refs[0]
+    keys = link.stale_keys.get(attr)
+    before = link.flows.get(attr)
+    if keys is None or not before:
+        return None
+    delta = _flow_delta(link.refs.get(attr, {}), before, keys)
+    if delta is None:
+        return None
+    came, left = delta
+    if (not came and not left) or len(before) + len(came) - len(left) <= 0:
+        return None
+    mv_type = mv.object_type
+    info = rules.contributors.get(mv_type, {}).get(connector)
+    if (
+        attr in rules.equal.get(mv_type, frozenset())
+        or attr in mv.retained
+        or mv.contributors.get(attr) != connector
+        or (info is not None and attr in info.initial_only)
+        or attr in rules.join_attributes.get(mv_type, frozenset())
+        or mv_type in rules.snapshot_types
+        or mv.attributes.get(attr) != before
+    ):
+        return None
+    cause = mv.ref_sync
+    changed = frozenset({attr})
+    added, removed = sorted(came), sorted(left)
+
+    # Registrations: the members that came and left, where their DNs in a target are needed.
+    registrations: list[tuple[str, list[tuple[str, str]]]] = []
+    for target_name in rules.xref_targets:
+        exported = rules.export_references.get((target_name, mv_type), frozenset())
+        if attr not in exported:
+            continue
+        target = mv.targets.get(target_name)
+        ref_dns = target.ref_dns if target is not None else {}
+        if (
+            exported != {attr}
+            or len(ref_dns) != len(before)
+            or any(m in ref_dns for m in added)
+            or any(m not in ref_dns for m in removed)
+        ):
+            return None
+        registrations.append((target_name, [(m, lookup(out_route(target_name, m)) or "") for m in added]))
+    found = {name: dict(new) for name, new in registrations}
+
+    # Plans: each rule to plan exports the attribute member by member into a settled target.
+    plans: list[tuple[OutboundRuleConfig, TargetState, str, list[str], list[str], str]] = []
+    reads = rules.outbound_reads.get(mv_type, ())
+    members = rules.member_exports.get(mv_type, ())
+    marks = rules.rule_marks.get(mv_type, ())
+    for rule, read, member, mark in zip(rules.outbound.get(mv_type, []), reads, members, marks, strict=True):
+        if unaffected(mv, rule, read, cause, changed):
+            continue
+        target_attr = member.get(attr)
+        target = mv.targets.get(rule.connector)
+        if (
+            target_attr is None
+            or target is None
+            or target.settled_by != mark
+            or target.replan
+            or target.disabled
+            or target.status not in _UPDATED
+            or rule.connector not in found
+        ):
+            return None
+        new_dns = [found[rule.connector][m] for m in added]
+        if not all(new_dns):
+            return None  # a member not in the target yet: the general plan holds back removals
+        old_dns = [target.ref_dns[m] for m in removed]
+        held = _held_as_written(mv, rule.connector, target, target_attr, old_dns) if old_dns else []
+        if held is None or not all(old_dns):
+            return None
+        want_dn = render(rule.dn, mv.attributes, escape=True)
+        current_dn = target.pending_dn or target.dn or want_dn
+        if current_dn is None or (want_dn is not None and dn_key(want_dn) != dn_key(current_dn)):
+            return None
+        plans.append((rule, target, target_attr, new_dns, held, current_dn))
+
+    # It holds: change the object as the general sync would.
+    values = list(before)
+    for value in left:
+        del values[bisect_left(values, value)]
+    for value in came:
+        insort(values, value)
+    link.flows[attr] = values
+    link.stale_refs = []
+    link.stale_keys = {}
+    mv.ref_sync = None
+    attrs = dict(mv.attributes)
+    attrs[attr] = list(values)
+    mv.attributes = attrs
+    mv.version += 1
+    connectors = sorted(mv.links)
+    mv.published_connectors = connectors
+    outputs: list[OutboundOutput | MVChange | RefRegister] = [
+        MVChange(
+            op="update",
+            mv_id=mv.mv_id,
+            object_type=mv_type,
+            attributes=attrs,
+            changed=[attr],
+            connectors=connectors,
+            cause=cause,
+            ts_ms=ts_ms,
+        )
+    ]
+    for target_name, new in registrations:
+        target = mv.targets.setdefault(target_name, TargetState())
+        for member_id in removed:
+            target.ref_dns.pop(member_id, None)
+        for member_id, dn in new:
+            target.ref_dns[member_id] = dn
+        outputs += registers(mv.mv_id, "unrefer", target_name, removed, ts_ms, direction="out")
+        outputs += registers(mv.mv_id, "refer", target_name, added, ts_ms, direction="out")
+    for rule, target, target_attr, new_dns, held, current_dn in plans:
+        target.replan = False
+        changes = {target_attr: AttrChange(op="delete", values=held)} if held else {}
+        adds = {target_attr: AttrChange(op="add", values=new_dns)} if new_dns else {}
+        shape = rules.export_shape(rule.connector, mv_type)
+        outputs += emit_update(
+            mv, rule, target, current_dn, None, changes, adds, {}, ts_ms, shape, exact=True
+        )
+    return outputs

@@ -1,0 +1,372 @@
+"""A change of a few members synced from those members alone (``engine.membership``) gives exactly the
+states and outputs of the general sync, whatever came before: answers that toggle, two DNs resolving to
+one object, members not in the target yet, failed exports, imports that show something else, DNs in
+another case. And where it applies, it does not plan or register the whole group."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import export, membership, metaverse, references
+from engine.export import _view
+from engine.references import in_route, out_route
+from engine.rules import Rules, compile_rules
+from engine.values import dn_key
+from schemas.codec import as_dict
+from schemas.config import IdsyncConfig
+from schemas.messages import ExportResult, MVContribution, RefResolved, RefSync
+from schemas.state import MVObject
+from schemas.wire import PendingExport
+
+SOURCE, TARGET, GROUP = "hr", "dir", "group-1"
+GROUP_DN = "cn=staff,ou=groups,dc=dir"
+
+
+def _rules(dn_template: str = "cn={name},ou=groups,dc=dir") -> Rules:
+    ldap = {"kind": "ldap", "uri": "ldap://source.invalid", "base_dn": "o=hr"}
+    return compile_rules(
+        IdsyncConfig.model_validate(
+            {
+                "name": "membership",
+                "connectors": {
+                    SOURCE: {**ldap, "object_classes": {"user": "inetOrgPerson", "group": "groupOfNames"}},
+                    TARGET: {**ldap, "uri": "ldap://target.invalid", "base_dn": "dc=dir"},
+                },
+                "metaverse": {
+                    "person": {"attributes": {}},
+                    "group": {"attributes": {"member": {"reference": True, "multi_valued": True}}},
+                },
+                "inbound": [
+                    {
+                        "connector": SOURCE,
+                        "object_type": "group",
+                        "mv_type": "group",
+                        "join": [{"cs": "cn", "mv": "name"}],
+                        "project": True,
+                        "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
+                    }
+                ],
+                "outbound": [
+                    {
+                        "connector": TARGET,
+                        "mv_type": "group",
+                        "object_type": "group",
+                        "dn": dn_template,
+                        "flows": [
+                            {"target": "cn", "source": "name"},
+                            {"target": "member", "source": "member", "allow_null": True},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
+
+
+RULES = _rules()
+
+
+def source_dn(i: int) -> str:
+    return f"uid=u{i},ou=people,o=hr"
+
+
+def person(j: int) -> str:
+    return f"person-{j:02d}"
+
+
+def target_dn(j: int, variant: str = "plain") -> str:
+    return f"UID=p{j},OU=People,DC=dir" if variant == "upper" else f"uid=p{j},ou=people,dc=dir"
+
+
+class World:
+    """The reference table a run reads: source DNs -> mv_ids, mv_ids -> their DNs in the target."""
+
+    def __init__(self, members: int, known: int) -> None:
+        self.table: dict[str, str] = {}
+        for i in range(members):
+            self.table[in_route(SOURCE, source_dn(i))] = person(i)
+        for j in range(known):
+            self.table[out_route(TARGET, person(j))] = target_dn(j)
+
+    def lookup(self, route: str) -> str | None:
+        return self.table.get(route)
+
+
+def projection(members: int) -> MVContribution:
+    return MVContribution(
+        mv_id=GROUP,
+        mv_type="group",
+        connector=SOURCE,
+        anchor="staff",
+        dn="cn=staff,ou=groups,o=hr",
+        cs_version=1,
+        event_id="hr:staff:1",
+        flows={"name": ["staff"]},
+        projected=True,
+        route="group|cn=staff",
+        references=["member"],
+        ref_keys={"member": [dn_key(source_dn(i)) for i in range(members)]},
+        ts_ms=1_000,
+    )
+
+
+#: An answer for source DN n: its own person (most often), none (it left), or another person (two DNs,
+#: one object).
+answer = st.tuples(
+    st.just("answer"),
+    st.integers(0, 9),
+    st.one_of(st.just("own"), st.just("own"), st.none(), st.integers(0, 9)),
+)
+step = st.one_of(
+    answer,
+    answer,
+    answer,
+    st.tuples(st.just("sync"), st.just(0), st.just(None)),
+    st.tuples(st.just("sync"), st.just(0), st.just(None)),
+    st.tuples(st.just("out"), st.integers(0, 9), st.sampled_from(["plain", "upper", None])),
+    st.tuples(st.just("table"), st.integers(0, 9), st.sampled_from(["plain", "upper", None])),
+    st.tuples(st.just("result"), st.just(0), st.sampled_from(["applied", "failed"])),
+    st.tuples(st.just("import"), st.just(0), st.sampled_from(["as-exported", "stale", "upper"])),
+)
+
+
+def _image(mv: MVObject | None, how: str) -> dict[str, list[str]]:
+    """What an import of the group shows: the target's view as exported, one member short, or upper case."""
+    if mv is None or TARGET not in mv.targets:
+        return {"cn": ["staff"]}
+    link = mv.links.get(TARGET)
+    members = list(_view(mv.targets[TARGET], link.image if link is not None else None).get("member", []))
+    if how == "stale":
+        members = members[1:]
+    elif how == "upper":
+        members = [m.upper() for m in members]
+    return {"cn": ["staff"], "member": members}
+
+
+def _run(
+    rules: Rules, members: int, known: int, steps: list[tuple[str, int, Any]], general: bool, settle: bool
+) -> tuple[list[Any], int]:
+    """The trace (state and outputs after each step) and how many syncs ``member_sync`` made."""
+    world = World(members, known)
+    taken = 0
+    real = membership.member_sync
+
+    def counted(*args: Any) -> Any:
+        nonlocal taken
+        if general:
+            return None
+        out = real(*args)
+        taken += out is not None
+        return out
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(metaverse, "member_sync", counted)
+        mv, outputs = metaverse.metaverse_step(rules, None, projection(members), lookup=world.lookup)
+        trace: list[Any] = [(as_dict(mv) if mv else None, [as_dict(o) for o in outputs])]
+        exports = [o for o in outputs if isinstance(o, PendingExport)]
+        imports = 0
+        ts = 2_000
+        for kind, n, arg in steps:
+            ts += 1_000
+            msg: Any
+            if kind == "answer":
+                value = None if arg is None else person(n if arg == "own" else arg)
+                msg = RefResolved(
+                    mv_id=GROUP,
+                    connector=SOURCE,
+                    attribute="member",
+                    anchor="staff",
+                    key=dn_key(source_dn(n)),
+                    value=value,
+                    ts_ms=ts,
+                )
+                world.table[in_route(SOURCE, source_dn(n))] = value or ""
+            elif kind == "sync":
+                msg = RefSync(mv_id=GROUP, ts_ms=ts)
+            elif kind == "out":
+                dn = None if arg is None else target_dn(n, arg)
+                msg = RefResolved(
+                    mv_id=GROUP, direction="out", connector=TARGET, key=person(n), value=dn, ts_ms=ts
+                )
+                world.table[out_route(TARGET, person(n))] = dn or ""
+            elif kind == "table":
+                world.table[out_route(TARGET, person(n))] = "" if arg is None else target_dn(n, arg)
+                continue
+            elif kind == "result":
+                if not exports:
+                    continue
+                e = exports[-1]
+                msg = ExportResult(
+                    mv_id=GROUP,
+                    connector=TARGET,
+                    export_id=e.export_id,
+                    seq=e.seq,
+                    status=arg,
+                    op=e.op,
+                    anchor="dir-staff" if arg == "applied" else None,
+                    dn=(e.new_dn or e.dn) if arg == "applied" else None,
+                    error_type=None if arg == "applied" else "constraint",
+                    ts_ms=ts,
+                )
+            else:
+                imports += 1
+                msg = MVContribution(
+                    mv_id=GROUP,
+                    mv_type="group",
+                    connector=TARGET,
+                    anchor="dir-staff",
+                    dn=GROUP_DN,
+                    cs_version=imports,
+                    event_id=f"dir:staff:{imports}",
+                    flows={},
+                    image=_image(mv, arg),
+                    route="group|cn=staff",
+                    ts_ms=ts,
+                )
+            if settle:
+                mv, [outputs] = metaverse.metaverse_steps(rules, mv, [msg], settle=True, lookup=world.lookup)
+            else:
+                mv, outputs = metaverse.metaverse_step(rules, mv, msg, lookup=world.lookup)
+            exports += [o for o in outputs if isinstance(o, PendingExport)]
+            trace.append((kind, as_dict(mv) if mv else None, [as_dict(o) for o in outputs]))
+    return trace, taken
+
+
+TAKEN: list[int] = []
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    members=st.integers(0, 8),
+    known=st.one_of(st.just(10), st.integers(0, 10)),
+    steps=st.lists(step, max_size=20),
+    settle=st.booleans(),
+)
+def test_member_sync_equals_the_general_sync(
+    members: int, known: int, steps: list[tuple[str, int, Any]], settle: bool
+) -> None:
+    fast, _taken = _run(RULES, members, known, steps, general=False, settle=settle)
+    general, _ = _run(RULES, members, known, steps, general=True, settle=settle)
+    assert fast == general
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    members=st.integers(1, 8),
+    steps=st.lists(st.one_of(answer, st.tuples(st.just("sync"), st.just(0), st.just(None))), max_size=20),
+    settle=st.booleans(),
+)
+def test_member_churn_synced_from_the_members_equals_the_general_sync(
+    members: int, steps: list[tuple[str, int, Any]], settle: bool
+) -> None:
+    """Members coming and going, every member in the target: mostly member_sync's work."""
+    fast, taken = _run(RULES, members, 10, steps, general=False, settle=settle)
+    general, _ = _run(RULES, members, 10, steps, general=True, settle=settle)
+    assert fast == general
+    TAKEN.append(taken)
+
+
+def test_the_churn_above_exercised_member_sync() -> None:
+    """The property above compares something: across its examples, member_sync synced often."""
+    if not TAKEN:
+        pytest.skip("runs after test_member_churn_synced_from_the_members_equals_the_general_sync")
+    assert sum(TAKEN) >= 40
+
+
+def _settled_group(members: int) -> tuple[MVObject, World]:
+    world = World(members + 2, members + 2)
+    mv, _ = metaverse.metaverse_step(RULES, None, projection(members), lookup=world.lookup)
+    assert mv is not None and mv.targets[TARGET].settled_by == RULES.rule_marks["group"][0]
+    return mv, world
+
+
+def _answer(i: int, j: int | None) -> RefResolved:
+    return RefResolved(
+        mv_id=GROUP,
+        connector=SOURCE,
+        attribute="member",
+        anchor="staff",
+        key=dn_key(source_dn(i)),
+        value=None if j is None else person(j),
+        ts_ms=5_000,
+    )
+
+
+def _whole_work_refused(m: pytest.MonkeyPatch) -> None:
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("the whole group was planned or registered")
+
+    m.setattr(metaverse, "plan_exports", refused)
+    m.setattr(metaverse, "register_target", refused)
+    m.setattr(references, "register_target", refused)
+    m.setattr(metaverse, "sorted_set", refused)
+    m.setattr(export, "overlay", refused)
+
+
+def test_one_member_added_and_one_removed_are_exported_from_those_members_alone() -> None:
+    mv, world = _settled_group(20)
+    with pytest.MonkeyPatch.context() as m:
+        _whole_work_refused(m)
+        mv, outputs = metaverse.metaverse_steps(
+            RULES, mv, [_answer(20, 20), _answer(3, None)], settle=True, lookup=world.lookup
+        )
+    assert mv is not None
+    exports = [o for o in outputs[-1] if isinstance(o, PendingExport)]
+    assert [(e.op, {a: (c.op, c.values) for a, c in e.attributes.items()}) for e in exports] == [
+        ("update", {"member": ("delete", [target_dn(3)])}),
+        ("update", {"member": ("add", [target_dn(20)])}),
+    ]
+    assert person(20) in mv.attributes["member"] and person(3) not in mv.attributes["member"]
+    assert len(mv.attributes["member"]) == 20
+    assert person(20) in mv.targets[TARGET].ref_dns and person(3) not in mv.targets[TARGET].ref_dns
+    ledger = mv.targets[TARGET].ledger["member"]
+    assert target_dn(20) in ledger.values and target_dn(3) not in ledger.values
+    assert ledger.values == sorted(ledger.values)
+
+
+def test_a_member_not_in_the_target_yet_is_synced_by_the_general_sync() -> None:
+    """Its DN is unknown: the general plan holds back every removal until it is; member_sync declines."""
+    mv, world = _settled_group(20)
+    del world.table[out_route(TARGET, person(21))]
+    with pytest.MonkeyPatch.context() as m:
+        _whole_work_refused(m)
+        with pytest.raises(AssertionError, match="whole group"):
+            metaverse.metaverse_steps(RULES, mv, [_answer(21, 21)], settle=True, lookup=world.lookup)
+    after, outputs = metaverse.metaverse_steps(RULES, mv, [_answer(21, 21)], settle=True, lookup=world.lookup)
+    assert after is not None and after.targets[TARGET].settled_by is None  # waiting: not settled
+    assert not [o for o in outputs[-1] if isinstance(o, PendingExport)]
+
+
+def test_a_failed_export_unsettles_the_target_until_a_whole_plan() -> None:
+    mv, world = _settled_group(20)
+    mv, outputs = metaverse.metaverse_steps(RULES, mv, [_answer(20, 20)], settle=True, lookup=world.lookup)
+    assert mv is not None
+    e = next(o for o in outputs[-1] if isinstance(o, PendingExport))
+    failed = ExportResult(
+        mv_id=GROUP, connector=TARGET, export_id=e.export_id, seq=e.seq, status="failed", op=e.op,
+        error_type="constraint", ts_ms=6_000,
+    )  # fmt: skip
+    mv, _ = metaverse.metaverse_step(RULES, mv, failed)
+    assert mv is not None and mv.targets[TARGET].settled_by is None and mv.targets[TARGET].replan
+    planned: list[str] = []
+    real = metaverse.plan_exports
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(metaverse, "plan_exports", lambda *a: planned.append("whole") or real(*a))
+        mv, outputs = metaverse.metaverse_steps(
+            RULES, mv, [_answer(21, 21)], settle=True, lookup=world.lookup
+        )
+    assert planned == ["whole"]
+    assert mv is not None and mv.targets[TARGET].settled_by == RULES.rule_marks["group"][0]
+
+
+def test_a_new_rule_is_planned_whole_once() -> None:
+    """A configuration that changes the rule changes its mark: the target is no longer settled by it."""
+    mv, world = _settled_group(20)
+    renamed = _rules("cn={name},ou=teams,dc=dir")
+    assert renamed.rule_marks["group"] != RULES.rule_marks["group"]
+    mv, outputs = metaverse.metaverse_steps(renamed, mv, [_answer(20, 20)], settle=True, lookup=world.lookup)
+    assert [o.op for o in outputs[-1] if isinstance(o, PendingExport)] == ["rename", "update"]
