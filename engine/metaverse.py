@@ -241,8 +241,10 @@ def _ref_sync(
     """The answers recorded since the last sync reach the object's values, then its targets. The flag
     says whether the sync left the object's outbound registrations current (the step's ``mv_updates``
     need not compare them): a change of a few members synced from those members alone does."""
-    if mv is None or mv.deleted or mv.ref_sync is None:
+    if mv is None or mv.deleted:
         return mv, [], False
+    if mv.ref_sync is None:
+        return mv, [], True  # synced already (a settled batch did it): nothing changed
     synced = member_sync(rules, mv, msg.ts_ms, lookup)
     if synced is not None:
         return mv, list(synced), True
