@@ -7,7 +7,8 @@ with the metaverse store's codec, then adds one member at a time the way the sta
 (``Batch.get``), apply a reference answer and sync it (``engine.metaverse.metaverse_steps``), keep it
 unsaved, and save it as a checkpoint does (``encode_unsaved``, one WriteBatch). It prints the median CPU ms
 of the read, the sync and the save, and the bytes the save writes (what the changelog would carry).
-``--whole`` stores the object as one value (the codec off: as before the twenty-fourth session).
+``--whole`` stores the object as one value (the codec off: as before the twenty-fourth session);
+``--general`` syncs it by the general sync (``engine.membership`` off: as before the twenty-fifth).
 
 What it leaves out: the broker (producing the changelog and the outputs), staging, the reference
 registrations' store. Not a test: nothing here asserts a speed. Figures: docs/benchmarks.md.
@@ -24,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from engine import metaverse
 from engine.metaverse import metaverse_steps
 from engine.rules import compile_rules
 from engine.values import dn_key
@@ -113,7 +115,19 @@ def group(members: int) -> MVObject:
     )
 
 
-def run(members: int, changes: int, whole: bool) -> dict[str, float]:
+def run(members: int, changes: int, whole: bool, general: bool = False) -> dict[str, float]:
+    """Median CPU ms of the read, sync and save of ``changes`` member changes, and bytes saved per change.
+    ``general``: ``engine.membership.member_sync`` declines every sync (in this process, for the run)."""
+    real = metaverse.member_sync
+    if general:
+        metaverse.member_sync = lambda *_args: None  # type: ignore[assignment]  # the general sync only
+    try:
+        return _run(members, changes, whole)
+    finally:
+        metaverse.member_sync = real
+
+
+def _run(members: int, changes: int, whole: bool) -> dict[str, float]:
     rules = _rules()
     with tempfile.TemporaryDirectory() as tmp:
         part = PartitionStore(Path(tmp) / "p0", 0, None, None if whole else MVChunks(1_000))
@@ -188,10 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=50_000)
     p.add_argument("--changes", type=int, default=16)
     p.add_argument("--whole", action="store_true", help="store the object as one value (no chunks)")
+    p.add_argument("--general", action="store_true", help="sync by the general sync (no member sync)")
     args = p.parse_args(argv)
-    r = run(args.members, args.changes, args.whole)
+    r = run(args.members, args.changes, args.whole, args.general)
+    how = ("whole" if args.whole else "chunks") + (", general sync" if args.general else "")
     print(
-        f"{'whole' if args.whole else 'chunks'} @{args.members:,} members: read {r['read_ms']} ms, sync "
+        f"{how} @{args.members:,} members: read {r['read_ms']} ms, sync "
         f"{r['sync_ms']} ms, save {r['save_ms']} ms (CPU, median of {args.changes}); "
         f"{r['save_bytes'] / 1e3:,.1f} KB written per change"
     )

@@ -15,6 +15,17 @@ def test_a_member_change_writes_chunks_not_the_group() -> None:
     assert set(chunks) == {"read_ms", "sync_ms", "save_ms", "total_ms", "save_bytes"}
 
 
+def test_the_general_sync_writes_what_the_member_sync_writes() -> None:
+    """``--general`` turns the member sync off for the run only; both store the same change."""
+    from engine import metaverse
+
+    real = metaverse.member_sync
+    general = run(2_000, 3, whole=False, general=True)
+    assert metaverse.member_sync is real
+    member = run(2_000, 3, whole=False)
+    assert general["save_bytes"] == member["save_bytes"]
+
+
 def test_the_command_prints_its_figures(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["--members", "2000", "--changes", "3"]) == 0
     out = capsys.readouterr().out
