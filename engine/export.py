@@ -20,6 +20,8 @@ from schemas.state import LedgerEntry, MVObject, TargetState
 from schemas.wire import AttrChange, ErrorRecord, PendingExport
 
 OutboundOutput = PendingExport | ErrorRecord | CSLink
+#: Values held back from removal (``TargetState.held_back``) a settled target may hold per attribute.
+HELD_BACK_KEYS = 4096
 ExportOp = Literal["add", "update", "rename", "delete"]
 _PLAIN = ExportShape()
 
@@ -194,11 +196,11 @@ def _update(
             held = set(have_keys)
             wanted = dict(zip(value_keys(values, dn_valued), values, strict=True))
             added = [v for k, v in wanted.items() if k not in held]
-            removed = (
-                []
-                if attr in want.adds_only
-                else [v for v, k in zip(have, have_keys, strict=True) if k not in wanted]
-            )
+            removed = [v for v, k in zip(have, have_keys, strict=True) if k not in wanted]
+            if attr in want.adds_only:
+                if removed:
+                    target.held_back[attr] = sorted(value_keys(removed, dn_valued))
+                removed = []
             if removed:
                 changes[attr] = AttrChange(op="delete", values=removed)
             if added:
@@ -309,6 +311,8 @@ def plan_exports(
     target = mv.targets.setdefault(rule.connector, TargetState())
     target.replan = False
     target.settled_by = None
+    target.waiting = {}
+    target.held_back = {}
     if target.status in ("disconnected", "joining"):
         return []
     link = mv.links.get(rule.connector)
@@ -332,9 +336,14 @@ def plan_exports(
         else:
             out = errors + _update(mv, rule, target, want, image, ts_ms, shape)
         failed = any(isinstance(o, ErrorRecord) for o in out)
-        if not failed and not want.adds_only and (target.pending_dn or target.dn) is not None:
-            # Every value the rule wants is exported (or was): what the target holds is what it wants.
+        held, target.held_back = target.held_back, {}
+        few = all(len(keys) <= HELD_BACK_KEYS for keys in held.values())
+        if not failed and (target.pending_dn or target.dn) is not None and few:
+            # Every value the rule wants is exported (or was): the target holds what the rule wants, and
+            # while references wait, the values held back from removal besides.
             target.settled_by = mark
+            target.waiting = dict(want.waiting)
+            target.held_back = held
         return out
     if target.status in ("pending-add", "exists"):
         return _deprovision(mv, rule, target, image, ts_ms)

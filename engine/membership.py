@@ -35,8 +35,10 @@ It assumes what the DN claims ensure: two metaverse objects do not have one DN i
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from dataclasses import dataclass
+from typing import TypeVar
 
-from engine.export import OutboundOutput, emit_update, unaffected
+from engine.export import HELD_BACK_KEYS, OutboundOutput, emit_update, unaffected
 from engine.references import Lookup, out_route, registers
 from engine.rules import Rules
 from engine.values import dn_key, dn_keys, render
@@ -46,6 +48,8 @@ from schemas.state import ConnectorLink, MVObject, TargetState
 from schemas.wire import AttrChange, MVChange
 
 __all__ = ["TRACKED_KEYS", "member_sync", "track_answer"]
+
+_V = TypeVar("_V")
 
 #: Answered keys remembered per stale attribute; past them the attribute's flow value is computed whole.
 TRACKED_KEYS = 256
@@ -132,6 +136,73 @@ def _held_as_written(
     return [dn for _part, _at, dn in sorted(placed)]
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the general plan of one rule does with a change of some members (``_member_plan``)."""
+
+    #: The target attribute.
+    attr: str
+    #: Values it exports added and removed.
+    added: list[str]
+    removed: list[str]
+    #: The attribute's references waiting, and the keys of the values held back from removal, after it.
+    waiting: int
+    held_back: list[str]
+
+
+def _member_plan(
+    mv: MVObject,
+    connector: str,
+    target: TargetState,
+    attr: str,
+    target_attr: str,
+    found: dict[str, str],
+    removed: list[str],
+) -> _Plan | None:
+    """The general plan's exports for members that came (``found``: mv_id -> their DN in the target, ""
+    while they are not there) and members that left (``removed``), for a target settled by the rule.
+
+    Settled means: every value the rule wanted is held, and while some of the attribute's references
+    waited (``TargetState.waiting``) the values the rule no longer wanted were held back from removal
+    (``TargetState.held_back``: their keys). So a member that came with a DN is added unless its DN is
+    one held back; one that left is removed, or held back while references still wait. The change that
+    makes the last waiting reference go is decided whole: the general plan then removes every value held
+    back."""
+    waiting = target.waiting.get(attr, 0)
+    held_back = set(target.held_back.get(target_attr, ()))
+    if held_back and not waiting:
+        return None  # not what a settled target holds
+    new_dns = list(found.values())
+    old_dns = [target.ref_dns[m] for m in removed]
+    after = waiting + sum(1 for dn in new_dns if not dn) - sum(1 for dn in old_dns if not dn)
+    if after < 0 or (waiting and not after):
+        return None
+    added: list[str] = []
+    for dn in new_dns:
+        if not dn:
+            continue
+        key = dn_key(dn)
+        if key in held_back:
+            held_back.discard(key)  # held back, wanted again: nothing to export
+        else:
+            added.append(dn)
+    known = [dn for dn in old_dns if dn]
+    if after:
+        # A reference still waits, so the general plan removes nothing: each is held back.
+        held_back.update(dn_key(dn) for dn in known)
+        if len(held_back) > HELD_BACK_KEYS:
+            return None
+        return _Plan(target_attr, added, [], after, sorted(held_back))
+    gone = _held_as_written(mv, connector, target, target_attr, known) if known else []
+    if gone is None:
+        return None
+    return _Plan(target_attr, added, gone, after, [])
+
+
+def _without(counts: dict[str, _V], key: str) -> dict[str, _V]:
+    return {k: v for k, v in counts.items() if k != key}
+
+
 def member_sync(
     rules: Rules, mv: MVObject, ts_ms: int, lookup: Lookup
 ) -> list[OutboundOutput | MVChange | RefRegister] | None:
@@ -187,7 +258,7 @@ def member_sync(
     found = {name: dict(new) for name, new in registrations}
 
     # Plans: each rule to plan exports the attribute member by member into a settled target.
-    plans: list[tuple[OutboundRuleConfig, TargetState, str, list[str], list[str], str]] = []
+    plans: list[tuple[OutboundRuleConfig, TargetState, str, _Plan]] = []
     reads = rules.outbound_reads.get(mv_type, ())
     members = rules.member_exports.get(mv_type, ())
     marks = rules.rule_marks.get(mv_type, ())
@@ -206,18 +277,14 @@ def member_sync(
             or rule.connector not in found
         ):
             return None
-        new_dns = [found[rule.connector][m] for m in added]
-        if not all(new_dns):
-            return None  # a member not in the target yet: the general plan holds back removals
-        old_dns = [target.ref_dns[m] for m in removed]
-        held = _held_as_written(mv, rule.connector, target, target_attr, old_dns) if old_dns else []
-        if held is None or not all(old_dns):
+        plan = _member_plan(mv, rule.connector, target, attr, target_attr, found[rule.connector], removed)
+        if plan is None:
             return None
         want_dn = render(rule.dn, mv.attributes, escape=True)
         current_dn = target.pending_dn or target.dn or want_dn
         if current_dn is None or (want_dn is not None and dn_key(want_dn) != dn_key(current_dn)):
             return None
-        plans.append((rule, target, target_attr, new_dns, held, current_dn))
+        plans.append((rule, target, current_dn, plan))
 
     # It holds: change the object as the general sync would.
     values = list(before)
@@ -255,10 +322,18 @@ def member_sync(
             target.ref_dns[member_id] = dn
         outputs += registers(mv.mv_id, "unrefer", target_name, removed, ts_ms, direction="out")
         outputs += registers(mv.mv_id, "refer", target_name, added, ts_ms, direction="out")
-    for rule, target, target_attr, new_dns, held, current_dn in plans:
+    for rule, target, current_dn, plan in plans:
         target.replan = False
-        changes = {target_attr: AttrChange(op="delete", values=held)} if held else {}
-        adds = {target_attr: AttrChange(op="add", values=new_dns)} if new_dns else {}
+        target.waiting = (
+            {**target.waiting, attr: plan.waiting} if plan.waiting else _without(target.waiting, attr)
+        )
+        target.held_back = (
+            {**target.held_back, plan.attr: plan.held_back}
+            if plan.held_back
+            else _without(target.held_back, plan.attr)
+        )
+        changes = {plan.attr: AttrChange(op="delete", values=plan.removed)} if plan.removed else {}
+        adds = {plan.attr: AttrChange(op="add", values=plan.added)} if plan.added else {}
         shape = rules.export_shape(rule.connector, mv_type)
         outputs += emit_update(
             mv, rule, target, current_dn, None, changes, adds, {}, ts_ms, shape, exact=True

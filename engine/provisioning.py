@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine.flow import FlowIssue, evaluate_export_flows
 from engine.rules import flow_reads
@@ -26,15 +26,20 @@ class Desired:
     #: Value-level target attributes with references still waiting for their target object: their
     #: resolved values may be added, but nothing is removed until every reference is resolved.
     adds_only: frozenset[str] = frozenset()
+    #: Reference attributes with references still waiting -> how many (values without a DN there).
+    waiting: dict[str, int] = field(default_factory=dict)
 
 
-def translate_references(mv: MVObject, connector: str, references: Iterable[str]) -> tuple[Attrs, set[str]]:
+def translate_references(
+    mv: MVObject, connector: str, references: Iterable[str]
+) -> tuple[Attrs, dict[str, int]]:
     """The metaverse values with reference attributes (mv_ids) translated to the referenced objects' DNs
-    in ``connector``, and the reference attributes with a reference to an object not there yet."""
+    in ``connector``, and the reference attributes with a reference to an object not there yet -> how
+    many values have no DN there."""
     target = mv.targets.get(connector)
     dns = target.ref_dns if target is not None else {}
     view = dict(mv.attributes)
-    waiting: set[str] = set()
+    waiting: dict[str, int] = {}
     for attr in references:
         values = mv.attributes.get(attr, [])
         if not values:
@@ -47,7 +52,7 @@ def translate_references(mv: MVObject, connector: str, references: Iterable[str]
         got: list[str] = list(found)  # type: ignore[arg-type]  # no None left
         view[attr] = got
         if len(got) < len(values) and len(got) < len(set(values)):
-            waiting.add(attr)
+            waiting[attr] = len(values) - len(got)
     return view, waiting
 
 
@@ -67,7 +72,7 @@ def desired(
     in_scope = not mv.deleted and (not rule.scope or any_group_holds(rule.scope, mv.attributes))
     dn = render(rule.dn, mv.attributes, escape=True)
     view, waiting = (
-        translate_references(mv, rule.connector, references) if references else (mv.attributes, set())
+        translate_references(mv, rule.connector, references) if references else (mv.attributes, {})
     )
     attrs, issues = evaluate_export_flows(rule.flows, view)
     adds_only: set[str] = set()
@@ -84,6 +89,7 @@ def desired(
         missing_dn_attribute=dn is None,
         issues=tuple(issues),
         adds_only=frozenset(adds_only),
+        waiting=waiting,
     )
 
 

@@ -154,8 +154,16 @@ class TargetState(_State, kw_only=True):
     #: The mark (``Rules.rule_marks``) of the outbound rule whose last plan left this target holding what
     #: the rule wants, every reference resolved and no flow failing: until something else changes what
     #: the target holds or what the rule wants, a change of some members is planned from those members
-    #: alone (``engine.membership``). None: the next plan is made whole.
+    #: alone (``engine.membership``). None: the next plan is made whole. Values held back from removal
+    #: while references wait (``engine.provisioning.Desired.adds_only``) count as held.
     settled_by: str | None = None
+    #: With ``settled_by``: the reference attributes whose references were waiting at that plan (values
+    #: without a DN in this target) -> how many.
+    waiting: dict[str, int] = {}
+    #: With ``settled_by``: value-level target attributes holding values held back from removal while
+    #: references wait -> those values' keys (DN keys for DNs), in order (at most
+    #: ``engine.export.HELD_BACK_KEYS``: a target holding more is not settled).
+    held_back: dict[str, list[str]] = {}
 
 
 class RetainedValue(_State, kw_only=True):

@@ -315,8 +315,7 @@ def test_one_member_added_and_one_removed_are_exported_from_those_members_alone(
             RULES, mv, [_answer(20, 20), _answer(3, None)], settle=True, lookup=world.lookup
         )
     assert mv is not None
-    exports = [o for o in outputs[-1] if isinstance(o, PendingExport)]
-    assert [(e.op, {a: (c.op, c.values) for a, c in e.attributes.items()}) for e in exports] == [
+    assert _exports(outputs) == [
         ("update", {"member": ("delete", [target_dn(3)])}),
         ("update", {"member": ("add", [target_dn(20)])}),
     ]
@@ -328,17 +327,46 @@ def test_one_member_added_and_one_removed_are_exported_from_those_members_alone(
     assert ledger.values == sorted(ledger.values)
 
 
-def test_a_member_not_in_the_target_yet_is_synced_by_the_general_sync() -> None:
-    """Its DN is unknown: the general plan holds back every removal until it is; member_sync declines."""
+def _exports(outputs: list[list[Any]]) -> list[tuple[str, dict[str, tuple[str, list[str]]]]]:
+    return [
+        (e.op, {a: (c.op, c.values) for a, c in e.attributes.items()})
+        for e in outputs[-1]
+        if isinstance(e, PendingExport)
+    ]
+
+
+def test_while_a_member_is_not_in_the_target_removals_are_held_back_member_by_member() -> None:
+    """A member without a DN in the target waits; meanwhile the general plan adds but removes nothing. So
+    does member_sync, counting what it holds back, until the last waiting member goes: that change is
+    the general sync's (it removes everything held back)."""
     mv, world = _settled_group(20)
     del world.table[out_route(TARGET, person(21))]
+    target = mv.targets[TARGET]
     with pytest.MonkeyPatch.context() as m:
         _whole_work_refused(m)
+        steps = [
+            ([_answer(21, 21)], [], {"member": 1}, {}),  # waits: nothing to export
+            ([_answer(3, None)], [], {"member": 1}, {"member": [dn_key(target_dn(3))]}),  # held back
+            (
+                [_answer(20, 20)],
+                [("update", {"member": ("add", [target_dn(20)])})],
+                {"member": 1},
+                {"member": [dn_key(target_dn(3))]},
+            ),
+            ([_answer(3, 3)], [], {"member": 1}, {}),  # held back, wanted again
+            ([_answer(5, None)], [], {"member": 1}, {"member": [dn_key(target_dn(5))]}),
+        ]
+        for answers, exported, waiting, held_back in steps:
+            mv, outputs = metaverse.metaverse_steps(RULES, mv, answers, settle=True, lookup=world.lookup)
+            assert mv is not None
+            target = mv.targets[TARGET]
+            assert (_exports(outputs), target.waiting, target.held_back) == (exported, waiting, held_back)
         with pytest.raises(AssertionError, match="whole group"):
-            metaverse.metaverse_steps(RULES, mv, [_answer(21, 21)], settle=True, lookup=world.lookup)
-    after, outputs = metaverse.metaverse_steps(RULES, mv, [_answer(21, 21)], settle=True, lookup=world.lookup)
-    assert after is not None and after.targets[TARGET].settled_by is None  # waiting: not settled
-    assert not [o for o in outputs[-1] if isinstance(o, PendingExport)]
+            metaverse.metaverse_steps(RULES, mv, [_answer(21, None)], settle=True, lookup=world.lookup)
+    mv, outputs = metaverse.metaverse_steps(RULES, mv, [_answer(21, None)], settle=True, lookup=world.lookup)
+    assert mv is not None
+    assert _exports(outputs) == [("update", {"member": ("delete", [target_dn(5)])})]
+    assert (mv.targets[TARGET].waiting, mv.targets[TARGET].held_back) == ({}, {})
 
 
 def test_a_failed_export_unsettles_the_target_until_a_whole_plan() -> None:
