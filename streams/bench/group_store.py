@@ -41,45 +41,47 @@ SOURCE, TARGET = "hr", "dir"
 PEOPLE, TARGET_PEOPLE = "ou=people,o=hr", "ou=people,dc=dir"
 
 
-def _rules() -> Any:
+def group_config(dn_template: str = "cn={name},ou=groups,dc=dir") -> dict[str, Any]:
+    """The configuration: a source's groups (members are references) exported to a directory's groups,
+    their members value by value (``dn_template``: the target group's DN)."""
     ldap = {"kind": "ldap", "uri": "ldap://source.invalid", "base_dn": "o=hr"}
-    return compile_rules(
-        IdsyncConfig.model_validate(
+    return {
+        "name": "group-store",
+        "connectors": {
+            SOURCE: {**ldap, "object_classes": {"user": "inetOrgPerson", "group": "groupOfNames"}},
+            TARGET: {**ldap, "uri": "ldap://target.invalid", "base_dn": "dc=dir"},
+        },
+        "metaverse": {
+            "person": {"attributes": {}},
+            "group": {"attributes": {"member": {"reference": True, "multi_valued": True}}},
+        },
+        "inbound": [
             {
-                "name": "group-store",
-                "connectors": {
-                    SOURCE: {**ldap, "object_classes": {"user": "inetOrgPerson", "group": "groupOfNames"}},
-                    TARGET: {**ldap, "uri": "ldap://target.invalid", "base_dn": "dc=dir"},
-                },
-                "metaverse": {
-                    "person": {"attributes": {}},
-                    "group": {"attributes": {"member": {"reference": True, "multi_valued": True}}},
-                },
-                "inbound": [
-                    {
-                        "connector": SOURCE,
-                        "object_type": "group",
-                        "mv_type": "group",
-                        "join": [{"cs": "cn", "mv": "name"}],
-                        "project": True,
-                        "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
-                    }
-                ],
-                "outbound": [
-                    {
-                        "connector": TARGET,
-                        "mv_type": "group",
-                        "object_type": "group",
-                        "dn": "cn={name},ou=groups,dc=dir",
-                        "flows": [
-                            {"target": "cn", "source": "name"},
-                            {"target": "member", "source": "member", "allow_null": True},
-                        ],
-                    }
+                "connector": SOURCE,
+                "object_type": "group",
+                "mv_type": "group",
+                "join": [{"cs": "cn", "mv": "name"}],
+                "project": True,
+                "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
+            }
+        ],
+        "outbound": [
+            {
+                "connector": TARGET,
+                "mv_type": "group",
+                "object_type": "group",
+                "dn": dn_template,
+                "flows": [
+                    {"target": "cn", "source": "name"},
+                    {"target": "member", "source": "member", "allow_null": True},
                 ],
             }
-        )
-    )
+        ],
+    }
+
+
+def _rules() -> Any:
+    return compile_rules(IdsyncConfig.model_validate(group_config()))
 
 
 def _mv_id(i: int) -> str:

@@ -293,6 +293,25 @@ def applied(export: PendingExport, *, anchor: str = "uuid-1", ts_ms: int = 3_000
     )
 
 
+def result_of(
+    export: PendingExport, status: str, *, anchor: str, error_type: str, ts_ms: int
+) -> ExportResult:
+    """The export worker's report on ``export``: ``applied`` (with the target's anchor and DN) or
+    ``failed`` (with ``error_type``)."""
+    if status == "applied":
+        return applied(export, anchor=anchor, ts_ms=ts_ms)
+    return ExportResult(
+        mv_id=export.mv_id,
+        connector=export.connector,
+        export_id=export.export_id,
+        seq=export.seq,
+        status="failed",
+        op=export.op,
+        error_type=error_type,
+        ts_ms=ts_ms,
+    )
+
+
 def image_of(export: PendingExport) -> Attrs:
     """What the directory shows after ``export`` (an add) was applied."""
     return {name: list(change.values) for name, change in export.attributes.items() if change.values}

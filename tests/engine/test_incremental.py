@@ -14,7 +14,6 @@ from engine import metaverse
 from engine.rules import Rules, compile_rules
 from schemas.codec import as_dict
 from schemas.config import IdsyncConfig
-from schemas.messages import ExportResult
 from schemas.state import MVObject
 from schemas.wire import PendingExport
 from tests.engine.helpers import (
@@ -25,6 +24,7 @@ from tests.engine.helpers import (
     hr_contribution,
     image_of,
     ldap_contribution,
+    result_of,
 )
 
 MV_ID = "mv-1"
@@ -130,19 +130,7 @@ def _run(
             elif kind == "result":
                 if not exports:
                     continue
-                e = exports[-1]
-                msg = ExportResult(
-                    mv_id=MV_ID,
-                    connector=e.connector,
-                    export_id=e.export_id,
-                    seq=e.seq,
-                    status=arg,
-                    op=e.op,
-                    anchor="uuid-1" if arg == "applied" else None,
-                    dn=(e.new_dn or e.dn) if arg == "applied" else None,
-                    error_type=None if arg == "applied" else "cd-error",
-                    ts_ms=ts,
-                )
+                msg = result_of(exports[-1], arg, anchor="uuid-1", error_type="cd-error", ts_ms=ts)
             else:
                 anchor = "B1" if arg == "badge" else "uuid-1"
                 version[arg] += 1

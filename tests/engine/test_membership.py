@@ -18,53 +18,20 @@ from engine.rules import Rules, compile_rules
 from engine.values import dn_key
 from schemas.codec import as_dict
 from schemas.config import IdsyncConfig
-from schemas.messages import ExportResult, MVContribution, RefResolved, RefSync
+from schemas.messages import MVContribution, RefResolved, RefSync
 from schemas.state import MVObject
 from schemas.wire import PendingExport
+from streams.bench.group_store import group_config
+from tests.engine.helpers import result_of
 
 SOURCE, TARGET, GROUP = "hr", "dir", "group-1"
 GROUP_DN = "cn=staff,ou=groups,dc=dir"
 
 
 def _rules(dn_template: str = "cn={name},ou=groups,dc=dir") -> Rules:
-    ldap = {"kind": "ldap", "uri": "ldap://source.invalid", "base_dn": "o=hr"}
-    return compile_rules(
-        IdsyncConfig.model_validate(
-            {
-                "name": "membership",
-                "connectors": {
-                    SOURCE: {**ldap, "object_classes": {"user": "inetOrgPerson", "group": "groupOfNames"}},
-                    TARGET: {**ldap, "uri": "ldap://target.invalid", "base_dn": "dc=dir"},
-                },
-                "metaverse": {
-                    "person": {"attributes": {}},
-                    "group": {"attributes": {"member": {"reference": True, "multi_valued": True}}},
-                },
-                "inbound": [
-                    {
-                        "connector": SOURCE,
-                        "object_type": "group",
-                        "mv_type": "group",
-                        "join": [{"cs": "cn", "mv": "name"}],
-                        "project": True,
-                        "flows": [{"mv": "name", "source": "cn"}, {"mv": "member", "source": "member"}],
-                    }
-                ],
-                "outbound": [
-                    {
-                        "connector": TARGET,
-                        "mv_type": "group",
-                        "object_type": "group",
-                        "dn": dn_template,
-                        "flows": [
-                            {"target": "cn", "source": "name"},
-                            {"target": "member", "source": "member", "allow_null": True},
-                        ],
-                    }
-                ],
-            }
-        )
-    )
+    """A source's groups, their members references, exported value by value to a directory's groups (the
+    configuration of ``streams.bench.group_store``)."""
+    return compile_rules(IdsyncConfig.model_validate(group_config(dn_template)))
 
 
 RULES = _rules()
@@ -199,19 +166,7 @@ def _run(
             elif kind == "result":
                 if not exports:
                     continue
-                e = exports[-1]
-                msg = ExportResult(
-                    mv_id=GROUP,
-                    connector=TARGET,
-                    export_id=e.export_id,
-                    seq=e.seq,
-                    status=arg,
-                    op=e.op,
-                    anchor="dir-staff" if arg == "applied" else None,
-                    dn=(e.new_dn or e.dn) if arg == "applied" else None,
-                    error_type=None if arg == "applied" else "constraint",
-                    ts_ms=ts,
-                )
+                msg = result_of(exports[-1], arg, anchor="dir-staff", error_type="constraint", ts_ms=ts)
             else:
                 imports += 1
                 msg = MVContribution(
@@ -374,10 +329,7 @@ def test_a_failed_export_unsettles_the_target_until_a_whole_plan() -> None:
     mv, outputs = metaverse.metaverse_steps(RULES, mv, [_answer(20, 20)], settle=True, lookup=world.lookup)
     assert mv is not None
     e = next(o for o in outputs[-1] if isinstance(o, PendingExport))
-    failed = ExportResult(
-        mv_id=GROUP, connector=TARGET, export_id=e.export_id, seq=e.seq, status="failed", op=e.op,
-        error_type="constraint", ts_ms=6_000,
-    )  # fmt: skip
+    failed = result_of(e, "failed", anchor="dir-staff", error_type="constraint", ts_ms=6_000)
     mv, _ = metaverse.metaverse_step(RULES, mv, failed)
     assert mv is not None and mv.targets[TARGET].settled_by is None and mv.targets[TARGET].replan
     planned: list[str] = []
