@@ -24,9 +24,8 @@ the chunk size is cut in pieces; an emptied one (but the first) is deleted.
 from __future__ import annotations
 
 import bisect
-import itertools
 from collections.abc import Iterator
-from itertools import chain
+from itertools import chain, islice
 
 from msgspec.structs import replace
 
@@ -258,7 +257,7 @@ def _changed_keys(items: dict[str, str], had: list[tuple[str, MVChunk]]) -> dict
             # Chunk i holds the keys from its low up to the next chunk's (the first: all below the second's).
             return max(bisect.bisect_right(lows, k) - 1, 0)
 
-        tail = [k for k in itertools.islice(reversed(items), new) if k not in had[chunk_of(k)][1].items]
+        tail = [k for k in islice(reversed(items), new) if k not in had[chunk_of(k)][1].items]
         if len(tail) < new:
             held: set[str] = set()
             held.update(*(chunk.items for _low, chunk in had))

@@ -118,7 +118,8 @@ CHANGELOG_OFFSET = META + b"changelog-offset"
 #: msgpack-4: a metaverse object may hold its large containers in chunks (``MVObject.chunked``,
 #: ``engine.chunks``).
 #: msgpack-5: a connector link remembers its answered keys (``ConnectorLink.stale_keys``) and a target the
-#: rule that left it settled (``TargetState.settled_by``); an older idsync refuses fields it does not know.
+#: rule that left it settled, with its waiting references and the values held back
+#: (``TargetState.settled_by``, ``waiting``, ``held_back``); an older idsync refuses fields it does not know.
 STATE_FORMAT = "msgpack-5"
 #: Formats this idsync reads as they are: claiming a directory in one of them records ``STATE_FORMAT``
 #: (from then on an older idsync refuses it instead of misreading it).

@@ -30,7 +30,6 @@ from engine.values import dn_key
 from schemas.config import IdsyncConfig
 from schemas.messages import (
     CSLink,
-    ExportResult,
     MVDisconnect,
     RefRegister,
     RefResolved,
@@ -41,6 +40,7 @@ from schemas.messages import (
 from schemas.state import ConnectorState, CSObject
 from schemas.wire import AttrChange, PendingExport
 
+from .helpers import applied
 from .refsim import Sim, group_dn, ref_config_dict, ref_rules, user_dn
 
 RULES = ref_rules()
@@ -467,17 +467,7 @@ def apply_all(sim: Sim, seen: set[str]) -> list[PendingExport]:
         sim.put(
             "mv",
             e.mv_id,
-            ExportResult(
-                mv_id=e.mv_id,
-                connector=e.connector,
-                export_id=e.export_id,
-                seq=e.seq,
-                status="applied",
-                op=e.op,
-                anchor=f"t-{e.mv_id}",
-                dn=e.new_dn or e.dn,
-                ts_ms=sim.ts,
-            ),
+            applied(e, anchor=f"t-{e.mv_id}", ts_ms=sim.ts),
         )
     return new
 
@@ -691,17 +681,7 @@ def drain_with_directory(sim: Sim, directory: Directory, seen: set[str]) -> None
             sim.put(
                 "mv",
                 e.mv_id,
-                ExportResult(
-                    mv_id=e.mv_id,
-                    connector=e.connector,
-                    export_id=e.export_id,
-                    seq=e.seq,
-                    status="applied",
-                    op=e.op,
-                    anchor=anchor,
-                    dn=e.new_dn or e.dn,
-                    ts_ms=sim.ts,
-                ),
+                applied(e, anchor=anchor, ts_ms=sim.ts),
             )
     raise AssertionError("exports did not settle")
 
