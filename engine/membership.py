@@ -38,6 +38,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import TypeVar
 
+from engine.confirmation import casefold_keys
 from engine.export import HELD_BACK_KEYS, OutboundOutput, emit_update, unaffected
 from engine.references import Lookup, out_route, registers
 from engine.rules import Rules
@@ -100,20 +101,6 @@ def _holds(values: list[str], value: str) -> bool:
     return at < len(values) and values[at] == value
 
 
-def _image_values(mv: MVObject, connector: str, attr: str) -> list[str]:
-    """The target attribute's values in its connector's last imported image (names compared
-    case-insensitively, the last of equal names winning, as ``engine.export`` folds them)."""
-    link = mv.links.get(connector)
-    if link is None or link.image is None:
-        return []
-    found: list[str] = []
-    folded = attr.casefold()
-    for name, values in link.image.items():
-        if name.casefold() == folded:
-            found = values
-    return found
-
-
 def _held_as_written(
     mv: MVObject, connector: str, target: TargetState, attr: str, dns: list[str]
 ) -> list[str] | None:
@@ -123,7 +110,9 @@ def _held_as_written(
     if entry is not None and entry.op != "delta":
         # The whole value set, in order (``engine.export._emit`` sorts it).
         return sorted(dns) if all(_holds(entry.values, d) for d in dns) else None
-    image = _image_values(mv, connector, attr)
+    link = mv.links.get(connector)
+    # The connector's last imported image, its names folded as ``engine.export._view`` folds them.
+    image = casefold_keys((link.image or {}) if link is not None else {}).get(attr.casefold(), [])
     gone = set(dn_keys(entry.removed)) if entry is not None else set()
     placed: list[tuple[int, int, str]] = []
     for dn in dns:
