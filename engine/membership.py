@@ -38,6 +38,7 @@ from bisect import bisect_left, insort
 from dataclasses import dataclass
 from typing import TypeVar
 
+from engine.chunks import Touched, attribute_path, flow_path, ledger_path, ref_dns_path
 from engine.confirmation import casefold_keys
 from engine.export import HELD_BACK_KEYS, OutboundOutput, emit_update, unaffected
 from engine.references import Lookup, out_route, registers
@@ -193,10 +194,11 @@ def _without(counts: dict[str, _V], key: str) -> dict[str, _V]:
 
 
 def member_sync(
-    rules: Rules, mv: MVObject, ts_ms: int, lookup: Lookup
+    rules: Rules, mv: MVObject, ts_ms: int, lookup: Lookup, touched: Touched | None = None
 ) -> list[OutboundOutput | MVChange | RefRegister] | None:
     """Sync a metaverse object whose only stale answers change a few values of one reference attribute,
-    from those values alone; None (nothing changed) when the general sync must do it."""
+    from those values alone; None (nothing changed) when the general sync must do it. ``touched``: the
+    values and keys it changed in the object's containers are added to it (``engine.chunks``)."""
     stale = [(c, link) for c, link in mv.links.items() if link.stale_refs]
     if len(stale) != 1 or len(stale[0][1].stale_refs) != 1 or mv.ref_sync is None:
         return None
@@ -287,6 +289,9 @@ def member_sync(
     mv.ref_sync = None
     attrs = dict(mv.attributes)
     attrs[attr] = list(values)
+    if touched is not None:
+        touched.add(flow_path(connector, attr), came | left)
+        touched.add(attribute_path(attr), came | left)
     mv.attributes = attrs
     mv.version += 1
     connectors = sorted(mv.links)
@@ -309,6 +314,8 @@ def member_sync(
             target.ref_dns.pop(member_id, None)
         for member_id, dn in new:
             target.ref_dns[member_id] = dn
+        if touched is not None:
+            touched.add(ref_dns_path(target_name), [*removed, *added])
         outputs += registers(mv.mv_id, "unrefer", target_name, removed, ts_ms, direction="out")
         outputs += registers(mv.mv_id, "refer", target_name, added, ts_ms, direction="out")
     for rule, target, current_dn, plan in plans:
@@ -324,7 +331,15 @@ def member_sync(
         changes = {plan.attr: AttrChange(op="delete", values=plan.removed)} if plan.removed else {}
         adds = {plan.attr: AttrChange(op="add", values=plan.added)} if plan.added else {}
         shape = rules.export_shape(rule.connector, mv_type)
+        prev = target.ledger.get(plan.attr)
         outputs += emit_update(
             mv, rule, target, current_dn, None, changes, adds, {}, ts_ms, shape, exact=True
         )
+        if touched is not None and (changes or adds):
+            path = ledger_path(rule.connector, plan.attr)
+            if prev is not None and prev.op != "delta" and all(_holds(prev.values, v) for v in plan.removed):
+                # A whole value set changed in place (engine.export._delta_entry with ``exact``).
+                touched.add(path, [*plan.removed, *plan.added])
+            else:
+                touched.unknown(path)
     return outputs

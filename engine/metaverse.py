@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Collection, Sequence
 
+from engine.chunks import Touched, ref_dns_path, refs_path
 from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
 from engine.export import OutboundOutput, plan_exports, record_result, unaffected
@@ -78,9 +79,13 @@ def metaverse_steps(
     now_ms: int | None = None,
     settle: bool | Callable[[MVObject], bool] = False,
     lookup: Lookup = no_table,
+    touched: Touched | None = None,
 ) -> tuple[MVObject | None, list[list[MVOutput]]]:
     """Apply messages to one metaverse object in order: the state and, per message, the outputs that
     applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
+
+    ``touched``: filled with what the steps changed in the object's large containers (``engine.chunks``:
+    a member answer's key, the values a member sync changed); a step that does not say makes it whole.
 
     A group hears from each of its members (a reference answer each); one copy per answer would make a
     large group's initial load quadratic. The given object is never changed: it is copied once, and the
@@ -108,11 +113,11 @@ def metaverse_steps(
         elif isinstance(msg, MVDisconnect):
             work, more = _disconnect(rules, work, msg)
         elif isinstance(msg, RefResolved):
-            work, more = _ref_resolved(rules, work, msg)
+            work, more = _ref_resolved(rules, work, msg, touched)
         elif isinstance(msg, RefRegister):
-            work, more = _ref_register(rules, work, msg, lookup)
+            work, more = _ref_register(rules, work, msg, lookup, touched)
         elif isinstance(msg, RefSync):
-            work, more, current = _ref_sync(rules, work, msg, lookup)
+            work, more, current = _ref_sync(rules, work, msg, lookup, touched)
         else:
             work, more = _contribute(rules, work, msg, lookup)
         # A dropped object (None) leaves every registration it had: the object it was still knows them.
@@ -120,6 +125,8 @@ def metaverse_steps(
         # Reference answers and export results change no attribute value: the references are as they
         # were, unless the object's deletion fell due first.
         values = bool(outputs) or not isinstance(msg, RefResolved | RefRegister | ExportResult)
+        if touched is not None and (outputs or (values and not current) or isinstance(msg, ExportResult)):
+            touched.whole = True  # a step that does not say what it changed (registrations included)
         refs, found = mv_updates(
             rules,
             msg.mv_id,
@@ -144,8 +151,10 @@ def metaverse_steps(
         while work is not None and work.ref_sync is not None and not work.deleted:
             published = published_dns(rules, work)
             sync = RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms)
-            work, synced, current = _ref_sync(rules, work, sync, lookup)
+            work, synced, current = _ref_sync(rules, work, sync, lookup, touched)
             results[-1] += synced
+            if touched is not None and not current:
+                touched.whole = True  # the registrations are compared and changed whole
             if work is not None:
                 refs, found = mv_updates(
                     rules, work.mv_id, published, work, last.ts_ms, registrations=not current, lookup=lookup
@@ -175,7 +184,7 @@ def _expire(rules: Rules, mv: MVObject | None, now_ms: int) -> tuple[MVObject | 
 
 
 def _ref_resolved(
-    rules: Rules, mv: MVObject | None, msg: RefResolved
+    rules: Rules, mv: MVObject | None, msg: RefResolved, touched: Touched | None = None
 ) -> tuple[MVObject | None, list[MVOutput]]:
     """The reference index answered: a DN of a connector resolved (inbound), or a referenced object's
     DN in a target is known (outbound: the second pass exports the reference).
@@ -190,6 +199,8 @@ def _ref_resolved(
         if target is None or msg.key not in target.ref_dns or target.ref_dns[msg.key] == (msg.value or ""):
             return mv, []  # no longer referenced (it unregistered meanwhile), or nothing new
         target.ref_dns[msg.key] = msg.value or ""
+        if touched is not None:
+            touched.add(ref_dns_path(msg.connector), (msg.key,))
         # Planned again at the sync whatever its cause: the RefSync may come from an inbound answer of
         # another connector that changed no value this target reads.
         target.replan = True
@@ -202,6 +213,8 @@ def _ref_resolved(
     if (refs or {}).get(msg.key) == msg.value:
         return mv, []
     track_answer(link, attr, msg.key, (refs or {}).get(msg.key))
+    if touched is not None:
+        touched.add(refs_path(msg.connector, attr), (msg.key,))
     if refs is None:
         refs = link.refs[attr] = {}
     if msg.value is None:
@@ -216,14 +229,14 @@ def _ref_resolved(
 
 
 def _ref_register(
-    rules: Rules, mv: MVObject | None, msg: RefRegister, lookup: Lookup
+    rules: Rules, mv: MVObject | None, msg: RefRegister, lookup: Lookup, touched: Touched | None = None
 ) -> tuple[MVObject | None, list[MVOutput]]:
     """The object registers to (or leaves) keys of the reference table: the registrations go to the
     stage (kept whether or not the object is still there: its connector-space object leaving ends them),
     and the table's values, where it has them, are applied at once."""
     out: list[MVOutput] = [msg]
     for answer in registered(msg, lookup):
-        mv, more = _ref_resolved(rules, mv, answer)
+        mv, more = _ref_resolved(rules, mv, answer, touched)
         out += more
     return mv, out
 
@@ -236,7 +249,7 @@ def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:
 
 
 def _ref_sync(
-    rules: Rules, mv: MVObject | None, msg: RefSync, lookup: Lookup = no_table
+    rules: Rules, mv: MVObject | None, msg: RefSync, lookup: Lookup = no_table, touched: Touched | None = None
 ) -> tuple[MVObject | None, list[MVOutput], bool]:
     """The answers recorded since the last sync reach the object's values, then its targets. The flag
     says whether the sync left the object's outbound registrations current (the step's ``mv_updates``
@@ -245,17 +258,19 @@ def _ref_sync(
         return mv, [], False
     if mv.ref_sync is None:
         return mv, [], True  # synced already (a settled batch did it): nothing changed
-    synced = member_sync(rules, mv, msg.ts_ms, lookup)
+    synced = member_sync(rules, mv, msg.ts_ms, lookup, touched)
     if synced is not None:
         return mv, list(synced), True
+    if touched is not None:
+        touched.whole = True
     cause = mv.ref_sync
     mv.ref_sync = None
     equal = rules.equal.get(mv.object_type, frozenset())
     # Only reference attributes whose answers arrived can change (an outbound answer changes none, only
     # what the target's rule exports): the others keep their values and winners, as in a contribution.
-    touched: set[str] = set()
+    stale: set[str] = set()
     for link in mv.links.values():
-        touched.update(link.stale_refs)
+        stale.update(link.stale_refs)
         for attr in link.stale_refs:
             values = sorted_set(link.refs.get(attr, {}).values(), link.flows.get(attr))
             if attr in link.flows and same_values(link.flows[attr], values):
@@ -266,7 +281,7 @@ def _ref_sync(
             mv.retained.pop(attr, None)
         link.stale_refs = []
         link.stale_keys = {}
-    return mv, _sync(rules, mv, False, cause, msg.ts_ms, touched, lookup), False
+    return mv, _sync(rules, mv, False, cause, msg.ts_ms, stale, lookup), False
 
 
 def fork(mv: MVObject) -> MVObject:

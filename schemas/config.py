@@ -531,6 +531,11 @@ class PipelineConfig(_Config):
     #: DNs) are stored in chunks of a quarter of this (``engine.chunks``): a checkpoint logs the chunks a
     #: change changed, not the group.
     split_values_from: int = Field(default=1_000, ge=2, le=10_000_000)
+    #: Values of such large metaverse objects a worker keeps decoded after their checkpoint (over all its
+    #: partitions; the least recently used dropped first), for their next change: a member change to a
+    #: kept group reads nothing from its chunks and saves only the chunks its change names. About 100
+    #: bytes each (a 50,000-member group whose export waits holds 250,000: ~25 MB); 0 keeps none.
+    kept_values: int = Field(default=1_000_000, ge=0, le=1_000_000_000)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.

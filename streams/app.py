@@ -137,6 +137,8 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
                     "deferred_objects": rt.counters.deferred,
                     "answers_deferred": rt.counters.steps["ref-answers-deferred"],
                     "table_backlog": mv.table_backlog,
+                    "kept_objects": len(rt.kept),
+                    "kept_values": rt.kept.values,
                 },
             )
         )

@@ -5,15 +5,24 @@ scan per container) as it is decoded, and what its chunks held is remembered unt
 checkpoint. The checkpoint stores each object written since through ``engine.chunks.split`` against what
 it was read from: only the chunks whose runs changed go to the changelog and the database, with the
 object (now small). Everything above the store — the stage, the engine — sees whole objects.
+
+A large object a checkpoint saved is *kept* whole, with what its chunks hold now (``KeptObjects``, bounded
+by the values they hold, the least recently used dropped first): its next read — the next member change of
+a group — is the object as saved, not a scan and decode of all its chunks. The engine never changes an
+object it is given, so the saved object is the object read. A write to the database that is not the
+checkpoint's own (a restore from the changelog, a cleared or closed partition) drops what the partition
+kept, and a kept object is used only while the stored object is the one it was saved as.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from msgspec import Struct
 
-from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, split
+from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, split, stored_chunks
 from schemas.codec import pack, unpacker
 from schemas.state import MVChunk, MVObject
 from streams.store import PartitionStore
@@ -22,6 +31,9 @@ _CHUNK = unpacker(MVChunk)
 #: Values of the chunks a partition's codec remembers from its reads until the checkpoint (a 50,000-member
 #: group with a source and a target: ~250,000).
 READ_VALUES = 2_000_000
+#: Values of the large objects a store keeps whole after their checkpoint (``KeptObjects``), over all its
+#: partitions: four 50,000-member groups whose export waits, about 100 MB.
+KEPT_VALUES = 1_000_000
 
 
 class _Head(Struct, kw_only=True):
@@ -33,10 +45,65 @@ class _Head(Struct, kw_only=True):
 _HEAD = unpacker(_Head)
 
 
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A large object as a checkpoint saved it."""
+
+    #: The stored object (without its chunked containers): the kept object is used while it is stored.
+    main: MVObject
+    #: The object whole, as the stage saved it (never changed: the engine changes copies).
+    whole: MVObject
+    #: What its chunks hold.
+    chunks: Chunks
+    #: How many values they hold.
+    values: int
+
+
+class KeptObjects:
+    """The large objects a store's partitions keep whole after their checkpoint, the least recently used
+    dropped first past ``limit`` values (0: none kept). One per store, shared by its partitions' codecs."""
+
+    def __init__(self, limit: int = KEPT_VALUES) -> None:
+        self.limit = limit
+        self._objects: OrderedDict[tuple[int, bytes], _Kept] = OrderedDict()
+        #: Values the kept objects' chunks hold.
+        self.values = 0
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def get(self, codec: MVChunks, key: bytes) -> _Kept | None:
+        kept = self._objects.get((id(codec), key))
+        if kept is not None:
+            self._objects.move_to_end((id(codec), key))
+        return kept
+
+    def put(self, codec: MVChunks, key: bytes, kept: _Kept) -> None:
+        self.drop(codec, key)
+        if kept.values > self.limit:
+            return
+        self._objects[(id(codec), key)] = kept
+        self.values += kept.values
+        while self.values > self.limit:
+            _oldest, dropped = self._objects.popitem(last=False)
+            self.values -= dropped.values
+
+    def drop(self, codec: MVChunks, key: bytes) -> None:
+        kept = self._objects.pop((id(codec), key), None)
+        if kept is not None:
+            self.values -= kept.values
+
+    def drop_all(self, codec: MVChunks) -> None:
+        for key in [k for k in self._objects if k[0] == id(codec)]:
+            self.values -= self._objects.pop(key).values
+
+
 class MVChunks:
     """One partition's codec (``streams.store.StateCodec``)."""
 
-    def __init__(self, min_values: int, read_values: int = READ_VALUES) -> None:
+    def __init__(
+        self, min_values: int, read_values: int = READ_VALUES, kept: KeptObjects | None = None
+    ) -> None:
         self.min_values = min_values
         #: Objects read from the database since the last checkpoint that hold containers apart: what their
         #: chunks held then (the database's, until the checkpoint writes the new ones), the latest read
@@ -47,11 +114,22 @@ class MVChunks:
         self.read_values = read_values
         #: Objects whose chunks were read and are not remembered any more (read again if saved).
         self._dropped: set[bytes] = set()
+        #: Large objects kept whole after their checkpoint (shared with the store's other partitions).
+        self.kept = kept if kept is not None else KeptObjects(0)
+        #: The records the last ``encode`` returned, and the large objects in them, kept once written.
+        self._encoded: dict[bytes, bytes | None] | None = None
+        self._saving: dict[bytes, _Kept] = {}
 
     def loaded(self, part: PartitionStore, key: bytes, value: Any) -> Any:
         """A value decoded from the database, whole."""
         if not isinstance(value, MVObject) or not value.chunked:
             return value
+        kept = self.kept.get(self, key)
+        if kept is not None:
+            if kept.main == value:
+                self._remember(key, kept.chunks, kept.values)
+                return kept.whole
+            self.kept.drop(self, key)  # not what is stored (cannot happen: every write is seen)
         chunks = self._chunks(part, value.mv_id, value.chunked)
         self._remember(key, chunks, sum(value.chunked.values()))
         return hydrate(value, chunks)
@@ -83,6 +161,7 @@ class MVChunks:
     def encode(self, part: PartitionStore, unsaved: dict[bytes, Any]) -> dict[bytes, bytes | None]:
         """The unsaved objects as state records: each object, and the chunks that changed."""
         puts: dict[bytes, bytes | None] = {}
+        saving: dict[bytes, _Kept] = {}
         least = self.min_values // 2
         for key, value in unsaved.items():
             read = self._read.get(key)
@@ -93,17 +172,39 @@ class MVChunks:
                 # Not remembered (dropped, or written without being read: the stage reads first).
                 before = self._stored(part, key)
             if before or big:
-                value, writes = split(value, key.decode(), before or {}, self.min_values)
+                whole = value
+                touched = part.touched.get(key)
+                value, writes = split(value, key.decode(), before or {}, self.min_values, touched)
                 for ck, chunk in writes.items():
                     puts[ck] = None if chunk is None else pack(chunk)
+                if value is not None and value.chunked and self.kept.limit:
+                    after = stored_chunks(value.mv_id, value.chunked, before or {}, writes)
+                    saving[key] = _Kept(value, whole, after, sum(value.chunked.values()))
             puts[key] = None if value is None else pack(value)
+        self._encoded, self._saving = puts, saving
         return puts
 
+    def written(self, puts: dict[bytes, bytes | None] | None) -> None:
+        """The database was written: ``puts`` (the records ``encode`` returned — a checkpoint's — or a
+        restore's; None: any of it, a partition cleared or closed). What was read before is read again;
+        the large objects a checkpoint saved are kept whole, and nothing else stays kept."""
+        if puts is not None and puts is self._encoded:
+            for key in puts:
+                kept = self._saving.get(key)
+                if kept is not None:
+                    self.kept.put(self, key, kept)
+                else:
+                    self.kept.drop(self, key)
+        else:
+            self.kept.drop_all(self)
+        self._encoded, self._saving = None, {}
+        self.saved()
+
     def saved(self) -> None:
-        """The database was written (a checkpoint's records, a restore's): chunks are read again from it."""
+        """The unsaved state was saved (or a restore written): chunks are read again from the database."""
         self._read = {}
         self._read_values = 0
         self._dropped = set()
 
 
-__all__ = ["READ_VALUES", "MVChunks"]
+__all__ = ["KEPT_VALUES", "READ_VALUES", "KeptObjects", "MVChunks"]

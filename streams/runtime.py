@@ -22,7 +22,7 @@ from schemas.codec import to_json
 from schemas.config import IdsyncConfig
 from schemas.wire import ErrorRecord
 from streams import compression
-from streams.chunks import MVChunks
+from streams.chunks import KeptObjects, MVChunks
 from streams.output import Outputs
 from streams.store import Store, claim_state_dir, set_memory_budget
 from streams.topics import Names
@@ -86,6 +86,8 @@ class Runtime:
         self.stage_topics: set[str] = set()
         self.errors: list[ErrorRecord] = []
         self._stores: dict[str, Store] = {}
+        #: The metaverse store's large objects kept whole after their checkpoint (``streams.chunks``).
+        self.kept = KeptObjects(config.pipeline.kept_values)
         #: Set by ``stop``: the producer and the stores are closed.
         self.closed = False
         self._topic_partitions = self._all_topics()
@@ -151,7 +153,7 @@ class Runtime:
             if stage == "mv":
                 # A metaverse object's large containers (a group's members) are held in chunks.
                 least = self.config.pipeline.split_values_from
-                codec = partial(MVChunks, least)
+                codec = partial(MVChunks, least, kept=self.kept)
             self._stores[name] = Store(root, name, changelog, codec)
         return self._stores[name]
 

@@ -34,6 +34,7 @@ from rocksdict import (
     WriteOptions,
 )
 
+from engine.chunks import Touched
 from schemas.codec import pack
 from schemas.errors import FatalError
 
@@ -218,9 +219,13 @@ class StateCodec(Protocol):
     def encode(self, part: PartitionStore, unsaved: dict[bytes, Any]) -> dict[bytes, bytes | None]:
         """The unsaved values as the records to log and write (None deletes a key)."""
 
+    def written(self, puts: dict[bytes, bytes | None] | None) -> None:
+        """The database was written: ``puts`` (what ``encode`` returned, a checkpoint's, or a restore's
+        records; None: any of it — the partition was cleared or closed). What was read from it before is
+        read again."""
+
     def saved(self) -> None:
-        """The database was written (a checkpoint's records, or a restore's): what was read from it before
-        is read again."""
+        """The unsaved state is saved."""
 
 
 class PartitionStore:
@@ -247,6 +252,9 @@ class PartitionStore:
         #: counts once, at its latest weight) and each key's.
         self.unsaved_weight = 0
         self._weights: dict[bytes, int] = {}
+        #: For unsaved keys whose value the codec holds in parts: what changed in its large containers
+        #: since it was read from the database (``streams.stages.base.Batch.put``); a key not here: unknown.
+        self.touched: dict[bytes, Touched] = {}
 
     def stash(self, puts: dict[bytes, Any], sorted_keys: list[bytes], weigh: Callable[[Any], int]) -> None:
         """Keep a processed batch's writes (``sorted_keys``: their keys in order) until the checkpoint;
@@ -293,6 +301,7 @@ class PartitionStore:
         self._unsaved_new = []
         self.unsaved_weight = 0
         self._weights = {}
+        self.touched = {}
 
     @property
     def db(self) -> Rdict:
@@ -322,8 +331,9 @@ class PartitionStore:
         if changelog_offset is not None:
             wb.put(CHANGELOG_OFFSET, str(changelog_offset).encode())
         self._db.write(wb)
+        self.touched = {}  # relative to what the database held
         if self.codec is not None:
-            self.codec.saved()  # a checkpoint's or a restore's: what was read before is read again
+            self.codec.written(puts)  # a checkpoint's or a restore's: what was read before is read again
 
     def changelog_offset(self) -> int | None:
         """Where this copy's changelog position stands (None: never written from a changelog)."""
@@ -363,8 +373,9 @@ class PartitionStore:
 
     def clear(self) -> None:
         """Delete every entry (state and bookkeeping): the next restore reads the whole changelog."""
+        self.touched = {}
         if self.codec is not None:
-            self.codec.saved()
+            self.codec.written(None)
         keys = list(self._db.keys())
         for i in range(0, len(keys), 10_000):
             wb = WriteBatch(raw_mode=True)
@@ -373,6 +384,8 @@ class PartitionStore:
             self._db.write(wb)
 
     def close(self) -> None:
+        if self.codec is not None:
+            self.codec.written(None)  # what it kept of this partition goes with it
         # Without a write-ahead log, what is in the memtables is on disk only once flushed.
         self._db.flush()
         self._db.close()

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from engine import metaverse
+from engine.chunks import Touched
 from engine.metaverse import metaverse_steps
 from engine.rules import compile_rules
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
 from schemas.messages import RefResolved, RefSync
 from schemas.state import ConnectorLink, LedgerEntry, MVObject, TargetState
-from streams.chunks import MVChunks
+from streams.chunks import KEPT_VALUES, KeptObjects, MVChunks
 from streams.runtime import GC_THRESHOLDS
 from streams.stages.base import Batch
 from streams.store import PartitionStore
@@ -117,22 +118,25 @@ def group(members: int) -> MVObject:
     )
 
 
-def run(members: int, changes: int, whole: bool, general: bool = False) -> dict[str, float]:
+def run(
+    members: int, changes: int, whole: bool, general: bool = False, keep: bool = True
+) -> dict[str, float]:
     """Median CPU ms of the read, sync and save of ``changes`` member changes, and bytes saved per change.
     ``general``: ``engine.membership.member_sync`` declines every sync (in this process, for the run)."""
     real = metaverse.member_sync
     if general:
         metaverse.member_sync = lambda *_args: None  # type: ignore[assignment]  # the general sync only
     try:
-        return _run(members, changes, whole)
+        return _run(members, changes, whole, keep)
     finally:
         metaverse.member_sync = real
 
 
-def _run(members: int, changes: int, whole: bool) -> dict[str, float]:
+def _run(members: int, changes: int, whole: bool, keep: bool) -> dict[str, float]:
     rules = _rules()
     with tempfile.TemporaryDirectory() as tmp:
-        part = PartitionStore(Path(tmp) / "p0", 0, None, None if whole else MVChunks(1_000))
+        codec = MVChunks(1_000, kept=KeptObjects(KEPT_VALUES if keep else 0))
+        part = PartitionStore(Path(tmp) / "p0", 0, None, None if whole else codec)
         key = b"group-all-staff"
 
         def save() -> int:
@@ -173,11 +177,11 @@ def _run(members: int, changes: int, whole: bool) -> dict[str, float]:
                 value=_mv_id(i),
                 ts_ms=n,
             )
-            mv, _ = metaverse_steps(rules, mv, [answer], settle=True, lookup=lookup)
-            mv, _ = metaverse_steps(
-                rules, mv, [RefSync(mv_id="group-all-staff", ts_ms=n)], settle=True, lookup=lookup
-            )
-            batch.update(key, mv)
+            touched = Touched()
+            mv, _ = metaverse_steps(rules, mv, [answer], settle=True, lookup=lookup, touched=touched)
+            sync = RefSync(mv_id="group-all-staff", ts_ms=n)
+            mv, _ = metaverse_steps(rules, mv, [sync], settle=True, lookup=lookup, touched=touched)
+            batch.update(key, mv, touched)
             batch.stash()
             t2 = time.process_time()
             written.append(save())
@@ -205,9 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int, default=16)
     p.add_argument("--whole", action="store_true", help="store the object as one value (no chunks)")
     p.add_argument("--general", action="store_true", help="sync by the general sync (no member sync)")
+    p.add_argument(
+        "--no-keep", action="store_true", help="read the group from its chunks after each checkpoint"
+    )
     args = p.parse_args(argv)
-    r = run(args.members, args.changes, args.whole, args.general)
-    how = ("whole" if args.whole else "chunks") + (", general sync" if args.general else "")
+    r = run(args.members, args.changes, args.whole, args.general, not args.no_keep)
+    how = (
+        ("whole" if args.whole else "chunks")
+        + (", general sync" if args.general else "")
+        + (", not kept" if args.no_keep and not args.whole else "")
+    )
     print(
         f"{how} @{args.members:,} members: read {r['read_ms']} ms, sync "
         f"{r['sync_ms']} ms, save {r['save_ms']} ms (CPU, median of {args.changes}); "

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from rocksdict import RdictIter
 
+from engine.chunks import Touched
 from schemas.codec import unpacker
 from schemas.errors import DataError
 from schemas.state import values_held
@@ -59,6 +60,9 @@ class Batch:
         self._puts: dict[bytes, Any] = {}
         #: The keys of ``_puts``, sorted (for ``scan``).
         self._put_keys: list[bytes] = []
+        #: Where the store's codec holds objects in parts: per key put, what changed in its large
+        #: containers since it was read from the database (``engine.chunks.Touched``; None: unknown).
+        self._touched: dict[bytes, Touched | None] = {}
 
     def sibling(self, keys: list[bytes], model: type[msgspec.Struct]) -> Batch:
         """A batch of the same partition for keys of another kind (``model``), read with one multi-get of
@@ -91,14 +95,34 @@ class Batch:
         """Keep this batch's changes in the partition's unsaved state (after its outputs were acked): the
         stage's next checkpoint (``save``) saves them with those of the other batches since the last one."""
         self._store.stash(self._puts, self._put_keys, values_held)
+        if self._touched:
+            journal = self._store.touched
+            for key, touched in self._touched.items():
+                if touched is None:
+                    journal.pop(key, None)
+                else:
+                    journal[key] = touched
 
-    def update(self, key: bytes, value: msgspec.Struct | None) -> None:
+    def update(self, key: bytes, value: msgspec.Struct | None, touched: Touched | None = None) -> None:
         """``put`` unless the key already holds an equal value (no write, no changelog record: a
         reference registration or a message that changed nothing)."""
         if self.get(key) != value:
-            self.put(key, value)
+            self.put(key, value, touched)
 
-    def put(self, key: bytes, value: msgspec.Struct | None) -> None:
+    def put(self, key: bytes, value: msgspec.Struct | None, touched: Touched | None = None) -> None:
+        """Replace the key's value. ``touched``: what changed in its large containers from the value this
+        batch read (``engine.chunks.Touched``, for a store whose codec holds them in parts; None:
+        unknown — the codec compares the value with its parts)."""
+        if self._store.codec is not None:
+            if key in self._touched:
+                base = self._touched[key]
+            elif key in self._unsaved:
+                base = self._store.touched.get(key)
+            elif key in self._cache:
+                base = Touched()  # read from the database by this batch: nothing changed yet
+            else:
+                base = None
+            self._touched[key] = None if base is None or touched is None else base.merged(touched)
         self._cache[key] = value
         if key not in self._puts:
             bisect.insort(self._put_keys, key)

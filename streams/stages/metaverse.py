@@ -10,6 +10,7 @@ from typing import Any
 
 from rocksdict import RdictIter
 
+from engine.chunks import Touched
 from engine.metaverse import MVOutput, due_deletions, expire, metaverse_step, metaverse_steps
 from engine.references import (
     out_route,
@@ -192,13 +193,14 @@ class MetaverseStage(Stage[MVObject]):
             self._synced_at[key] = now
             return True
 
+        touched = Touched()
         try:
             mv, outputs = metaverse_steps(
-                self.rt.rules, batch.get(key), msgs, settle=settle, lookup=self.table.get
+                self.rt.rules, batch.get(key), msgs, settle=settle, lookup=self.table.get, touched=touched
             )
         except Exception:
             return False
-        batch.update(key, mv)
+        batch.update(key, mv, touched)
         if mv is not None and mv.ref_sync is not None:
             self._held.setdefault(batch.partition, set()).add(key)
         for each in outputs:
@@ -560,14 +562,16 @@ class MetaverseStage(Stage[MVObject]):
                 mv = batch.get(key)
                 if mv is None or mv.ref_sync is None:
                     continue  # synced since (a RefSync on its way found it) or gone
+                touched = Touched()
                 mv, [outputs] = metaverse_steps(
                     self.rt.rules,
                     mv,
                     [RefSync(mv_id=key.decode(), ts_ms=ts)],
                     settle=True,
                     lookup=self.table.get,
+                    touched=touched,
                 )
-                batch.update(key, mv)
+                batch.update(key, mv, touched)
                 self._synced_at[key] = now
                 self._emit(outputs, out, p)
             batches.append(batch)

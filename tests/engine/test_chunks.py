@@ -16,6 +16,7 @@ from engine.chunks import (
     low_of,
     object_prefix,
     split,
+    stored_chunks,
 )
 from schemas.state import ConnectorLink, LedgerEntry, MVChunk, MVObject, TargetState
 
@@ -206,6 +207,8 @@ def test_any_history_of_changes_reads_back_what_was_stored(
         main = db.store(whole, before)
         assert main is not None
         assert hydrate(main, db.read(main)) == whole
+        # What the codec keeps of a saved object for its next read is what reading it back gives.
+        assert stored_chunks(MV_ID, main.chunked, before, db.written[-1]) == db.read(main)
         # Only the held containers have chunks, each starting with its first chunk (low ""), none too large.
         paths = {k[len(object_prefix(MV_ID)) :].split(b"\x00")[0].decode() for k in db.chunks}
         assert paths == set(main.chunked)

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import export, membership, metaverse, references
+from engine import chunks, export, membership, metaverse, references
+from engine.chunks import Chunks, Touched, chunk_prefix, low_of, split, stored_chunks
 from engine.export import _view
 from engine.references import in_route, out_route
 from engine.rules import Rules, compile_rules
@@ -19,7 +20,7 @@ from engine.values import dn_key
 from schemas.codec import as_dict
 from schemas.config import IdsyncConfig
 from schemas.messages import MVContribution, RefResolved, RefSync
-from schemas.state import MVObject
+from schemas.state import MVChunk, MVObject
 from schemas.wire import PendingExport
 from streams.bench.group_store import group_config
 from tests.engine.helpers import result_of
@@ -114,10 +115,69 @@ def _image(mv: MVObject | None, how: str) -> dict[str, list[str]]:
     return {"cn": ["staff"], "member": members}
 
 
+class ChunkStore:
+    """The metaverse store's chunks of the group (``engine.chunks``, held from ``SPLIT`` values: chunks of
+    one or two), saved every ``every`` steps as a checkpoint saves: each save must write the same chunks
+    whether ``split`` is told what the steps changed (``Touched``, merged across the steps since the last
+    save, as ``streams.stages.base.Batch`` merges them) or compares every container."""
+
+    SPLIT = 4
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.chunks: dict[bytes, MVChunk] = {}
+        self.stored: MVObject | None = None
+        self.touched: Touched | None = Touched()
+        self.steps = 0
+        self.looked = 0  # saves where split looked at the chunks the steps named
+
+    def step(self, mv: MVObject | None, touched: Touched | None) -> None:
+        self.touched = None if self.touched is None or touched is None else self.touched.merged(touched)
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self.save(mv)
+
+    def save(self, mv: MVObject | None) -> None:
+        before: Chunks = {}
+        for path in self.stored.chunked if self.stored is not None else {}:
+            prefix = chunk_prefix(GROUP, path)
+            before[path] = [
+                (low_of(prefix, k), c) for k, c in sorted(self.chunks.items()) if k.startswith(prefix)
+            ]
+        missed = sum(chunks.unaccounted.values())
+        told = split(mv, GROUP, before, self.SPLIT, self.touched)
+        assert sum(chunks.unaccounted.values()) == missed, "a step changed a container without saying so"
+        assert told == split(mv, GROUP, before, self.SPLIT)
+        self.looked += self.touched is not None and not self.touched.whole and bool(before)
+        main, writes = told
+        for k, c in writes.items():
+            if c is None:
+                self.chunks.pop(k, None)
+            else:
+                self.chunks[k] = c
+        if main is not None:
+            assert stored_chunks(GROUP, main.chunked, before, writes) == {
+                path: [
+                    (low_of(chunk_prefix(GROUP, path), k), c)
+                    for k, c in sorted(self.chunks.items())
+                    if k.startswith(chunk_prefix(GROUP, path))
+                ]
+                for path in main.chunked
+            }
+        self.stored, self.touched = main, Touched()
+
+
 def _run(
-    rules: Rules, members: int, known: int, steps: list[tuple[str, int, Any]], general: bool, settle: bool
+    rules: Rules,
+    members: int,
+    known: int,
+    steps: list[tuple[str, int, Any]],
+    general: bool,
+    settle: bool,
+    store: ChunkStore | None = None,
 ) -> tuple[list[Any], int]:
-    """The trace (state and outputs after each step) and how many syncs ``member_sync`` made."""
+    """The trace (state and outputs after each step) and how many syncs ``member_sync`` made. ``store``:
+    the group saved in chunks along the way (``ChunkStore``)."""
     world = World(members, known)
     taken = 0
     real = membership.member_sync
@@ -133,6 +193,8 @@ def _run(
     with pytest.MonkeyPatch.context() as m:
         m.setattr(metaverse, "member_sync", counted)
         mv, outputs = metaverse.metaverse_step(rules, None, projection(members), lookup=world.lookup)
+        if store is not None:
+            store.step(mv, None)
         trace: list[Any] = [(as_dict(mv) if mv else None, [as_dict(o) for o in outputs])]
         exports = [o for o in outputs if isinstance(o, PendingExport)]
         imports = 0
@@ -182,16 +244,19 @@ def _run(
                     route="group|cn=staff",
                     ts_ms=ts,
                 )
-            if settle:
-                mv, [outputs] = metaverse.metaverse_steps(rules, mv, [msg], settle=True, lookup=world.lookup)
-            else:
-                mv, outputs = metaverse.metaverse_step(rules, mv, msg, lookup=world.lookup)
+            touched = Touched()
+            mv, [outputs] = metaverse.metaverse_steps(
+                rules, mv, [msg], settle=settle, lookup=world.lookup, touched=touched
+            )
+            if store is not None:
+                store.step(mv, touched)
             exports += [o for o in outputs if isinstance(o, PendingExport)]
             trace.append((kind, as_dict(mv) if mv else None, [as_dict(o) for o in outputs]))
     return trace, taken
 
 
 TAKEN: list[int] = []
+LOOKED: list[int] = []
 
 
 @settings(max_examples=300, deadline=None)
@@ -204,9 +269,13 @@ TAKEN: list[int] = []
 def test_member_sync_equals_the_general_sync(
     members: int, known: int, steps: list[tuple[str, int, Any]], settle: bool
 ) -> None:
-    fast, _taken = _run(RULES, members, known, steps, general=False, settle=settle)
+    """And the group's chunks saved along the way are written the same whether or not the store is told
+    what the steps changed (``ChunkStore``)."""
+    store = ChunkStore(every=1 + len(steps) % 3)
+    fast, _taken = _run(RULES, members, known, steps, general=False, settle=settle, store=store)
     general, _ = _run(RULES, members, known, steps, general=True, settle=settle)
     assert fast == general
+    LOOKED.append(store.looked)
 
 
 @settings(max_examples=150, deadline=None)
@@ -223,6 +292,13 @@ def test_member_churn_synced_from_the_members_equals_the_general_sync(
     general, _ = _run(RULES, members, 10, steps, general=True, settle=settle)
     assert fast == general
     TAKEN.append(taken)
+
+
+def test_the_stores_above_were_told_what_changed() -> None:
+    """The chunk stores of the first property above looked only where the steps said, often."""
+    if not LOOKED:
+        pytest.skip("runs after test_member_sync_equals_the_general_sync")
+    assert sum(LOOKED) >= 100
 
 
 def test_the_churn_above_exercised_member_sync() -> None:

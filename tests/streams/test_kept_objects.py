@@ -1,0 +1,191 @@
+"""A large metaverse object a checkpoint saved is kept whole for its next read (``streams.chunks``), and
+a batch tells the store what changed in its large containers (``streams.stages.base.Batch``,
+``engine.chunks.Touched``): the object read is the object the database holds, whatever was kept; a
+write that is not the checkpoint's own drops what was kept; the journal of a key is known only from a
+read of the database on."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from engine import chunks
+from engine.chunks import Touched, attribute_path, flow_path, ref_dns_path, refs_path
+from schemas.state import MVObject
+from streams.chunks import KeptObjects, MVChunks
+from streams.stages.base import Batch
+from streams.store import PartitionStore
+
+from .test_mv_chunks import KEY, SPLIT, group
+
+
+def store(tmp_path: Path, kept: KeptObjects, name: str = "p0") -> PartitionStore:
+    return PartitionStore(tmp_path / name, 0, None, MVChunks(SPLIT, kept=kept))
+
+
+def save(part: PartitionStore) -> dict[bytes, bytes | None]:
+    """A checkpoint, as ``streams.stages.base.save`` makes it (without the changelog)."""
+    puts = part.encode_unsaved()
+    part.write(puts)
+    part.saved()
+    return puts
+
+
+def put(part: PartitionStore, value: MVObject | None, touched: Touched | None = None) -> None:
+    batch = Batch(part, [KEY], MVObject)
+    batch.get(KEY)
+    batch.put(KEY, value, touched)
+    batch.stash()
+
+
+def read(part: PartitionStore) -> Any:
+    return Batch(part, [KEY], MVObject).get(KEY)
+
+
+def fresh_read(tmp_path: Path, part: PartitionStore) -> Any:
+    """The object as a codec that kept nothing reads it from the database."""
+    part.close()
+    again = store(tmp_path, KeptObjects(0))
+    try:
+        return read(again)
+    finally:
+        again.close()
+
+
+def no_scan(part: PartitionStore, m: pytest.MonkeyPatch) -> None:
+    def refused(*_args: Any) -> Any:
+        raise AssertionError("the chunks were read")
+
+    m.setattr(part, "scan", refused)
+
+
+def test_a_saved_group_is_read_back_as_saved_without_reading_its_chunks(tmp_path: Path) -> None:
+    kept = KeptObjects()
+    part = store(tmp_path, kept)
+    whole = group(range(40))
+    put(part, whole)
+    save(part)
+    assert len(kept) == 1 and kept.values > 0
+    with pytest.MonkeyPatch.context() as m:
+        no_scan(part, m)
+        assert read(part) is whole
+    # Changed and saved again (the checkpoint compares it with the chunks kept): the database agrees.
+    bigger = group(range(41))
+    put(part, bigger)
+    save(part)
+    with pytest.MonkeyPatch.context() as m:
+        no_scan(part, m)
+        assert read(part) is bigger
+    assert fresh_read(tmp_path, part) == bigger
+
+
+def test_a_write_that_is_not_the_checkpoints_drops_what_was_kept(tmp_path: Path) -> None:
+    """A restore writes the changelog's records (here the same ones): the object is read from the
+    database again, not taken from what the checkpoint kept."""
+    kept = KeptObjects()
+    part = store(tmp_path, kept)
+    whole = group(range(40))
+    put(part, whole)
+    puts = save(part)
+    assert len(kept) == 1
+    part.write(dict(puts), 17)
+    assert len(kept) == 0
+    again = read(part)
+    assert again == whole and again is not whole
+    # Cleared: nothing kept either.
+    put(part, whole)
+    save(part)
+    assert len(kept) == 1
+    part.clear()
+    assert len(kept) == 0
+    part.close()
+
+
+def test_what_is_kept_is_bounded_by_its_values(tmp_path: Path) -> None:
+    # A group of 40 holds 160 values apart: the attribute, the flow, the references, the target's DNs.
+    kept = KeptObjects(limit=240)
+    part = store(tmp_path, kept)
+    keys = [b"group-a", b"group-b"]
+    batch = Batch(part, keys, MVObject)
+    for k in keys:
+        batch.get(k)
+        batch.put(k, msgspec.structs.replace(group(range(40)), mv_id=k.decode()))
+    batch.stash()
+    save(part)
+    # Two groups of 160 values over a limit of 240: the latest saved is kept.
+    assert len(kept) == 1 and kept.values == 160
+    assert isinstance(part.codec, MVChunks) and kept.get(part.codec, b"group-b") is not None
+    too_small = KeptObjects(limit=100)
+    small = store(tmp_path, too_small, "small")
+    put(small, group(range(40)))
+    save(small)
+    assert len(too_small) == 0
+    part.close()
+    small.close()
+    assert len(kept) == 0  # a closed partition keeps nothing
+
+
+def test_a_kept_object_is_used_only_while_it_is_what_is_stored(tmp_path: Path) -> None:
+    kept = KeptObjects()
+    codec = MVChunks(SPLIT, kept=kept)
+    part = PartitionStore(tmp_path / "p0", 0, None, codec)
+    put(part, group(range(40)))
+    save(part)
+    entry = kept.get(codec, KEY)
+    assert entry is not None
+    # Kept as something the database does not hold (cannot happen through the store): not used.
+    kept.put(codec, KEY, dataclasses.replace(entry, main=msgspec.structs.replace(entry.main, version=99)))
+    assert read(part) == group(range(40))
+    assert read(part) is not entry.whole
+    assert kept.get(codec, KEY) is None
+    part.close()
+
+
+def test_a_batch_journal_runs_from_a_read_of_the_database(tmp_path: Path) -> None:
+    part = store(tmp_path, KeptObjects())
+    put(part, group(range(40)))
+    save(part)
+    first, second = Touched(), Touched()
+    first.add(refs_path("hr", "member"), ["a"])
+    second.add(ref_dns_path("dir"), ["b"])
+    put(part, group(range(41)), first)  # read from the database: known from there
+    assert part.touched[KEY].paths == {refs_path("hr", "member"): {"a"}}
+    put(part, group(range(42)), second)  # read from the unsaved state: merged
+    assert part.touched[KEY].paths == {refs_path("hr", "member"): {"a"}, ref_dns_path("dir"): {"b"}}
+    put(part, group(range(43)))  # a put that does not say: unknown
+    assert KEY not in part.touched
+    put(part, group(range(44)), first)  # and stays unknown until the checkpoint
+    assert KEY not in part.touched
+    save(part)
+    assert part.touched == {}
+    # Put without a read: unknown (the database may hold the object).
+    batch = Batch(part, [KEY], MVObject)
+    batch.put(KEY, group(range(45)), first)
+    batch.stash()
+    assert KEY not in part.touched
+    save(part)
+    assert fresh_read(tmp_path, part) == group(range(45))
+
+
+def test_a_group_saved_from_what_its_steps_said_reads_back_as_saved(tmp_path: Path) -> None:
+    """The checkpoint writes only the chunks holding what the journal names; the database then holds the
+    object whole — as a codec that kept nothing reads it."""
+    part = store(tmp_path, KeptObjects())
+    put(part, group(range(40)))
+    save(part)
+    touched = Touched()
+    new = f"{40:08x}-person"  # member 40: its DN key in the references, its mv_id everywhere else
+    touched.add(refs_path("hr", "member"), ["employeenumber=e40,o=hr"])
+    touched.add(attribute_path("member"), [new])
+    touched.add(flow_path("hr", "member"), [new])
+    touched.add(ref_dns_path("dir"), [new])
+    missed = sum(chunks.unaccounted.values())
+    put(part, group(range(41)), touched)
+    puts = save(part)
+    assert sum(chunks.unaccounted.values()) == missed  # looked only where the journal said
+    assert 1 < len(puts) <= 1 + 4 * 2  # the object, and per container its chunk (cut in two at most)
+    assert fresh_read(tmp_path, part) == group(range(41))
