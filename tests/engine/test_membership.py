@@ -298,7 +298,8 @@ def test_the_stores_above_were_told_what_changed() -> None:
     """The chunk stores of the first property above looked only where the steps said, often."""
     if not LOOKED:
         pytest.skip("runs after test_member_sync_equals_the_general_sync")
-    assert sum(LOOKED) >= 100
+    # Of 300 examples, 49 to 71 looked at least once in eight runs here.
+    assert sum(1 for looked in LOOKED if looked) >= 20
 
 
 def test_the_churn_above_exercised_member_sync() -> None:
