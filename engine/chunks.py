@@ -563,4 +563,5 @@ __all__ = [
     "refs_path",
     "split",
     "stored_chunks",
+    "unaccounted",
 ]

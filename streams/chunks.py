@@ -16,16 +16,19 @@ kept, and a kept object is used only while the stored object is the one it was s
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from msgspec import Struct
 
-from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, split, stored_chunks
+from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, split, stored_chunks, unaccounted
 from schemas.codec import pack, unpacker
 from schemas.state import MVChunk, MVObject
 from streams.store import PartitionStore
+
+log = logging.getLogger("idsync.store")
 
 _CHUNK = unpacker(MVChunk)
 #: Values of the chunks a partition's codec remembers from its reads until the checkpoint (a 50,000-member
@@ -174,7 +177,14 @@ class MVChunks:
             if before or big:
                 whole = value
                 touched = part.touched.get(key)
+                missed = unaccounted.total()
                 value, writes = split(value, key.decode(), before or {}, self.min_values, touched)
+                if unaccounted.total() != missed:
+                    log.warning(
+                        "metaverse object %s: a step changed a large container without saying so "
+                        "(engine.chunks.Touched); it was compared whole and saved right — please report it",
+                        key.decode(),
+                    )
                 for ck, chunk in writes.items():
                     puts[ck] = None if chunk is None else pack(chunk)
                 if value is not None and value.chunked and self.kept.limit:

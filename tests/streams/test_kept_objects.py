@@ -189,3 +189,20 @@ def test_a_group_saved_from_what_its_steps_said_reads_back_as_saved(tmp_path: Pa
     assert sum(chunks.unaccounted.values()) == missed  # looked only where the journal said
     assert 1 < len(puts) <= 1 + 4 * 2  # the object, and per container its chunk (cut in two at most)
     assert fresh_read(tmp_path, part) == group(range(41))
+
+
+def test_a_journal_that_misses_a_change_is_caught_by_the_length_check(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A step that changed a held container without saying so (here: a member added, the journal naming
+    nothing): the container's length gives it away, it is compared whole, saved right, and logged."""
+    part = store(tmp_path, KeptObjects())
+    put(part, group(range(40)))
+    save(part)
+    missed = sum(chunks.unaccounted.values())
+    put(part, group(range(41)), Touched())
+    with caplog.at_level("WARNING", logger="idsync.store"):
+        save(part)
+    assert sum(chunks.unaccounted.values()) > missed
+    assert "without saying so" in caplog.text
+    assert fresh_read(tmp_path, part) == group(range(41))
