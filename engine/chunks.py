@@ -265,15 +265,14 @@ def _changed_runs(values: list[str], had: list[tuple[str, MVChunk]]) -> list[tup
     lows = [low for low, _chunk in had]
     starts = [0, *(bisect.bisect_left(values, low) for low in lows[1:]), len(values)]
     changed: list[tuple[int, list[str]]] = []
-    last = len(had) - 1
-    for i, (low, chunk) in enumerate(had):
+    for i, (_low, chunk) in enumerate(had):
         start, end = starts[i], starts[i + 1]
         if start > end:
             return None
         run = values[start:end]
         if run == chunk.values:
             continue
-        if run and (not _ascending(run) or (i > 0 and run[0] < low) or (i < last and run[-1] >= lows[i + 1])):
+        if not _fits(run, i, lows):
             return None
         changed.append((i, run))
     return changed
@@ -283,6 +282,13 @@ def _changed_runs(values: list[str], had: list[tuple[str, MVChunk]]) -> list[tup
 #: a step changed it without saying so. It is compared whole (the result is right either way); a count
 #: above zero is a defect of the step, which the tests look for.
 unaccounted: Counter[str] = Counter()
+
+
+def _fits(run: list[str], i: int, lows: list[str]) -> bool:
+    """Whether ``run`` may be chunk ``i``'s values: ascending, from its low up to the next chunk's."""
+    return not run or (
+        _ascending(run) and (i == 0 or run[0] >= lows[i]) and (i == len(lows) - 1 or run[-1] < lows[i + 1])
+    )
 
 
 def _chunk_of(lows: list[str], entry: str) -> int:
@@ -324,7 +330,7 @@ def _touched_runs(
         count -= len(run) - len(chunk.values)
         if run == chunk.values:
             continue
-        if run and (not _ascending(run) or (i > 0 and run[0] < low) or (i < last and run[-1] >= lows[i + 1])):
+        if not _fits(run, i, lows):
             return None
         changed.append((i, run))
     if count:
@@ -450,18 +456,13 @@ def _changed_keys(items: dict[str, str], had: list[tuple[str, MVChunk]]) -> dict
     new = len(items) - present
     if new > 0:
         lows = [low for low, _chunk in had]
-
-        def chunk_of(k: str) -> int:
-            # Chunk i holds the keys from its low up to the next chunk's (the first: all below the second's).
-            return max(bisect.bisect_right(lows, k) - 1, 0)
-
-        tail = [k for k in islice(reversed(items), new) if k not in had[chunk_of(k)][1].items]
+        tail = [k for k in islice(reversed(items), new) if k not in had[_chunk_of(lows, k)][1].items]
         if len(tail) < new:
             held: set[str] = set()
             held.update(*(chunk.items for _low, chunk in had))
             tail = list(items.keys() - held)
         for k in tail:
-            changed.setdefault(chunk_of(k), []).append(k)
+            changed.setdefault(_chunk_of(lows, k), []).append(k)
     return changed
 
 
