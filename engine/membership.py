@@ -116,13 +116,18 @@ def _held_as_written(
     image = casefold_keys((link.image or {}) if link is not None else {}).get(attr.casefold(), [])
     gone = set(dn_keys(entry.removed)) if entry is not None else set()
     placed: list[tuple[int, int, str]] = []
+    imaged: set[str] | None = None  # the image's DN keys, once a DN is looked for in the ledger
     for dn in dns:
         if dn in image and dn_key(dn) not in gone:
             placed.append((0, image.index(dn), dn))
-        elif entry is not None and dn in entry.values:
-            placed.append((1, entry.values.index(dn), dn))
-        else:
+            continue
+        if entry is None or dn not in entry.values:
             return None
+        if imaged is None:
+            imaged = set(dn_keys(image)) - gone
+        if dn_key(dn) in imaged:
+            return None  # the view holds the image's value, written another way (another case)
+        placed.append((1, entry.values.index(dn), dn))
     return [dn for _part, _at, dn in sorted(placed)]
 
 
