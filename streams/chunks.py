@@ -6,8 +6,9 @@ checkpoint. The checkpoint stores each object written since through ``engine.chu
 it was read from: only the chunks whose runs changed go to the changelog and the database, with the
 object (now small). Everything above the store — the stage, the engine — sees whole objects.
 
-A large object a checkpoint saved is *kept* whole, with what its chunks hold now (``KeptObjects``, bounded
-by the values they hold, the least recently used dropped first): its next read — the next member change of
+A large object a checkpoint saved from what its steps said they changed (a member change, not the general
+sync of the whole object) is *kept* whole, with what its chunks hold now (``KeptObjects``, bounded by the
+values they hold, the least recently used dropped first): its next read — the next member change of
 a group — is the object as saved, not a scan and decode of all its chunks. The engine never changes an
 object it is given, so the saved object is the object read. A write to the database that is not the
 checkpoint's own (a restore from the changelog, a cleared or closed partition) drops what the partition
@@ -23,7 +24,17 @@ from typing import Any
 
 from msgspec import Struct
 
-from engine.chunks import Chunks, chunk_prefix, hydrate, large, low_of, split, stored_chunks, unaccounted
+from engine.chunks import (
+    Chunks,
+    Touched,
+    chunk_prefix,
+    hydrate,
+    large,
+    low_of,
+    split,
+    stored_chunks,
+    unaccounted,
+)
 from schemas.codec import pack, unpacker
 from schemas.state import MVChunk, MVObject
 from streams.store import PartitionStore
@@ -60,6 +71,15 @@ class _Kept:
     chunks: Chunks
     #: How many values they hold.
     values: int
+
+
+def _told(touched: Touched | None) -> bool:
+    """Whether the steps since the object's read said what they changed (a member change's sync, not the
+    general sync of the whole object): only such an object is kept. An object the general sync walked is
+    read from its chunks next time: at 1M the delta round, whose groups change by many members per
+    checkpoint, ran slower with it kept (the general sync and the comparison of a kept object a checkpoint
+    old ran on cold caches, docs/benchmarks.md, twenty-seventh session)."""
+    return touched is not None and not touched.whole
 
 
 class KeptObjects:
@@ -187,7 +207,7 @@ class MVChunks:
                     )
                 for ck, chunk in writes.items():
                     puts[ck] = None if chunk is None else pack(chunk)
-                if value is not None and value.chunked and self.kept.limit:
+                if value is not None and value.chunked and self.kept.limit and _told(touched):
                     after = stored_chunks(value.mv_id, value.chunked, before or {}, writes)
                     saving[key] = _Kept(value, whole, after, sum(value.chunked.values()))
             puts[key] = None if value is None else pack(value)

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from engine import chunks
-from engine.chunks import Touched, attribute_path, flow_path, ref_dns_path, refs_path
+from engine.chunks import Touched, attribute_path, containers, flow_path, ref_dns_path, refs_path
 from schemas.state import MVObject
 from streams.chunks import KeptObjects, MVChunks
 from streams.stages.base import Batch
@@ -42,6 +42,21 @@ def put(part: PartitionStore, value: MVObject | None, touched: Touched | None = 
     batch.stash()
 
 
+def told(value: MVObject) -> Touched:
+    """A journal that says, of every container, "compare it" — as a step that changed a few members says
+    where (not the general sync, whose journal is whole)."""
+    touched = Touched()
+    for path, _container in containers(value):
+        touched.unknown(path)
+    return touched
+
+
+def kept_after(part: PartitionStore, value: MVObject) -> None:
+    """Saved as a member change saves it (after a read, with a journal): kept."""
+    put(part, value, told(value))
+    save(part)
+
+
 def read(part: PartitionStore) -> Any:
     return Batch(part, [KEY], MVObject).get(KEY)
 
@@ -66,21 +81,41 @@ def no_scan(part: PartitionStore, m: pytest.MonkeyPatch) -> None:
 def test_a_saved_group_is_read_back_as_saved_without_reading_its_chunks(tmp_path: Path) -> None:
     kept = KeptObjects()
     part = store(tmp_path, kept)
-    whole = group(range(40))
-    put(part, whole)
+    put(part, group(range(39)))
     save(part)
+    whole = group(range(40))
+    kept_after(part, whole)
     assert len(kept) == 1 and kept.values > 0
     with pytest.MonkeyPatch.context() as m:
         no_scan(part, m)
         assert read(part) is whole
     # Changed and saved again (the checkpoint compares it with the chunks kept): the database agrees.
     bigger = group(range(41))
-    put(part, bigger)
-    save(part)
+    kept_after(part, bigger)
     with pytest.MonkeyPatch.context() as m:
         no_scan(part, m)
         assert read(part) is bigger
     assert fresh_read(tmp_path, part) == bigger
+
+
+def test_a_group_the_general_sync_walked_is_not_kept(tmp_path: Path) -> None:
+    """A save whose journal is whole (the general sync, a contribution, a put that did not say) keeps
+    nothing and drops what was kept: the next read decodes the object from its chunks."""
+    kept = KeptObjects()
+    part = store(tmp_path, kept)
+    put(part, group(range(40)))  # written without a journal: whole
+    save(part)
+    assert len(kept) == 0
+    kept_after(part, group(range(41)))
+    assert len(kept) == 1
+    whole = Touched()
+    whole.whole = True
+    put(part, group(range(42)), whole)
+    save(part)
+    assert len(kept) == 0
+    again = read(part)
+    assert again == group(range(42))
+    part.close()
 
 
 def test_a_write_that_is_not_the_checkpoints_drops_what_was_kept(tmp_path: Path) -> None:
@@ -88,8 +123,10 @@ def test_a_write_that_is_not_the_checkpoints_drops_what_was_kept(tmp_path: Path)
     database again, not taken from what the checkpoint kept."""
     kept = KeptObjects()
     part = store(tmp_path, kept)
+    put(part, group(range(39)))
+    save(part)
     whole = group(range(40))
-    put(part, whole)
+    put(part, whole, told(whole))
     puts = save(part)
     assert len(kept) == 1
     part.write(dict(puts), 17)
@@ -97,8 +134,7 @@ def test_a_write_that_is_not_the_checkpoints_drops_what_was_kept(tmp_path: Path)
     again = read(part)
     assert again == whole and again is not whole
     # Cleared: nothing kept either.
-    put(part, whole)
-    save(part)
+    kept_after(part, group(range(41)))
     assert len(kept) == 1
     part.clear()
     assert len(kept) == 0
@@ -110,19 +146,22 @@ def test_what_is_kept_is_bounded_by_its_values(tmp_path: Path) -> None:
     kept = KeptObjects(limit=240)
     part = store(tmp_path, kept)
     keys = [b"group-a", b"group-b"]
-    batch = Batch(part, keys, MVObject)
-    for k in keys:
-        batch.get(k)
-        batch.put(k, msgspec.structs.replace(group(range(40)), mv_id=k.decode()))
-    batch.stash()
-    save(part)
+    for size in (39, 40):
+        batch = Batch(part, keys, MVObject)
+        for k in keys:
+            batch.get(k)
+            value = msgspec.structs.replace(group(range(size)), mv_id=k.decode())
+            batch.put(k, value, told(value) if size == 40 else None)
+        batch.stash()
+        save(part)
     # Two groups of 160 values over a limit of 240: the latest saved is kept.
     assert len(kept) == 1 and kept.values == 160
     assert isinstance(part.codec, MVChunks) and kept.get(part.codec, b"group-b") is not None
     too_small = KeptObjects(limit=100)
     small = store(tmp_path, too_small, "small")
-    put(small, group(range(40)))
+    put(small, group(range(39)))
     save(small)
+    kept_after(small, group(range(40)))
     assert len(too_small) == 0
     part.close()
     small.close()
@@ -133,8 +172,9 @@ def test_a_kept_object_is_used_only_while_it_is_what_is_stored(tmp_path: Path) -
     kept = KeptObjects()
     codec = MVChunks(SPLIT, kept=kept)
     part = PartitionStore(tmp_path / "p0", 0, None, codec)
-    put(part, group(range(40)))
+    put(part, group(range(39)))
     save(part)
+    kept_after(part, group(range(40)))
     entry = kept.get(codec, KEY)
     assert entry is not None
     # Kept as something the database does not hold (cannot happen through the store): not used.
