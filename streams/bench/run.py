@@ -535,10 +535,12 @@ class Phase:
         else:
             res.group_image_ms, res.group_image_cpu_ms = median, per_change
 
-    def _spy(self, what: str) -> list[subprocess.Popen[bytes]]:
-        """With ``IDSYNC_BENCH_PROFILE_GROUP=DIR``: py-spy attached to every worker for one measurement
-        (its collapsed stacks in DIR), so that measurement's profile is not buried in the initial load's."""
-        where = os.environ.get("IDSYNC_BENCH_PROFILE_GROUP")
+    def _spy(self, what: str, variable: str = "IDSYNC_BENCH_PROFILE_GROUP") -> list[subprocess.Popen[bytes]]:
+        """With ``variable=DIR`` in the environment (``IDSYNC_BENCH_PROFILE_GROUP``: the group changes,
+        ``IDSYNC_BENCH_PROFILE_DELTA``: the delta round and the latency run): py-spy attached to every
+        worker for one measurement (its collapsed stacks in DIR), so that measurement's profile is not
+        buried in the initial load's."""
+        where = os.environ.get(variable)
         if not where:
             return []
         Path(where).mkdir(parents=True, exist_ok=True)
@@ -642,11 +644,19 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
             await ph.export_digest(res)  # compared with the naive baseline's, or another version's
         changes = org.delta(1)
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
-        res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
+        spies = ph._spy("delta", "IDSYNC_BENCH_PROFILE_DELTA")
+        try:
+            res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
+        finally:
+            ph._unspy(spies)
         res.delta_rate = round(res.delta_records / res.delta_seconds)
         res.peak_rss_by_step["delta"] = ph.rss()
         res.broker_rss_by_step["delta"] = ph.broker_rss()
-        await ph.latency(res, args.rate, args.latency_seconds)
+        spies = ph._spy("latency", "IDSYNC_BENCH_PROFILE_DELTA")
+        try:
+            await ph.latency(res, args.rate, args.latency_seconds)
+        finally:
+            ph._unspy(spies)
         res.peak_rss_by_step["latency"] = ph.rss()
         res.broker_rss_by_step["latency"] = ph.broker_rss()
         await ph.group_change(res, by_value=True)
@@ -813,8 +823,9 @@ async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResul
 
 
 #: Environment variables that run py-spy on the workers (``IDSYNC_BENCH_PROFILE``: the whole phase;
-#: ``IDSYNC_BENCH_PROFILE_GROUP``: each group change measurement).
-PROFILE_VARIABLES = ("IDSYNC_BENCH_PROFILE", "IDSYNC_BENCH_PROFILE_GROUP")
+#: ``IDSYNC_BENCH_PROFILE_GROUP``: each group change measurement; ``IDSYNC_BENCH_PROFILE_DELTA``: the
+#: delta round and the latency run).
+PROFILE_VARIABLES = ("IDSYNC_BENCH_PROFILE", "IDSYNC_BENCH_PROFILE_GROUP", "IDSYNC_BENCH_PROFILE_DELTA")
 
 
 def check_profiler(environ: Mapping[str, str]) -> None:
