@@ -75,10 +75,10 @@ class _Kept:
 
 def _told(touched: Touched | None) -> bool:
     """Whether the steps since the object's read said what they changed (a member change's sync, not the
-    general sync of the whole object): only such an object is kept. An object the general sync walked is
-    read from its chunks next time: at 1M the delta round, whose groups change by many members per
-    checkpoint, ran slower with it kept (the general sync and the comparison of a kept object a checkpoint
-    old ran on cold caches, docs/benchmarks.md, twenty-seventh session)."""
+    general sync of the whole object): only such an object is kept. The kept object saves the next member
+    change its read; the general sync, which walks the whole object anyway, ran about twice as long on an
+    object kept a checkpoint ago as on a freshly decoded one (cold caches: docs/benchmarks.md,
+    twenty-fourth session), so after it the object is read from its chunks again."""
     return touched is not None and not touched.whole
 
 
