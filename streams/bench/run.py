@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -497,34 +497,31 @@ class Phase:
             self.broker.bootstrap, self.rt.names.mv_changes_topic(), on_change
         ).start()
         took: list[float] = []
-        spies = self._spy("group-change" if by_value else "group-image")
-        if spies:
-            await asyncio.sleep(1.0)  # py-spy attaches
-        cpu = self.cpu_s()
-        try:
-            for k in range(changes):
-                now = members[1:] if k % 2 == 0 else members
-                seen.clear()
-                sent = kafka.now_ms()
-                msg = self.factory.change(
-                    "hr",
-                    "u",
-                    f"group-{name}",
-                    "group",
-                    None if by_value else group_image(self.org, name, now),
-                    f"group-{'value-' if by_value else ''}{k}",
-                    sent,
-                    dn=group_dn(name),
-                    added=(first if k % 2 else {}) if by_value else None,
-                    removed=({} if k % 2 else first) if by_value else None,
-                )
-                await kafka.produce_all(self.out, [msg])
-                count = len(now)
-                await kafka.wait_for(functools.partial(dict.__contains__, seen, count), 120, "the change")
-                took.append(seen[count] - sent)
-        finally:
-            await watcher.stop()
-            self._unspy(spies)
+        async with self.spying("group-change" if by_value else "group-image", "IDSYNC_BENCH_PROFILE_GROUP"):
+            cpu = self.cpu_s()
+            try:
+                for k in range(changes):
+                    now = members[1:] if k % 2 == 0 else members
+                    seen.clear()
+                    sent = kafka.now_ms()
+                    msg = self.factory.change(
+                        "hr",
+                        "u",
+                        f"group-{name}",
+                        "group",
+                        None if by_value else group_image(self.org, name, now),
+                        f"group-{'value-' if by_value else ''}{k}",
+                        sent,
+                        dn=group_dn(name),
+                        added=(first if k % 2 else {}) if by_value else None,
+                        removed=({} if k % 2 else first) if by_value else None,
+                    )
+                    await kafka.produce_all(self.out, [msg])
+                    count = len(now)
+                    await kafka.wait_for(functools.partial(dict.__contains__, seen, count), 120, "the change")
+                    took.append(seen[count] - sent)
+            finally:
+                await watcher.stop()
         res.group_members = len(members)
         median, per_change = (
             _percentiles(took).get("p50", 0.0),
@@ -535,11 +532,21 @@ class Phase:
         else:
             res.group_image_ms, res.group_image_cpu_ms = median, per_change
 
-    def _spy(self, what: str, variable: str = "IDSYNC_BENCH_PROFILE_GROUP") -> list[subprocess.Popen[bytes]]:
+    @contextlib.asynccontextmanager
+    async def spying(self, what: str, variable: str) -> AsyncIterator[None]:
         """With ``variable=DIR`` in the environment (``IDSYNC_BENCH_PROFILE_GROUP``: the group changes,
         ``IDSYNC_BENCH_PROFILE_DELTA``: the delta round and the latency run): py-spy attached to every
         worker for one measurement (its collapsed stacks in DIR), so that measurement's profile is not
-        buried in the initial load's."""
+        buried in the initial load's. The measurement starts once py-spy has had a second to attach."""
+        spies = self._spy(what, variable)
+        if spies:
+            await asyncio.sleep(1.0)  # py-spy attaches
+        try:
+            yield
+        finally:
+            self._unspy(spies)
+
+    def _spy(self, what: str, variable: str) -> list[subprocess.Popen[bytes]]:
         where = os.environ.get(variable)
         if not where:
             return []
@@ -644,19 +651,13 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
             await ph.export_digest(res)  # compared with the naive baseline's, or another version's
         changes = org.delta(1)
         delta = list(delta_records(changes, ph.factory, 1, kafka.now_ms(), org=org))
-        spies = ph._spy("delta", "IDSYNC_BENCH_PROFILE_DELTA")
-        try:
+        async with ph.spying("delta", "IDSYNC_BENCH_PROFILE_DELTA"):
             res.delta_records, res.delta_seconds = await ph.timed(iter(delta), len(delta))
-        finally:
-            ph._unspy(spies)
         res.delta_rate = round(res.delta_records / res.delta_seconds)
         res.peak_rss_by_step["delta"] = ph.rss()
         res.broker_rss_by_step["delta"] = ph.broker_rss()
-        spies = ph._spy("latency", "IDSYNC_BENCH_PROFILE_DELTA")
-        try:
+        async with ph.spying("latency", "IDSYNC_BENCH_PROFILE_DELTA"):
             await ph.latency(res, args.rate, args.latency_seconds)
-        finally:
-            ph._unspy(spies)
         res.peak_rss_by_step["latency"] = ph.rss()
         res.broker_rss_by_step["latency"] = ph.broker_rss()
         await ph.group_change(res, by_value=True)
