@@ -35,6 +35,7 @@ It assumes what the DN claims ensure: two metaverse objects do not have one DN i
 from __future__ import annotations
 
 from bisect import bisect_left, insort
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -49,12 +50,22 @@ from schemas.messages import RefRegister
 from schemas.state import ConnectorLink, MVObject, TargetState
 from schemas.wire import AttrChange, MVChange
 
-__all__ = ["TRACKED_KEYS", "member_sync", "track_answer"]
+__all__ = ["TRACKED_KEYS", "ByValue", "by_value_always", "member_sync", "track_answer"]
 
 _V = TypeVar("_V")
 
 #: Answered keys remembered per stale attribute; past them the attribute's flow value is computed whole.
 TRACKED_KEYS = 256
+
+#: Whether a metaverse object's member change may go on ``mv.changes`` by value (mv_id -> yes), where
+#: the attribute is large enough (``pipeline.mv_changes_by_value_from``). The metaverse stage says no for
+#: an object it has not published whole since it took the object's partition.
+ByValue = Callable[[str], bool]
+
+
+def by_value_always(_mv_id: str) -> bool:
+    return True
+
 
 #: Target states planned by updates (what ``engine.export.plan_exports`` does with an object in scope).
 _UPDATED = frozenset({"exists", "pending-add"})
@@ -194,16 +205,66 @@ def _member_plan(
     return _Plan(target_attr, added, gone, after, [])
 
 
+def _feed_record(
+    rules: Rules,
+    mv: MVObject,
+    attr: str,
+    added: list[str],
+    removed: list[str],
+    cause: str,
+    ts_ms: int,
+    by_value: ByValue,
+) -> MVChange:
+    """The ``mv.changes`` record of a member change of ``mv`` (already applied): by value (version 2)
+    where the attribute is large enough and ``by_value`` allows it, else the whole image."""
+    values = mv.attributes[attr]
+    least = rules.config.pipeline.mv_changes_by_value_from
+    if least is None or len(values) < least or not by_value(mv.mv_id):
+        return MVChange(
+            op="update",
+            mv_id=mv.mv_id,
+            object_type=mv.object_type,
+            attributes=mv.attributes,
+            changed=[attr],
+            connectors=mv.published_connectors,
+            cause=cause,
+            ts_ms=ts_ms,
+        )
+    return MVChange(
+        version=2,
+        op="update",
+        mv_id=mv.mv_id,
+        object_type=mv.object_type,
+        attributes={name: v for name, v in mv.attributes.items() if name != attr},
+        changed=[attr],
+        connectors=mv.published_connectors,
+        cause=cause,
+        ts_ms=ts_ms,
+        added={attr: added} if added else None,
+        removed={attr: removed} if removed else None,
+        counts={attr: len(values)},
+    )
+
+
 def _without(counts: dict[str, _V], key: str) -> dict[str, _V]:
     return {k: v for k, v in counts.items() if k != key}
 
 
 def member_sync(
-    rules: Rules, mv: MVObject, ts_ms: int, lookup: Lookup, touched: Touched | None = None
+    rules: Rules,
+    mv: MVObject,
+    ts_ms: int,
+    lookup: Lookup,
+    touched: Touched | None = None,
+    by_value: ByValue = by_value_always,
 ) -> list[OutboundOutput | MVChange | RefRegister] | None:
     """Sync a metaverse object whose only stale answers change a few values of one reference attribute,
     from those values alone; None (nothing changed) when the general sync must do it. ``touched``: the
-    values and keys it changed in the object's containers are added to it (``engine.chunks``)."""
+    values and keys it changed in the object's containers are added to it (``engine.chunks``).
+
+    Its ``mv.changes`` record gives the attribute by value (version 2: the values added and removed) from
+    ``pipeline.mv_changes_by_value_from`` values on, where ``by_value`` allows it for the object; else
+    the whole image, as the general sync's."""
     stale = [(c, link) for c, link in mv.links.items() if link.stale_refs]
     if len(stale) != 1 or len(stale[0][1].stale_refs) != 1 or mv.ref_sync is None:
         return None
@@ -302,16 +363,7 @@ def member_sync(
     connectors = sorted(mv.links)
     mv.published_connectors = connectors
     outputs: list[OutboundOutput | MVChange | RefRegister] = [
-        MVChange(
-            op="update",
-            mv_id=mv.mv_id,
-            object_type=mv_type,
-            attributes=attrs,
-            changed=[attr],
-            connectors=connectors,
-            cause=cause,
-            ts_ms=ts_ms,
-        )
+        _feed_record(rules, mv, attr, added, removed, cause, ts_ms, by_value)
     ]
     for target_name, new in registrations:
         target = mv.targets.setdefault(target_name, TargetState())

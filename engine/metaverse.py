@@ -12,7 +12,7 @@ from engine.confirmation import DELETED_KEY, confirm_delete, confirm_import
 from engine.deletion import due_at, due_deletions, is_due, rescued_by, should_delete
 from engine.export import OutboundOutput, plan_exports, record_result, unaffected
 from engine.join import mv_join_keys
-from engine.membership import member_sync, track_answer
+from engine.membership import ByValue, by_value_always, member_sync, track_answer
 from engine.precedence import resolve_all
 from engine.references import (
     Lookup,
@@ -63,12 +63,13 @@ def metaverse_step(
     msg: MVInbound,
     now_ms: int | None = None,
     lookup: Lookup = no_table,
+    by_value: ByValue = by_value_always,
 ) -> tuple[MVObject | None, list[MVOutput]]:
     """Apply one message to one metaverse object; None as the result removes it from the table.
 
     ``now_ms`` (default: the message's time) first deletes the object if its deletion fell due.
     """
-    after, [outputs] = metaverse_steps(rules, mv, [msg], now_ms, lookup=lookup)
+    after, [outputs] = metaverse_steps(rules, mv, [msg], now_ms, lookup=lookup, by_value=by_value)
     return after, outputs
 
 
@@ -80,6 +81,7 @@ def metaverse_steps(
     settle: bool | Callable[[MVObject], bool] = False,
     lookup: Lookup = no_table,
     touched: Touched | None = None,
+    by_value: ByValue = by_value_always,
 ) -> tuple[MVObject | None, list[list[MVOutput]]]:
     """Apply messages to one metaverse object in order: the state and, per message, the outputs that
     applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
@@ -90,6 +92,9 @@ def metaverse_steps(
     A group hears from each of its members (a reference answer each); one copy per answer would make a
     large group's initial load quadratic. The given object is never changed: it is copied once, and the
     copy is changed in place by each message.
+
+    ``by_value``: whether a member change of the object may go on ``mv.changes`` by value
+    (``engine.membership.member_sync``).
 
     ``lookup``: the local reference table (route -> value), read when the object registers to a route
     (``RefRegister``: its registrations are among the outputs, for the stage to keep).
@@ -117,7 +122,7 @@ def metaverse_steps(
         elif isinstance(msg, RefRegister):
             work, more = _ref_register(rules, work, msg, lookup, touched)
         elif isinstance(msg, RefSync):
-            work, more, current = _ref_sync(rules, work, msg, lookup, touched)
+            work, more, current = _ref_sync(rules, work, msg, lookup, touched, by_value)
         else:
             work, more = _contribute(rules, work, msg, lookup)
         # A dropped object (None) leaves every registration it had: the object it was still knows them.
@@ -151,7 +156,7 @@ def metaverse_steps(
         while work is not None and work.ref_sync is not None and not work.deleted:
             published = published_dns(rules, work)
             sync = RefSync(mv_id=work.mv_id, ts_ms=last.ts_ms)
-            work, synced, current = _ref_sync(rules, work, sync, lookup, touched)
+            work, synced, current = _ref_sync(rules, work, sync, lookup, touched, by_value)
             results[-1] += synced
             if touched is not None and not current:
                 touched.whole = True  # the registrations are compared and changed whole
@@ -249,7 +254,12 @@ def _defer(mv: MVObject, cause: str, ts_ms: int) -> list[MVOutput]:
 
 
 def _ref_sync(
-    rules: Rules, mv: MVObject | None, msg: RefSync, lookup: Lookup = no_table, touched: Touched | None = None
+    rules: Rules,
+    mv: MVObject | None,
+    msg: RefSync,
+    lookup: Lookup = no_table,
+    touched: Touched | None = None,
+    by_value: ByValue = by_value_always,
 ) -> tuple[MVObject | None, list[MVOutput], bool]:
     """The answers recorded since the last sync reach the object's values, then its targets. The flag
     says whether the sync left the object's outbound registrations current (the step's ``mv_updates``
@@ -258,7 +268,7 @@ def _ref_sync(
         return mv, [], False
     if mv.ref_sync is None:
         return mv, [], True  # synced already (a settled batch did it): nothing changed
-    synced = member_sync(rules, mv, msg.ts_ms, lookup, touched)
+    synced = member_sync(rules, mv, msg.ts_ms, lookup, touched, by_value)
     if synced is not None:
         return mv, list(synced), True
     if touched is not None:

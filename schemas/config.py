@@ -537,6 +537,14 @@ class PipelineConfig(_Config):
     #: kept group reads nothing from its chunks and saves only the chunks its change names. About 85
     #: bytes each (a 50,000-member group whose export waits holds 250,000: 21 MB measured); 0 keeps none.
     kept_values: int = Field(default=1_000_000, ge=0, le=1_000_000_000)
+    #: From how many values a multi-valued attribute is published on ``mv.changes`` by value when the
+    #: engine synced its change value by value (a member change of a large group, ``engine.membership``):
+    #: a version 2 record names the values added and removed and how many there are after, instead of the
+    #: whole member list again (docs/topics.md: folding the feed). Every other change, and each such
+    #: object's first change after a worker took its partition (a start, a rebalance, a crash), is
+    #: published whole, so a consumer that folded records a crash made the pipeline process again is set
+    #: right by the next. None: every record whole (version 1), for consumers that read version 1 only.
+    mv_changes_by_value_from: int | None = Field(default=1_000, ge=1)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.

@@ -208,14 +208,53 @@ class ErrorRecord(_Contract):
     ts_ms: int
 
 
-class MVChange(_Contract):
-    """A metaverse change: the public ``mv.changes`` feed for downstream systems (JSON Schema published)."""
+def feed_value_changes_problem(
+    version: int,
+    op: str,
+    attributes: Attrs,
+    changed: list[str],
+    added: Attrs | None,
+    removed: Attrs | None,
+    counts: dict[str, int] | None,
+) -> str | None:
+    """What is wrong with an ``mv.changes`` record's value-level changes (``added``/``removed``,
+    ``counts``), None if nothing. One rule for the contract and its mirror (``schemas.wire``)."""
+    if added is None and removed is None:
+        return None if counts is None else "counts need added/removed (value-level changes)"
+    if version < 2:
+        return "added/removed (value-level changes) need version 2"
+    if op != "update":
+        return f"added/removed (value-level changes) are for op 'update' only, not {op!r}"
+    for name in sorted(set(added or {}) & set(removed or {})):
+        if set((added or {})[name]) & set((removed or {})[name]):
+            return f"attribute {name!r}: a value is both added and removed"
+    named = set(added or {}) | set(removed or {})
+    whole = sorted(named & set(attributes))
+    if whole:
+        return f"attribute {whole[0]!r} is given both whole (attributes) and by value (added/removed)"
+    unnamed = sorted(named - set(changed))
+    if unnamed:
+        return f"attribute {unnamed[0]!r} is given by value but not named in changed"
+    if counts is None or set(counts) != named or any(n < 0 for n in counts.values()):
+        return "counts must give, for each attribute given by value, how many values it holds after"
+    return None
 
-    version: Literal[1] = 1
+
+class MVChange(_Contract):
+    """A metaverse change: the public ``mv.changes`` feed for downstream systems (JSON Schema published).
+
+    Version 2 adds value-level changes (``added``/``removed``) for a large multi-valued attribute (a
+    group's members) whose change the engine knows value by value; a record without them is the same in
+    both versions. A reader of version 1 refuses version 2 rather than miss a membership change
+    (docs/topics.md: how to fold the feed)."""
+
+    version: Literal[1, 2] = 1
     op: Literal["create", "update", "delete"]
     mv_id: str
     object_type: str
-    #: Full image after the change (empty for deletes).
+    #: Full image after the change (empty for deletes); in version 2, every attribute but those given by
+    #: value in ``added``/``removed``, which keep the values the object's previous record gave them, with
+    #: these changes.
     attributes: Attrs
     #: Attributes whose values changed in this event.
     changed: list[str]
@@ -224,6 +263,24 @@ class MVChange(_Contract):
     #: The connector whose change caused this one.
     cause: str | None = None
     ts_ms: int
+    #: Version 2, ``op`` "update": values a multi-valued attribute gained, per attribute. An attribute given
+    #: by value is not in ``attributes``, and is named in ``changed``.
+    added: Attrs | None = None
+    #: Version 2, ``op`` "update": values a multi-valued attribute lost, per attribute.
+    removed: Attrs | None = None
+    #: Version 2: how many values each attribute given by value holds after the change. A consumer whose
+    #: folded value holds another number missed a record, or folded one twice in another order, and
+    #: should take the attribute from the object's next whole record.
+    counts: dict[str, int] | None = None
+
+    @model_validator(mode="after")
+    def _value_changes(self) -> MVChange:
+        problem = feed_value_changes_problem(
+            self.version, self.op, self.attributes, self.changed, self.added, self.removed, self.counts
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class ExportConfirmed(_Contract):

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-from schemas.records import APPROVE_DELETES_KEY, Attrs, value_changes_problem
+from schemas.records import APPROVE_DELETES_KEY, Attrs, feed_value_changes_problem, value_changes_problem
 
 
 class _Public(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, gc=False):
@@ -118,7 +118,7 @@ class ErrorRecord(_Public, frozen=True, kw_only=True):
 
 
 class MVChange(_Public, frozen=True, kw_only=True):
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1
     op: Literal["create", "update", "delete"]
     mv_id: str
     object_type: str
@@ -127,6 +127,23 @@ class MVChange(_Public, frozen=True, kw_only=True):
     connectors: list[str]
     cause: str | None = None
     ts_ms: int
+    added: Attrs | None = None
+    removed: Attrs | None = None
+    counts: dict[str, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.added is not None or self.removed is not None or self.counts is not None:
+            problem = feed_value_changes_problem(
+                self.version,
+                self.op,
+                self.attributes,
+                self.changed,
+                self.added,
+                self.removed,
+                self.counts,
+            )
+            if problem is not None:
+                raise ValueError(problem)
 
 
 class ExportConfirmed(_Public, frozen=True, kw_only=True):

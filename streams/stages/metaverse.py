@@ -99,6 +99,13 @@ class MetaverseStage(Stage[MVObject]):
         self._interval_s = rt.config.pipeline.checkpoint_interval_ms / 1000
         self._held: dict[int, set[bytes]] = {}
         self._synced_at: dict[bytes, float] = {}
+        #: Per partition, the large objects (``pipeline.mv_changes_by_value_from``) this worker published
+        #: whole on ``mv.changes`` since it took the partition: only their member changes go by value. A
+        #: crash makes the next owner process again what followed the last checkpoint, perhaps otherwise
+        #: (the reference table has moved on); its first record of each such object, whole, sets right a
+        #: consumer that folded the records of both.
+        self._by_value_from = rt.config.pipeline.mv_changes_by_value_from
+        self._fed_whole: dict[int, set[str]] = {}
         #: Registrations (``engine.references.registration_keys``), per partition like the objects.
         self.refs = rt.store("mv-refs")
         #: Writes to the registrations store until the next commit, per partition and kind of value.
@@ -155,7 +162,13 @@ class MetaverseStage(Stage[MVObject]):
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.mv_id.encode()
-        mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg, lookup=self.table.get)
+        mv, outputs = metaverse_step(
+            self.rt.rules,
+            batch.get(key),
+            msg,
+            lookup=self.table.get,
+            by_value=self._by_value(batch.partition),
+        )
         batch.update(key, mv)
         self._emit(outputs, out, batch.partition)
 
@@ -196,7 +209,13 @@ class MetaverseStage(Stage[MVObject]):
         touched = Touched()
         try:
             mv, outputs = metaverse_steps(
-                self.rt.rules, batch.get(key), msgs, settle=settle, lookup=self.table.get, touched=touched
+                self.rt.rules,
+                batch.get(key),
+                msgs,
+                settle=settle,
+                lookup=self.table.get,
+                touched=touched,
+                by_value=self._by_value(batch.partition),
             )
         except Exception:
             return False
@@ -206,6 +225,26 @@ class MetaverseStage(Stage[MVObject]):
         for each in outputs:
             self._emit(each, out, batch.partition)
         return True
+
+    # ---- mv.changes by value
+    def _by_value(self, partition: int) -> Callable[[str], bool]:
+        """Whether a member change of an object of ``partition`` may go on ``mv.changes`` by value: it was
+        published whole by this worker since it took the partition."""
+        return self._fed_whole.setdefault(partition, set()).__contains__
+
+    def _fed(self, change: MVChange, partition: int) -> None:
+        """Remember a whole record of a large object (one whose member changes may go by value now), forget
+        a deleted one."""
+        fed = self._fed_whole.setdefault(partition, set())
+        least = self._by_value_from
+        if (
+            change.op != "delete"
+            and least is not None
+            and any(len(values) >= least for values in change.attributes.values())
+        ):
+            fed.add(change.mv_id)
+        else:
+            fed.discard(change.mv_id)
 
     # ---- the reference table
     async def read_table(self) -> None:
@@ -315,7 +354,13 @@ class MetaverseStage(Stage[MVObject]):
         """Apply answers one by one (they failed together): only a failing one is left out, and reported."""
         for msg in msgs:
             try:
-                mv, outputs = metaverse_step(self.rt.rules, batch.get(key), msg, lookup=self.table.get)
+                mv, outputs = metaverse_step(
+                    self.rt.rules,
+                    batch.get(key),
+                    msg,
+                    lookup=self.table.get,
+                    by_value=self._by_value(batch.partition),
+                )
             except Exception as exc:
                 log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
                 self.rt.record_error(
@@ -484,6 +529,8 @@ class MetaverseStage(Stage[MVObject]):
         """Partitions given to this worker (their state restored): the reference table's changes since
         each was saved reach its registrations first. Where the broker had lost a partition's history
         (seeded from the local copy), its objects' target DNs go to the table again."""
+        for p in partitions:
+            self._fed_whole.pop(p, None)  # its large objects go on mv.changes whole first (``_by_value``)
         if seeded:
             await self._republish(seeded)
         await self.table.ready.wait()
@@ -570,6 +617,7 @@ class MetaverseStage(Stage[MVObject]):
                     settle=True,
                     lookup=self.table.get,
                     touched=touched,
+                    by_value=self._by_value(p),
                 )
                 batch.update(key, mv, touched)
                 self._synced_at[key] = now
@@ -585,6 +633,8 @@ class MetaverseStage(Stage[MVObject]):
         for o in outputs:
             if isinstance(o, MVChange):
                 c.count(f"mv-{o.op}")
+                if self._by_value_from is not None and o.version == 1:
+                    self._fed(o, partition)
                 out.add(self._changes, o.mv_id.encode(), to_json(o), partition)
             elif isinstance(o, PendingExport):
                 c.count(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from schemas.codec import as_dict
 from schemas.config import IdsyncConfig
 from schemas.messages import MVContribution, RefResolved, RefSync
 from schemas.state import MVChunk, MVObject
-from schemas.wire import PendingExport
+from schemas.wire import MVChange, PendingExport
 from streams.bench.group_store import group_config
 from tests.engine.helpers import result_of
 
@@ -29,13 +30,18 @@ SOURCE, TARGET, GROUP = "hr", "dir", "group-1"
 GROUP_DN = "cn=staff,ou=groups,dc=dir"
 
 
-def _rules(dn_template: str = "cn={name},ou=groups,dc=dir") -> Rules:
+def _rules(dn_template: str = "cn={name},ou=groups,dc=dir", by_value_from: int | None = 1_000) -> Rules:
     """A source's groups, their members references, exported value by value to a directory's groups (the
-    configuration of ``streams.bench.group_store``)."""
-    return compile_rules(IdsyncConfig.model_validate(group_config(dn_template)))
+    configuration of ``streams.bench.group_store``); member changes on ``mv.changes`` by value from
+    ``by_value_from`` members."""
+    config = group_config(dn_template)
+    config["pipeline"] = {"mv_changes_by_value_from": by_value_from}
+    return compile_rules(IdsyncConfig.model_validate(config))
 
 
 RULES = _rules()
+#: Every member change member_sync makes goes on mv.changes by value.
+BY_VALUE = _rules(by_value_from=1)
 
 
 def source_dn(i: int) -> str:
@@ -195,7 +201,8 @@ def _run(
         mv, outputs = metaverse.metaverse_step(rules, None, projection(members), lookup=world.lookup)
         if store is not None:
             store.step(mv, None)
-        trace: list[Any] = [(as_dict(mv) if mv else None, [as_dict(o) for o in outputs])]
+        feed = Feed()
+        trace: list[Any] = [(as_dict(mv) if mv else None, feed.folded(outputs))]
         exports = [o for o in outputs if isinstance(o, PendingExport)]
         imports = 0
         ts = 2_000
@@ -251,8 +258,43 @@ def _run(
             if store is not None:
                 store.step(mv, touched)
             exports += [o for o in outputs if isinstance(o, PendingExport)]
-            trace.append((kind, as_dict(mv) if mv else None, [as_dict(o) for o in outputs]))
+            trace.append((kind, as_dict(mv) if mv else None, feed.folded(outputs)))
     return trace, taken
+
+
+#: Version 2 (by value) mv.changes records the runs above folded.
+FOLDED: list[int] = []
+
+
+class Feed:
+    """A consumer of ``mv.changes`` folding the group's records: a version 2 record's values added and
+    removed, applied to the values of the record before, give the whole image a version 1 record would
+    have held (the attribute a sorted set, as the engine keeps it), and its count is theirs."""
+
+    def __init__(self) -> None:
+        self.image: dict[str, list[str]] = {}
+
+    def folded(self, outputs: list[Any]) -> list[Any]:
+        out = []
+        for o in outputs:
+            if isinstance(o, MVChange) and o.version == 2:
+                FOLDED.append(1)
+                attrs = dict(o.attributes)
+                for attr in {*(o.added or {}), *(o.removed or {})}:
+                    gone = set((o.removed or {}).get(attr, []))
+                    assert gone <= set(self.image[attr]), "a value removed that the feed never gave"
+                    values = {v for v in self.image[attr] if v not in gone} | set(
+                        (o.added or {}).get(attr, [])
+                    )
+                    assert o.counts is not None and o.counts[attr] == len(values)
+                    attrs[attr] = sorted(values)
+                o = msgspec.structs.replace(
+                    o, version=1, attributes=attrs, added=None, removed=None, counts=None
+                )
+            if isinstance(o, MVChange):
+                self.image = o.attributes
+            out.append(as_dict(o))
+        return out
 
 
 TAKEN: list[int] = []
@@ -280,7 +322,7 @@ def test_member_sync_equals_the_general_sync(
     """And the group's chunks saved along the way are written the same whether or not the store is told
     what the steps changed (``ChunkStore``)."""
     store = ChunkStore(every=1 + len(steps) % 3)
-    fast, _taken = _run(RULES, members, known, steps, general=False, settle=settle, store=store)
+    fast, _taken = _run(BY_VALUE, members, known, steps, general=False, settle=settle, store=store)
     general, _ = _run(RULES, members, known, steps, general=True, settle=settle)
     assert fast == general
     LOOKED.append(store.looked)
@@ -295,8 +337,9 @@ def test_member_sync_equals_the_general_sync(
 def test_member_churn_synced_from_the_members_equals_the_general_sync(
     members: int, steps: list[tuple[str, int, Any]], settle: bool
 ) -> None:
-    """Members coming and going, every member in the target: mostly member_sync's work."""
-    fast, taken = _run(RULES, members, 10, steps, general=False, settle=settle)
+    """Members coming and going, every member in the target: mostly member_sync's work (its mv.changes
+    records by value)."""
+    fast, taken = _run(BY_VALUE, members, 10, steps, general=False, settle=settle)
     general, _ = _run(RULES, members, 10, steps, general=True, settle=settle)
     assert fast == general
     TAKEN.append(taken)
@@ -315,6 +358,7 @@ def test_the_churn_above_exercised_member_sync() -> None:
     if not TAKEN:
         pytest.skip("runs after test_member_churn_synced_from_the_members_equals_the_general_sync")
     assert sum(TAKEN) >= 40
+    assert len(FOLDED) >= 40  # and the feed folded its records by value
 
 
 def _settled_group(members: int) -> tuple[MVObject, World]:
@@ -435,3 +479,41 @@ def test_a_new_rule_is_planned_whole_once() -> None:
     assert renamed.rule_marks["group"] != RULES.rule_marks["group"]
     mv, outputs = metaverse.metaverse_steps(renamed, mv, [_answer(20, 20)], settle=True, lookup=world.lookup)
     assert [o.op for o in outputs[-1] if isinstance(o, PendingExport)] == ["rename", "update"]
+
+
+def _feed_records(outputs: list[list[Any]]) -> list[MVChange]:
+    return [o for o in outputs[-1] if isinstance(o, MVChange)]
+
+
+def test_a_member_change_goes_on_the_feed_by_value_from_the_threshold_where_the_stage_allows() -> None:
+    """From ``mv_changes_by_value_from`` values, a version 2 record: the members added and removed, how
+    many there are now, the other attributes whole; below it, refused by the stage (``by_value``) or
+    switched off, the whole image."""
+    mv, world = _settled_group(20)
+    answers = [_answer(20, 20), _answer(3, None)]  # 20 members: one in, one out
+    records = {}
+    for name, rules, allowed in [
+        ("at", _rules(by_value_from=20), True),
+        ("below", _rules(by_value_from=21), True),
+        ("refused", _rules(by_value_from=20), False),
+        ("off", _rules(by_value_from=None), True),
+    ]:
+        assert rules.rule_marks == RULES.rule_marks  # settled by the same rule
+        taken: list[int] = []
+        with pytest.MonkeyPatch.context() as m:
+            real = membership.member_sync
+            m.setattr(metaverse, "member_sync", lambda *a, t=taken, r=real: t.append(1) or r(*a))
+            _after, outputs = metaverse.metaverse_steps(
+                rules, mv, answers, settle=True, lookup=world.lookup, by_value=lambda _id, ok=allowed: ok
+            )
+        assert taken, name
+        [records[name]] = _feed_records(outputs)
+    change = records["at"]
+    assert (change.version, change.op, change.changed) == (2, "update", ["member"])
+    assert change.added == {"member": [person(20)]} and change.removed == {"member": [person(3)]}
+    assert change.counts == {"member": 20} and change.attributes == {"name": ["staff"]}
+    whole = sorted([*(person(i) for i in range(20) if i != 3), person(20)])
+    for name in ("below", "refused", "off"):
+        change = records[name]
+        assert (change.version, change.added, change.removed, change.counts) == (1, None, None, None), name
+        assert change.attributes == {"name": ["staff"], "member": whole}, name

@@ -53,7 +53,10 @@ def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[M
     hr = write_hr_file(org, tmp / f"{name}-hr.csv")
     # Large containers held apart from 8 values: the group's members (50) and its department groups'
     # go through staging's buckets and the metaverse's chunks, handed over with their partitions.
-    config_path = bench_config(name, tmp, partitions, hr, pipeline={"split_values_from": 8})
+    # Their member changes go on mv.changes by value from 8 members too (version 2 records, folded below).
+    config_path = bench_config(
+        name, tmp, partitions, hr, pipeline={"split_values_from": 8, "mv_changes_by_value_from": 8}
+    )
     rt = Runtime(Settings(bootstrap_servers="", data_dir=tmp), load_config(config_path))
     n = rt.names
     factory = RecordFactory({c: n.import_topic(c) for c in rt.config.connectors}, partitions)
@@ -106,7 +109,7 @@ async def metaverse(bootstrap: str, rt: Runtime, scratch: Path) -> dict[str, dic
             continue
         key = mv.attributes.get("employeeId", [mv.mv_id])[0]
         assert key not in by_join, f"two metaverse objects for employeeId {key}"
-        # The feed's latest record of the object is its state: values and connectors.
+        # The feed, folded, ends in the object's state: values and connectors.
         assert feed[mv.mv_id].attributes == mv.attributes
         assert feed[mv.mv_id].connectors == sorted(mv.links)
         by_join[key] = {"attributes": mv.attributes, "connectors": sorted(mv.links)}
@@ -127,7 +130,9 @@ def _stable(value: Any) -> Any:
 
 
 async def mv_changes(bootstrap: str, rt: Runtime) -> dict[str, MVChange]:
-    """The latest mv.changes record per mv_id."""
+    """The mv.changes feed folded per mv_id, as a consumer folds it (docs/topics.md): the latest record,
+    each attribute a version 2 record gives by value the values the records before it gave, changed by
+    it — through handovers and the records a killed worker's successor published again."""
     topic = rt.names.mv_changes_topic()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     await consumer.start()
@@ -144,10 +149,24 @@ async def mv_changes(bootstrap: str, rt: Runtime) -> dict[str, MVChange]:
                 for r in records:
                     seen[tp] = r.offset + 1
                     change = MVChange.model_validate_json(r.value)
+                    if change.version == 2:
+                        change = folded(latest[change.mv_id], change)
                     latest[change.mv_id] = change
     finally:
         await consumer.stop()
     return latest
+
+
+def folded(before: MVChange, change: MVChange) -> MVChange:
+    """A version 2 record applied to the object's record before it: a whole (version 1) record."""
+    attrs = dict(change.attributes)
+    for attr in {*(change.added or {}), *(change.removed or {})}:
+        gone = set((change.removed or {}).get(attr, []))
+        values = {v for v in before.attributes.get(attr, []) if v not in gone}
+        attrs[attr] = sorted(values | set((change.added or {}).get(attr, [])))
+    return change.model_copy(
+        update={"version": 1, "attributes": attrs, "added": None, "removed": None, "counts": None}
+    )
 
 
 async def produce(bootstrap: str, messages: list[Message], rt: Runtime) -> None:

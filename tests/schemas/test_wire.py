@@ -112,6 +112,26 @@ def _model_strategy(model: type[BaseModel]) -> st.SearchStrategy[Any]:
             },
         )
         return whole | by_value
+    if model is records.MVChange:
+        # Version 2 feed records give a large attribute by value, with its count after (the validator).
+        whole = st.builds(
+            model, **{**overrides, "added": st.none(), "removed": st.none(), "counts": st.none()}
+        )
+        added = st.lists(st.sampled_from("ab"), min_size=1, max_size=2)
+        by_value = st.builds(
+            model,
+            **{
+                **overrides,
+                "version": st.just(2),
+                "op": st.just("update"),
+                "attributes": st.just({"cn": ["x"]}),
+                "changed": st.just(["member"]),
+                "added": st.fixed_dictionaries({"member": added}),
+                "removed": st.none() | st.fixed_dictionaries({"member": st.lists(st.sampled_from("cd"))}),
+                "counts": st.fixed_dictionaries({"member": st.integers(0, 60_000)}),
+            },
+        )
+        return whole | by_value
     return st.builds(model, **overrides)
 
 
@@ -142,6 +162,48 @@ def test_what_the_model_refuses_the_mirror_refuses(raw: bytes) -> None:
         records_adapter().validate_json(raw)
     with pytest.raises(ValueError):
         decode_import(raw)
+
+
+_FEED = '"mv_id":"g","object_type":"group","connectors":["hr"],"ts_ms":1'
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (
+            '{"op":"update","attributes":{},"changed":["m"],"added":{"m":["a"]},"counts":{"m":1},',
+            "need version 2",
+        ),
+        (
+            '{"version":2,"op":"create","attributes":{},"changed":["m"],"added":{"m":["a"]},"counts":{"m":1},',
+            "'update' only",
+        ),
+        (
+            '{"version":2,"op":"update","attributes":{"m":["a"]},"changed":["m"],"added":{"m":["b"]},"counts":{"m":2},',
+            "both whole",
+        ),
+        (
+            '{"version":2,"op":"update","attributes":{},"changed":[],"added":{"m":["a"]},"counts":{"m":1},',
+            "not named in changed",
+        ),
+        (
+            '{"version":2,"op":"update","attributes":{},"changed":["m"],"added":{"m":["a"]},"removed":{"m":["a"]},"counts":{"m":1},',
+            "both added and removed",
+        ),
+        ('{"version":2,"op":"update","attributes":{},"changed":["m"],"added":{"m":["a"]},', "counts must"),
+        (
+            '{"version":2,"op":"update","attributes":{},"changed":["m"],"added":{"m":["a"]},"counts":{"n":1},',
+            "counts must",
+        ),
+        ('{"version":2,"op":"update","attributes":{},"changed":["m"],"counts":{"m":1},', "counts need"),
+    ],
+)
+def test_a_feed_record_breaking_the_value_level_rules_is_refused_by_both(raw: str, reason: str) -> None:
+    data = (raw + _FEED + "}").encode()
+    with pytest.raises(ValidationError, match=reason):
+        records.MVChange.model_validate_json(data)
+    with pytest.raises(msgspec.ValidationError, match=reason):
+        from_json(data, wire.MVChange)
 
 
 def test_numbers_as_strings_are_accepted_by_both() -> None:
