@@ -102,6 +102,14 @@ class PhaseResult:
     group_change_cpu_ms: float = 0.0
     group_image_ms: float = 0.0
     group_image_cpu_ms: float = 0.0
+    #: The size of all-staff's mv.changes record per change by value (median bytes): by value (version 2)
+    #: from ``pipeline.mv_changes_by_value_from`` members, else the whole image.
+    group_feed_bytes: int = 0
+    #: The same change by value to the smallest department group (``small_group_members`` members): what
+    #: one membership change costs where the group's size plays no part (O(1) means all-staff's the same).
+    small_group_members: int = 0
+    small_group_change_ms: float = 0.0
+    small_group_change_cpu_ms: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
     #: After the initial load: the directory entries its pending exports leave, and a digest of them
@@ -477,21 +485,27 @@ class Phase:
             for who, before, after in zip(("workers", "broker", "bench"), cpu, spent, strict=True)
         }
 
-    async def group_change(self, res: PhaseResult, by_value: bool, changes: int = 6) -> None:
-        """One member removed from or added back to all-staff, one change at a time: the time from
-        publishing the group's change record to its mv.changes record, and the workers' CPU per change
-        (how the cost of one membership change grows with the group). ``by_value``: the record says
-        which member (version 2, ``added``/``removed``); otherwise it carries the group's whole image."""
-        name = "all-staff"
+    async def group_change(
+        self, res: PhaseResult, by_value: bool, changes: int = 6, name: str = "all-staff"
+    ) -> None:
+        """One member removed from or added back to a group (all-staff; ``name``: another, by value only),
+        one change at a time: the time from publishing the group's change record to its mv.changes record,
+        and the workers' CPU per change (how the cost of one membership change grows with the group).
+        ``by_value``: the record says which member (version 2, ``added``/``removed``); otherwise it carries
+        the group's whole image."""
         members = list(self.org.groups[name])
         # By value: the first member, removed or added back; by image: the whole member list.
         first = {"member": group_image(self.org, name, members[:1])["member"]}
         seen: dict[int, int] = {}
+        sizes: list[float] = []
 
         def on_change(r: Any) -> None:
             change = MVChange.model_validate_json(r.value)
             if change.object_type == "group" and change.attributes.get("name") == [name]:
-                seen[len(change.attributes.get("member", []))] = r.timestamp
+                # A version 2 record gives the members by value, and how many there are now.
+                count = (change.counts or {}).get("member", len(change.attributes.get("member", [])))
+                seen[count] = r.timestamp
+                sizes.append(len(r.value))
 
         watcher = await kafka.Watcher(
             self.broker.bootstrap, self.rt.names.mv_changes_topic(), on_change
@@ -522,13 +536,18 @@ class Phase:
                     took.append(seen[count] - sent)
             finally:
                 await watcher.stop()
-        res.group_members = len(members)
         median, per_change = (
             _percentiles(took).get("p50", 0.0),
             round(1e3 * (self.cpu_s() - cpu) / changes, 1),
         )
+        if name != "all-staff":
+            res.small_group_members = len(members)
+            res.small_group_change_ms, res.small_group_change_cpu_ms = median, per_change
+            return
+        res.group_members = len(members)
         if by_value:
             res.group_change_ms, res.group_change_cpu_ms = median, per_change
+            res.group_feed_bytes = round(_percentiles(sizes).get("p50", 0.0))
         else:
             res.group_image_ms, res.group_image_cpu_ms = median, per_change
 
@@ -662,6 +681,8 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.broker_rss_by_step["latency"] = ph.broker_rss()
         await ph.group_change(res, by_value=True)
         await ph.group_change(res, by_value=False)
+        small = min((n for n in org.groups if n != "all-staff"), key=lambda n: (len(org.groups[n]), n))
+        await ph.group_change(res, by_value=True, name=small)
         res.peak_rss_by_step["group change"] = ph.rss()
         res.broker_rss_by_step["group change"] = ph.broker_rss()
         res.peak_rss_mb = ph.rss()
@@ -759,7 +780,7 @@ def _table(results: list[PhaseResult]) -> str:
         "peak RSS MB w / broker",
         "state MB",
         "CPU µs/rec w (rocksdb) + b",
-        "group change ms (CPU): by value / image",
+        "group change ms (CPU): by value / image; feed bytes; small group by value",
     ]
     rows = []
     for r in results:
@@ -785,7 +806,10 @@ def _table(results: list[PhaseResult]) -> str:
                 if r.cpu_us_per_record
                 else "-",
                 f"{r.group_change_ms:.0f} ({r.group_change_cpu_ms:.0f}) / "
-                f"{r.group_image_ms:.0f} ({r.group_image_cpu_ms:.0f}) @{r.group_members:,}"
+                f"{r.group_image_ms:.0f} ({r.group_image_cpu_ms:.0f}) @{r.group_members:,}; "
+                f"{r.group_feed_bytes:,} B; "
+                f"{r.small_group_change_ms:.0f} ({r.small_group_change_cpu_ms:.0f})"
+                f" @{r.small_group_members:,}"
                 if r.group_members
                 else "-",
             ]

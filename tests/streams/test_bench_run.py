@@ -48,6 +48,8 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
         "--digest",
         "--work-dir",
         str(work),
+        "--pipeline",
+        "mv_changes_by_value_from=100",
         env={"IDSYNC_BENCH_MEMORY_LOG_S": "1"},
     )
     assert (result["kind"], result["size"], result["workers"]) == ("batched", 300, 1)
@@ -58,6 +60,12 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert result["group_members"] > 0
     assert result["group_change_ms"] > 0 and result["group_change_cpu_ms"] > 0
     assert result["group_image_ms"] > 0 and result["group_image_cpu_ms"] > 0
+    # all-staff's 300 members went on mv.changes by value (from 100): its record names the one member
+    # (a few hundred bytes), not the 300 (the bench read each record's count of members to match it).
+    assert 0 < result["group_feed_bytes"] < 1_000
+    # The same change to the smallest department, for comparison (at 300 people, the only one).
+    assert 0 < result["small_group_members"] <= result["group_members"]
+    assert result["small_group_change_ms"] > 0 and result["small_group_change_cpu_ms"] > 0
     # the load's CPU per record, and the part of it in the workers' RocksDB flush and compaction threads
     assert 0 <= result["rocksdb_cpu_us_per_record"] < result["cpu_us_per_record"]
     steps = result["peak_rss_by_step"]
