@@ -110,6 +110,10 @@ class PhaseResult:
     small_group_members: int = 0
     small_group_change_ms: float = 0.0
     small_group_change_cpu_ms: float = 0.0
+    #: The workers' CPU while idle (ms per second: polling their topics, timers), measured for two seconds
+    #: before the group changes. A change's CPU above includes it for as long as the change takes: a
+    #: large group's change waits for its checkpoint (docs/architecture.md), a small one's does not.
+    idle_cpu_ms_per_s: float = 0.0
     state_mb: float = 0.0
     exports: int = 0
     #: After the initial load: the directory entries its pending exports leave, and a digest of them
@@ -493,6 +497,10 @@ class Phase:
         and the workers' CPU per change (how the cost of one membership change grows with the group).
         ``by_value``: the record says which member (version 2, ``added``/``removed``); otherwise it carries
         the group's whole image."""
+        if not res.idle_cpu_ms_per_s:
+            cpu = self.cpu_s()
+            await asyncio.sleep(2.0)
+            res.idle_cpu_ms_per_s = round(1e3 * (self.cpu_s() - cpu) / 2.0, 1)
         members = list(self.org.groups[name])
         # By value: the first member, removed or added back; by image: the whole member list.
         first = {"member": group_image(self.org, name, members[:1])["member"]}
@@ -511,7 +519,10 @@ class Phase:
             self.broker.bootstrap, self.rt.names.mv_changes_topic(), on_change
         ).start()
         took: list[float] = []
-        async with self.spying("group-change" if by_value else "group-image", "IDSYNC_BENCH_PROFILE_GROUP"):
+        what = (
+            ("group-change" if by_value else "group-image") if name == "all-staff" else "small-group-change"
+        )
+        async with self.spying(what, "IDSYNC_BENCH_PROFILE_GROUP"):
             cpu = self.cpu_s()
             try:
                 for k in range(changes):
@@ -886,6 +897,11 @@ def run_bench(args: argparse.Namespace) -> int:
         if r.latency_cpu_us:
             spent = ", ".join(f"{who} {us:,.0f}" for who, us in r.latency_cpu_us.items())
             print(f"N={r.size:,} workers={r.workers}: latency run CPU µs per change: {spent}")
+        if r.group_members:
+            print(
+                f"N={r.size:,} workers={r.workers}: workers' CPU while idle {r.idle_cpu_ms_per_s:,.1f} ms/s "
+                "(part of each group change's CPU for as long as it takes)"
+            )
         if r.load_bytes:
             written = ", ".join(f"{t} {b / 1e6:,.1f}" for t, b in r.load_bytes.items())
             print(f"N={r.size:,} workers={r.workers}: MB written by the load (uncompressed): {written}")

@@ -66,6 +66,8 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     # The same change to the smallest department, for comparison (at 300 people, the only one).
     assert 0 < result["small_group_members"] <= result["group_members"]
     assert result["small_group_change_ms"] > 0 and result["small_group_change_cpu_ms"] > 0
+    assert result["idle_cpu_ms_per_s"] > 0  # the workers poll while idle: part of every change's CPU
+    assert "workers' CPU while idle" in stdout
     # the load's CPU per record, and the part of it in the workers' RocksDB flush and compaction threads
     assert 0 <= result["rocksdb_cpu_us_per_record"] < result["cpu_us_per_record"]
     steps = result["peak_rss_by_step"]
