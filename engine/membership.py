@@ -44,6 +44,7 @@ from engine.confirmation import casefold_keys
 from engine.export import HELD_BACK_KEYS, OutboundOutput, emit_update, unaffected
 from engine.references import Lookup, out_route, registers
 from engine.rules import Rules
+from engine.shared import journal_of, pop_entry, set_entry
 from engine.values import dn_key, dn_keys, render
 from schemas.config import OutboundRuleConfig
 from schemas.messages import RefRegister
@@ -106,6 +107,11 @@ def _flow_delta(
     # Each value before was one key's: the unchanged keys hold ``before`` less ``olds``.
     came = {v for v in news if not _holds(before, v)}
     return came, olds - news
+
+
+def _same(values: list[str] | None, other: list[str]) -> bool:
+    """Equal lists; the same list at once (a member sync leaves the attribute and its flow one list)."""
+    return values is other or values == other
 
 
 def _holds(values: list[str], value: str) -> bool:
@@ -289,7 +295,7 @@ def member_sync(
         or (info is not None and attr in info.initial_only)
         or attr in rules.join_attributes.get(mv_type, frozenset())
         or mv_type in rules.snapshot_types
-        or mv.attributes.get(attr) != before
+        or not _same(mv.attributes.get(attr), before)
     ):
         return None
     cause = mv.ref_sync
@@ -354,7 +360,7 @@ def member_sync(
     link.stale_keys = {}
     mv.ref_sync = None
     attrs = dict(mv.attributes)
-    attrs[attr] = list(values)
+    attrs[attr] = values  # one list for the flow and the attribute: both replaced, never changed in place
     if touched is not None:
         touched.add(flow_path(connector, attr), came | left)
         touched.add(attribute_path(attr), came | left)
@@ -367,10 +373,11 @@ def member_sync(
     ]
     for target_name, new in registrations:
         target = mv.targets.setdefault(target_name, TargetState())
+        journal = journal_of(target.ref_dns)  # shared with the object the step was given (engine.shared)
         for member_id in removed:
-            target.ref_dns.pop(member_id, None)
+            pop_entry(target.ref_dns, member_id, journal)
         for member_id, dn in new:
-            target.ref_dns[member_id] = dn
+            set_entry(target.ref_dns, member_id, dn, journal)
         if touched is not None:
             touched.add(ref_dns_path(target_name), [*removed, *added])
         outputs += registers(mv.mv_id, "unrefer", target_name, removed, ts_ms, direction="out")

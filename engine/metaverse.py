@@ -24,6 +24,7 @@ from engine.references import (
     registers,
 )
 from engine.rules import Rules
+from engine.shared import SharedMaps, journal_of, pop_entry, running, set_entry
 from engine.staging import changed_attributes
 from engine.values import same_values, sorted_set
 from schemas.config import OutboundRuleConfig
@@ -82,6 +83,7 @@ def metaverse_steps(
     lookup: Lookup = no_table,
     touched: Touched | None = None,
     by_value: ByValue = by_value_always,
+    shared: SharedMaps | None = None,
 ) -> tuple[MVObject | None, list[list[MVOutput]]]:
     """Apply messages to one metaverse object in order: the state and, per message, the outputs that
     applying them one by one with ``metaverse_step`` gives, with one copy of the object for all of them.
@@ -91,7 +93,10 @@ def metaverse_steps(
 
     A group hears from each of its members (a reference answer each); one copy per answer would make a
     large group's initial load quadratic. The given object is never changed: it is copied once, and the
-    copy is changed in place by each message.
+    copy is changed in place by each message — except with ``shared`` (``engine.shared``): its large
+    reference maps are then shared with the copy and changed in place, each change journaled; if a step
+    raises, the journal is undone (the given object is as it was), otherwise the caller must go on with
+    the result and drop the given object, whose shared maps changed too (``shared.changed`` says so).
 
     ``by_value``: whether a member change of the object may go on ``mv.changes`` by value
     (``engine.membership.member_sync``).
@@ -105,7 +110,24 @@ def metaverse_steps(
     decides per object: when it says no, the answers are *held* — no ``RefSync`` is sent and the object
     keeps ``ref_sync`` set, as if one were on its way; the caller must then deliver that ``RefSync``
     itself (streams.stages.metaverse holds a large group's answers until its checkpoint)."""
-    work = fork(mv) if mv is not None else None
+    if shared is None:
+        return _steps(rules, mv, msgs, now_ms, settle, lookup, touched, by_value, None)
+    with running(shared):
+        return _steps(rules, mv, msgs, now_ms, settle, lookup, touched, by_value, shared)
+
+
+def _steps(
+    rules: Rules,
+    mv: MVObject | None,
+    msgs: Sequence[MVInbound],
+    now_ms: int | None,
+    settle: bool | Callable[[MVObject], bool],
+    lookup: Lookup,
+    touched: Touched | None,
+    by_value: ByValue,
+    shared: SharedMaps | None,
+) -> tuple[MVObject | None, list[list[MVOutput]]]:
+    work = fork(mv, shared) if mv is not None else None
     results: list[list[MVOutput]] = []
     for msg in msgs:
         published = published_dns(rules, work)
@@ -203,7 +225,7 @@ def _ref_resolved(
         target = mv.targets.get(msg.connector)
         if target is None or msg.key not in target.ref_dns or target.ref_dns[msg.key] == (msg.value or ""):
             return mv, []  # no longer referenced (it unregistered meanwhile), or nothing new
-        target.ref_dns[msg.key] = msg.value or ""
+        set_entry(target.ref_dns, msg.key, msg.value or "", journal_of(target.ref_dns))
         if touched is not None:
             touched.add(ref_dns_path(msg.connector), (msg.key,))
         # Planned again at the sync whatever its cause: the RefSync may come from an inbound answer of
@@ -223,9 +245,9 @@ def _ref_resolved(
     if refs is None:
         refs = link.refs[attr] = {}
     if msg.value is None:
-        refs.pop(msg.key, None)
+        pop_entry(refs, msg.key, journal_of(refs))
     else:
-        refs[msg.key] = msg.value
+        set_entry(refs, msg.key, msg.value, journal_of(refs))
     if not refs:
         del link.refs[attr]
     if attr not in link.stale_refs:
@@ -294,13 +316,14 @@ def _ref_sync(
     return mv, _sync(rules, mv, False, cause, msg.ts_ms, stale, lookup), False
 
 
-def fork(mv: MVObject) -> MVObject:
+def fork(mv: MVObject, shared: SharedMaps | None = None) -> MVObject:
     """A copy of a metaverse object that a step may change in place without touching the original:
     every container a step changes is copied (one level; a group's member lists, values that are
-    replaced and never changed in place, are shared)."""
+    replaced and never changed in place, are shared) — but with ``shared``, the large reference maps
+    (a link's references of an attribute, a target's member DNs), which it shares (``engine.shared``)."""
     new = copy.copy(mv)
-    new.links = {name: _fork_link(link) for name, link in mv.links.items()}
-    new.targets = {name: fork_target(t) for name, t in mv.targets.items()}
+    new.links = {name: _fork_link(link, shared) for name, link in mv.links.items()}
+    new.targets = {name: fork_target(t, shared) for name, t in mv.targets.items()}
     new.retained = dict(mv.retained)
     new.routes = list(mv.routes)
     new.join_keys = list(mv.join_keys)
@@ -310,21 +333,25 @@ def fork(mv: MVObject) -> MVObject:
     return new
 
 
-def _fork_link(link: ConnectorLink) -> ConnectorLink:
+def _fork_link(link: ConnectorLink, shared: SharedMaps | None) -> ConnectorLink:
     new = copy.copy(link)
     new.flows = dict(link.flows)
     new.changed_ts = dict(link.changed_ts)
-    new.refs = {attr: dict(refs) for attr, refs in link.refs.items()}
+    if shared is None:
+        new.refs = {attr: dict(refs) for attr, refs in link.refs.items()}
+    else:
+        new.refs = {attr: shared.share(refs) for attr, refs in link.refs.items()}
     new.stale_refs = list(link.stale_refs)
     new.stale_keys = {attr: dict(keys) for attr, keys in link.stale_keys.items()}
     return new
 
 
-def fork_target(target: TargetState) -> TargetState:
-    """A copy of one target's state; ledger entries are replaced, never changed in place."""
+def fork_target(target: TargetState, shared: SharedMaps | None = None) -> TargetState:
+    """A copy of one target's state; ledger entries are replaced, never changed in place. ``shared``:
+    its member DNs shared if large (``fork``)."""
     new = copy.copy(target)
     new.ledger = dict(target.ledger)
-    new.ref_dns = dict(target.ref_dns)
+    new.ref_dns = dict(target.ref_dns) if shared is None else shared.share(target.ref_dns)
     return new
 
 

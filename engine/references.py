@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from engine.rules import Rules
+from engine.shared import journal_of, pop_entry, set_entry
 from engine.staging import ValueChanges
 from engine.values import dn_key, dn_keys
 from schemas.messages import DnClaim, RefRegister, RefResolved, RefUpdate, RefValue
@@ -526,11 +527,12 @@ def register_target(
     found = False
     if mv is not None and not dropped:
         target = mv.targets.setdefault(connector, TargetState())
+        journal = journal_of(target.ref_dns)  # shared with the object the step was given (engine.shared)
         for gone in registered - wanted:
-            target.ref_dns.pop(gone, None)
+            pop_entry(target.ref_dns, gone, journal)
         for new in sorted(wanted - registered):
             dn = lookup(out_route(connector, new)) or ""
-            target.ref_dns[new] = dn
+            set_entry(target.ref_dns, new, dn, journal)
             if dn:
                 found = True
                 target.replan = True

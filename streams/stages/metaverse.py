@@ -19,6 +19,7 @@ from engine.references import (
     registration_prefix,
     resolution,
 )
+from engine.shared import SharedMaps
 from schemas.codec import pack, to_json, unpacker
 from schemas.messages import (
     CSLink,
@@ -70,6 +71,16 @@ def deferred_prefix(mv_id: bytes) -> bytes:
 def ref_count(mv: MVObject) -> int:
     """References an object holds (a group: its members), over its connectors and attributes."""
     return sum(len(refs) for link in mv.links.values() for refs in link.refs.values())
+
+
+def _replace(batch: Batch, key: bytes, mv: MVObject | None, touched: Touched, shared: SharedMaps) -> None:
+    """The result of steps in place of the object the batch read. Where they changed a map they shared
+    with it (``engine.shared``), the two compare equal there and the object read is stale: put; otherwise
+    put only if they differ (``Batch.update``)."""
+    if shared.changed:
+        batch.put(key, mv, touched)
+    else:
+        batch.update(key, mv, touched)
 
 
 class MetaverseStage(Stage[MVObject]):
@@ -207,6 +218,9 @@ class MetaverseStage(Stage[MVObject]):
             return True
 
         touched = Touched()
+        # A large group's reference maps are changed in place, not copied (engine.shared): the object
+        # read is not used again but to be replaced by the result.
+        shared = SharedMaps()
         try:
             mv, outputs = metaverse_steps(
                 self.rt.rules,
@@ -216,10 +230,11 @@ class MetaverseStage(Stage[MVObject]):
                 lookup=self.table.get,
                 touched=touched,
                 by_value=self._by_value(batch.partition),
+                shared=shared,
             )
         except Exception:
-            return False
-        batch.update(key, mv, touched)
+            return False  # the shared maps put back as they were
+        _replace(batch, key, mv, touched, shared)
         if mv is not None and mv.ref_sync is not None:
             self._held.setdefault(batch.partition, set()).add(key)
         for each in outputs:
@@ -609,7 +624,7 @@ class MetaverseStage(Stage[MVObject]):
                 mv = batch.get(key)
                 if mv is None or mv.ref_sync is None:
                     continue  # synced since (a RefSync on its way found it) or gone
-                touched = Touched()
+                touched, shared = Touched(), SharedMaps()
                 mv, [outputs] = metaverse_steps(
                     self.rt.rules,
                     mv,
@@ -618,8 +633,9 @@ class MetaverseStage(Stage[MVObject]):
                     lookup=self.table.get,
                     touched=touched,
                     by_value=self._by_value(p),
+                    shared=shared,
                 )
-                batch.update(key, mv, touched)
+                _replace(batch, key, mv, touched, shared)
                 self._synced_at[key] = now
                 self._emit(outputs, out, p)
             batches.append(batch)

@@ -17,6 +17,7 @@ from engine.chunks import Chunks, Touched, chunk_prefix, low_of, split, stored_c
 from engine.export import _view
 from engine.references import in_route, out_route
 from engine.rules import Rules, compile_rules
+from engine.shared import SharedMaps
 from engine.values import dn_key
 from schemas.codec import as_dict
 from schemas.config import IdsyncConfig
@@ -181,9 +182,11 @@ def _run(
     general: bool,
     settle: bool,
     store: ChunkStore | None = None,
+    shared: bool = False,
 ) -> tuple[list[Any], int]:
     """The trace (state and outputs after each step) and how many syncs ``member_sync`` made. ``store``:
-    the group saved in chunks along the way (``ChunkStore``)."""
+    the group saved in chunks along the way (``ChunkStore``); ``shared``: every step shares the reference
+    maps with the object it is given (``engine.shared``, from one entry) instead of copying them."""
     world = World(members, known)
     taken = 0
     real = membership.member_sync
@@ -253,7 +256,13 @@ def _run(
                 )
             touched = Touched()
             mv, [outputs] = metaverse.metaverse_steps(
-                rules, mv, [msg], settle=settle, lookup=world.lookup, touched=touched
+                rules,
+                mv,
+                [msg],
+                settle=settle,
+                lookup=world.lookup,
+                touched=touched,
+                shared=SharedMaps(least=1) if shared else None,
             )
             if store is not None:
                 store.step(mv, touched)
@@ -322,7 +331,9 @@ def test_member_sync_equals_the_general_sync(
     """And the group's chunks saved along the way are written the same whether or not the store is told
     what the steps changed (``ChunkStore``)."""
     store = ChunkStore(every=1 + len(steps) % 3)
-    fast, _taken = _run(BY_VALUE, members, known, steps, general=False, settle=settle, store=store)
+    fast, _taken = _run(
+        BY_VALUE, members, known, steps, general=False, settle=settle, store=store, shared=len(steps) % 2 == 0
+    )
     general, _ = _run(RULES, members, known, steps, general=True, settle=settle)
     assert fast == general
     LOOKED.append(store.looked)
@@ -339,7 +350,7 @@ def test_member_churn_synced_from_the_members_equals_the_general_sync(
 ) -> None:
     """Members coming and going, every member in the target: mostly member_sync's work (its mv.changes
     records by value)."""
-    fast, taken = _run(BY_VALUE, members, 10, steps, general=False, settle=settle)
+    fast, taken = _run(BY_VALUE, members, 10, steps, general=False, settle=settle, shared=True)
     general, _ = _run(RULES, members, 10, steps, general=True, settle=settle)
     assert fast == general
     TAKEN.append(taken)
@@ -517,3 +528,37 @@ def test_a_member_change_goes_on_the_feed_by_value_from_the_threshold_where_the_
         change = records[name]
         assert (change.version, change.added, change.removed, change.counts) == (1, None, None, None), name
         assert change.attributes == {"name": ["staff"], "member": whole}, name
+
+
+def test_steps_that_raise_leave_the_maps_they_shared_as_they_were() -> None:
+    """With shared maps (``engine.shared``) a step changes the group's references and member DNs in
+    place; one that raises afterwards has them put back: the object given is as it was, and applying the
+    same messages again gives what they give to an object that never shared."""
+    mv, world = _settled_group(20)
+    before = as_dict(mv)
+    answers = [_answer(20, 20), _answer(3, None)]
+    expected, expected_out = metaverse.metaverse_steps(RULES, mv, answers, settle=True, lookup=world.lookup)
+    for failing in ("defer", "export"):
+        shared = SharedMaps(least=1)
+        with pytest.MonkeyPatch.context() as m:
+            if failing == "defer":  # after the first answer changed the references
+                m.setattr(metaverse, "_defer", lambda *_a: (_ for _ in ()).throw(RuntimeError("boom")))
+            else:  # after the member sync changed the member DNs
+                m.setattr(
+                    membership, "emit_update", lambda *_a, **_k: (_ for _ in ()).throw(RuntimeError("boom"))
+                )
+            with pytest.raises(RuntimeError, match="boom"):
+                metaverse.metaverse_steps(RULES, mv, answers, settle=True, lookup=world.lookup, shared=shared)
+        assert shared.journal == [] and as_dict(mv) == before, failing
+    shared = SharedMaps(least=1)
+    after, outputs = metaverse.metaverse_steps(
+        RULES, mv, answers, settle=True, lookup=world.lookup, shared=shared
+    )
+    assert shared.changed and after is not None
+    assert (as_dict(after), [[as_dict(o) for o in out] for out in outputs]) == (
+        as_dict(expected),
+        [[as_dict(o) for o in out] for out in expected_out],
+    )
+    # The object given shares the changed maps now: it is the result's to replace.
+    assert mv.targets[TARGET].ref_dns is after.targets[TARGET].ref_dns
+    assert person(20) in mv.targets[TARGET].ref_dns and as_dict(mv) != before
