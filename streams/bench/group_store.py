@@ -8,7 +8,9 @@ with the metaverse store's codec, then adds one member at a time the way the sta
 unsaved, and save it as a checkpoint does (``encode_unsaved``, one WriteBatch). It prints the median CPU ms
 of the read, the sync and the save, and the bytes the save writes (what the changelog would carry).
 ``--whole`` stores the object as one value (the codec off: as before the twenty-fourth session);
-``--general`` syncs it by the general sync (``engine.membership`` off: as before the twenty-fifth).
+``--general`` syncs it by the general sync (``engine.membership`` off: as before the twenty-fifth);
+``--copy`` copies the group's reference maps for each step instead of sharing them (``engine.shared``:
+as before the twenty-eighth).
 
 What it leaves out: the broker (producing the changelog and the outputs), staging, the reference
 registrations' store. Not a test: nothing here asserts a speed. Figures: docs/benchmarks.md.
@@ -29,6 +31,7 @@ from engine import metaverse
 from engine.chunks import Touched
 from engine.metaverse import metaverse_steps
 from engine.rules import compile_rules
+from engine.shared import SharedMaps
 from engine.values import dn_key
 from schemas.config import IdsyncConfig
 from schemas.messages import RefResolved, RefSync
@@ -119,20 +122,21 @@ def group(members: int) -> MVObject:
 
 
 def run(
-    members: int, changes: int, whole: bool, general: bool = False, keep: bool = True
+    members: int, changes: int, whole: bool, general: bool = False, keep: bool = True, share: bool = True
 ) -> dict[str, float]:
     """Median CPU ms of the read, sync and save of ``changes`` member changes, and bytes saved per change.
-    ``general``: ``engine.membership.member_sync`` declines every sync (in this process, for the run)."""
+    ``general``: ``engine.membership.member_sync`` declines every sync (in this process, for the run);
+    ``share``: the steps share the group's large maps (``engine.shared``) as the stage's do."""
     real = metaverse.member_sync
     if general:
         metaverse.member_sync = lambda *_args: None  # type: ignore[assignment]  # the general sync only
     try:
-        return _run(members, changes, whole, keep)
+        return _run(members, changes, whole, keep, share)
     finally:
         metaverse.member_sync = real
 
 
-def _run(members: int, changes: int, whole: bool, keep: bool) -> dict[str, float]:
+def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> dict[str, float]:
     rules = _rules()
     with tempfile.TemporaryDirectory() as tmp:
         codec = MVChunks(1_000, kept=KeptObjects(KEPT_VALUES if keep else 0))
@@ -178,10 +182,19 @@ def _run(members: int, changes: int, whole: bool, keep: bool) -> dict[str, float
                 ts_ms=n,
             )
             touched = Touched()
-            mv, _ = metaverse_steps(rules, mv, [answer], settle=True, lookup=lookup, touched=touched)
+            # As the stage: each call shares the group's large maps (engine.shared), unless copying.
+            first, second = (SharedMaps(), SharedMaps()) if share else (None, None)
+            mv, _ = metaverse_steps(
+                rules, mv, [answer], settle=True, lookup=lookup, touched=touched, shared=first
+            )
             sync = RefSync(mv_id="group-all-staff", ts_ms=n)
-            mv, _ = metaverse_steps(rules, mv, [sync], settle=True, lookup=lookup, touched=touched)
-            batch.update(key, mv, touched)
+            mv, _ = metaverse_steps(
+                rules, mv, [sync], settle=True, lookup=lookup, touched=touched, shared=second
+            )
+            if first is not None and second is not None and (first.changed or second.changed):
+                batch.put(key, mv, touched)
+            else:
+                batch.update(key, mv, touched)
             batch.stash()
             t2 = time.process_time()
             written.append(save())
@@ -212,12 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-keep", action="store_true", help="read the group from its chunks after each checkpoint"
     )
+    p.add_argument("--copy", action="store_true", help="copy the group's maps for each step (no sharing)")
     args = p.parse_args(argv)
-    r = run(args.members, args.changes, args.whole, args.general, not args.no_keep)
+    r = run(args.members, args.changes, args.whole, args.general, not args.no_keep, not args.copy)
     how = (
         ("whole" if args.whole else "chunks")
         + (", general sync" if args.general else "")
         + (", not kept" if args.no_keep and not args.whole else "")
+        + (", maps copied" if args.copy else "")
     )
     print(
         f"{how} @{args.members:,} members: read {r['read_ms']} ms, sync "
