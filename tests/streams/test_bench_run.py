@@ -68,6 +68,7 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert result["small_group_change_ms"] > 0 and result["small_group_change_cpu_ms"] > 0
     assert result["idle_cpu_ms_per_s"] > 0  # the workers poll while idle: part of every change's CPU
     assert "workers' CPU while idle" in stdout
+    assert "one member change by value, workers' CPU less idle (median per change): all-staff" in stdout
     # the load's CPU per record, and the part of it in the workers' RocksDB flush and compaction threads
     assert 0 <= result["rocksdb_cpu_us_per_record"] < result["cpu_us_per_record"]
     steps = result["peak_rss_by_step"]
