@@ -6,7 +6,9 @@ copying and dumping pydantic models cost more than the sync step itself). Not a 
 public view of the metaverse is ``mv.changes`` (``schemas.records.MVChange``).
 
 Engine steps never mutate the state they are given: they copy what they change (``copy.copy`` of a
-struct is shallow and cheap; containers are copied where they are mutated).
+struct is shallow and cheap; containers are copied where they are mutated). One exception, asked for by
+the caller: ``engine.shared`` lets the metaverse steps change a large group's reference maps in place,
+with a journal that is undone if they raise (the caller then replaces the object it gave).
 """
 
 from __future__ import annotations
