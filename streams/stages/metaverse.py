@@ -173,15 +173,19 @@ class MetaverseStage(Stage[MVObject]):
 
     def handle(self, batch: Batch, topic: str, msg: Any, out: Outputs) -> None:
         key = msg.mv_id.encode()
-        mv, outputs = metaverse_step(
+        mv, outputs = self._step(batch, key, msg)
+        batch.update(key, mv)
+        self._emit(outputs, out, batch.partition)
+
+    def _step(self, batch: Batch, key: bytes, msg: Any) -> tuple[MVObject | None, list[MVOutput]]:
+        """One message applied to the object the batch holds (nothing shared: it stays as it was)."""
+        return metaverse_step(
             self.rt.rules,
             batch.get(key),
             msg,
             lookup=self.table.get,
             by_value=self._by_value(batch.partition),
         )
-        batch.update(key, mv)
-        self._emit(outputs, out, batch.partition)
 
     def handle_all(self, batch: Batch, items: list[tuple[Any, Any]], out: Outputs) -> None:
         """The messages of one metaverse object in this batch are applied together (one copy of the
@@ -369,13 +373,7 @@ class MetaverseStage(Stage[MVObject]):
         """Apply answers one by one (they failed together): only a failing one is left out, and reported."""
         for msg in msgs:
             try:
-                mv, outputs = metaverse_step(
-                    self.rt.rules,
-                    batch.get(key),
-                    msg,
-                    lookup=self.table.get,
-                    by_value=self._by_value(batch.partition),
-                )
+                mv, outputs = self._step(batch, key, msg)
             except Exception as exc:
                 log.exception("metaverse: applying the reference table to %s failed", msg.mv_id)
                 self.rt.record_error(
