@@ -703,8 +703,10 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
         res.broker_rss_by_step["latency"] = ph.broker_rss()
         await ph.group_change(res, by_value=True)
         await ph.group_change(res, by_value=False)
-        small = min((n for n in org.groups if n != "all-staff"), key=lambda n: (len(org.groups[n]), n))
-        await ph.group_change(res, by_value=True, name=small)
+        departments = [n for n in org.groups if n != "all-staff"]
+        if departments:
+            small = min(departments, key=lambda n: (len(org.groups[n]), n))
+            await ph.group_change(res, by_value=True, name=small)
         res.peak_rss_by_step["group change"] = ph.rss()
         res.broker_rss_by_step["group change"] = ph.broker_rss()
         res.peak_rss_mb = ph.rss()
