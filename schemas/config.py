@@ -545,6 +545,10 @@ class PipelineConfig(_Config):
     #: published whole, so a consumer that folded records a crash made the pipeline process again is set
     #: right by the next. None: every record whole (version 1), for consumers that read version 1 only.
     mv_changes_by_value_from: int | None = Field(default=1_000, ge=1)
+    #: ... and at least this often (its first member change once this long has passed since its last whole
+    #: record), so a consumer that starts reading ``mv.changes`` this long before now — keep the topic's
+    #: retention above it — finds a whole record of every large object it then sees changed by value.
+    mv_changes_whole_every_s: int = Field(default=3_600, ge=1, le=30 * 86_400)
     #: How long staging remembers a deleted object's version (its tombstone) to refuse older records of it
     #: that arrive after the delete; tombstones older than this are dropped at the connector's next
     #: full-import run end.

@@ -111,12 +111,14 @@ class MetaverseStage(Stage[MVObject]):
         self._held: dict[int, set[bytes]] = {}
         self._synced_at: dict[bytes, float] = {}
         #: Per partition, the large objects (``pipeline.mv_changes_by_value_from``) this worker published
-        #: whole on ``mv.changes`` since it took the partition: only their member changes go by value. A
-        #: crash makes the next owner process again what followed the last checkpoint, perhaps otherwise
-        #: (the reference table has moved on); its first record of each such object, whole, sets right a
-        #: consumer that folded the records of both.
+        #: whole on ``mv.changes`` since it took the partition, and when (loop time): only their member
+        #: changes go by value, until ``pipeline.mv_changes_whole_every_s`` has passed. A crash makes the
+        #: next owner process again what followed the last checkpoint, perhaps otherwise (the reference
+        #: table has moved on); its first record of each such object, whole, sets right a consumer that
+        #: folded the records of both. The period bounds how far back a consumer reads for a whole record.
         self._by_value_from = rt.config.pipeline.mv_changes_by_value_from
-        self._fed_whole: dict[int, set[str]] = {}
+        self._whole_every_s = float(rt.config.pipeline.mv_changes_whole_every_s)
+        self._fed_whole: dict[int, dict[str, float]] = {}
         #: Registrations (``engine.references.registration_keys``), per partition like the objects.
         self.refs = rt.store("mv-refs")
         #: Writes to the registrations store until the next commit, per partition and kind of value.
@@ -247,23 +249,30 @@ class MetaverseStage(Stage[MVObject]):
 
     # ---- mv.changes by value
     def _by_value(self, partition: int) -> Callable[[str], bool]:
-        """Whether a member change of an object of ``partition`` may go on ``mv.changes`` by value: it was
-        published whole by this worker since it took the partition."""
-        return self._fed_whole.setdefault(partition, set()).__contains__
+        """Whether a member change of an object of ``partition`` may go on ``mv.changes`` by value: this
+        worker published it whole since it took the partition, less than ``mv_changes_whole_every_s`` ago."""
+        fed = self._fed_whole.setdefault(partition, {})
+        since = asyncio.get_running_loop().time() - self._whole_every_s
+
+        def allowed(mv_id: str) -> bool:
+            at = fed.get(mv_id)
+            return at is not None and at > since
+
+        return allowed
 
     def _fed(self, change: MVChange, partition: int) -> None:
         """Remember a whole record of a large object (one whose member changes may go by value now), forget
         a deleted one."""
-        fed = self._fed_whole.setdefault(partition, set())
+        fed = self._fed_whole.setdefault(partition, {})
         least = self._by_value_from
         if (
             change.op != "delete"
             and least is not None
             and any(len(values) >= least for values in change.attributes.values())
         ):
-            fed.add(change.mv_id)
+            fed[change.mv_id] = asyncio.get_running_loop().time()
         else:
-            fed.discard(change.mv_id)
+            fed.pop(change.mv_id, None)
 
     # ---- the reference table
     async def read_table(self) -> None:

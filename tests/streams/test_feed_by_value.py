@@ -1,7 +1,8 @@
 """A large group's member change goes on ``mv.changes`` by value (``MVChange`` version 2) only once the
 metaverse stage has published the group whole itself since it took the partition: after a start, a
 rebalance or a crash (``MetaverseStage.assigned``) the group's first record is whole again, so a consumer
-that folded a history the new owner processes again otherwise is set right. On a real broker."""
+that folded a history the new owner processes again otherwise is set right; and whole again once
+``pipeline.mv_changes_whole_every_s`` has passed since the last whole one. On a real broker."""
 
 from __future__ import annotations
 
@@ -68,14 +69,14 @@ def test_member_changes_go_by_value_after_the_worker_published_the_group_whole(t
             # The reference table knows every member: its hr DN's mv_id, and its DN in the directory.
             await publish(
                 rt,
-                *(RefValue(route=in_route("hr", source_dn(i)), value=person(i), ts_ms=1) for i in range(8)),
+                *(RefValue(route=in_route("hr", source_dn(i)), value=person(i), ts_ms=1) for i in range(9)),
                 *(
                     RefValue(
                         route=out_route("dir", person(i)),
                         value=f"uid=p{i},ou=people,dc=example,dc=org",
                         ts_ms=1,
                     )
-                    for i in range(8)
+                    for i in range(9)
                 ),
             )
             stage, reader, applier = await owning(rt, P)
@@ -135,6 +136,15 @@ def test_member_changes_go_by_value_after_the_worker_published_the_group_whole(t
                     {"member": [person(6)]},
                     {"member": 7},
                 )
+
+                # Its last whole record older than mv_changes_whole_every_s: whole again, then by value.
+                stage._fed_whole[P][group] -= rt.config.pipeline.mv_changes_whole_every_s
+                [periodic] = await step(member_added(group, 7))
+                assert periodic.version == 1 and periodic.attributes["member"] == sorted(
+                    map(person, range(8))
+                )
+                [last] = await step(member_added(group, 8))
+                assert (last.version, last.added) == (2, {"member": [person(8)]})
             finally:
                 await stop(reader, applier)
                 await shut_down((rt, stage))
