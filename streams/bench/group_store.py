@@ -191,10 +191,7 @@ def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> di
             mv, _ = metaverse_steps(
                 rules, mv, [sync], settle=True, lookup=lookup, touched=touched, shared=second
             )
-            if first is not None and second is not None and (first.changed or second.changed):
-                batch.put(key, mv, touched)
-            else:
-                batch.update(key, mv, touched)
+            batch.update(key, mv, touched, changed=any(s is not None and s.changed for s in (first, second)))
             batch.stash()
             t2 = time.process_time()
             written.append(save())

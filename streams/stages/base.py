@@ -103,10 +103,14 @@ class Batch:
                 else:
                     journal[key] = touched
 
-    def update(self, key: bytes, value: msgspec.Struct | None, touched: Touched | None = None) -> None:
+    def update(
+        self, key: bytes, value: msgspec.Struct | None, touched: Touched | None = None, changed: bool = False
+    ) -> None:
         """``put`` unless the key already holds an equal value (no write, no changelog record: a
-        reference registration or a message that changed nothing)."""
-        if self.get(key) != value:
+        reference registration or a message that changed nothing). ``changed``: the caller knows the value
+        differs though the two may compare equal — steps that changed maps in place which the value read
+        shares (``engine.shared``)."""
+        if changed or self.get(key) != value:
             self.put(key, value, touched)
 
     def put(self, key: bytes, value: msgspec.Struct | None, touched: Touched | None = None) -> None:

@@ -73,16 +73,6 @@ def ref_count(mv: MVObject) -> int:
     return sum(len(refs) for link in mv.links.values() for refs in link.refs.values())
 
 
-def _replace(batch: Batch, key: bytes, mv: MVObject | None, touched: Touched, shared: SharedMaps) -> None:
-    """The result of steps in place of the object the batch read. Where they changed a map they shared
-    with it (``engine.shared``), the two compare equal there and the object read is stale: put; otherwise
-    put only if they differ (``Batch.update``)."""
-    if shared.changed:
-        batch.put(key, mv, touched)
-    else:
-        batch.update(key, mv, touched)
-
-
 class MetaverseStage(Stage[MVObject]):
     """The metaverse step, and the referrers' side of the reference index: each object's registrations
     are keys of a second store (``mv-refs``, co-partitioned), answered from the worker's copy of the
@@ -240,7 +230,7 @@ class MetaverseStage(Stage[MVObject]):
             )
         except Exception:
             return False  # the shared maps put back as they were
-        _replace(batch, key, mv, touched, shared)
+        batch.update(key, mv, touched, changed=shared.changed)
         if mv is not None and mv.ref_sync is not None:
             self._held.setdefault(batch.partition, set()).add(key)
         for each in outputs:
@@ -642,7 +632,7 @@ class MetaverseStage(Stage[MVObject]):
                     by_value=self._by_value(p),
                     shared=shared,
                 )
-                _replace(batch, key, mv, touched, shared)
+                batch.update(key, mv, touched, changed=shared.changed)
                 self._synced_at[key] = now
                 self._emit(outputs, out, p)
             batches.append(batch)
