@@ -501,10 +501,6 @@ class Phase:
         and the workers' CPU per change (how the cost of one membership change grows with the group).
         ``by_value``: the record says which member (version 2, ``added``/``removed``); otherwise it carries
         the group's whole image."""
-        if not res.idle_cpu_ms_per_s:
-            cpu = self.cpu_s()
-            await asyncio.sleep(2.0)
-            res.idle_cpu_ms_per_s = round(1e3 * (self.cpu_s() - cpu) / 2.0, 1)
         members = list(self.org.groups[name])
         # By value: the first member, removed or added back; by image: the whole member list.
         first = {"member": group_image(self.org, name, members[:1])["member"]}
@@ -572,6 +568,13 @@ class Phase:
             res.group_feed_bytes = round(_percentiles(sizes).get("p50", 0.0))
         else:
             res.group_image_ms, res.group_image_cpu_ms = median, per_change
+
+    async def idle_cpu(self, res: PhaseResult, seconds: float = 2.0) -> None:
+        """The workers' CPU while nothing comes (ms per second), before the group changes, which count it
+        for as long as each takes."""
+        cpu = self.cpu_s()
+        await asyncio.sleep(seconds)
+        res.idle_cpu_ms_per_s = round(1e3 * (self.cpu_s() - cpu) / seconds, 1)
 
     @contextlib.asynccontextmanager
     async def spying(self, what: str, variable: str) -> AsyncIterator[None]:
@@ -701,6 +704,7 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
             await ph.latency(res, args.rate, args.latency_seconds)
         res.peak_rss_by_step["latency"] = ph.rss()
         res.broker_rss_by_step["latency"] = ph.broker_rss()
+        await ph.idle_cpu(res)
         await ph.group_change(res, by_value=True)
         await ph.group_change(res, by_value=False)
         departments = [n for n in org.groups if n != "all-staff"]
