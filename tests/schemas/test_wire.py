@@ -79,6 +79,38 @@ def test_mirror_has_the_models_fields_types_and_defaults(mirror: Any, model: typ
     assert model.model_config.get("frozen") is True and mirror.__struct_config__.frozen
 
 
+_NAMES = st.sampled_from(["member", "memberOf"])
+#: Per contract with value-level changes: its fields that only value-level records carry, and what a valid
+#: value-level record holds (ChangeRecord version 2; MVChange version 2, with its counts after).
+_VALUE_LEVEL: dict[type[BaseModel], tuple[list[str], dict[str, st.SearchStrategy[Any]]]] = {
+    records.ChangeRecord: (
+        ["added", "removed"],
+        {
+            "version": st.just(2),
+            "op": st.just("u"),
+            "after": st.just({"cn": ["x"]}),
+            "changes": st.just(["cn"]),
+            "added": st.dictionaries(_NAMES, st.lists(st.sampled_from("ab"), max_size=2), max_size=1),
+            "removed": st.dictionaries(_NAMES, st.lists(st.sampled_from("cd"), max_size=2), max_size=2),
+        },
+    ),
+    records.MVChange: (
+        ["added", "removed", "counts"],
+        {
+            "version": st.just(2),
+            "op": st.just("update"),
+            "attributes": st.just({"cn": ["x"]}),
+            "changed": st.just(["member"]),
+            "added": st.fixed_dictionaries(
+                {"member": st.lists(st.sampled_from("ab"), min_size=1, max_size=2)}
+            ),
+            "removed": st.none() | st.fixed_dictionaries({"member": st.lists(st.sampled_from("cd"))}),
+            "counts": st.fixed_dictionaries({"member": st.integers(0, 60_000)}),
+        },
+    ),
+}
+
+
 def _model_strategy(model: type[BaseModel]) -> st.SearchStrategy[Any]:
     text = st.text(max_size=8)
     attrs = st.dictionaries(text, st.lists(text, max_size=3), max_size=3)
@@ -95,43 +127,12 @@ def _model_strategy(model: type[BaseModel]) -> st.SearchStrategy[Any]:
             overrides[name] = _model_strategy(records.Source)
         elif name == "attributes" and model is records.PendingExport:
             overrides[name] = st.dictionaries(text, _model_strategy(records.AttrChange), max_size=3)
-    if model is records.ChangeRecord:
+    value_level = _VALUE_LEVEL.get(model)
+    if value_level is not None:
         # Value-level changes have rules of their own (the validator): whole records, and value-level ones.
-        whole = st.builds(model, **{**overrides, "added": st.none(), "removed": st.none()})
-        names = st.sampled_from(["member", "memberOf"])
-        by_value = st.builds(
-            model,
-            **{
-                **overrides,
-                "version": st.just(2),
-                "op": st.just("u"),
-                "after": st.just({"cn": ["x"]}),
-                "changes": st.just(["cn"]),
-                "added": st.dictionaries(names, st.lists(st.sampled_from("ab"), max_size=2), max_size=1),
-                "removed": st.dictionaries(names, st.lists(st.sampled_from("cd"), max_size=2), max_size=2),
-            },
-        )
-        return whole | by_value
-    if model is records.MVChange:
-        # Version 2 feed records give a large attribute by value, with its count after (the validator).
-        whole = st.builds(
-            model, **{**overrides, "added": st.none(), "removed": st.none(), "counts": st.none()}
-        )
-        added = st.lists(st.sampled_from("ab"), min_size=1, max_size=2)
-        by_value = st.builds(
-            model,
-            **{
-                **overrides,
-                "version": st.just(2),
-                "op": st.just("update"),
-                "attributes": st.just({"cn": ["x"]}),
-                "changed": st.just(["member"]),
-                "added": st.fixed_dictionaries({"member": added}),
-                "removed": st.none() | st.fixed_dictionaries({"member": st.lists(st.sampled_from("cd"))}),
-                "counts": st.fixed_dictionaries({"member": st.integers(0, 60_000)}),
-            },
-        )
-        return whole | by_value
+        fields, by_value = value_level
+        whole = st.builds(model, **{**overrides, **dict.fromkeys(fields, st.none())})
+        return whole | st.builds(model, **{**overrides, **by_value})
     return st.builds(model, **overrides)
 
 
