@@ -39,6 +39,14 @@ class Source(_Contract):
     locator: str | None = None
 
 
+def _added_and_removed(added: Attrs | None, removed: Attrs | None) -> str | None:
+    """The first attribute with a value both added and removed, as a problem (None: none)."""
+    for name in sorted(set(added or {}) & set(removed or {})):
+        if set((added or {})[name]) & set((removed or {})[name]):
+            return f"attribute {name!r}: a value is both added and removed"
+    return None
+
+
 def value_changes_problem(
     version: int,
     op: str,
@@ -55,10 +63,9 @@ def value_changes_problem(
         return "added/removed (value-level changes) need version 2"
     if op != "u":
         return f"added/removed (value-level changes) are for op 'u' only, not {op!r}"
-    both = sorted(set(added or {}) & set(removed or {}))
-    for name in both:
-        if set((added or {})[name]) & set((removed or {})[name]):
-            return f"attribute {name!r}: a value is both added and removed"
+    both = _added_and_removed(added, removed)
+    if both is not None:
+        return both
     named = set(added or {}) | set(removed or {})
     whole = set(after or {}) | set(changes or ())
     overlap = sorted(named & whole)
@@ -225,9 +232,9 @@ def feed_value_changes_problem(
         return "added/removed (value-level changes) need version 2"
     if op != "update":
         return f"added/removed (value-level changes) are for op 'update' only, not {op!r}"
-    for name in sorted(set(added or {}) & set(removed or {})):
-        if set((added or {})[name]) & set((removed or {})[name]):
-            return f"attribute {name!r}: a value is both added and removed"
+    both = _added_and_removed(added, removed)
+    if both is not None:
+        return both
     named = set(added or {}) | set(removed or {})
     whole = sorted(named & set(attributes))
     if whole:
@@ -238,6 +245,19 @@ def feed_value_changes_problem(
     if counts is None or set(counts) != named or any(n < 0 for n in counts.values()):
         return "counts must give, for each attribute given by value, how many values it holds after"
     return None
+
+
+def fold_values(previous: Attrs, attributes: Attrs, added: Attrs | None, removed: Attrs | None) -> Attrs:
+    """The whole image an ``mv.changes`` record gives (docs/topics.md, folding the feed): ``attributes``,
+    and each attribute a version 2 record gives by value (``added``/``removed``) as the object's previous
+    image (``previous``) held it, less ``removed``, plus ``added`` — as a set, in sorted order (as the
+    engine keeps a multi-valued reference attribute). A version 1 record (neither) is its own image."""
+    image = dict(attributes)
+    for name in {*(added or {}), *(removed or {})}:
+        gone = set((removed or {}).get(name, []))
+        kept = {v for v in previous.get(name, []) if v not in gone}
+        image[name] = sorted(kept | set((added or {}).get(name, [])))
+    return image
 
 
 class MVChange(_Contract):

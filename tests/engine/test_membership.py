@@ -22,6 +22,7 @@ from engine.values import dn_key
 from schemas.codec import as_dict
 from schemas.config import IdsyncConfig
 from schemas.messages import MVContribution, RefResolved, RefSync
+from schemas.records import fold_values
 from schemas.state import MVChunk, MVObject
 from schemas.wire import MVChange, PendingExport
 from streams.bench.group_store import group_config
@@ -288,15 +289,11 @@ class Feed:
         for o in outputs:
             if isinstance(o, MVChange) and o.version == 2:
                 FOLDED.append(1)
-                attrs = dict(o.attributes)
-                for attr in {*(o.added or {}), *(o.removed or {})}:
-                    gone = set((o.removed or {}).get(attr, []))
-                    assert gone <= set(self.image[attr]), "a value removed that the feed never gave"
-                    values = {v for v in self.image[attr] if v not in gone} | set(
-                        (o.added or {}).get(attr, [])
-                    )
-                    assert o.counts is not None and o.counts[attr] == len(values)
-                    attrs[attr] = sorted(values)
+                for name, gone in (o.removed or {}).items():
+                    assert set(gone) <= set(self.image[name]), "a value removed that the feed never gave"
+                attrs = fold_values(self.image, o.attributes, o.added, o.removed)
+                assert o.counts is not None
+                assert {name: len(attrs[name]) for name in o.counts} == o.counts
                 o = msgspec.structs.replace(
                     o, version=1, attributes=attrs, added=None, removed=None, counts=None
                 )

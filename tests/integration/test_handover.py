@@ -26,7 +26,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.codec import as_dict
-from schemas.records import MVChange
+from schemas.records import MVChange, fold_values
 from streams.app import ensure_topics
 from streams.bench import kafka
 from streams.bench.org import generate
@@ -159,11 +159,7 @@ async def mv_changes(bootstrap: str, rt: Runtime) -> dict[str, MVChange]:
 
 def folded(before: MVChange, change: MVChange) -> MVChange:
     """A version 2 record applied to the object's record before it: a whole (version 1) record."""
-    attrs = dict(change.attributes)
-    for attr in {*(change.added or {}), *(change.removed or {})}:
-        gone = set((change.removed or {}).get(attr, []))
-        values = {v for v in before.attributes.get(attr, []) if v not in gone}
-        attrs[attr] = sorted(values | set((change.added or {}).get(attr, [])))
+    attrs = fold_values(before.attributes, change.attributes, change.added, change.removed)
     return change.model_copy(
         update={"version": 1, "attributes": attrs, "added": None, "removed": None, "counts": None}
     )
