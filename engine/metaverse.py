@@ -24,7 +24,7 @@ from engine.references import (
     registers,
 )
 from engine.rules import Rules
-from engine.shared import SharedMaps, journal_of, pop_entry, running, set_entry
+from engine.shared import SharedMaps, journal_of, pop_entry, set_entry
 from engine.staging import changed_attributes
 from engine.values import same_values, sorted_set
 from schemas.config import OutboundRuleConfig
@@ -112,7 +112,7 @@ def metaverse_steps(
     itself (streams.stages.metaverse holds a large group's answers until its checkpoint)."""
     if shared is None:
         return _steps(rules, mv, msgs, now_ms, settle, lookup, touched, by_value, None)
-    with running(shared):
+    with shared:  # undone if the steps raise
         return _steps(rules, mv, msgs, now_ms, settle, lookup, touched, by_value, shared)
 
 

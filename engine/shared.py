@@ -22,11 +22,9 @@ active, or for a map that is not shared, they change the map as before.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
-__all__ = ["SHARED_FROM", "SharedMaps", "journal_of", "pop_entry", "running", "set_entry"]
+__all__ = ["SHARED_FROM", "SharedMaps", "journal_of", "pop_entry", "set_entry"]
 
 #: From how many entries ``fork`` shares a reference map instead of copying it.
 SHARED_FROM = 1_000
@@ -38,12 +36,13 @@ Journal = list[tuple[dict[str, str], str, str | None]]
 class SharedMaps:
     """The maps a step shares with the object it was given, and the journal of their changed entries."""
 
-    __slots__ = ("_ids", "journal", "least")
+    __slots__ = ("_ids", "_token", "journal", "least")
 
     def __init__(self, least: int = SHARED_FROM) -> None:
         self._ids: set[int] = set()
         self.journal: Journal = []
         self.least = least
+        self._token: Token[SharedMaps | None] | None = None
 
     def share(self, entries: dict[str, str]) -> dict[str, str]:
         """``entries`` itself if it is large enough to share (its changes journaled from now on), else a
@@ -61,6 +60,19 @@ class SharedMaps:
         """Whether the steps changed an entry of a shared map."""
         return bool(self.journal)
 
+    def __enter__(self) -> SharedMaps:
+        """Steps run with these maps active (``journal_of`` finds them)."""
+        self._token = _ACTIVE.set(self)
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_exc: object) -> None:
+        """If the steps raised, the journal is undone first."""
+        if kind is not None:
+            self.undo()
+        if self._token is not None:
+            _ACTIVE.reset(self._token)
+            self._token = None
+
     def undo(self) -> None:
         """Put every changed entry back, last change first."""
         for entries, key, before in reversed(self.journal):
@@ -72,19 +84,6 @@ class SharedMaps:
 
 
 _ACTIVE: ContextVar[SharedMaps | None] = ContextVar("idsync_shared_maps", default=None)
-
-
-@contextmanager
-def running(shared: SharedMaps) -> Iterator[None]:
-    """Steps run with ``shared`` active; if they raise, its journal is undone first."""
-    token = _ACTIVE.set(shared)
-    try:
-        yield
-    except BaseException:
-        shared.undo()
-        raise
-    finally:
-        _ACTIVE.reset(token)
 
 
 def journal_of(entries: dict[str, str]) -> Journal | None:
