@@ -444,10 +444,11 @@ class Phase:
     async def initial_load(self, res: PhaseResult) -> None:
         """Publish the organisation's three full-import runs and time them through the pipeline."""
         expected = initial_count(self.org) + 6 * self.args.partitions  # + run markers
-        cpu, broker, rocksdb = self.cpu_s(), self.broker.cpu_s(), self.rocksdb_cpu_s()
-        res.records, res.seconds = await self.timed(
-            initial_load(self.org, self.factory, kafka.now_ms()), expected
-        )
+        async with self.spying("load", "IDSYNC_BENCH_PROFILE_LOAD"):
+            cpu, broker, rocksdb = self.cpu_s(), self.broker.cpu_s(), self.rocksdb_cpu_s()
+            res.records, res.seconds = await self.timed(
+                initial_load(self.org, self.factory, kafka.now_ms()), expected
+            )
         res.rate = round(res.records / res.seconds)
         res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
         res.rocksdb_cpu_us_per_record = round(1e6 * (self.rocksdb_cpu_s() - rocksdb) / res.records, 1)
@@ -579,7 +580,8 @@ class Phase:
     @contextlib.asynccontextmanager
     async def spying(self, what: str, variable: str) -> AsyncIterator[None]:
         """With ``variable=DIR`` in the environment (``IDSYNC_BENCH_PROFILE_GROUP``: the group changes,
-        ``IDSYNC_BENCH_PROFILE_DELTA``: the delta round and the latency run): py-spy attached to every
+        ``IDSYNC_BENCH_PROFILE_DELTA``: the delta round and the latency run, ``IDSYNC_BENCH_PROFILE_LOAD``:
+        the initial load): py-spy attached to every
         worker for one measurement (its collapsed stacks in DIR), so that measurement's profile is not
         buried in the initial load's. The measurement starts once py-spy has had a second to attach."""
         spies = self._spy(what, variable)
@@ -877,8 +879,13 @@ async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResul
 
 #: Environment variables that run py-spy on the workers (``IDSYNC_BENCH_PROFILE``: the whole phase;
 #: ``IDSYNC_BENCH_PROFILE_GROUP``: each group change measurement; ``IDSYNC_BENCH_PROFILE_DELTA``: the
-#: delta round and the latency run).
-PROFILE_VARIABLES = ("IDSYNC_BENCH_PROFILE", "IDSYNC_BENCH_PROFILE_GROUP", "IDSYNC_BENCH_PROFILE_DELTA")
+#: delta round and the latency run; ``IDSYNC_BENCH_PROFILE_LOAD``: the initial load).
+PROFILE_VARIABLES = (
+    "IDSYNC_BENCH_PROFILE",
+    "IDSYNC_BENCH_PROFILE_GROUP",
+    "IDSYNC_BENCH_PROFILE_DELTA",
+    "IDSYNC_BENCH_PROFILE_LOAD",
+)
 
 
 def check_profiler(environ: Mapping[str, str]) -> None:
