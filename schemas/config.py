@@ -531,11 +531,13 @@ class PipelineConfig(_Config):
     #: DNs) are stored in chunks of a quarter of this (``engine.chunks``): a checkpoint logs the chunks a
     #: change changed, not the group.
     split_values_from: int = Field(default=1_000, ge=2, le=10_000_000)
-    #: Values of such large metaverse objects a worker keeps decoded after a checkpoint that saved a member
-    #: change (over all its partitions; the least recently used dropped first; not after a general sync of
-    #: the whole object), for their next change: a member change to a
-    #: kept group reads nothing from its chunks and saves only the chunks its change names. About 85
-    #: bytes each (a 50,000-member group whose export waits holds 250,000: 21 MB measured); 0 keeps none.
+    #: Values of such large metaverse objects a worker keeps decoded (over all its partitions), for their
+    #: next change: a member change to a kept group reads nothing from its chunks and saves only the chunks
+    #: its change names. Kept after a checkpoint that saved a member change (the least recently used
+    #: dropped first); one that the general sync of the whole object saved, or one stored when the worker
+    #: took its partition, is read back from its chunks while the metaverse stage is idle, as long as it
+    #: fits without dropping another. About 85 bytes each (a 50,000-member group whose export waits holds
+    #: 250,000: 21 MB measured); 0 keeps none.
     kept_values: int = Field(default=1_000_000, ge=0, le=1_000_000_000)
     #: From how many values a multi-valued attribute is published on ``mv.changes`` by value when the
     #: engine synced its change value by value (a member change of a large group, ``engine.membership``):

@@ -111,7 +111,9 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
     connectors = {name: build_connector(name, cfg) for name, cfg in config.connectors.items()}
     pipeline = Pipeline(app, rt, connectors)
     pipeline.consumers += [
-        StageConsumer(rt, name, topics, s.process, stores, size, s.checkpoint, s.unsaved, s.assigned, lock)
+        StageConsumer(
+            rt, name, topics, s.process, stores, size, s.checkpoint, s.unsaved, s.assigned, lock, s.idle
+        )
         for name, topics, s, stores, lock in (
             ("staging", [*imports, n.links_topic()], staging, [staging.store], None),
             ("join", [n.join_topic()], join, [join.store], None),

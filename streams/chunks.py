@@ -9,10 +9,14 @@ object (now small). Everything above the store — the stage, the engine — see
 A large object a checkpoint saved from what its steps said they changed (a member change, not the general
 sync of the whole object) is *kept* whole, with what its chunks hold now (``KeptObjects``, bounded by the
 values they hold, the least recently used dropped first): its next read — the next member change of
-a group — is the object as saved, not a scan and decode of all its chunks. The engine never changes an
-object it is given, so the saved object is the object read. A write to the database that is not the
-checkpoint's own (a restore from the changelog, a cleared or closed partition) drops what the partition
-kept, and a kept object is used only while the stored object is the one it was saved as.
+a group — is the object as saved, not a scan and decode of all its chunks. A large object not kept (saved
+after the general sync, or stored before the partition was restored) is read back whole from its chunks
+and kept while the stage is idle (``MVChunks.warm``), so its next member change does not read it either.
+The engine never changes an object it is given (but for the large maps ``engine.shared`` lets it change in
+place, after which the stage puts the result), so the saved object is the object read. A write to the
+database that is not the checkpoint's own (a restore from the changelog, a cleared or closed partition)
+drops what the partition kept, and a kept object is used only while the stored object is the one it was
+saved as.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 from msgspec import Struct
 
 from engine.chunks import (
+    CHUNK_PREFIX,
     Chunks,
     Touched,
     chunk_prefix,
@@ -42,6 +47,7 @@ from streams.store import PartitionStore
 log = logging.getLogger("idsync.store")
 
 _CHUNK = unpacker(MVChunk)
+_OBJECT = unpacker(MVObject)
 #: Values of the chunks a partition's codec remembers from its reads until the checkpoint (a 50,000-member
 #: group with a source and a target: ~250,000).
 READ_VALUES = 2_000_000
@@ -78,7 +84,8 @@ def _told(touched: Touched | None) -> bool:
     general sync of the whole object): only such an object is kept. The kept object saves the next member
     change its read; the general sync, which walks the whole object anyway, ran about twice as long on an
     object kept a checkpoint ago as on a freshly decoded one (cold caches: docs/benchmarks.md,
-    twenty-fourth session), so after it the object is read from its chunks again."""
+    twenty-fourth session), so after it the object is read back from its chunks — while the stage is
+    idle (``MVChunks.warm``), or by its next read."""
     return touched is not None and not touched.whole
 
 
@@ -142,6 +149,13 @@ class MVChunks:
         #: The records the last ``encode`` returned, and the large objects in them, kept once written.
         self._encoded: dict[bytes, bytes | None] | None = None
         self._saving: dict[bytes, _Kept] = {}
+        #: Large objects held in chunks and not kept: read whole while the stage is idle (``warm``), the
+        #: oldest first. Those the last ``encode`` saved without keeping them join once written; after
+        #: any other write (a restore, a partition opened, cleared) every such object of the partition
+        #: is found again in the database (``_discover``).
+        self._cold: dict[bytes, None] = {}
+        self._saving_cold: list[bytes] = []
+        self._discover = True
 
     def loaded(self, part: PartitionStore, key: bytes, value: Any) -> Any:
         """A value decoded from the database, whole."""
@@ -185,6 +199,7 @@ class MVChunks:
         """The unsaved objects as state records: each object, and the chunks that changed."""
         puts: dict[bytes, bytes | None] = {}
         saving: dict[bytes, _Kept] = {}
+        cold: list[bytes] = []
         least = self.min_values // 2
         for key, value in unsaved.items():
             read = self._read.get(key)
@@ -207,11 +222,14 @@ class MVChunks:
                     )
                 for ck, chunk in writes.items():
                     puts[ck] = None if chunk is None else pack(chunk)
-                if value is not None and value.chunked and self.kept.limit and _told(touched):
-                    after = stored_chunks(value.mv_id, value.chunked, before or {}, writes)
-                    saving[key] = _Kept(value, whole, after, sum(value.chunked.values()))
+                if value is not None and value.chunked and self.kept.limit:
+                    if _told(touched):
+                        after = stored_chunks(value.mv_id, value.chunked, before or {}, writes)
+                        saving[key] = _Kept(value, whole, after, sum(value.chunked.values()))
+                    else:
+                        cold.append(key)
             puts[key] = None if value is None else pack(value)
-        self._encoded, self._saving = puts, saving
+        self._encoded, self._saving, self._saving_cold = puts, saving, cold
         return puts
 
     def written(self, puts: dict[bytes, bytes | None] | None) -> None:
@@ -220,15 +238,65 @@ class MVChunks:
         the large objects a checkpoint saved are kept whole, and nothing else stays kept."""
         if puts is not None and puts is self._encoded:
             for key in puts:
+                self._cold.pop(key, None)
                 kept = self._saving.get(key)
                 if kept is not None:
                     self.kept.put(self, key, kept)
                 else:
                     self.kept.drop(self, key)
+            self._cold.update(dict.fromkeys(self._saving_cold))
         else:
             self.kept.drop_all(self)
-        self._encoded, self._saving = None, {}
+            self._cold = {}
+            self._discover = True
+        self._encoded, self._saving, self._saving_cold = None, {}, []
         self.saved()
+
+    def warm(self, part: PartitionStore) -> bool:
+        """Read one large object whole from its chunks and keep it, as a checkpoint keeps a group after a
+        member change — one the general sync saved, or one stored before the partition was opened or
+        restored: its next member change then reads it kept, in O(1), instead of decoding every chunk.
+        For the stage to call while it is idle (nothing came for a while, everything saved); an object
+        written since its save is left to its next checkpoint, and one that does not fit in what the
+        store keeps is not read (warming never drops a kept object). Whether it read one or looked for
+        them: False once none is left, and then it costs nothing."""
+        if not self.kept.limit:
+            return False
+        if self._discover:
+            self._discover = False
+            self._cold = dict.fromkeys(self._stored_large(part))
+            return True
+        while self._cold:
+            key = next(iter(self._cold))
+            del self._cold[key]
+            if key in part.unsaved or self.kept.get(self, key) is not None:
+                continue
+            raw = part.get(key)
+            if raw is None:
+                continue
+            main = _OBJECT.decode(raw)
+            values = sum(main.chunked.values())
+            if not main.chunked or self.kept.values + values > self.kept.limit:
+                continue
+            chunks = self._chunks(part, main.mv_id, main.chunked)
+            self.kept.put(self, key, _Kept(main, hydrate(main, chunks), chunks, values))
+            return True
+        return False
+
+    @staticmethod
+    def _stored_large(part: PartitionStore) -> list[bytes]:
+        """The keys of the objects the partition's database holds in chunks (one seek per object)."""
+        found: list[bytes] = []
+        it = part.iterator()
+        it.seek(CHUNK_PREFIX)
+        while it.valid():
+            key = it.key()
+            if not key.startswith(CHUNK_PREFIX):
+                break
+            mv_id = key[len(CHUNK_PREFIX) : key.index(b"\x00", len(CHUNK_PREFIX))]
+            found.append(mv_id)
+            it.seek(CHUNK_PREFIX + mv_id + b"\x01")  # past every chunk of this object
+        return found
 
     def saved(self) -> None:
         """The unsaved state was saved (or a restore written): chunks are read again from the database."""

@@ -224,6 +224,9 @@ class StateCodec(Protocol):
         records; None: any of it — the partition was cleared or closed). What was read from it before is
         read again."""
 
+    def warm(self, part: PartitionStore) -> bool:
+        """A piece of work for an idle stage (``Store.warm``): whether it did one (False: none left)."""
+
     def saved(self) -> None:
         """The unsaved state is saved."""
 
@@ -425,6 +428,15 @@ class Store:
     def unsaved_weight(self) -> int:
         """Weight of the state not saved yet (``PartitionStore.unsaved_weight``), over the open partitions."""
         return sum(part.unsaved_weight for part in self._parts.values())
+
+    def warm(self) -> bool:
+        """One piece of the work the codecs of the partitions this worker owns do while the stage is idle
+        (``StateCodec.warm``: large objects read back whole): whether one was done (False: none left)."""
+        for p in sorted(self.owned):
+            part = self._parts.get(p)
+            if part is not None and part.codec is not None and part.codec.warm(part):
+                return True
+        return False
 
     def partition(self, p: int) -> PartitionStore:
         part = self._parts.get(p)

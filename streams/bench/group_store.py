@@ -10,7 +10,8 @@ of the read, the sync and the save, and the bytes the save writes (what the chan
 ``--whole`` stores the object as one value (the codec off: as before the twenty-fourth session);
 ``--general`` syncs it by the general sync (``engine.membership`` off: as before the twenty-fifth);
 ``--copy`` copies the group's reference maps for each step instead of sharing them (``engine.shared``:
-as before the twenty-eighth).
+as before the twenty-eighth); ``--no-warm`` leaves out what the idle stage does after each save (a group
+not kept read back whole, ``streams.chunks.MVChunks.warm``: as before the twenty-ninth).
 
 What it leaves out: the broker (producing the changelog and the outputs), staging, the reference
 registrations' store. Not a test: nothing here asserts a speed. Figures: docs/benchmarks.md.
@@ -122,21 +123,29 @@ def group(members: int) -> MVObject:
 
 
 def run(
-    members: int, changes: int, whole: bool, general: bool = False, keep: bool = True, share: bool = True
+    members: int,
+    changes: int,
+    whole: bool,
+    general: bool = False,
+    keep: bool = True,
+    share: bool = True,
+    warm: bool = True,
 ) -> dict[str, float]:
-    """Median CPU ms of the read, sync and save of ``changes`` member changes, and bytes saved per change.
-    ``general``: ``engine.membership.member_sync`` declines every sync (in this process, for the run);
-    ``share``: the steps share the group's large maps (``engine.shared``) as the stage's do."""
+    """Median CPU ms of the read, sync and save of ``changes`` member changes, of the idle stage's warming
+    after each save, and bytes saved per change. ``general``: ``engine.membership.member_sync`` declines
+    every sync (in this process, for the run); ``share``: the steps share the group's large maps
+    (``engine.shared``) as the stage's do; ``warm``: after each save the store does what the idle stage
+    does (``streams.chunks.MVChunks.warm``: a group not kept is read back whole)."""
     real = metaverse.member_sync
     if general:
         metaverse.member_sync = lambda *_args: None  # type: ignore[assignment]  # the general sync only
     try:
-        return _run(members, changes, whole, keep, share)
+        return _run(members, changes, whole, keep, share, warm)
     finally:
         metaverse.member_sync = real
 
 
-def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> dict[str, float]:
+def _run(members: int, changes: int, whole: bool, keep: bool, share: bool, warm: bool) -> dict[str, float]:
     rules = _rules()
     with tempfile.TemporaryDirectory() as tmp:
         codec = MVChunks(1_000, kept=KeptObjects(KEPT_VALUES if keep else 0))
@@ -149,11 +158,16 @@ def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> di
             part.saved()
             return sum(len(k) + len(v or b"") for k, v in puts.items())
 
+        def idle() -> None:
+            while warm and not whole and codec.warm(part):
+                pass
+
         batch = Batch(part, [key], MVObject)
         batch.get(key)
         batch.put(key, group(members))
         batch.stash()
         save()
+        idle()
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -164,7 +178,7 @@ def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> di
                 return f"uid={route.rsplit('|', 1)[-1]},{TARGET_PEOPLE}"
             return None
 
-        reads, syncs, saves, written = [], [], [], []
+        reads, syncs, saves, warms, written = [], [], [], [], []
         for n in range(changes):
             i = members + n
             t0 = time.process_time()
@@ -196,9 +210,12 @@ def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> di
             t2 = time.process_time()
             written.append(save())
             t3 = time.process_time()
+            idle()
+            t4 = time.process_time()
             reads.append(t1 - t0)
             syncs.append(t2 - t1)
             saves.append(t3 - t2)
+            warms.append(t4 - t3)
     skip = min(2, changes - 1)  # the first changes warm up
 
     def ms(xs: list[float]) -> float:
@@ -208,6 +225,7 @@ def _run(members: int, changes: int, whole: bool, keep: bool, share: bool) -> di
         "read_ms": ms(reads),
         "sync_ms": ms(syncs),
         "save_ms": ms(saves),
+        "warm_ms": ms(warms),
         "total_ms": ms([a + b + c for a, b, c in zip(reads, syncs, saves, strict=True)]),
         "save_bytes": statistics.median(written[skip:]),
     }
@@ -223,17 +241,30 @@ def main(argv: list[str] | None = None) -> int:
         "--no-keep", action="store_true", help="read the group from its chunks after each checkpoint"
     )
     p.add_argument("--copy", action="store_true", help="copy the group's maps for each step (no sharing)")
+    p.add_argument(
+        "--no-warm", action="store_true", help="no idle stage between changes (no group read back whole)"
+    )
     args = p.parse_args(argv)
-    r = run(args.members, args.changes, args.whole, args.general, not args.no_keep, not args.copy)
+    r = run(
+        args.members,
+        args.changes,
+        args.whole,
+        args.general,
+        not args.no_keep,
+        not args.copy,
+        not args.no_warm,
+    )
     how = (
         ("whole" if args.whole else "chunks")
         + (", general sync" if args.general else "")
         + (", not kept" if args.no_keep and not args.whole else "")
         + (", maps copied" if args.copy else "")
+        + (", not warmed" if args.no_warm and not args.whole else "")
     )
     print(
         f"{how} @{args.members:,} members: read {r['read_ms']} ms, sync "
-        f"{r['sync_ms']} ms, save {r['save_ms']} ms (CPU, median of {args.changes}); "
+        f"{r['sync_ms']} ms, save {r['save_ms']} ms (CPU, median of {args.changes}; idle after it: "
+        f"warm {r['warm_ms']} ms); "
         f"{r['save_bytes'] / 1e3:,.1f} KB written per change"
     )
     return 0

@@ -274,6 +274,11 @@ class Stage(ABC, Generic[S]):
         for batch in batches:
             batch.stash()
 
+    def idle(self) -> bool:
+        """One piece of the work the stage does while idle (nothing came for a while, its state saved):
+        the store's large objects read back whole (``Store.warm``). Whether it did one."""
+        return self.store.warm()
+
     def unsaved(self) -> tuple[int, int]:
         """State keys written since the last checkpoint, and the attribute values they hold
         (``schemas.state.values_held``)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -233,6 +234,63 @@ def test_a_stage_saves_when_its_unsaved_state_holds_too_many_values(
                 await until(lambda: part.get(b"g500") is not None, 20)
                 assert stage.unsaved() == (0, 0)
                 assert all(part.get(k) is not None for k in (b"g300", b"g301"))
+            finally:
+                await cancel(task, rt.stop)
+
+    asyncio.run(scenario())
+
+
+def test_idle_work_runs_once_nothing_came_for_a_while_and_everything_is_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage's idle work (``StageConsumer.idle``: large objects read back whole) runs a piece at a
+    time between fetches, never while records keep coming or wait to be saved, and stops once it says
+    none is left — until the next checkpoint."""
+
+    async def scenario() -> None:
+        async with hr_topic(tmp_path) as (_broker, rt, topic):
+            processed: list[int] = []
+            last_batch = [0.0]
+            saves: list[int] = []
+            #: Per call: records processed, checkpoints, seconds since the last batch.
+            calls: list[tuple[int, int, float]] = []
+            pieces: list[bool] = []
+
+            async def process(events: list[Any]) -> None:
+                processed.extend(e.message.offset for e in events)
+                last_batch[0] = time.monotonic()
+
+            async def checkpoint() -> None:
+                saves.append(len(processed))
+
+            def idle() -> bool:
+                calls.append((len(processed), len(saves), time.monotonic() - last_batch[0]))
+                return pieces.pop() if pieces else False
+
+            monkeypatch.setattr(consumer_module, "IDLE_S", 0.2)
+            c = StageConsumer(
+                rt, "probe", [topic], process, [], 10, checkpoint, lambda: (0, 0), None, None, idle
+            )
+            c.interval_s = 3600.0
+            c.max_unsaved = 0  # a checkpoint after every batch
+            task = asyncio.create_task(c.run())
+            out = await rt.outputs()
+            try:
+                await until(lambda: bool(calls), 30)  # assigned, nothing came: it looks once
+                await asyncio.sleep(0.5)
+                assert [(n, s) for n, s, _ in calls] == [(0, 0)]  # it said none was left: not again
+
+                # A trickle of records (every 50 ms for a second), each batch saved: never idle meanwhile.
+                pieces[:] = [True, True]  # two pieces of work, then none
+                for i in range(20):
+                    out.add(topic, f"k{i}".encode(), b"{}", partition=0)
+                    await out.flush()
+                    await asyncio.sleep(0.05)
+                await until(lambda: len(calls) == 4, 30)
+                await asyncio.sleep(0.5)
+                assert len(calls) == 4 and len(saves) > 1 and saves[-1] == 20
+                # Each piece after the checkpoint of all twenty, at least IDLE_S after the last batch.
+                assert all(n == 20 and s == len(saves) and since >= 0.2 for n, s, since in calls[1:])
             finally:
                 await cancel(task, rt.stop)
 

@@ -247,3 +247,118 @@ def test_a_journal_that_misses_a_change_is_caught_by_the_length_check(
     assert sum(chunks.unaccounted.values()) > missed
     assert "without saying so" in caplog.text
     assert fresh_read(tmp_path, part) == group(range(41))
+
+
+def warm_all(part: PartitionStore) -> int:
+    """What an idle stage does (``Store.warm``): pieces of warming until none is left; how many."""
+    assert isinstance(part.codec, MVChunks)
+    n = 0
+    while part.codec.warm(part):
+        n += 1
+        assert n < 100
+    return n
+
+
+def general_sync_save(part: PartitionStore, value: MVObject) -> None:
+    """Saved as the general sync saves it (its journal whole): not kept."""
+    whole = Touched()
+    whole.whole = True
+    put(part, value, whole)
+    save(part)
+
+
+def test_a_group_the_general_sync_saved_is_read_back_whole_while_the_stage_is_idle(tmp_path: Path) -> None:
+    """Its next read — a member change — then takes it as kept instead of decoding every chunk."""
+    kept = KeptObjects()
+    part = store(tmp_path, kept)
+    warm_all(part)  # the empty partition looked at once
+    put(part, group(range(39)))
+    save(part)
+    latest = group(range(40))
+    general_sync_save(part, latest)
+    assert len(kept) == 0
+    assert warm_all(part) == 1
+    assert len(kept) == 1
+    with pytest.MonkeyPatch.context() as m:
+        no_scan(part, m)
+        again = read(part)
+    assert again == latest and again is not latest  # as the database holds it
+    # A member change of the warmed group is saved from its journal and kept as before.
+    bigger = group(range(41))
+    kept_after(part, bigger)
+    with pytest.MonkeyPatch.context() as m:
+        no_scan(part, m)
+        assert read(part) is bigger
+    assert warm_all(part) == 0  # nothing cold: kept already
+    assert fresh_read(tmp_path, part) == bigger
+
+
+def test_after_a_restore_the_large_objects_stored_are_found_and_read_back(tmp_path: Path) -> None:
+    """A write that is not the checkpoint's (a restore: a worker took the partition) drops what was kept;
+    the idle stage finds the partition's large objects in the database (not the small ones, not the
+    deleted ones) and reads them back whole."""
+    kept = KeptObjects()
+    part = store(tmp_path, kept)
+    keys = [b"group-a", b"group-b", b"group-c"]
+    batch = Batch(part, keys, MVObject)
+    for k, size in zip(keys, (40, 3, 41), strict=True):  # group-b is small: never held apart
+        batch.get(k)
+        batch.put(k, msgspec.structs.replace(group(range(size)), mv_id=k.decode()))
+    batch.stash()
+    puts = save(part)
+    part.write(dict(puts), 7)  # as a restore writes the changelog's records
+    assert len(kept) == 0
+    # One seek per object over its chunks (four containers of several chunks each).
+    assert MVChunks._stored_large(part) == [b"group-a", b"group-c"]
+    assert warm_all(part) == 1 + 2  # the search, then group-a and group-c
+    assert isinstance(part.codec, MVChunks)
+    assert {k for k in keys if kept.get(part.codec, k) is not None} == {b"group-a", b"group-c"}
+    with pytest.MonkeyPatch.context() as m:
+        no_scan(part, m)
+        batch = Batch(part, keys, MVObject)
+        assert [len(batch.get(k).attributes["member"]) for k in keys] == [40, 3, 41]
+    # Deleted before the next restore: only group-a is found.
+    batch = Batch(part, [b"group-c"], MVObject)
+    batch.get(b"group-c")
+    batch.put(b"group-c", None)
+    batch.stash()
+    puts = save(part)
+    part.write(dict(puts), 8)
+    assert warm_all(part) == 1 + 1
+    assert [k for k in keys if kept.get(part.codec, k) is not None] == [b"group-a"]
+    part.close()
+
+
+def test_warming_leaves_what_was_written_since_and_never_drops_a_kept_object(tmp_path: Path) -> None:
+    # A group of 40 holds 160 values apart: room for one, not two.
+    kept = KeptObjects(limit=240)
+    part = store(tmp_path, kept)
+    warm_all(part)
+    keys = [b"group-a", b"group-b"]
+    batch = Batch(part, keys, MVObject)
+    for k in keys:
+        batch.get(k)
+        batch.put(k, msgspec.structs.replace(group(range(40)), mv_id=k.decode()))
+    batch.stash()
+    save(part)
+    # group-a written again since its save (unsaved): its next checkpoint decides, warming leaves it.
+    batch = Batch(part, [b"group-a"], MVObject)
+    batch.get(b"group-a")
+    batch.put(b"group-a", msgspec.structs.replace(group(range(41)), mv_id="group-a"))
+    batch.stash()
+    assert warm_all(part) == 1
+    assert isinstance(part.codec, MVChunks)
+    assert kept.get(part.codec, b"group-a") is None and kept.get(part.codec, b"group-b") is not None
+    # Saved by the general sync: cold again, but it does not fit beside group-b, which stays kept.
+    save(part)
+    assert warm_all(part) == 0
+    assert kept.get(part.codec, b"group-a") is None and kept.get(part.codec, b"group-b") is not None
+    part.close()
+
+
+def test_a_store_that_keeps_nothing_does_no_idle_work(tmp_path: Path) -> None:
+    part = store(tmp_path, KeptObjects(0))
+    put(part, group(range(40)))
+    save(part)
+    assert warm_all(part) == 0
+    part.close()
