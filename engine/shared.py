@@ -24,24 +24,36 @@ from __future__ import annotations
 
 from contextvars import ContextVar, Token
 
-__all__ = ["SHARED_FROM", "SharedMaps", "journal_of", "pop_entry", "set_entry"]
+__all__ = ["SHARED_FROM", "SharedMaps", "UnjournaledChange", "journal_of", "pop_entry", "set_entry"]
 
 #: From how many entries ``fork`` shares a reference map instead of copying it.
 SHARED_FROM = 1_000
+
+#: Whether ``SharedMaps`` verify the journal by default (``SharedMaps.check``): off in the product (a copy of
+#: each shared map per step is what sharing saves); the test suite turns it on (tests/conftest.py), so every
+#: in-process test that runs the metaverse stage checks that no change of a shared map escapes the journal.
+CHECK = False
 
 #: Journal entries: the map, the key, and the value the key had before (None: none; the maps hold strings).
 Journal = list[tuple[dict[str, str], str, str | None]]
 
 
 class SharedMaps:
-    """The maps a step shares with the object it was given, and the journal of their changed entries."""
+    """The maps a step shares with the object it was given, and the journal of their changed entries.
 
-    __slots__ = ("_ids", "_token", "journal", "least")
+    ``check`` (for tests; None: ``CHECK``, which the test suite turns on): each map is copied when first
+    shared, and when the steps end — returned or raised — the journal undone on a copy of the map must give
+    that copy back, or ``UnjournaledChange`` is raised: a change made without ``set_entry``/``pop_entry``
+    would survive a failed batch's undo."""
 
-    def __init__(self, least: int = SHARED_FROM) -> None:
+    __slots__ = ("_ids", "_snapshots", "_token", "check", "journal", "least")
+
+    def __init__(self, least: int = SHARED_FROM, check: bool | None = None) -> None:
         self._ids: set[int] = set()
         self.journal: Journal = []
         self.least = least
+        self.check = CHECK if check is None else check
+        self._snapshots: list[tuple[dict[str, str], dict[str, str]]] = []
         self._token: Token[SharedMaps | None] | None = None
 
     def share(self, entries: dict[str, str]) -> dict[str, str]:
@@ -49,6 +61,8 @@ class SharedMaps:
         copy of it."""
         if len(entries) < self.least:
             return dict(entries)
+        if self.check and id(entries) not in self._ids:
+            self._snapshots.append((entries, dict(entries)))
         self._ids.add(id(entries))
         return entries
 
@@ -72,6 +86,23 @@ class SharedMaps:
         if self._token is not None:
             _ACTIVE.reset(self._token)
             self._token = None
+        if self.check:
+            self.verify()
+
+    def verify(self) -> None:
+        """Raise ``UnjournaledChange`` unless every change of a shared map since it was shared is in the
+        journal (``check``): the journal undone on a copy of each map gives the map as it was shared."""
+        for entries, snapshot in self._snapshots:
+            undone = dict(entries)
+            for changed, key, before in reversed(self.journal):
+                if changed is entries:
+                    if before is None:
+                        undone.pop(key, None)
+                    else:
+                        undone[key] = before
+            if undone != snapshot:
+                keys = sorted(k for k in undone.keys() | snapshot.keys() if undone.get(k) != snapshot.get(k))
+                raise UnjournaledChange(f"a shared map changed without the journal: keys {keys[:5]}")
 
     def undo(self) -> None:
         """Put every changed entry back, last change first."""
@@ -81,6 +112,10 @@ class SharedMaps:
             else:
                 entries[key] = before
         self.journal.clear()
+
+
+class UnjournaledChange(AssertionError):
+    """A shared map was changed in place without ``set_entry``/``pop_entry`` (``SharedMaps.check``)."""
 
 
 _ACTIVE: ContextVar[SharedMaps | None] = ContextVar("idsync_shared_maps", default=None)
