@@ -35,6 +35,8 @@ from streams.bench.records import (
     RecordFactory,
     bench_config,
     delta_records,
+    group_dn,
+    hr_dn,
     initial_load,
     write_hr_file,
 )
@@ -46,9 +48,11 @@ from tests.integration.state import restored
 pytestmark = pytest.mark.integration
 
 PEOPLE = 300
+#: All-staff's member changes by value in the input.
+BY_VALUE = 8
 
 
-def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[Message]]:
+def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[Message], list[Message]]:
     org = generate(PEOPLE, seed=11, big_group=50)
     hr = write_hr_file(org, tmp / f"{name}-hr.csv")
     # Large containers held apart from 8 values: the group's members (50) and its department groups'
@@ -61,9 +65,31 @@ def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[M
     n = rt.names
     factory = RecordFactory({c: n.import_topic(c) for c in rt.config.connectors}, partitions)
     load = list(initial_load(org, factory, 1_000))
+    staff = list(org.groups["all-staff"])
+    others = [p.index for p in org.people[len(staff) :] if p.status != "left"]
     deltas: list[Message] = []
     for round_no in (1, 2):
         deltas += delta_records(org.delta(round_no), factory, round_no, 2_000 + round_no)
+    # All-staff's members changed by value (change records version 2: one member out, another in), as a
+    # directory's incremental values say it: synced member by member and published on mv.changes by
+    # value (version 2 records, folded below). Sent one at a time once the rest is drained (``paced``):
+    # sent together they would be synced together, in one step and one record.
+    by_value = []
+    for k, (out, into) in enumerate(zip(staff[:BY_VALUE], others, strict=False)):
+        by_value.append(
+            factory.change(
+                "hr",
+                "u",
+                "group-all-staff",
+                "group",
+                None,
+                f"all-staff-by-value-{k}",
+                3_000 + k,
+                dn=group_dn("all-staff"),
+                added={"member": [hr_dn(org.people[into].employee_id)]},
+                removed={"member": [hr_dn(org.people[out].employee_id)]},
+            )
+        )
     rng = random.Random(5)
     # At-least-once upstream: some records arrive twice; some older images arrive after newer ones.
     duplicates = rng.sample(deltas, len(deltas) // 5)
@@ -71,7 +97,7 @@ def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[M
     tail = deltas + duplicates + stale
     # Shuffle across connectors and anchors; a connector's run markers keep their place in its run.
     rng.shuffle(tail)
-    return config_path, rt, load + tail
+    return config_path, rt, load + tail, by_value
 
 
 def spawn(config: Path, bootstrap: str, data: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -102,7 +128,7 @@ async def metaverse(bootstrap: str, rt: Runtime, scratch: Path) -> dict[str, dic
         "cs": {(o.connector, o.anchor, o.deleted_ts_ms is not None): _stable(as_dict(o)) for o in cs},
         "mv": {o.mv_id: _stable(as_dict(o)) for o in objects},
     }
-    feed = await mv_changes(bootstrap, rt)
+    feed = await mv_changes(bootstrap, rt, rt.config.name)
     by_join: dict[str, dict[str, Any]] = {}
     for mv in objects:
         if mv.deleted:
@@ -129,7 +155,11 @@ def _stable(value: Any) -> Any:
     return value
 
 
-async def mv_changes(bootstrap: str, rt: Runtime) -> dict[str, MVChange]:
+#: instance name -> how many version 2 (by value) mv.changes records its feed folded.
+FOLDED: dict[str, int] = {}
+
+
+async def mv_changes(bootstrap: str, rt: Runtime, name: str) -> dict[str, MVChange]:
     """The mv.changes feed folded per mv_id, as a consumer folds it (docs/topics.md): the latest record,
     each attribute a version 2 record gives by value the values the records before it gave, changed by
     it — through handovers and the records a killed worker's successor published again."""
@@ -151,6 +181,7 @@ async def mv_changes(bootstrap: str, rt: Runtime) -> dict[str, MVChange]:
                     change = MVChange.model_validate_json(r.value)
                     if change.version == 2:
                         change = folded(latest[change.mv_id], change)
+                        FOLDED[name] = FOLDED.get(name, 0) + 1
                     latest[change.mv_id] = change
     finally:
         await consumer.stop()
@@ -163,6 +194,14 @@ def folded(before: MVChange, change: MVChange) -> MVChange:
     return change.model_copy(
         update={"version": 1, "attributes": attrs, "added": None, "removed": None, "counts": None}
     )
+
+
+async def paced(bootstrap: str, rt: Runtime, sent: list[Message], messages: list[Message]) -> None:
+    """Each of ``messages`` produced once what was ``sent`` before it (extended) is processed."""
+    for message in messages:
+        sent.append(message)
+        await produce(bootstrap, [message], rt)
+        await kafka.wait_drained(bootstrap, groups(rt), timeout_s=120, produced=counts(sent))
 
 
 async def produce(bootstrap: str, messages: list[Message], rt: Runtime) -> None:
@@ -192,13 +231,14 @@ def test_membership_changes_under_load_end_in_the_same_metaverse(tmp_path: Path)
         bs = broker.bootstrap
 
         async def run_single() -> dict[str, dict[str, Any]]:
-            config, rt, messages = inputs(tmp_path, "single", 4)
+            config, rt, messages, by_value = inputs(tmp_path, "single", 4)
             rt = Runtime(Settings(bootstrap_servers=bs, data_dir=tmp_path / "single-rt"), rt.config)
             await ensure_topics(rt)
             procs = [spawn(config, bs, tmp_path / "single-w0", tmp_path / "single-w0.log")]
             try:
                 await produce(bs, messages, rt)
                 await kafka.wait_drained(bs, groups(rt), timeout_s=300, produced=counts(messages))
+                await paced(bs, rt, messages, by_value)
                 assert all(p.poll() is None for p in procs)
                 return await metaverse(bs, rt, tmp_path / "single-read")
             finally:
@@ -206,7 +246,7 @@ def test_membership_changes_under_load_end_in_the_same_metaverse(tmp_path: Path)
                 stop(procs)
 
         async def run_changing_group() -> dict[str, dict[str, Any]]:
-            config, rt, messages = inputs(tmp_path, "group", 4)
+            config, rt, messages, by_value = inputs(tmp_path, "group", 4)
             rt = Runtime(Settings(bootstrap_servers=bs, data_dir=tmp_path / "group-rt"), rt.config)
             third = len(messages) // 3
             await ensure_topics(rt)
@@ -222,6 +262,13 @@ def test_membership_changes_under_load_end_in_the_same_metaverse(tmp_path: Path)
                 await produce(bs, messages[2 * third :], rt)
                 w.append(spawn(config, bs, tmp_path / "group-w2", tmp_path / "group-w2.log"))
                 await kafka.wait_drained(bs, groups(rt), timeout_s=300, produced=counts(messages))
+                # The member changes by value, a fourth worker joining halfway: whoever takes all-staff's
+                # partition publishes it whole before it goes by value again.
+                half = len(by_value) // 2
+                await paced(bs, rt, messages, by_value[:half])
+                w.append(spawn(config, bs, tmp_path / "group-w3", tmp_path / "group-w3.log"))
+                await asyncio.sleep(6)  # the group rebalances
+                await paced(bs, rt, messages, by_value[half:])
                 assert all(p.poll() is None for p in w[1:])
                 return await metaverse(bs, rt, tmp_path / "group-read")
             finally:
@@ -234,6 +281,9 @@ def test_membership_changes_under_load_end_in_the_same_metaverse(tmp_path: Path)
     assert all("hr" in v["connectors"] for v in single.values())
     assert sum("dir" in v["connectors"] for v in single.values()) > PEOPLE // 10  # joins happened
     assert changing == single
+    # Most of all-staff's member changes by value went on the feed by value in both runs (the first
+    # record after each assignment of its partition goes whole), and were folded into the state above.
+    assert FOLDED.get("single", 0) >= BY_VALUE - 1 and FOLDED.get("group", 0) >= BY_VALUE - 3, FOLDED
     # Both runs built their state from empty out of the same import records: the connector spaces hold the
     # same objects with the same values, linked to the same metaverse object ids (invariant 4).
     g, o = STATES["group"]["cs"], STATES["single"]["cs"]
