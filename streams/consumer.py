@@ -71,7 +71,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         unsaved: Callable[[], tuple[int, int]] | None = None,
         assigned: Callable[[list[int], list[int]], Awaitable[None]] | None = None,
         lock: asyncio.Lock | None = None,
-        idle: Callable[[], bool] | None = None,
+        idle: Callable[[float], bool] | None = None,
     ) -> None:
         self.rt = rt
         self.stage = stage
@@ -88,9 +88,9 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         #: Called once partitions are assigned and restored (with those whose changelog was seeded), before
         #: their first record is processed.
         self.assigned_hook = assigned
-        #: Does one piece of the stage's idle work (``Stage.idle``: large objects read back whole) and
-        #: says whether it did: called between fetches once nothing came for ``IDLE_S`` and everything is
-        #: saved, until it says none is left; a checkpoint or an assignment may leave more.
+        #: Does one piece of the stage's idle work (``Stage.idle``: large objects read back whole), given
+        #: how long nothing came, and says whether any is left: called after a fetch that brought nothing,
+        #: with everything saved, until it says none is left; a checkpoint or an assignment may leave more.
         self.idle = idle
         self._idle_work = False  # until partitions are assigned
         pipeline = rt.config.pipeline
@@ -160,9 +160,9 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                         await self._save(consumer)
                     elif self.unsaved is not None:
                         self.rt.counters.unsaved[self.stage] = self.unsaved()[0]
-                    if not owned and self._idle_work and self._idle():
+                    if not owned and self._idle_work and not self._dirty():
                         assert self.idle is not None
-                        self._idle_work = self.idle()
+                        self._idle_work = self.idle(time.monotonic() - self._busy_at)
         except asyncio.CancelledError:
             stopping = True
             raise
@@ -196,10 +196,6 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         lock held, between pieces of that work, so that work is bounded as batches are."""
         if self._consumer is not None and self._dirty() and self._save_due(idle=False):
             await self._save(self._consumer)
-
-    def _idle(self) -> bool:
-        """Whether the stage is idle: nothing came for ``IDLE_S`` and nothing waits to be saved."""
-        return time.monotonic() - self._busy_at >= IDLE_S and not self._dirty()
 
     def _dirty(self) -> bool:
         """Whether there is anything to save: records processed, or state changed between batches."""

@@ -274,9 +274,10 @@ class Stage(ABC, Generic[S]):
         for batch in batches:
             batch.stash()
 
-    def idle(self) -> bool:
-        """One piece of the work the stage does while idle (nothing came for a while, its state saved):
-        the store's large objects read back whole (``Store.warm``). Whether it did one."""
+    def idle(self, quiet_s: float) -> bool:
+        """One piece of the work the stage does between fetches that brought nothing, its state saved
+        (``quiet_s``: since its last batch): the store's large objects read back whole (``Store.warm``).
+        Whether any is left."""
         return self.store.warm()
 
     def unsaved(self) -> tuple[int, int]:

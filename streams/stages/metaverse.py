@@ -32,6 +32,7 @@ from schemas.messages import (
 )
 from schemas.state import DeferredAnswer, MVObject, Registration, TablePositions, values_held
 from schemas.wire import ErrorRecord, ExportConfirmed, MVChange, PendingExport
+from streams.consumer import IDLE_S
 from streams.output import Outputs
 from streams.reftable import RefTable
 from streams.runtime import now_ms
@@ -389,6 +390,16 @@ class MetaverseStage(Stage[MVObject]):
                 continue
             batch.update(key, mv)
             self._emit(outputs, out, batch.partition)
+
+    # ---- idle work
+    def idle(self, quiet_s: float) -> bool:
+        """Large objects read back whole (``Stage.idle``) — once nothing came for ``IDLE_S``, or at once
+        while the worker is not working through a backlog (a trickle of changes, each batch saved): not
+        during a load, a replay or the table's tail (``_behind``), whose general syncs would make the
+        object cold again within a checkpoint interval."""
+        if quiet_s < IDLE_S and self._behind():
+            return True  # later
+        return super().idle(quiet_s)
 
     # ---- deferred answers
     def _deferring(self) -> bool:

@@ -240,20 +240,20 @@ def test_a_stage_saves_when_its_unsaved_state_holds_too_many_values(
     asyncio.run(scenario())
 
 
-def test_idle_work_runs_once_nothing_came_for_a_while_and_everything_is_saved(
+def test_idle_work_runs_after_fetches_that_bring_nothing_with_everything_saved(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stage's idle work (``StageConsumer.idle``: large objects read back whole) runs a piece at a
-    time between fetches, never while records keep coming or wait to be saved, and stops once it says
-    none is left — until the next checkpoint."""
+    time after fetches that brought nothing, never with anything processed and not saved, is told how long
+    nothing came, and stops once it says none is left — until the next checkpoint."""
 
     async def scenario() -> None:
         async with hr_topic(tmp_path) as (_broker, rt, topic):
             processed: list[int] = []
-            last_batch = [0.0]
+            last_batch = [time.monotonic()]  # the consumer's quiet time starts when it is made
             saves: list[int] = []
-            #: Per call: records processed, checkpoints, seconds since the last batch.
-            calls: list[tuple[int, int, float]] = []
+            #: Per call: records processed, of them saved, quiet seconds given, measured here.
+            calls: list[tuple[int, int, float, float]] = []
             pieces: list[bool] = []
 
             async def process(events: list[Any]) -> None:
@@ -263,8 +263,9 @@ def test_idle_work_runs_once_nothing_came_for_a_while_and_everything_is_saved(
             async def checkpoint() -> None:
                 saves.append(len(processed))
 
-            def idle() -> bool:
-                calls.append((len(processed), len(saves), time.monotonic() - last_batch[0]))
+            def idle(quiet_s: float) -> bool:
+                since = time.monotonic() - last_batch[0]
+                calls.append((len(processed), saves[-1] if saves else 0, quiet_s, since))
                 return pieces.pop() if pieces else False
 
             monkeypatch.setattr(consumer_module, "IDLE_S", 0.2)
@@ -278,19 +279,25 @@ def test_idle_work_runs_once_nothing_came_for_a_while_and_everything_is_saved(
             try:
                 await until(lambda: bool(calls), 30)  # assigned, nothing came: it looks once
                 await asyncio.sleep(0.5)
-                assert [(n, s) for n, s, _ in calls] == [(0, 0)]  # it said none was left: not again
+                assert [(n, s) for n, s, _q, _m in calls] == [(0, 0)]  # it said none was left: not again
 
-                # A trickle of records (every 50 ms for a second), each batch saved: never idle meanwhile.
-                pieces[:] = [True, True]  # two pieces of work, then none
+                # A trickle of records (every 50 ms for a second), each batch saved; two pieces of work.
+                pieces[:] = [True, True]
                 for i in range(20):
                     out.add(topic, f"k{i}".encode(), b"{}", partition=0)
                     await out.flush()
                     await asyncio.sleep(0.05)
-                await until(lambda: len(calls) == 4, 30)
+                await until(lambda: saves and saves[-1] == 20, 30)
                 await asyncio.sleep(0.5)
-                assert len(calls) == 4 and len(saves) > 1 and saves[-1] == 20
-                # Each piece after the checkpoint of all twenty, at least IDLE_S after the last batch.
-                assert all(n == 20 and s == len(saves) and since >= 0.2 for n, s, since in calls[1:])
+                settled = len(calls)
+                await asyncio.sleep(0.5)
+                assert len(calls) == settled  # none left: no more calls until the next checkpoint
+                later = calls[1:]
+                # After checkpoints only (at most one call per checkpoint once the pieces ran out), each
+                # with everything processed saved, told how long nothing came.
+                assert 3 <= len(later) <= 2 + len(saves), (later, saves)
+                assert all(n == s for n, s, _q, _m in later), later
+                assert all(abs(q - m) < 0.1 for _n, _s, q, m in calls), calls
             finally:
                 await cancel(task, rt.stop)
 

@@ -362,3 +362,36 @@ def test_a_store_that_keeps_nothing_does_no_idle_work(tmp_path: Path) -> None:
     save(part)
     assert warm_all(part) == 0
     part.close()
+
+
+def test_the_metaverse_stage_warms_during_a_trickle_but_not_through_a_backlog(tmp_path: Path) -> None:
+    """``MetaverseStage.idle``: a group the general sync saved is read back at once after a fetch that
+    brought nothing while the worker is not behind (a trickle); while a stage that feeds the metaverse
+    works through a backlog (a load) only once nothing came for ``IDLE_S`` — the load's general syncs would
+    make it cold again."""
+    from streams.consumer import IDLE_S
+    from streams.stages.metaverse import BEHIND_RECORDS, MetaverseStage
+
+    from .test_mv_chunks import runtime
+
+    rt = runtime("", tmp_path, "w")
+    stage = MetaverseStage(rt)
+    stage.input_stages = ("staging", "join", "metaverse")
+    try:
+        part = stage.store.partition(0)
+        stage.store.owned.add(0)
+        assert stage.idle(0.0) and not stage.idle(0.0)  # nothing stored: the partition looked at once
+        general_sync_save(part, group(range(40)))
+        rt.record_input_lag("join", BEHIND_RECORDS)  # a load: the join stage's last batch left a backlog
+        assert stage.idle(IDLE_S / 2) and len(rt.kept) == 0  # later
+        assert stage.idle(IDLE_S) and len(rt.kept) == 1  # quiet long enough: read back
+        general_sync_save(part, group(range(41)))
+        assert len(rt.kept) == 0
+        rt.record_input_lag("join", 0)  # caught up: a trickle
+        assert stage.idle(0.0) and len(rt.kept) == 1
+        with pytest.MonkeyPatch.context() as m:
+            no_scan(part, m)
+            assert read(part) == group(range(41))
+    finally:
+        stage.table.close()
+        stage.store.close()
