@@ -537,7 +537,8 @@ class PipelineConfig(_Config):
     #: dropped first); one that the general sync of the whole object saved, or one stored when the worker
     #: took its partition, is read back from its chunks while the metaverse stage is idle, as long as it
     #: fits without dropping another. About 85 bytes each (a 50,000-member group whose export waits holds
-    #: 250,000: 21 MB measured); 0 keeps none.
+    #: 250,000: 21 MB measured); 0 keeps none. A group holding more than this (about 200,000 members with
+    #: one source and one target) is never kept: raise it for such groups.
     kept_values: int = Field(default=1_000_000, ge=0, le=1_000_000_000)
     #: From how many values a multi-valued attribute is published on ``mv.changes`` by value when the
     #: engine synced its change value by value (a member change of a large group, ``engine.membership``):
