@@ -3,8 +3,9 @@
 The same input — three sources, a bracketed initial load, deltas, re-delivered duplicates and stale
 records, shuffled across connectors — goes once through one worker process and once through a group
 whose membership changes under load: a second worker joins mid-load (partitions move to it with their
-state), the first is killed with SIGKILL mid-load, a third joins. Both runs must end with the same
-metaverse, and never two metaverse objects for one join value (invariants 2, 5, 11).
+state), the first is killed with SIGKILL mid-load, a third joins; then a large group's members change by
+value one at a time while a fourth joins. Both runs must end with the same metaverse, and never two
+metaverse objects for one join value (invariants 2, 5, 11); both feeds, folded, end in it.
 
 Both runs build their state from empty out of the same import records, in the same order per partition:
 what a replay of the import topics from offset 0 into empty state does. So this is also the replay test
@@ -66,7 +67,7 @@ def inputs(tmp: Path, name: str, partitions: int) -> tuple[Path, Runtime, list[M
     factory = RecordFactory({c: n.import_topic(c) for c in rt.config.connectors}, partitions)
     load = list(initial_load(org, factory, 1_000))
     staff = list(org.groups["all-staff"])
-    others = [p.index for p in org.people[len(staff) :] if p.status != "left"]
+    others = [p.index for p in org.people[org.big_group :] if p.status != "left"]  # not in all-staff
     deltas: list[Message] = []
     for round_no in (1, 2):
         deltas += delta_records(org.delta(round_no), factory, round_no, 2_000 + round_no)
