@@ -96,10 +96,7 @@ class SharedMaps:
             undone = dict(entries)
             for changed, key, before in reversed(self.journal):
                 if changed is entries:
-                    if before is None:
-                        undone.pop(key, None)
-                    else:
-                        undone[key] = before
+                    _put_back(undone, key, before)
             if undone != snapshot:
                 keys = sorted(k for k in undone.keys() | snapshot.keys() if undone.get(k) != snapshot.get(k))
                 raise UnjournaledChange(f"a shared map changed without the journal: keys {keys[:5]}")
@@ -107,11 +104,16 @@ class SharedMaps:
     def undo(self) -> None:
         """Put every changed entry back, last change first."""
         for entries, key, before in reversed(self.journal):
-            if before is None:
-                entries.pop(key, None)
-            else:
-                entries[key] = before
+            _put_back(entries, key, before)
         self.journal.clear()
+
+
+def _put_back(entries: dict[str, str], key: str, before: str | None) -> None:
+    """Undo one journal entry in ``entries``: the key's value before, or no key."""
+    if before is None:
+        entries.pop(key, None)
+    else:
+        entries[key] = before
 
 
 class UnjournaledChange(AssertionError):
