@@ -133,6 +133,8 @@ class PhaseResult:
     #: keys that wrote the most, as [key, bytes, records].
     load_bytes: dict[str, int] = field(default_factory=dict)
     load_bytes_top: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
+    #: Per topic, per kind of key (``streams.bench.topic_bytes.key_kind``): [records, tombstones, bytes].
+    load_bytes_kinds: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -639,6 +641,7 @@ class Phase:
             return
         res.load_bytes = {t.topic.removeprefix(prefix): t.bytes for t in found}
         res.load_bytes_top = {t.topic.removeprefix(prefix): t.top for t in found}
+        res.load_bytes_kinds = {t.topic.removeprefix(prefix): t.kinds for t in found}
 
     async def kinds(self, res: PhaseResult) -> dict[str, dict[str, int]]:
         """The internal topics' messages by kind (none, and a note, when reading them takes too long: at
@@ -934,6 +937,12 @@ def run_bench(args: argparse.Namespace) -> int:
         if r.load_bytes:
             written = ", ".join(f"{t} {b / 1e6:,.1f}" for t, b in r.load_bytes.items())
             print(f"N={r.size:,} workers={r.workers}: MB written by the load (uncompressed): {written}")
+            for t, kinds in r.load_bytes_kinds.items():
+                per = ", ".join(
+                    f"{kind} {n / max(r.records, 1):.2f} ({gone / max(r.records, 1):.2f})"
+                    for kind, (n, gone, _) in kinds.items()
+                )
+                print(f"N={r.size:,} workers={r.workers}: {t} records per load record (tombstones): {per}")
         if r.load_digest:
             print(
                 f"N={r.size:,} workers={r.workers} {r.kind}: the load's exports leave {r.load_objects:,} "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +37,9 @@ class TopicBytes:
     span_s: float = 0.0
     #: The keys that wrote the most bytes: (key, bytes, records), largest first.
     top: list[tuple[str, int, int]] = field(default_factory=list)
+    #: Per kind of key (``key_kind``: a store's key layout, ids left out), [records, of them tombstones,
+    #: bytes], most records first: which of a store's kinds of state a load writes most often.
+    kinds: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def bytes_per_s(self) -> float:
@@ -44,6 +48,25 @@ class TopicBytes:
 
 def _key_text(key: bytes | None) -> str:
     return "(none)" if key is None else key.decode("utf-8", "backslashreplace")
+
+
+_ID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_WORD = re.compile(rb"[^|\x00\x1f]*[|\x00\x1f]?")
+
+
+def key_kind(key: bytes | None) -> str:
+    """A key's kind: its leading control bytes and first word up to a separator (``|``, NUL or the unit
+    separator), ids (UUIDs) written ``<id>`` — ``ref|``, ``hr\\x00`` (a connector-space object of
+    ``hr``), ``<id>`` (a metaverse object), ``\\x00\\x01mv\\x00`` (a large object's chunk)."""
+    if key is None:
+        return "(none)"
+    k = _ID.sub(b"<id>", key)
+    i = 0
+    while i < len(k) and k[i] < 0x20:
+        i += 1
+    word = _WORD.match(k, i)
+    assert word is not None  # the pattern matches the empty string
+    return k[: word.end()].decode("utf-8", "backslashreplace").encode("unicode_escape").decode("ascii")
 
 
 async def topic_bytes(
@@ -62,11 +85,14 @@ async def topic_bytes(
     sizes: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
     counts: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
     stamps: dict[str, list[int]] = {t: [] for t in names}
+    tombstones: dict[str, Counter[bytes | None]] = {t: Counter() for t in names}
     async for topic, records in read_all(bootstrap, names, timeout_s, last=last):
-        size, count, stamp = sizes[topic], counts[topic], stamps[topic]
+        size, count, stamp, gone = sizes[topic], counts[topic], stamps[topic], tombstones[topic]
         for r in records:
             size[r.key] += len(r.key or b"") + len(r.value or b"")
             count[r.key] += 1
+            if r.value is None:
+                gone[r.key] += 1
             stamp.append(r.timestamp)
     result = []
     for t in names:
@@ -78,13 +104,34 @@ async def topic_bytes(
                 bytes=sum(sizes[t].values()),
                 span_s=(max(stamp) - min(stamp)) / 1000 if stamp else 0.0,
                 top=[(_key_text(k), n, counts[t][k]) for k, n in sizes[t].most_common(top)],
+                kinds=_kinds(counts[t], tombstones[t], sizes[t]),
             )
         )
     return result
 
 
+def _kinds(
+    counts: Counter[bytes | None], tombstones: Counter[bytes | None], sizes: Counter[bytes | None]
+) -> dict[str, list[int]]:
+    kinds: dict[str, list[int]] = {}
+    for key, n in counts.items():
+        row = kinds.setdefault(key_kind(key), [0, 0, 0])
+        row[0] += n
+        row[1] += tombstones[key]
+        row[2] += sizes[key]
+    return dict(sorted(kinds.items(), key=lambda kv: (-kv[1][0], kv[0])))
+
+
 def _table(rows: list[TopicBytes]) -> str:
-    head = ["topic", "records", "MB", "span s", "MB/s", "largest writers (key: MB in records)"]
+    head = [
+        "topic",
+        "records",
+        "MB",
+        "span s",
+        "MB/s",
+        "largest writers (key: MB in records)",
+        "kinds of key (records, tombstones)",
+    ]
     return format_table(
         head,
         [
@@ -95,6 +142,7 @@ def _table(rows: list[TopicBytes]) -> str:
                 f"{r.span_s:,.0f}",
                 f"{r.bytes_per_s / 1e6:,.2f}",
                 "; ".join(f"{k[:48]}: {n / 1e6:.2f} in {c}" for k, n, c in r.top[:3]),
+                "; ".join(f"{kind} {n:,} ({gone:,})" for kind, (n, gone, _) in list(r.kinds.items())[:4]),
             ]
             for r in rows
         ],

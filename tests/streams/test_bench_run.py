@@ -93,6 +93,12 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     top = result["load_bytes_top"]["changelog.mv"]
     assert 0 < len(top) <= 5 and sum(size for _key, size, _n in top) <= written["changelog.mv"]
     assert "MB written by the load (uncompressed): changelog.cs" in stdout
+    # ... by kind of key: the metaverse objects (<id>) in the mv changelog, the registrations (ref|) in
+    # mv-refs, every byte of a changelog in one of its kinds
+    kinds = result["load_bytes_kinds"]
+    assert "<id>" in kinds["changelog.mv"] and "ref|" in kinds["changelog.mv-refs"]
+    assert sum(size for _n, _gone, size in kinds["changelog.mv"].values()) == written["changelog.mv"]
+    assert "changelog.mv-refs records per load record (tombstones): " in stdout
     # --digest without the naive baseline: what the load's exports leave in the directory, digested (the
     # organisation's 300 people less the inactive, and its groups)
     assert result["load_objects"] > 250 and len(result["load_digest"]) == 16

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from streams.bench import kafka
-from streams.bench.topic_bytes import TopicBytes, main, topic_bytes
+from streams.bench.topic_bytes import TopicBytes, key_kind, main, topic_bytes
 from streams.broker import EmbeddedBroker
 
 pytestmark = pytest.mark.integration
@@ -32,6 +32,7 @@ async def _fill(bootstrap: str) -> None:
         for _ in range(10):
             await producer.send_and_wait("t.changelog.mv", b"g" * 2_000, key=b"group", partition=0)
         await producer.send_and_wait("t.other", b"x", key=b"k", partition=0)
+        await producer.send_and_wait("t.other", None, key=b"k", partition=0)
     finally:
         await producer.stop()
 
@@ -58,6 +59,20 @@ def test_the_largest_writers_of_a_topic_are_named_with_their_bytes(tmp_path: Pat
     assert tail.bytes == 3 * 2_005 + 3 * 108
     # no topics named: all of them (the broker's own internal topics may be listed too)
     assert {"t.changelog.mv", "t.other"} <= {r.topic for r in every}
+    # per kind of key: records, tombstones, bytes
+    assert mv.kinds["group"] == [10, 0, 10 * 2_005] and mv.kinds["person-3"] == [1, 0, 108]
+    (other,) = [r for r in every if r.topic == "t.other"]
+    assert other.kinds == {"k": [2, 1, 3]}
+
+
+def test_a_keys_kind_is_its_layout_without_ids() -> None:
+    ident = "12345678-90ab-cdef-1234-567890abcdef"
+    assert key_kind(ident.encode()) == "<id>"
+    assert key_kind(b"ref|hr|cn=a,o=x") == "ref|" and key_kind(b"xref|dir|" + ident.encode()) == "xref|"
+    assert key_kind(b"hr\x00E1001") == "hr\\x00"
+    assert key_kind(b"\x00\x01mv\x00" + ident.encode() + b"\x00member\x00") == "\\x00\\x01mv\\x00"
+    assert key_kind(b"deferred\x00" + ident.encode()) == "deferred\\x00"
+    assert key_kind(b"plain") == "plain" and key_kind(None) == "(none)"
 
 
 def test_the_command_prints_a_table_and_writes_json(
@@ -73,4 +88,5 @@ def test_the_command_prints_a_table_and_writes_json(
     assert "t.changelog.mv" in printed and "group: 0.02 in 10" in printed
     rows = json.loads(out.read_text())
     assert [r["topic"] for r in rows] == ["t.changelog.mv", "t.other"]
-    assert rows[1]["records"] == 1 and rows[1]["top"] == [["k", 2, 1]]
+    assert rows[1]["records"] == 2 and rows[1]["top"] == [["k", 3, 2]]
+    assert "k 2 (1)" in printed
