@@ -290,10 +290,28 @@ class PartitionStore:
         return keys[i:j]
 
     def encode_unsaved(self) -> dict[bytes, bytes | None]:
-        """The unsaved state as records to log and write (a checkpoint's): each key once."""
+        """The unsaved state as records to log and write (a checkpoint's): each key once, and no delete
+        of a key the database does not hold (``_known_deletes``; not for a codec's state)."""
         if self.codec is not None:
+            # A codec keeps what it encoded (``StateCodec.written``) and deletes of its objects are rare.
             return self.codec.encode(self, self.unsaved)
-        return {k: None if v is None else pack(v) for k, v in self.unsaved.items()}
+        return self._known_deletes({k: None if v is None else pack(v) for k, v in self.unsaved.items()})
+
+    def _known_deletes(self, puts: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
+        """``puts`` without the deletes of keys the database does not hold: a key written and deleted
+        again since the last checkpoint (a reference answer deferred and applied within the interval, a
+        claim given back) was never logged, so its tombstone would only cost a changelog record, a
+        broker write and a restore step. The database is this partition's changelog applied up to its
+        saved offset (a partition is restored before it is processed), so a key it lacks has no live
+        record in the changelog either. One multi-get of the deleted keys (absent keys mostly stop at
+        the bloom filters)."""
+        gone = [k for k, v in puts.items() if v is None]
+        if not gone:
+            return puts
+        absent = [k for k, held in zip(gone, self._db.get(gone), strict=True) if held is None]
+        for k in absent:
+            del puts[k]
+        return puts
 
     def saved(self) -> None:
         """The unsaved state is in the changelog and the database now."""

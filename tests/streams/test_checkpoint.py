@@ -105,13 +105,28 @@ def test_batches_read_unsaved_state_and_a_checkpoint_saves_each_key_once(tmp_pat
             assert msgspec.msgpack.decode(part.get(b"group") or b"", type=Tally) == Tally(count=4)
             assert part.get(b"a") is None
 
+            # A key written and deleted again between two checkpoints, and a delete of a key never written,
+            # were never logged: neither makes a changelog record nor a local write.
+            batch = Batch(part, [b"c"], Tally)
+            batch.put(b"c", Tally(count=1))
+            batch.stash()
+            await stage.process(events(b"group"))
+            batch = Batch(part, [b"c", b"never"], Tally)
+            batch.put(b"c", None)
+            batch.put(b"never", None)
+            batch.stash()
+            assert stage.unsaved()[0] == 3
+            await stage.checkpoint()
+            assert part.changelog_offset() == 6  # "group" only
+            assert part.get(b"c") is None and part.get(b"never") is None
+
             # Another worker rebuilds exactly that from the changelog.
             other = runtime(broker.bootstrap, tmp_path, "b")
             await restore(other, other.store("cs"), [0])
             rebuilt = {
                 k: msgspec.msgpack.decode(v, type=Tally) for k, v in other.store("cs").partition(0).scan(b"")
             }
-            assert rebuilt == {b"group": Tally(count=4), b"b": Tally(count=1)}
+            assert rebuilt == {b"group": Tally(count=5), b"b": Tally(count=1)}
             await other.stop()
             await rt.stop()
 
