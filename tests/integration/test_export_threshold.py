@@ -62,7 +62,8 @@ def test_mass_delete_is_held_until_approved(
     third = env.sync()
     assert third.code == 0, third.stderr
     assert third.summary["ldap"]["exports_applied"] == 0, third.summary
-    assert len([r for r in gone if r["employee_id"] in env.ldap_entries()]) == held
+    entries = env.ldap_entries()
+    assert len([r for r in gone if r["employee_id"] in entries]) == held
 
     approval = env.cli("approve-deletes", "ldap")
     assert approval.returncode == 0, approval.stderr
