@@ -299,8 +299,8 @@ class PartitionStore:
 
     def _known_deletes(self, puts: dict[bytes, bytes | None]) -> dict[bytes, bytes | None]:
         """``puts`` without the deletes of keys the database does not hold: a key written and deleted
-        again since the last checkpoint (a reference answer deferred and applied within the interval, a
-        claim given back) was never logged, so its tombstone would only cost a changelog record, a
+        again since the last checkpoint (mostly a reference answer deferred and applied within the
+        interval) was never logged, so its tombstone would only cost a changelog record, a
         broker write and a restore step. The database is this partition's changelog applied up to its
         saved offset (a partition is restored before it is processed), so a key it lacks has no live
         record in the changelog either. One multi-get of the deleted keys (absent keys mostly stop at
