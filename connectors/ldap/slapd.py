@@ -34,6 +34,12 @@ SCHEMA_DIR = Path("/etc/ldap/schema")
 DEFAULT_SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
 
 _START_TIMEOUT_S = 10.0
+#: Whether a new ``Slapd`` syncs each write transaction to disk (mdb's default, what a directory does). The
+#: test suite turns it off (``dbnosync``; tests/conftest.py): a throwaway directory's writes then stay in
+#: the page cache, which a killed or restarted slapd still reads back — only a machine crash loses them —
+#: and it writes ~1.7x as fast (one connection's adds with the accesslog overlay: ~435 -> ~760/s, thirtieth
+#: session).
+SYNC_WRITES = True
 _STOP_TIMEOUT_S = 5.0
 _PORT_ATTEMPTS = 3
 
@@ -116,8 +122,11 @@ class Slapd:
         syncprov: bool = True,
         sessionlog_size: int = 1000,
         sessionlog_source: Literal["memory", "accesslog"] = "memory",
+        sync_writes: bool | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        #: Each write transaction synced to disk (None: ``SYNC_WRITES``).
+        self.sync_writes = SYNC_WRITES if sync_writes is None else sync_writes
         self._suffix = suffix
         self._password = admin_password if admin_password is not None else secrets.token_urlsafe(18)
         self._fixed_port = port
@@ -269,6 +278,7 @@ class Slapd:
             *(self._accesslog_database() if self.accesslog else ()),
             "database mdb",
             f"maxsize {self.max_size_bytes}",
+            *self._nosync(),
             f'suffix "{self._suffix}"',
             f'rootdn "{self.bind_dn}"',
             f"rootpw {ssha(self._password)}",
@@ -306,10 +316,14 @@ class Slapd:
             ]
         return [f"overlay {name}"]
 
+    def _nosync(self) -> list[str]:
+        return [] if self.sync_writes else ["dbnosync"]
+
     def _accesslog_database(self) -> list[str]:
         return [
             "database mdb",
             f"maxsize {self.max_size_bytes}",
+            *self._nosync(),
             f"suffix {ACCESSLOG_SUFFIX}",
             f"rootdn {ACCESSLOG_SUFFIX}",
             f"directory {self.workdir / 'accesslog'}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from ldap3.utils.dn import escape_rdn
 from connectors import base
 from connectors.base import ImportedObject, ImportFailure
 from connectors.ldap import LdapConnector, map_ldap_error
+from connectors.ldap import slapd as slapd_module
 from connectors.ldap.slapd import Slapd, free_port
 from schemas.config import LdapConnectorConfig
 from schemas.errors import DataError, FatalError, RetriableError
@@ -573,6 +575,23 @@ def test_slapd_lifecycle(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert not server.running
+
+
+def test_slapd_syncs_its_writes_unless_told_not_to(tmp_path: Path) -> None:
+    """``dbnosync`` in every mdb database only where asked (the test suite's default, tests/conftest.py);
+    a directory written without syncs still holds its writes after a restart."""
+    assert slapd_module.SYNC_WRITES is False  # the suite's setting
+    durable = Slapd(tmp_path / "durable", sessionlog_source="accesslog", sync_writes=True)
+    assert "dbnosync" not in durable._config(tmp_path / "db")
+    fast = Slapd(tmp_path / "fast", sessionlog_source="accesslog")
+    assert fast._config(tmp_path / "db").count("dbnosync") == 2  # the directory and its accesslog
+    with fast:
+        fast.add_ou("more", fast.suffix)
+        count = fast.entry_count()
+        os.kill(int((tmp_path / "fast" / "slapd.pid").read_text()), signal.SIGKILL)  # no orderly close
+        assert fast._proc is not None and fast._proc.wait(10) == -signal.SIGKILL
+    with fast:
+        assert fast.entry_count() == count and count > 2
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
