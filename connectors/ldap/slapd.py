@@ -34,14 +34,14 @@ SCHEMA_DIR = Path("/etc/ldap/schema")
 DEFAULT_SCHEMAS = ("core", "cosine", "nis", "inetorgperson")
 
 _START_TIMEOUT_S = 10.0
+_STOP_TIMEOUT_S = 5.0
+_PORT_ATTEMPTS = 3
 #: Whether a new ``Slapd`` syncs each write transaction to disk (mdb's default, what a directory does). The
 #: test suite turns it off (``dbnosync``; tests/conftest.py): a throwaway directory's writes then stay in
 #: the page cache, which a killed or restarted slapd still reads back — only a machine crash loses them —
 #: and it writes ~1.7x as fast (one connection's adds with the accesslog overlay: ~435 -> ~760/s, thirtieth
 #: session).
 SYNC_WRITES = True
-_STOP_TIMEOUT_S = 5.0
-_PORT_ATTEMPTS = 3
 
 
 class SlapdError(RuntimeError):
