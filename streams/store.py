@@ -308,7 +308,7 @@ class PartitionStore:
         gone = [k for k, v in puts.items() if v is None]
         if not gone:
             return puts
-        absent = [k for k, held in zip(gone, self._db.get(gone), strict=True) if held is None]
+        absent = [k for k, held in zip(gone, self.get_many(gone), strict=True) if held is None]
         for k in absent:
             del puts[k]
         return puts
