@@ -521,6 +521,13 @@ class PipelineConfig(_Config):
     #: came, a group of a few hundred members was written whole once per checkpoint for most of a load
     #: (docs/architecture.md, large multi-valued references). 0: never deferred.
     reference_defer_ms: int = Field(default=60_000, ge=0, le=3_600_000)
+    #: ... only for objects seen to hold at least this many references (a group: its members) since the
+    #: worker took their partition: resolved references when it synced them, or as many registered by
+    #: one message (a new group's member DNs). A person hears from one manager, and deferring that
+    #: answer (a key written, read back and deleted) costs more than the one sync it could merge. An
+    #: object not seen so yet has its answers applied at once, and that sync tells its size. 0: every
+    #: object's answers are deferred (as before the thirty-first session).
+    reference_defer_from: int = Field(default=16, ge=0, le=10_000_000)
     #: From how many values staging holds a large reference attribute of a source object (a group's
     #: members) apart from the object, in 256 buckets of values under keys of their own: a member added or
     #: removed by a value-level change record then reads and writes that member's bucket, not the group,

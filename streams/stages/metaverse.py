@@ -62,6 +62,9 @@ _SEP = b"\x00"
 BEHIND_RECORDS = 2_000
 #: How often the stage looks for deferred answers to apply.
 RELEASE_TICK_S = 0.25
+#: At most this many objects are remembered as holding ``pipeline.reference_defer_from`` references or
+#: more (``MetaverseStage._many``); past it, further ones have their answers applied as they come.
+MANY_REFS_KEPT = 200_000
 
 
 def deferred_prefix(mv_id: bytes) -> bytes:
@@ -128,6 +131,11 @@ class MetaverseStage(Stage[MVObject]):
         #: Referrers with deferred answers per partition, and when the first was deferred (loop time).
         self._defer_s = rt.config.pipeline.reference_defer_ms / 1000
         self._deferred: dict[int, dict[bytes, float]] = {}
+        #: Per partition, the objects seen to hold at least ``pipeline.reference_defer_from`` references
+        #: since this worker took the partition — resolved ones when it synced them, or registered in one
+        #: message (a new group's members, not resolved yet): only their answers are deferred.
+        self._defer_from = rt.config.pipeline.reference_defer_from
+        self._many: dict[int, set[bytes]] = {}
         self._was_behind = False
         #: Routes of the reference table the applier has read and not applied yet (``_apply_table``).
         self._table_backlog = 0
@@ -168,6 +176,7 @@ class MetaverseStage(Stage[MVObject]):
         key = msg.mv_id.encode()
         mv, outputs = self._step(batch, key, msg)
         batch.update(key, mv)
+        self._sized(batch.partition, key, mv)
         self._emit(outputs, out, batch.partition)
 
     def _step(self, batch: Batch, key: bytes, msg: Any) -> tuple[MVObject | None, list[MVOutput]]:
@@ -232,6 +241,7 @@ class MetaverseStage(Stage[MVObject]):
         except Exception:
             return False  # the shared maps put back as they were
         batch.update(key, mv, touched, changed=shared.changed)
+        self._sized(batch.partition, key, mv)
         if mv is not None and mv.ref_sync is not None:
             self._held.setdefault(batch.partition, set()).add(key)
         for each in outputs:
@@ -351,12 +361,18 @@ class MetaverseStage(Stage[MVObject]):
         defer: bool = True,
     ) -> None:
         """Apply the table's answers (after the answers deferred before them) to referrers ``keys`` of
-        partition ``p``, and commit them; while the worker is behind its input, defer them instead."""
+        partition ``p``, and commit them; while the worker is behind its input, defer those of the
+        referrers that hold many references (``_many_refs``) instead."""
         out = await self.rt.outputs()
         if defer and self._deferring():
-            self._defer(p, keys, answers)
-            await self.commit([], out)
-            return
+            later = self._many_refs(p, keys)
+            if later:
+                self._defer(p, later, answers)
+                if len(later) == len(keys):
+                    await self.commit([], out)
+                    return
+                kept = set(later)
+                keys = [key for key in keys if key not in kept]
         batch = Batch(self.store.partition(p), keys, MVObject)
         its: dict[int, RdictIter] = {}
         try:
@@ -389,6 +405,7 @@ class MetaverseStage(Stage[MVObject]):
                 )
                 continue
             batch.update(key, mv)
+            self._sized(batch.partition, key, mv)
             self._emit(outputs, out, batch.partition)
 
     # ---- idle work
@@ -434,6 +451,30 @@ class MetaverseStage(Stage[MVObject]):
                     self.rt.counters.deferred,
                 )
         return behind
+
+    def _many_refs(self, p: int, keys: list[bytes]) -> list[bytes]:
+        """Those of referrers ``keys`` whose answers are deferred, in their order: all of them with
+        ``pipeline.reference_defer_from`` 0, else those known to hold that many references."""
+        if self._defer_from <= 0:
+            return keys
+        many = self._many.get(p)
+        return [key for key in keys if key in many] if many else []
+
+    def _sized(self, p: int, key: bytes, mv: MVObject | None) -> None:
+        """Remember object ``key`` of partition ``p`` as one whose answers are deferred (``_many_refs``)
+        if, as just synced, it holds enough resolved references; forget it once deleted. Not forgotten
+        when it shrinks: deferring a small object's answers costs a little time, never a change."""
+        if self._defer_from <= 0:
+            return
+        if mv is None:
+            self._many.get(p, set()).discard(key)
+        elif ref_count(mv) >= self._defer_from:
+            self._remember_many(p, key)
+
+    def _remember_many(self, p: int, key: bytes) -> None:
+        many = self._many.setdefault(p, set())
+        if key not in many and sum(map(len, self._many.values())) < MANY_REFS_KEPT:
+            many.add(key)
 
     def _defer(
         self, p: int, keys: list[bytes], answers: dict[bytes, list[tuple[bytes, RefResolved]]]
@@ -554,6 +595,7 @@ class MetaverseStage(Stage[MVObject]):
         (seeded from the local copy), its objects' target DNs go to the table again."""
         for p in partitions:
             self._fed_whole.pop(p, None)  # its large objects go on mv.changes whole first (``_by_value``)
+            self._many.pop(p, None)  # sizes learnt anew: another worker may have changed its objects
         if seeded:
             await self._republish(seeded)
         await self.table.ready.wait()
@@ -644,6 +686,7 @@ class MetaverseStage(Stage[MVObject]):
                     shared=shared,
                 )
                 batch.update(key, mv, touched, changed=shared.changed)
+                self._sized(p, key, mv)
                 self._synced_at[key] = now
                 self._emit(outputs, out, p)
             batches.append(batch)
@@ -670,6 +713,9 @@ class MetaverseStage(Stage[MVObject]):
                 value = Registration() if o.op == "refer" else None
                 for reg in registration_keys(o):
                     regs.update(reg.encode(), value)
+                if o.op == "refer" and 0 < self._defer_from <= len(o.keys):
+                    # A group registering its members: its answers are about to come, few resolved yet.
+                    self._remember_many(partition, o.mv_id.encode())
             elif isinstance(o, RefValue):
                 out.add(n.refs_topic(), o.route.encode(), pack(o))
             elif isinstance(o, JoinIndexUpdate):

@@ -57,15 +57,19 @@ class Ev:
     value: Any
 
 
-def empty_bench_config(tmp: Path, instance: str, partitions: int) -> IdsyncConfig:
-    """The bench's configuration of ``instance`` with ``partitions`` partitions and an empty HR file."""
+def empty_bench_config(tmp: Path, instance: str, partitions: int, **pipeline: Any) -> IdsyncConfig:
+    """The bench's configuration of ``instance`` with ``partitions`` partitions and an empty HR file;
+    ``pipeline``: further ``pipeline`` settings."""
     hr = tmp / "hr.csv"
     hr.write_text("employee_id\n")
-    return load_config(bench_config(instance, tmp, partitions, hr))
+    return load_config(bench_config(instance, tmp, partitions, hr, pipeline=pipeline))
 
 
-def bench_runtime(bootstrap: str, tmp: Path, name: str, instance: str, partitions: int) -> Runtime:
+def bench_runtime(
+    bootstrap: str, tmp: Path, name: str, instance: str, partitions: int, **pipeline: Any
+) -> Runtime:
     """A worker's runtime (data in ``tmp/name``) for the bench's configuration of ``instance`` with
-    ``partitions`` partitions and an empty HR file, on the broker at ``bootstrap``."""
-    config = empty_bench_config(tmp, instance, partitions)
+    ``partitions`` partitions and an empty HR file, on the broker at ``bootstrap``; ``pipeline``:
+    further ``pipeline`` settings."""
+    config = empty_bench_config(tmp, instance, partitions, **pipeline)
     return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)

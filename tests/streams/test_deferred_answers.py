@@ -13,12 +13,15 @@ from typing import Any
 import msgspec
 import pytest
 
+from engine.references import in_route
+from engine.values import dn_key
 from schemas.codec import pack
 from schemas.errors import IdsyncError
-from schemas.messages import RefRegister, RefValue
+from schemas.messages import MVContribution, RefRegister, RefValue
 from schemas.state import MVObject
 from streams.app import create_app
 from streams.broker import EmbeddedBroker
+from streams.output import partition_for
 from streams.runtime import Runtime, Settings
 from streams.stages import metaverse as metaverse_stage
 from streams.stages.metaverse import DEFERRED, MetaverseStage
@@ -58,8 +61,9 @@ async def managed(
     broker: EmbeddedBroker, tmp: Path, monkeypatch: pytest.MonkeyPatch, n: int
 ) -> tuple[Runtime, int, list[str], dict[str, bool], tuple[MetaverseStage, Any, Any]]:
     """A worker owning partition 0 whose ``n`` people have registered to their manager's DN, not behind
-    yet: (runtime, partition, people, its behind switch, (stage, table reader, applier))."""
-    a = runtime(broker.bootstrap, tmp, "a")
+    yet, deferring every object's answers (``reference_defer_from`` 0): (runtime, partition, people, its
+    behind switch, (stage, table reader, applier))."""
+    a = runtime(broker.bootstrap, tmp, "a", reference_defer_from=0)
     people = people_in(a, 0, n)
     switch = behind_switch(monkeypatch, a)
     switch["behind"] = False
@@ -93,7 +97,7 @@ def test_answers_deferred_while_behind_are_applied_before_the_objects_next_messa
 ) -> None:
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            a = runtime(broker.bootstrap, tmp_path, "a")
+            a = runtime(broker.bootstrap, tmp_path, "a", reference_defer_from=0)
             p = 0
             people = people_in(a, p)
             switch = behind_switch(monkeypatch, a)
@@ -288,6 +292,97 @@ def test_a_table_applier_with_a_backlog_defers_answers_while_the_inputs_are_caug
             await stage.release_due()
             assert [manager(stage, p, m) for m in people] == [["M-two"]] * 3
             assert a.counters.deferred == 0 and a.errors == []
+
+            await stop(applier, reader)
+            await shut_down((a, stage))
+
+    asyncio.run(scenario())
+
+
+def test_only_the_answers_of_objects_holding_many_references_are_deferred(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pipeline.reference_defer_from`` (3 here): while behind, a person's answer (one manager) is applied
+    at once, a new group's (four member DNs registered, none resolved yet) deferred. What the worker
+    learnt of an object's size holds while it keeps the partition: after the partition is taken again,
+    the group's next answers are applied at once (that sync finds four resolved references) and the
+    ones after them deferred."""
+
+    def member_dn(i: int) -> str:
+        return f"employeeNumber=G{i},ou=people,o=hr"
+
+    def members(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:
+        part = stage.store.partition(p)
+        key = mv_id.encode()
+        mv: Any = part.unsaved[key] if key in part.unsaved else _decode(part.get(key) or b"")
+        return sorted(mv.attributes.get("member", []))
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            a = runtime(broker.bootstrap, tmp_path, "a", reference_defer_from=3)
+            p = 0
+            [person] = people_in(a, p, 1)
+            group = next(g for g in (f"G-{i}" for i in range(60)) if partition_for(g.encode(), 4) == p)
+            switch = behind_switch(monkeypatch, a)
+            switch["behind"] = False
+            stage, reader, applier = await owning(a, p)
+            await register_managers(a, stage, p, [person])
+            group_contribution = MVContribution(
+                mv_id=group,
+                mv_type="group",
+                connector="hr",
+                anchor="g-staff",
+                dn="cn=staff,ou=groups,o=hr",
+                cs_version=1,
+                event_id="hr:g-staff:1",
+                flows={"name": ["staff"]},
+                projected=True,
+                references=["member"],
+                ref_keys={"member": [dn_key(member_dn(i)) for i in range(4)]},
+                ts_ms=1,
+            )
+            topic = a.names.mv_topic()
+            async with stage.lock:
+                await stage.process([Ev(Message(topic, p, 100), pack(group_contribution))])
+                await stage.checkpoint()
+            assert members(stage, p, group) == []
+
+            def member_values(tag: str) -> list[RefValue]:
+                return [
+                    RefValue(route=in_route("hr", member_dn(i)), value=f"P{tag}-{i}", ts_ms=3)
+                    for i in range(4)
+                ]
+
+            switch["behind"] = True
+            await publish(a, RefValue(route=ROUTE, value="M-one", ts_ms=3), *member_values("a"))
+            await until(lambda: manager(stage, p, person) == ["M-one"], 10)
+            await until(lambda: a.counters.steps["ref-answers-deferred"] == 4, 10)
+            assert manager(stage, p, person) == ["M-one"]
+            assert a.counters.steps["ref-answers-deferred"] == 4
+            assert members(stage, p, group) == [] and a.counters.deferred == 1
+            assert {k.split(b"\x00")[1] for k in deferred_keys(stage, p)} == {group.encode()}
+
+            switch["behind"] = False
+            await stage.release_due()
+            assert members(stage, p, group) == [f"Pa-{i}" for i in range(4)] and a.counters.deferred == 0
+
+            # The partition taken again: the group's size is not known until a sync tells it.
+            async with stage.lock:
+                await stage.checkpoint()
+                await stage.assigned([p], [])
+            switch["behind"] = True
+            # All four answers in one take of the applier (in two, the second would find the size known).
+            await stop(applier)
+            await publish(a, *member_values("b"))
+            await until(lambda: stage.table.backlog() == 4, 10)
+            applier = asyncio.ensure_future(stage.apply_table())
+            await until(lambda: members(stage, p, group) == [f"Pb-{i}" for i in range(4)], 10)
+            assert a.counters.steps["ref-answers-deferred"] == 4
+            await publish(a, *member_values("c"))
+            await until(lambda: a.counters.steps["ref-answers-deferred"] == 8, 10)
+            assert a.counters.steps["ref-answers-deferred"] == 8
+            assert members(stage, p, group) == [f"Pb-{i}" for i in range(4)] and a.counters.deferred == 1
+            assert a.errors == []
 
             await stop(applier, reader)
             await shut_down((a, stage))

@@ -31,8 +31,8 @@ MANAGER_DN = "employeenumber=e1,ou=people,o=hr"
 ROUTE = f"ref|hr|{MANAGER_DN}"
 
 
-def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
-    return bench_runtime(bootstrap, tmp, name, "reftable", 4)
+def runtime(bootstrap: str, tmp: Path, name: str, **pipeline: Any) -> Runtime:
+    return bench_runtime(bootstrap, tmp, name, "reftable", 4, **pipeline)
 
 
 async def publish(rt: Runtime, *values: RefValue) -> None:
