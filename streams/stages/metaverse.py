@@ -168,6 +168,7 @@ class MetaverseStage(Stage[MVObject]):
             for mv_id in due_deletions([batch.get(k) for k in keys], now):
                 mv, outputs = expire(self.rt.rules, batch.get(mv_id.encode()), now)
                 batch.put(mv_id.encode(), mv)
+                self._sized(p, mv_id.encode(), mv)
                 self._emit(outputs, out, p)
             batches.append(batch)
         await self.commit(batches, out)
@@ -466,9 +467,11 @@ class MetaverseStage(Stage[MVObject]):
         when it shrinks: deferring a small object's answers costs a little time, never a change."""
         if self._defer_from <= 0:
             return
+        many = self._many.get(p)
         if mv is None:
-            self._many.get(p, set()).discard(key)
-        elif ref_count(mv) >= self._defer_from:
+            if many:
+                many.discard(key)
+        elif (many is None or key not in many) and ref_count(mv) >= self._defer_from:
             self._remember_many(p, key)
 
     def _remember_many(self, p: int, key: bytes) -> None:
