@@ -14,10 +14,9 @@ import msgspec
 import pytest
 
 from engine.references import in_route
-from engine.values import dn_key
 from schemas.codec import pack
 from schemas.errors import IdsyncError
-from schemas.messages import MVContribution, RefRegister, RefValue
+from schemas.messages import RefRegister, RefValue
 from schemas.state import MVObject
 from streams.app import create_app
 from streams.broker import EmbeddedBroker
@@ -35,6 +34,7 @@ from .test_reftable import (
     Message,
     _decode,
     contribution,
+    group_contribution,
     owning,
     people_in,
     publish,
@@ -327,23 +327,16 @@ def test_only_the_answers_of_objects_holding_many_references_are_deferred(
             switch["behind"] = False
             stage, reader, applier = await owning(a, p)
             await register_managers(a, stage, p, [person])
-            group_contribution = MVContribution(
-                mv_id=group,
-                mv_type="group",
-                connector="hr",
-                anchor="g-staff",
-                dn="cn=staff,ou=groups,o=hr",
-                cs_version=1,
-                event_id="hr:g-staff:1",
-                flows={"name": ["staff"]},
-                projected=True,
-                references=["member"],
-                ref_keys={"member": [dn_key(member_dn(i)) for i in range(4)]},
-                ts_ms=1,
-            )
             topic = a.names.mv_topic()
             async with stage.lock:
-                await stage.process([Ev(Message(topic, p, 100), pack(group_contribution))])
+                await stage.process(
+                    [
+                        Ev(
+                            Message(topic, p, 100),
+                            pack(group_contribution(group, [member_dn(i) for i in range(4)])),
+                        )
+                    ]
+                )
                 await stage.checkpoint()
             assert members(stage, p, group) == []
 

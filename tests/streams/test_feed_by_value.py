@@ -14,7 +14,7 @@ import pytest
 from engine.references import in_route, out_route
 from engine.values import dn_key
 from schemas.codec import pack
-from schemas.messages import MVContribution, RefRegister, RefValue
+from schemas.messages import RefRegister, RefValue
 from schemas.records import MVChange
 from streams.bench.kafka import read_all
 from streams.broker import EmbeddedBroker
@@ -22,7 +22,7 @@ from streams.output import partition_for
 from streams.runtime import Runtime, Settings
 
 from .helpers import empty_bench_config
-from .test_reftable import Ev, Message, owning, publish, shut_down, stop
+from .test_reftable import Ev, Message, group_contribution, owning, publish, shut_down, stop
 
 pytestmark = pytest.mark.integration
 
@@ -97,22 +97,7 @@ def test_member_changes_go_by_value_after_the_worker_published_the_group_whole(t
                 return [r for r in records if r.mv_id == group]
 
             try:
-                projected = await step(
-                    MVContribution(
-                        mv_id=group,
-                        mv_type="group",
-                        connector="hr",
-                        anchor=ANCHOR,
-                        dn="cn=staff,ou=groups,o=hr",
-                        cs_version=1,
-                        event_id="hr:g-staff:1",
-                        flows={"name": ["staff"]},
-                        projected=True,
-                        references=["member"],
-                        ref_keys={"member": [dn_key(source_dn(i)) for i in range(4)]},
-                        ts_ms=1,
-                    )
-                )
+                projected = await step(group_contribution(group, [source_dn(i) for i in range(4)], ANCHOR))
                 assert projected and projected[-1].version == 1
                 assert projected[-1].attributes["member"] == sorted(person(i) for i in range(4))
 

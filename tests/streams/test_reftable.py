@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from engine.references import registration_keys
+from engine.values import dn_key
 from schemas.codec import pack
 from schemas.messages import MVContribution, RefRegister, RefValue
 from schemas.state import MVObject
@@ -135,6 +136,24 @@ def contribution(mv_id: str, anchor: str = "E2") -> MVContribution:
         flows={"employeeId": ["E2"], "uid": ["u2"], "displayName": ["Two"]},
         projected=True,
         references=["manager"],
+        ts_ms=1,
+    )
+
+
+def group_contribution(mv_id: str, member_dns: list[str], anchor: str = "g-staff") -> MVContribution:
+    """A new hr group ``mv_id`` projected with its members' DNs as references (none resolved yet)."""
+    return MVContribution(
+        mv_id=mv_id,
+        mv_type="group",
+        connector="hr",
+        anchor=anchor,
+        dn="cn=staff,ou=groups,o=hr",
+        cs_version=1,
+        event_id=f"hr:{anchor}:1",
+        flows={"name": ["staff"]},
+        projected=True,
+        references=["member"],
+        ref_keys={"member": [dn_key(dn) for dn in member_dns]},
         ts_ms=1,
     )
 
