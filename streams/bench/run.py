@@ -755,7 +755,7 @@ async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRes
             await ph.initial_load(res)
             # The load's end is its last output record: exports of its tail (answers released once the
             # worker caught up) may still be on their way to slapd. Counted once the export group has
-            # applied everything (before, the count varied from run to run by up to 300 entries).
+            # applied everything, not before.
             await ph.drained()
             res.exports = slapd.entry_count(slapd.people_dn, scope="level")
             res.peak_rss_mb = ph.rss()

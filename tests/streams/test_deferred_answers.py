@@ -322,7 +322,9 @@ def test_only_the_answers_of_objects_holding_many_references_are_deferred(
             a = runtime(broker.bootstrap, tmp_path, "a", reference_defer_from=3)
             p = 0
             [person] = people_in(a, p, 1)
-            group = next(g for g in (f"G-{i}" for i in range(60)) if partition_for(g.encode(), 4) == p)
+            group = next(
+                g for g in (f"G-{i}" for i in range(60)) if partition_for(g.encode(), a.partitions) == p
+            )
             switch = behind_switch(monkeypatch, a)
             switch["behind"] = False
             stage, reader, applier = await owning(a, p)
