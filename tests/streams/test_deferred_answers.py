@@ -72,12 +72,17 @@ async def managed(
     return a, 0, people, switch, running
 
 
-def manager(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:
-    """The person's manager as the stage holds it (unsaved state first, then the database)."""
+def held(stage: MetaverseStage, p: int, mv_id: str, attribute: str) -> list[str]:
+    """An object's attribute as the stage holds it (unsaved state first, then the database)."""
     part = stage.store.partition(p)
     key = mv_id.encode()
     mv: Any = part.unsaved[key] if key in part.unsaved else _decode(part.get(key) or b"")
-    return list(mv.attributes.get("manager", [])) if isinstance(mv, MVObject) else []
+    return list(mv.attributes.get(attribute, [])) if isinstance(mv, MVObject) else []
+
+
+def manager(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:
+    """The person's manager as the stage holds it."""
+    return held(stage, p, mv_id, "manager")
 
 
 def deferred_keys(stage: MetaverseStage, p: int) -> list[bytes]:
@@ -312,10 +317,7 @@ def test_only_the_answers_of_objects_holding_many_references_are_deferred(
         return f"employeeNumber=G{i},ou=people,o=hr"
 
     def members(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:
-        part = stage.store.partition(p)
-        key = mv_id.encode()
-        mv: Any = part.unsaved[key] if key in part.unsaved else _decode(part.get(key) or b"")
-        return sorted(mv.attributes.get("member", []))
+        return sorted(held(stage, p, mv_id, "member"))
 
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:

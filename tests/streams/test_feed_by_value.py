@@ -19,9 +19,9 @@ from schemas.records import MVChange
 from streams.bench.kafka import read_all
 from streams.broker import EmbeddedBroker
 from streams.output import partition_for
-from streams.runtime import Runtime, Settings
+from streams.runtime import Runtime
 
-from .helpers import empty_bench_config
+from .helpers import bench_runtime
 from .test_reftable import Ev, Message, group_contribution, owning, publish, shut_down, stop
 
 pytestmark = pytest.mark.integration
@@ -32,10 +32,7 @@ ANCHOR = "g-staff"
 
 def runtime(bootstrap: str, tmp: Path) -> Runtime:
     """The bench's configuration, member changes by value from 3 members."""
-    config = empty_bench_config(tmp, "feed", 4)
-    pipeline = config.pipeline.model_copy(update={"mv_changes_by_value_from": 3})
-    config = config.model_copy(update={"pipeline": pipeline})
-    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / "a", fetch_max_wait_ms=10), config)
+    return bench_runtime(bootstrap, tmp, "a", "feed", 4, mv_changes_by_value_from=3)
 
 
 def source_dn(i: int) -> str:

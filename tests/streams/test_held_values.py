@@ -24,12 +24,12 @@ from streams.bench.kafka import read_all
 from streams.bench.records import group_dn
 from streams.broker import EmbeddedBroker
 from streams.consumer import restore
-from streams.runtime import Runtime, Settings
+from streams.runtime import Runtime
 from streams.stages import staging as staging_stage
 from streams.stages.metaverse import _MV
 from streams.stages.staging import StagingStage, cs_key
 
-from .helpers import Ev, Message, empty_bench_config
+from .helpers import Ev, Message, bench_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -38,11 +38,7 @@ ANCHOR = "group-x"
 
 
 def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
-    config = empty_bench_config(tmp, "held", 1)
-    config = config.model_copy(
-        update={"pipeline": config.pipeline.model_copy(update={"split_values_from": SPLIT})}
-    )
-    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+    return bench_runtime(bootstrap, tmp, name, "held", 1, split_values_from=SPLIT)
 
 
 def person_dn(i: int) -> str:

@@ -19,11 +19,11 @@ from streams.bench.kafka import read_all
 from streams.broker import EmbeddedBroker
 from streams.chunks import MVChunks
 from streams.consumer import restore
-from streams.runtime import Runtime, Settings
+from streams.runtime import Runtime
 from streams.stages.base import Batch, save
 from streams.store import APART, META, PartitionStore
 
-from .helpers import empty_bench_config
+from .helpers import bench_runtime
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +33,7 @@ KEY = MV_ID.encode()
 
 
 def runtime(bootstrap: str, tmp: Path, name: str) -> Runtime:
-    config = empty_bench_config(tmp, "chunks", 1)
-    config = config.model_copy(
-        update={"pipeline": config.pipeline.model_copy(update={"split_values_from": SPLIT})}
-    )
-    return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)
+    return bench_runtime(bootstrap, tmp, name, "chunks", 1, split_values_from=SPLIT)
 
 
 def group(members: range | set[int]) -> MVObject:
