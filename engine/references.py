@@ -250,11 +250,20 @@ def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | N
     """(route, anchor, mv_id) this object publishes as the owner of its DN, if any.
 
     Every object with a DN claims it (the index tells an object whose DN another took: transient); the
-    mv_id goes with it only where DNs are referenced (otherwise nobody asks, and a join sends nothing)."""
+    mv_id goes with it only where DNs are referenced (otherwise nobody asks, and a join sends nothing).
+
+    Where DNs are referenced, an object whose join is in flight (routed, no mv_id yet) claims nothing until
+    the join's answer: then it claims once, with its mv_id, instead of once without and again with it (a
+    new person of the HR feed cost the index two claims). Nobody could resolve a reference to it meanwhile
+    (its claim would carry no mv_id); what waits is only the arbitration between two objects on one DN —
+    the other holds it until this one's claim arrives, and the later taker wins then as always."""
     if cs is None or not cs.dn:
         return None
-    value = cs.mv_id if cs.connector in rules.reference_connectors else None
-    return in_route(cs.connector, cs.dn), cs.anchor, value
+    if cs.connector not in rules.reference_connectors:
+        return in_route(cs.connector, cs.dn), cs.anchor, None
+    if cs.mv_id is None and cs.join_route is not None:
+        return None
+    return in_route(cs.connector, cs.dn), cs.anchor, cs.mv_id
 
 
 def staging_updates(
@@ -289,7 +298,10 @@ def staging_updates(
         before is not None
         and after is not None
         and before.dn == after.dn
-        and (not referenced or before.mv_id == after.mv_id)
+        and (
+            not referenced
+            or (before.mv_id == after.mv_id and (before.join_route is None) == (after.join_route is None))
+        )
     )
     if not same_claim:
         old, new = _owned(rules, before), _owned(rules, after)

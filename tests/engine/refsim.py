@@ -175,6 +175,8 @@ class Sim:
         self.exports: list[PendingExport] = []
         self.errors: list[ErrorRecord] = []
         self.changes: list[MVChange] = []
+        #: Every claim the index was given (``RefUpdate``), in delivery order.
+        self.claims: list[RefUpdate] = []
         self.ts = 1_000
 
     # ---- input
@@ -339,6 +341,7 @@ class Sim:
 
     def _join(self, msg: JoinRequest | JoinIndexUpdate | RefUpdate) -> None:
         if isinstance(msg, RefUpdate):
+            self.claims.append(msg)
             step = ref_step(self.join.get(msg.route), msg)
             self._store(msg.route, step.entry)
             self._emit([step.value] if step.value is not None else [])

@@ -436,6 +436,33 @@ def test_an_ordinary_update_sends_nothing_to_the_index() -> None:
     ]
 
 
+def test_a_new_object_claims_its_dn_once_with_the_mv_id_its_join_gave_it() -> None:
+    """Where DNs are referenced, a new object's claim waits for its join's answer: one claim, with the
+    mv_id, instead of one at staging without it and another at the link. One deleted while its join is in
+    flight never claimed, and disowns nothing."""
+    sim = Sim(RULES)
+    user(sim, "bob")
+    user(sim, "ann", manager=user_dn("bob"))
+    sim.run(shuffle=False)
+    assert sorted(((c.op, c.owner, c.value) for c in sim.claims), key=lambda c: c[1]) == [
+        ("own", "ann", sim.mv_of("ann").mv_id),
+        ("own", "bob", sim.mv_of("bob").mv_id),
+    ]
+    assert (
+        actual(sim)
+        == expected(sim)
+        == {sim.mv_of("ann").mv_id: {"manager": [sim.mv_of("bob").mv_id]}, sim.mv_of("bob").mv_id: {}}
+    )
+    user(sim, "cy")
+    sim.step(("import", "cy"))  # staged: its join request is on its way, no claim
+    assert sim.cs["ad|cy"].join_route is not None and sim.cs["ad|cy"].mv_id is None
+    sim.delete("cy", "user")
+    sim.step(("import", "cy"))
+    sim.run(shuffle=False)
+    assert [c for c in sim.claims if c.owner == "cy"] == []
+    assert "ad|cy" not in sim.cs and len(sim.live()) == 2
+
+
 def test_a_reference_flow_must_be_a_direct_source_flow() -> None:
     cfg = ref_config_dict()
     cfg["inbound"][0]["flows"][2] = {"mv": "manager", "expression": "cs.manager"}
