@@ -468,7 +468,7 @@ class MetaverseStage(Stage[MVObject]):
         if self._defer_from <= 0:
             return
         many = self._many.get(p)
-        if mv is None:
+        if mv is None or mv.deleted:  # a deleted object kept until its deprovisioning is confirmed too
             if many:
                 many.discard(key)
         elif (many is None or key not in many) and ref_count(mv) >= self._defer_from:
