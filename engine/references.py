@@ -305,14 +305,18 @@ def staging_updates(
     )
     if not same_claim:
         old, new = _owned(rules, before), _owned(rules, after)
-        if old is not None and (new is None or new[:2] != old[:2]):
+        # The DN the object may hold in the index: its claim, or, while its join is in flight, the claim
+        # an earlier release made at staging (before claims waited for the join). Leaving it is disowned
+        # either way: a disown of a DN it does not hold changes nothing, a claim left behind would stay.
+        held = (in_route(connector, before.dn), before.anchor) if before is not None and before.dn else None
+        if held is not None and (new is None or new[:2] != held):
             out.append(
                 RefUpdate(
-                    route=old[0],
+                    route=held[0],
                     op="disown",
                     connector=connector,
-                    key=old[0].split("|", 2)[2],
-                    owner=old[1],
+                    key=held[0].split("|", 2)[2],
+                    owner=held[1],
                     ts_ms=ts_ms,
                 )
             )

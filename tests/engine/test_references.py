@@ -13,6 +13,7 @@ from engine.inbound import on_link_gone
 from engine.metaverse import metaverse_step, metaverse_steps
 from engine.references import (
     REGISTER_KEYS,
+    in_route,
     no_table,
     ref_step,
     reference_keys,
@@ -439,7 +440,8 @@ def test_an_ordinary_update_sends_nothing_to_the_index() -> None:
 def test_a_new_object_claims_its_dn_once_with_the_mv_id_its_join_gave_it() -> None:
     """Where DNs are referenced, a new object's claim waits for its join's answer: one claim, with the
     mv_id, instead of one at staging without it and another at the link. One deleted while its join is in
-    flight never claimed, and disowns nothing."""
+    flight never claimed; it disowns its DN all the same (a claim made at staging by an earlier release
+    would otherwise stay in the index), which leaves the index as it was."""
     sim = Sim(RULES)
     user(sim, "bob")
     user(sim, "ann", manager=user_dn("bob"))
@@ -459,8 +461,41 @@ def test_a_new_object_claims_its_dn_once_with_the_mv_id_its_join_gave_it() -> No
     sim.delete("cy", "user")
     sim.step(("import", "cy"))
     sim.run(shuffle=False)
-    assert [c for c in sim.claims if c.owner == "cy"] == []
+    assert [(c.op, c.route) for c in sim.claims if c.owner == "cy"] == [
+        ("disown", in_route("ad", user_dn("cy")))
+    ]
+    assert in_route("ad", user_dn("cy")) not in sim.join
     assert "ad|cy" not in sim.cs and len(sim.live()) == 2
+
+
+def test_an_object_deleted_in_flight_leaves_the_claim_an_earlier_release_made_at_staging() -> None:
+    """Before claims waited for the join, an object claimed its DN (no mv_id) when staged. Upgraded with
+    its join in flight, or parked on its route (ambiguous), and then deleted or renamed, it disowns that
+    DN: the claim does not stay behind to outrank a later holder."""
+    pending = CSObject(
+        connector="ad",
+        anchor="cy",
+        object_type="user",
+        dn=user_dn("cy"),
+        join_route="person|E-cy",
+        version=3,
+    )
+    route = in_route("ad", user_dn("cy"))
+    earlier = ref_step(
+        None,
+        RefUpdate(
+            route=route, op="own", connector="ad", key=route.split("|", 2)[2], owner="cy", version=3, ts_ms=1
+        ),
+    )
+    assert earlier.entry is not None and earlier.entry.ref_owner == "cy"
+    for after in (None, replace(pending, dn=user_dn("cy2"), version=4)):
+        [disown] = [u for u in staging_updates(RULES, pending, after, 5) if isinstance(u, RefUpdate)]
+        assert (disown.op, disown.route, disown.owner) == ("disown", route, "cy")
+        assert ref_step(earlier.entry, disown).entry is None
+    # Its join answering is no move: the claim is taken over, with the mv_id, not disowned.
+    linked = replace(pending, mv_id="M-cy", state=ConnectorState.CONNECTOR)
+    [own] = staging_updates(RULES, pending, linked, 6)
+    assert (own.op, own.route, own.value) == ("own", route, "M-cy")
 
 
 def test_a_reference_flow_must_be_a_direct_source_flow() -> None:
