@@ -257,13 +257,20 @@ def _owned(rules: Rules, cs: CSObject | None) -> tuple[str, str, str | None] | N
     new person of the HR feed cost the index two claims). Nobody could resolve a reference to it meanwhile
     (its claim would carry no mv_id); what waits is only the arbitration between two objects on one DN —
     the other holds it until this one's claim arrives, and the later taker wins then as always."""
-    if cs is None or not cs.dn:
+    if cs is None or (at := _dn_route(cs)) is None:
         return None
     if cs.connector not in rules.reference_connectors:
-        return in_route(cs.connector, cs.dn), cs.anchor, None
+        return *at, None
     if cs.mv_id is None and cs.join_route is not None:
         return None
-    return in_route(cs.connector, cs.dn), cs.anchor, cs.mv_id
+    return *at, cs.mv_id
+
+
+def _dn_route(cs: CSObject | None) -> tuple[str, str] | None:
+    """(route, anchor) of the DN an object has in the index, if it has a DN."""
+    if cs is None or not cs.dn:
+        return None
+    return in_route(cs.connector, cs.dn), cs.anchor
 
 
 def staging_updates(
@@ -308,7 +315,7 @@ def staging_updates(
         # The DN the object may hold in the index: its claim, or, while its join is in flight, the claim
         # an earlier release made at staging (before claims waited for the join). Leaving it is disowned
         # either way: a disown of a DN it does not hold changes nothing, a claim left behind would stay.
-        held = (in_route(connector, before.dn), before.anchor) if before is not None and before.dn else None
+        held = _dn_route(before)
         if held is not None and (new is None or new[:2] != held):
             out.append(
                 RefUpdate(
