@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from schemas.config import IdsyncConfig
 from streams.bench.records import bench_config
@@ -57,19 +58,37 @@ class Ev:
     value: Any
 
 
-def empty_bench_config(tmp: Path, instance: str, partitions: int, **pipeline: Any) -> IdsyncConfig:
+def empty_bench_config(
+    tmp: Path,
+    instance: str,
+    partitions: int,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **pipeline: Any,
+) -> IdsyncConfig:
     """The bench's configuration of ``instance`` with ``partitions`` partitions and an empty HR file;
+    ``edit``: changes the configuration file's contents before it is loaded (and validated);
     ``pipeline``: further ``pipeline`` settings."""
     hr = tmp / "hr.csv"
     hr.write_text("employee_id\n")
-    return load_config(bench_config(instance, tmp, partitions, hr, pipeline=pipeline))
+    path = bench_config(instance, tmp, partitions, hr, pipeline=pipeline)
+    if edit is not None:
+        raw = yaml.safe_load(path.read_text())
+        edit(raw)
+        path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return load_config(path)
 
 
 def bench_runtime(
-    bootstrap: str, tmp: Path, name: str, instance: str, partitions: int, **pipeline: Any
+    bootstrap: str,
+    tmp: Path,
+    name: str,
+    instance: str,
+    partitions: int,
+    edit: Callable[[dict[str, Any]], None] | None = None,
+    **pipeline: Any,
 ) -> Runtime:
     """A worker's runtime (data in ``tmp/name``) for the bench's configuration of ``instance`` with
-    ``partitions`` partitions and an empty HR file, on the broker at ``bootstrap``; ``pipeline``:
-    further ``pipeline`` settings."""
-    config = empty_bench_config(tmp, instance, partitions, **pipeline)
+    ``partitions`` partitions and an empty HR file, on the broker at ``bootstrap``; ``edit`` and
+    ``pipeline`` as for ``empty_bench_config``."""
+    config = empty_bench_config(tmp, instance, partitions, edit, **pipeline)
     return Runtime(Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10), config)

@@ -17,7 +17,6 @@ from engine.references import in_route
 from schemas.codec import pack
 from schemas.errors import IdsyncError
 from schemas.messages import RefRegister, RefValue
-from schemas.state import MVObject
 from streams.app import create_app
 from streams.broker import EmbeddedBroker
 from streams.output import partition_for
@@ -32,7 +31,6 @@ from .test_reftable import (
     ROUTE,
     Ev,
     Message,
-    _decode,
     contribution,
     group_contribution,
     owning,
@@ -42,6 +40,7 @@ from .test_reftable import (
     runtime,
     shut_down,
     stop,
+    stored,
     taking_over,
 )
 
@@ -74,10 +73,8 @@ async def managed(
 
 def held(stage: MetaverseStage, p: int, mv_id: str, attribute: str) -> list[str]:
     """An object's attribute as the stage holds it (unsaved state first, then the database)."""
-    part = stage.store.partition(p)
-    key = mv_id.encode()
-    mv: Any = part.unsaved[key] if key in part.unsaved else _decode(part.get(key) or b"")
-    return list(mv.attributes.get(attribute, [])) if isinstance(mv, MVObject) else []
+    mv = stored(stage.store.partition(p), mv_id)
+    return list(mv.attributes.get(attribute, [])) if mv is not None else []
 
 
 def manager(stage: MetaverseStage, p: int, mv_id: str) -> list[str]:

@@ -11,19 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from schemas.codec import pack
 from schemas.messages import MVDisconnect
 from schemas.records import MVChange
-from schemas.state import MVObject
 from streams.bench.kafka import read_all
-from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
-from streams.config import load_config
 from streams.output import partition_for
-from streams.runtime import Runtime, Settings
 
+from .helpers import bench_runtime
 from .test_reftable import (
     Ev,
     Message,
@@ -34,6 +30,7 @@ from .test_reftable import (
     people_in,
     shut_down,
     stop,
+    stored,
 )
 
 pytestmark = pytest.mark.integration
@@ -41,19 +38,10 @@ pytestmark = pytest.mark.integration
 GRACE_S = 60
 
 
-def grace_runtime(bootstrap: str, tmp: Path, name: str, **pipeline: Any) -> Runtime:
-    """The bench's configuration (empty HR file, 4 partitions) with a grace period of ``GRACE_S`` on the
-    deletion rules of people and groups; ``pipeline``: further pipeline settings."""
-    hr = tmp / "hr.csv"
-    hr.write_text("employee_id\n")
-    path = bench_config("grace", tmp, 4, hr, pipeline=pipeline)
-    raw = yaml.safe_load(path.read_text())
+def with_grace(config: dict[str, Any]) -> None:
+    """A grace period of ``GRACE_S`` on the deletion rules of people and groups."""
     for mv_type in ("person", "group"):
-        raw["metaverse"][mv_type]["deletion"]["grace_period_s"] = GRACE_S
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    config = load_config(path)
-    settings = Settings(bootstrap_servers=bootstrap, data_dir=tmp / name, fetch_max_wait_ms=10)
-    return Runtime(settings, config)
+        config["metaverse"][mv_type]["deletion"]["grace_period_s"] = GRACE_S
 
 
 def left(mv_id: str, anchor: str, ts_ms: int) -> MVDisconnect:
@@ -69,20 +57,12 @@ def left(mv_id: str, anchor: str, ts_ms: int) -> MVDisconnect:
     )
 
 
-def stored(part: Any, mv_id: str) -> MVObject | None:
-    """An object as the partition holds it: its unsaved state, else what the database holds."""
-    key = mv_id.encode()
-    if key in part.unsaved:
-        held = part.unsaved[key]
-        return held if isinstance(held, MVObject) else None
-    raw = part.get(key)
-    return _decode(raw) if raw else None
-
-
 def test_the_sweep_deletes_objects_whose_grace_period_ended_and_only_those(tmp_path: Path) -> None:
     async def scenario() -> None:
         with EmbeddedBroker(tmp_path / "broker") as broker:
-            rt = grace_runtime(broker.bootstrap, tmp_path, "a", reference_defer_from=3)
+            rt = bench_runtime(
+                broker.bootstrap, tmp_path, "a", "grace", 4, edit=with_grace, reference_defer_from=3
+            )
             p = 0
             leaving, staying = people_in(rt, p, 2)
             group = next(

@@ -427,3 +427,13 @@ def _decode(raw: bytes) -> MVObject:
 
     result: MVObject = unpack(raw, MVObject)
     return result
+
+
+def stored(part: Any, mv_id: str) -> MVObject | None:
+    """An object as the partition holds it: its unsaved state first, else what the database holds."""
+    key = mv_id.encode()
+    if key in part.unsaved:
+        held = part.unsaved[key]
+        return held if isinstance(held, MVObject) else None
+    raw = part.get(key)
+    return _decode(raw) if raw else None
