@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka.client import exact_ends
@@ -28,6 +29,42 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+#: How long the generator keeps retrying a flush the broker did not acknowledge before it fails the run.
+RETRY_S = 120.0
+
+
+class GeneratorStats:
+    """What the generator's flushes met (a run reports it: a retried change's latency includes its retry)."""
+
+    def __init__(self) -> None:
+        #: Failed flushes the generator retried.
+        self.retries = 0
+
+
+STATS = GeneratorStats()
+
+
+async def flush(out: Outputs, deadline_s: float = RETRY_S) -> None:
+    """``out.flush()``, retried as the pipeline's stages retry theirs (``streams.stages.base.flush``): the
+    records stay pending and are all sent again. Under overload aiokafka times a queued batch out early
+    (``add_batch`` takes the time already waited off its timeout at every pass), which is no reason to fail
+    a run whose broker is up; a broker that acknowledges nothing for ``deadline_s`` still fails it."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + deadline_s
+    delay = 0.2
+    while True:
+        try:
+            await out.flush()
+            return
+        except KafkaError as exc:
+            if loop.time() + delay > give_up:
+                raise
+            log.warning("bench generator: producing failed (%s), retrying in %.1fs", exc, delay)
+            STATS.retries += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 async def produce_all(out: Outputs, messages: Iterable[Message], chunk: int = 20_000) -> int:
     """Publish every message as fast as the batch API allows; returns how many."""
     n = 0
@@ -35,8 +72,8 @@ async def produce_all(out: Outputs, messages: Iterable[Message], chunk: int = 20
         out.add(topic, key, value, partition)
         n += 1
         if n % chunk == 0:
-            await out.flush()
-    await out.flush()
+            await flush(out)
+    await flush(out)
     return n
 
 
@@ -67,11 +104,11 @@ async def produce_at_rate(
                 out.add(*make(i))
                 sent[i] = stamp
                 i += 1
-            pending.add(asyncio.ensure_future(out.flush()))
+            pending.add(asyncio.ensure_future(flush(out)))
         if len(pending) >= in_flight:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                task.result()  # a failed send fails the run
+                task.result()  # a send that failed past its retries fails the run
         next_at = start + tick * (int((loop.time() - start) / tick) + 1)
         await asyncio.sleep(max(0.0, next_at - loop.time()))
     took = loop.time() - start

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,9 @@ class PhaseResult:
     load_bytes_top: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     #: Per topic, per kind of key (``streams.bench.topic_bytes.key_kind``): [records, tombstones, bytes].
     load_bytes_kinds: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    #: Flushes of the bench's own producer (the load's, the latency run's records) that the broker did not
+    #: acknowledge in time and a retry delivered (``streams.bench.kafka.flush``).
+    generator_retries: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -870,18 +873,26 @@ async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResul
             print(imports_table(done), file=sys.stderr, flush=True)
         for w in worker_counts:
             print(f"  batched pipeline, {w} worker(s) ...", file=sys.stderr, flush=True)
-            results.append(await batched_phase(args, work, generate(size, args.seed), w))
+            results.append(await _counted(batched_phase(args, work, generate(size, args.seed), w)))
             print(_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
         if args.naive and size <= args.naive_max:
             print("  naive per-event faust baseline ...", file=sys.stderr, flush=True)
-            results.append(await naive_phase(args, work, generate(size, args.seed)))
+            results.append(await _counted(naive_phase(args, work, generate(size, args.seed))))
             print(_table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     if args.ldap:
         size = min(sizes)
         print(f"  with exports applied to slapd, N={size:,} ...", file=sys.stderr, flush=True)
-        results.append(await ldap_phase(args, work, generate(size, args.seed)))
+        results.append(await _counted(ldap_phase(args, work, generate(size, args.seed))))
         results.append(await follow_phase(args, work))  # streams/bench/follow.py
     return results
+
+
+async def _counted(phase: Awaitable[PhaseResult]) -> PhaseResult:
+    """A phase's result with the generator's retried flushes during it."""
+    before = kafka.STATS.retries
+    res = await phase
+    res.generator_retries = kafka.STATS.retries - before
+    return res
 
 
 #: Environment variables that run py-spy on the workers (``IDSYNC_BENCH_PROFILE``: the whole phase;
@@ -952,6 +963,14 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"N={r.size:,} workers={r.workers} {r.kind}: the load's exports leave {r.load_objects:,} "
                 f"directory entries, digest {r.load_digest}"
             )
+        if r.generator_retries:
+            print(
+                f"N={r.size:,} workers={r.workers} {r.kind}: the bench's producer retried "
+                f"{r.generator_retries} flush(es) the broker did not acknowledge in time (a retried change's "
+                "latency includes its retry)"
+            )
+        for note in r.notes:
+            print(f"N={r.size:,} workers={r.workers} {r.kind}: {note}")
     for r in results:
         base = next((n for n in results if n.kind == "naive" and n.size == r.size), None)
         if r.kind == "batched" and base is not None and base.rate:

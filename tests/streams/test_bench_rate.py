@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from streams.bench import kafka
 from streams.broker import EmbeddedBroker
@@ -128,3 +129,46 @@ def test_a_drain_check_the_broker_leaves_unanswered_is_asked_again(
 
     asyncio.run(scenario())
     assert failures == 2
+
+
+class Flaky(Outputs):
+    """Outputs whose first ``failures`` flushes fail as aiokafka's accumulator fails a batch it queued too
+    long (``KafkaTimeoutError``), before anything is sent; later ones go to the real broker."""
+
+    def __init__(self, *args: object, failures: int) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.failures = failures
+        self.attempts = 0
+
+    async def flush(self) -> dict[tuple[str, int], int]:
+        self.attempts += 1
+        if self.attempts <= self.failures:
+            raise KafkaTimeoutError()
+        return await super().flush()
+
+
+def test_the_generator_retries_a_flush_the_broker_did_not_acknowledge(tmp_path: Path) -> None:
+    """A queued batch timed out under overload is sent again, not a failed run; a flush that keeps failing
+    past the deadline still fails it."""
+
+    async def scenario() -> tuple[int, int, int]:
+        with EmbeddedBroker(tmp_path) as broker:
+            await kafka.create_topic(broker.bootstrap, "retried", 1)
+            producer = await kafka.producer(broker.bootstrap)
+            try:
+                before = kafka.STATS.retries
+                out = Flaky(producer, {"retried": 1}, Counter(), failures=2)
+                n = await kafka.produce_all(out, [("retried", str(i).encode(), b"v", None) for i in range(5)])
+                retried = kafka.STATS.retries - before
+                stuck = Flaky(producer, {"retried": 1}, Counter(), failures=1_000)
+                stuck.add("retried", b"k", b"never")
+                with pytest.raises(KafkaTimeoutError):
+                    await kafka.flush(stuck, deadline_s=1.0)
+            finally:
+                await producer.stop()
+            on_topic = (await kafka.topic_sizes(broker.bootstrap, ["retried"]))["retried"]
+            return n, retried, on_topic
+
+    n, retried, on_topic = asyncio.run(scenario())
+    assert n == 5 and retried == 2
+    assert on_topic == 5  # each record once: the failed attempts sent nothing
