@@ -51,16 +51,67 @@ from streams.topics import Names
 KEY_INDEX = 50_000_000
 
 
+#: Bytes per partition per fetch for the baseline's consumer (faust's default: 1 MiB).
+NAIVE_FETCH_BYTES = 64 << 10
+#: A value this large (a group of some thousand members) is a "large write" in the work report.
+LARGE = 64 << 10
+#: The work report's file in the data directory, rewritten every ``REPORT_S`` seconds.
+REPORT = "naive-work.json"
+REPORT_S = 0.5
+
+
+class Work:
+    """What the baseline's writes cost, for the bench (``REPORT``): its speed hangs on how often it
+    rewrites a large group — once per member that resolves after the group arrived — so on when the
+    groups arrive among their members, which the consumer's interleaving of the import partitions
+    decides. Records: per table, writes and bytes, and those of values over ``LARGE``; the HR people
+    consumed before each group."""
+
+    def __init__(self) -> None:
+        self.writes: dict[str, list[int]] = {}
+        self.people_before_groups: list[int] = []
+        self._people = 0
+
+    def wrote(self, table: str, size: int) -> None:
+        counts = self.writes.setdefault(table, [0, 0, 0, 0])
+        counts[0] += 1
+        counts[1] += size
+        if size >= LARGE:
+            counts[2] += 1
+            counts[3] += size
+
+    def consumed(self, msg: Any) -> None:
+        if isinstance(msg, ChangeRecord) and msg.source.connector == "hr":
+            if msg.object_type == "group":
+                self.people_before_groups.append(self._people)
+            else:
+                self._people += 1
+
+    def save(self, path: Path) -> None:
+        doc = {
+            "writes": {
+                t: dict(zip(("writes", "bytes", "large", "large_bytes"), c, strict=True))
+                for t, c in self.writes.items()
+            },
+            "people_before_groups": self.people_before_groups,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(msgspec.json.encode(doc))
+        tmp.replace(path)
+
+
 def _load(table: Any, key: str, model: type[msgspec.Struct]) -> Any:
     raw = table.get(key)
     return None if raw is None else unpack(raw, model)
 
 
-def _store(table: Any, key: str, value: msgspec.Struct | None) -> None:
+def _store(table: Any, key: str, value: msgspec.Struct | None, work: Work) -> None:
     if value is None:
         table.pop(key, None)
     else:
-        table[key] = pack(value)
+        raw = pack(value)
+        work.wrote(table.name, len(raw))
+        table[key] = raw
 
 
 def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
@@ -86,6 +137,12 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         # Which partition's database holds each key (below): faust keeps 1,000 by default and, for a key
         # it forgot, reads the first partition that has a copy — possibly an older one.
         table_key_index_size=KEY_INDEX,
+        # Small fetches, so the import partitions advance together (faust hands a fetch's records out
+        # round-robin, but a 1 MiB fetch of one partition ran thousands of records ahead of the others):
+        # a group then arrives after nearly all its members, which is the baseline's fastest order — it
+        # rewrites a large group once per member that resolves after it (``Work``). With the default, how
+        # far one partition ran ahead decided the baseline's speed fivefold from run to run.
+        consumer_max_fetch_size=NAIVE_FETCH_BYTES,
     )
 
     # Keyed by object, route or mv_id, not by the import record being processed: faust's default table reads
@@ -99,6 +156,7 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
             name, partitions=config.pipeline.partitions, key_type=str, value_type=bytes, use_partitioner=True
         )
 
+    work = Work()
     cs_table, join_table, mv_table = table("cs"), table("join"), table("mv")
     # The reference table (route -> value) and, the obvious way, each route's registrations as a list.
     ref_table, reg_table = table("refs"), table("regs")
@@ -116,13 +174,17 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
         if value.value is None:
             ref_table.pop(value.route, None)
         else:
-            ref_table[value.route] = value.value.encode()
+            encoded = value.value.encode()
+            work.wrote(ref_table.name, len(encoded))
+            ref_table[value.route] = encoded
         return [resolution(reg, value.value, value.ts_ms) for reg in registrations(value.route)]
 
     def register(reg: RefRegister) -> None:
         for name, key in zip(register_routes(reg), registration_keys(reg), strict=True):
             kept = [r for r in registrations(name) if r != key] + ([key] if reg.op == "refer" else [])
-            reg_table[name] = pack(kept)
+            raw = pack(kept)
+            work.wrote(reg_table.name, len(raw))
+            reg_table[name] = raw
 
     imports = app.topic(
         *[names.import_topic(c) for c in config.connectors], key_serializer="raw", value_serializer="raw"
@@ -138,7 +200,7 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
     ) -> list[Any]:
         """Store a connector-space object; its reference-index updates join its outputs (``carried``: a
         join answer's ``ref_keys``, registered by the metaverse already, as the batched staging does)."""
-        _store(cs_table, key, cs)
+        _store(cs_table, key, cs, work)
         return [*outs, *staging_updates(rules, before, cs, now_ms(), carried=carried)]
 
     async def handle(msg: Any) -> None:
@@ -173,17 +235,17 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
                 key = f"{m.connector}\x00{m.anchor}"
                 changed = apply_dn_claim(_load(cs_table, key, CSObject), m)
                 if changed is not None:
-                    _store(cs_table, key, changed)
+                    _store(cs_table, key, changed, work)
             elif isinstance(m, RefUpdate):
                 step = ref_step(_load(join_table, m.route, JoinEntry), m)
-                _store(join_table, m.route, step.entry)
+                _store(join_table, m.route, step.entry, work)
                 outs = [*step.claims, *(table_change(step.value) if step.value is not None else [])]
             elif isinstance(m, JoinRequest | JoinIndexUpdate):
                 entry, outs = join_step(_load(join_table, m.route, JoinEntry), m, rules)
-                _store(join_table, m.route, entry)
+                _store(join_table, m.route, entry, work)
             elif isinstance(m, MVContribution | MVDisconnect | RefResolved | RefSync | RefRegister):
                 mv, stepped = metaverse_step(rules, _load(mv_table, m.mv_id, MVObject), m, lookup=lookup)
-                _store(mv_table, m.mv_id, mv)
+                _store(mv_table, m.mv_id, mv, work)
                 for o in stepped:
                     if isinstance(o, RefRegister):
                         register(o)  # the step's registrations: kept, not sent
@@ -200,7 +262,13 @@ def build(config_path: Path, bootstrap: str, data_dir: Path) -> faust.App:
     @app.agent(imports)
     async def naive(stream: Any) -> None:
         async for value in stream:
-            await handle(decode_import(value))
+            msg = decode_import(value)
+            work.consumed(msg)
+            await handle(msg)
+
+    @app.timer(REPORT_S)
+    async def report() -> None:
+        work.save(data_dir / REPORT)
 
     return app
 

@@ -135,6 +135,9 @@ class PhaseResult:
     load_bytes_top: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
     #: Per topic, per kind of key (``streams.bench.topic_bytes.key_kind``): [records, tombstones, bytes].
     load_bytes_kinds: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    #: The naive baseline's writes per table (``streams.bench.naive.Work``: writes, bytes, and those of values
+    #: over 64 KiB) and how many HR people it had consumed when each group arrived (the warm-up's left out).
+    naive_work: dict[str, Any] = field(default_factory=dict)
     #: Flushes of the bench's own producer (the load's, the latency run's records) that the broker did not
     #: acknowledge in time and a retry delivered (``streams.bench.kafka.flush``).
     generator_retries: int = 0
@@ -680,6 +683,19 @@ class Phase:
     def rocksdb_cpu_s(self) -> float:
         return sum(_rocksdb_cpu_s(p.pid) for p in self.procs)
 
+    async def naive_work(self) -> dict[str, Any]:
+        """The naive worker's work report once the load is done (it rewrites it every ``REPORT_S``)."""
+        from streams.bench.naive import REPORT, REPORT_S
+
+        await asyncio.sleep(3 * REPORT_S)
+        path = self.work / "worker0" / REPORT
+        if not path.exists():
+            return {}
+        doc: dict[str, Any] = json.loads(path.read_text())
+        warm_up = self.args.partitions * 4  # the warm-up's people (``warm_up``), consumed first
+        doc["people_before_groups"] = [max(0, n - warm_up) for n in doc.get("people_before_groups", [])]
+        return doc
+
     def rss(self) -> list[float]:
         return [round(peak_rss_mb(p.pid), 1) for p in self.procs]
 
@@ -735,6 +751,7 @@ async def naive_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRe
     async with Phase(args, work, org, f"n{org.size}", 1, naive=True) as ph:
         await ph.warm_up()
         await ph.initial_load(res)
+        res.naive_work = await ph.naive_work()
         res.peak_rss_mb = ph.rss()
         res.broker_rss_mb = ph.broker_rss()
         res.state_mb = ph.state_mb()
@@ -794,6 +811,23 @@ def target_state(org: Org, exports: list[PendingExport]) -> dict[str, dict[str, 
         dn: {name: sorted(values) for name, values in attrs.items() if values}
         for dn, attrs in entries.items()
     }
+
+
+def naive_work_line(work: dict[str, Any], people: int) -> str:
+    """The naive baseline's work report in a line: its large writes, and when its groups arrived."""
+    writes = work.get("writes", {})
+    total = sum(t["bytes"] for t in writes.values())
+    large = sum(t["large"] for t in writes.values())
+    large_bytes = sum(t["large_bytes"] for t in writes.values())
+    line = f"{large:,} writes of values over 64 KiB: {large_bytes / 1e6:,.0f} of the {total / 1e6:,.0f} MB"
+    line += " it wrote"
+    before = work.get("people_before_groups", [])
+    if before:
+        line += (
+            f"; its {len(before)} groups arrived after {min(before):,} to {max(before):,} "
+            f"of the {people:,} HR people"
+        )
+    return line
 
 
 def same_work(batched: PhaseResult, naive: PhaseResult) -> str:
@@ -963,6 +997,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"N={r.size:,} workers={r.workers} {r.kind}: the load's exports leave {r.load_objects:,} "
                 f"directory entries, digest {r.load_digest}"
             )
+        if r.naive_work:
+            print(f"N={r.size:,} workers={r.workers} {r.kind}: {naive_work_line(r.naive_work, r.size)}")
         if r.generator_retries:
             print(
                 f"N={r.size:,} workers={r.workers} {r.kind}: the bench's producer retried "

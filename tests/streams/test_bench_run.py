@@ -116,6 +116,19 @@ def test_the_naive_baseline_decides_what_the_batched_pipeline_decides(tmp_path: 
     assert batched["load_objects"] > 950 and naive["load_objects"] == batched["load_objects"]
     assert naive["load_digest"] == batched["load_digest"] != ""
     assert "the naive baseline's exports leave the same directory" in stdout
+    # Its work report: the writes to its tables, and when each of the organisation's groups arrived among
+    # the HR people (the warm-up's left out) — what decides its speed.
+    from streams.bench.org import generate
+
+    work = naive["naive_work"]
+    assert {"cs", "join", "mv", "refs", "regs"} <= set(work["writes"])
+    assert work["writes"]["mv"]["writes"] > 1000 and work["writes"]["mv"]["bytes"] > 0
+    before = work["people_before_groups"]
+    assert len(before) == len(generate(1000, seed=7).groups) and all(0 <= n <= 1000 for n in before)
+    assert (
+        f"its {len(before)} groups arrived after {min(before):,} to {max(before):,} of the 1,000 HR" in stdout
+    )
+    assert batched["naive_work"] == {} and batched["generator_retries"] == naive["generator_retries"] == 0
 
 
 def test_the_directory_a_load_leaves_counts_a_converted_add_as_the_update_it_is() -> None:
