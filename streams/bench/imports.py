@@ -15,13 +15,14 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from ldap3.core.exceptions import LDAPNoSuchObjectResult
 
 from streams.bench import kafka
 from streams.bench.org import Org
@@ -113,6 +114,82 @@ def load_directory(slapd: Any, org: Org) -> float:
     finally:
         conn.unbind()
     return time.monotonic() - started
+
+
+def directory_anchors(slapd: Any, org: Org) -> dict[str, str]:
+    """The entryUUID slapd gave each of the organisation's directory accounts (``load_directory``), by DN in
+    lower case: the anchors the LDAP connector would import them with."""
+    conn = slapd.connect()
+    try:
+        found = conn.extend.standard.paged_search(
+            slapd.people_dn, "(objectClass=inetOrgPerson)", attributes=["entryUUID"], paged_size=1000
+        )
+        anchors = {}
+        for r in found:
+            if r["type"] == "searchResEntry":
+                value = r["attributes"]["entryUUID"]
+                anchors[r["dn"].lower()] = str(value[0] if isinstance(value, list) else value)
+    finally:
+        conn.unbind()
+    missing = [
+        dn for _a, dn, _attrs in (org.dir_entry(i) for i in org.dir_accounts) if dn.lower() not in anchors
+    ]
+    if missing:
+        raise RuntimeError(f"{len(missing)} directory accounts not in slapd, e.g. {missing[0]!r}")
+    return anchors
+
+
+#: Attributes whose values are DNs: compared in lower case (the directory keeps a DN as it was written,
+#: the pipeline writes the DN its target computed).
+DN_VALUED = frozenset({"member", "manager"})
+
+
+def directory_differences(
+    slapd: Any, expected: Mapping[str, Mapping[str, list[str]]], under: list[str]
+) -> tuple[int, list[str]]:
+    """Where slapd's entries under the containers ``under`` differ from ``expected`` (DN in lower case ->
+    attributes, as ``streams.bench.run.target_state`` gives them): entries missing or not expected, and
+    attributes of an expected entry whose values differ (only those ``expected`` names, DN values in lower
+    case). Returns how many differences and the first few, described."""
+    bases = [b.lower() for b in under]
+    wanted = {dn: attrs for dn, attrs in expected.items() if any(dn.endswith("," + b) for b in bases)}
+    found: dict[str, dict[str, list[str]]] = {}
+    conn = slapd.connect()
+    try:
+        for base in under:
+            try:
+                entries = list(
+                    conn.extend.standard.paged_search(
+                        base, "(objectClass=*)", attributes=["*"], paged_size=1000
+                    )
+                )
+            except LDAPNoSuchObjectResult:
+                continue  # nothing was ever added there
+            for r in entries:
+                if r["type"] == "searchResEntry" and r["dn"].lower() != base.lower():
+                    attrs = r["attributes"].items()
+                    found[r["dn"].lower()] = {k: v if isinstance(v, list) else [v] for k, v in attrs}
+    finally:
+        conn.unbind()
+
+    def norm(name: str, values: list[Any]) -> list[str]:
+        return sorted(str(v).lower() if name.lower() in DN_VALUED else str(v) for v in values)
+
+    differences: list[str] = []
+    for dn in sorted(wanted.keys() - found.keys()):
+        differences.append(f"missing: {dn}")
+    for dn in sorted(found.keys() - wanted.keys()):
+        differences.append(f"not expected: {dn}")
+    for dn in sorted(wanted.keys() & found.keys()):
+        held = {k.lower(): v for k, v in found[dn].items()}
+        for name, values in sorted(wanted[dn].items()):
+            got, want = norm(name, held.get(name.lower(), [])), norm(name, values)
+            if got != want:
+                if max(len(got), len(want)) <= 3:
+                    differences.append(f"{dn}: {name} holds {got}, the exports say {want}")
+                else:
+                    differences.append(f"{dn}: {name} holds {len(got)} values, the exports say {len(want)}")
+    return len(differences), differences[:5]
 
 
 def import_config(

@@ -8,7 +8,7 @@ members are references to them, translated to the directory's DNs on export.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -294,9 +294,16 @@ def title_change(f: RecordFactory, p: Person, title: str, ts_ms: int) -> Message
     )
 
 
-def initial_load(org: Org, f: RecordFactory, ts_ms: int) -> Iterator[Message]:
-    """Target first (existing accounts join rather than provision), then the sources."""
-    dir_objects = ((a, "person", dn, attrs) for a, dn, attrs in (org.dir_entry(i) for i in org.dir_accounts))
+def initial_load(
+    org: Org, f: RecordFactory, ts_ms: int, dir_anchors: Mapping[str, str] | None = None
+) -> Iterator[Message]:
+    """Target first (existing accounts join rather than provision), then the sources. ``dir_anchors``: the
+    directory accounts' anchors by DN (lower case) where they are entries of a real directory (the entryUUIDs
+    slapd gave them), instead of the organisation's made-up ones."""
+    dir_objects = (
+        (dir_anchors[dn.lower()] if dir_anchors is not None else a, "person", dn, attrs)
+        for a, dn, attrs in (org.dir_entry(i) for i in org.dir_accounts)
+    )
     yield from f.run("dir", dir_objects, f"dir-initial-{org.seed}", ts_ms)
 
     def hr_objects() -> Iterator[tuple[str, str, str | None, dict[str, list[str]]]]:

@@ -23,17 +23,25 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from schemas.errors import IdsyncError
-from schemas.records import MVChange, PendingExport
+from schemas.records import ErrorRecord, MVChange, PendingExport
 from streams.app import ensure_topics
 from streams.bench import kafka
 from streams.bench.follow import follow_phase
-from streams.bench.imports import ImportResult, import_phase, imports_table
+from streams.bench.imports import (
+    ImportResult,
+    directory_anchors,
+    directory_differences,
+    import_phase,
+    imports_table,
+    load_directory,
+)
 from streams.bench.org import Org, generate
 from streams.bench.records import (
     RecordFactory,
@@ -119,7 +127,13 @@ class PhaseResult:
     group_change_net_cpu_ms: float = 0.0
     small_group_change_net_cpu_ms: float = 0.0
     state_mb: float = 0.0
+    #: batched+ldap: entries in the directory's ou=people after the load, and how many its pending exports
+    #: make there (``target_state``; the two agree when every export was applied as planned).
     exports: int = 0
+    exports_expected: int = 0
+    #: batched+ldap: entries and attributes where slapd differs from what the pending exports say
+    #: (``streams.bench.imports.directory_differences``; 0: it holds exactly that).
+    directory_differences: int = 0
     #: After the initial load: the directory entries its pending exports leave, and a digest of them
     #: (``target_state``) — equal for the batched and the naive pipelines when both decided the same.
     load_objects: int = 0
@@ -138,6 +152,9 @@ class PhaseResult:
     #: The naive baseline's writes per table (``streams.bench.naive.Work``: writes, bytes, and those of values
     #: over 64 KiB) and how many HR people it had consumed when each group arrived (the warm-up's left out).
     naive_work: dict[str, Any] = field(default_factory=dict)
+    #: batched+ldap: error records on the errors topic after the load, by step, error type and container
+    #: (``Phase.error_counts``; the first message of each in ``notes``).
+    export_errors: dict[str, int] = field(default_factory=dict)
     #: Flushes of the bench's own producer (the load's, the latency run's records) that the broker did not
     #: acknowledge in time and a retry delivered (``streams.bench.kafka.flush``).
     generator_retries: int = 0
@@ -449,13 +466,14 @@ class Phase:
                 )
         return n, max(0.001, (end - start) / 1000)
 
-    async def initial_load(self, res: PhaseResult) -> None:
-        """Publish the organisation's three full-import runs and time them through the pipeline."""
+    async def initial_load(self, res: PhaseResult, dir_anchors: Mapping[str, str] | None = None) -> None:
+        """Publish the organisation's three full-import runs and time them through the pipeline
+        (``dir_anchors``: ``records.initial_load``'s)."""
         expected = initial_count(self.org) + 6 * self.args.partitions  # + run markers
         async with self.spying("load", "IDSYNC_BENCH_PROFILE_LOAD"):
             cpu, broker, rocksdb = self.cpu_s(), self.broker.cpu_s(), self.rocksdb_cpu_s()
             res.records, res.seconds = await self.timed(
-                initial_load(self.org, self.factory, kafka.now_ms()), expected
+                initial_load(self.org, self.factory, kafka.now_ms(), dir_anchors), expected
             )
         res.rate = round(res.records / res.seconds)
         res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
@@ -664,9 +682,9 @@ class Phase:
             return {}
         return {t.removeprefix(prefix): k for t, k in kinds.items()}
 
-    async def export_digest(self, res: PhaseResult) -> None:
+    async def export_digest(self, res: PhaseResult) -> dict[str, dict[str, list[str]]]:
         """What the pending exports so far would leave in the directory (``target_state``), digested: what
-        a pipeline decided, not how it got there."""
+        a pipeline decided, not how it got there. Returns that directory."""
         exports = []
         async for _topic, records in kafka.read_all(self.broker.bootstrap, [self.export_topic()], 300):
             exports += [PendingExport.model_validate_json(r.value) for r in records]
@@ -676,6 +694,26 @@ class Phase:
         (self.work / "directory.jsonl").write_text("".join(lines))
         res.load_objects = len(entries)
         res.load_digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
+        return entries
+
+    async def error_counts(self) -> tuple[dict[str, int], dict[str, str]]:
+        """The error records on the errors topic so far, by step, error type and the container of the
+        object's DN (``export/schema-violation ou=groups,dc=example,dc=org``), and the first message of
+        each."""
+        from connectors.ldap.dn import parent_dn
+
+        counts: Counter[str] = Counter()
+        first: dict[str, str] = {}
+        topic = self.rt.names.errors_topic()
+        async for _topic, records in kafka.read_all(self.broker.bootstrap, [topic], 300):
+            for r in records:
+                error = ErrorRecord.model_validate_json(r.value)
+                kind = f"{error.algorithm_step}/{error.error_type}"
+                if error.locator:
+                    kind += f" {(parent_dn(error.locator) or '').lower()}"
+                counts[kind] += 1
+                first.setdefault(kind, error.message)
+        return dict(counts), first
 
     def cpu_s(self) -> float:
         return sum(_cpu_s(p.pid) for p in self.procs)
@@ -770,9 +808,15 @@ async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRes
             "IDSYNC_BENCH_LDAP_BIND_DN": slapd.bind_dn,
             "IDSYNC_BENCH_LDAP_PASSWORD": slapd.password,
         }
+        # The directory holds the accounts the load's directory run imports, with the anchors slapd gave
+        # them: the pending exports that update them find them (before the thirty-third session slapd
+        # started empty, so each of those updates failed as a missing object, and provisioning adds
+        # racing the joins left a count that varied from run to run).
+        await asyncio.to_thread(load_directory, slapd, org)
+        anchors = await asyncio.to_thread(directory_anchors, slapd, org)
         async with Phase(args, work, org, f"l{org.size}", 1, export=True, env=env) as ph:
             await ph.warm_up()
-            await ph.initial_load(res)
+            await ph.initial_load(res, anchors)
             # The load's end is its last output record: exports of its tail (answers released once the
             # worker caught up) may still be on their way to slapd. Counted once the export group has
             # applied everything, not before.
@@ -781,7 +825,26 @@ async def ldap_phase(args: argparse.Namespace, work: Path, org: Org) -> PhaseRes
             res.peak_rss_mb = ph.rss()
             res.broker_rss_mb = ph.broker_rss()
             res.state_mb = ph.state_mb()
-            res.notes.append(f"{res.exports} entries in ou=people after the load (incl. warm-up)")
+            entries = await ph.export_digest(res)
+            people = "," + slapd.people_dn.lower()
+            res.exports_expected = sum(1 for dn in entries if dn.endswith(people))
+            res.export_errors, first = await ph.error_counts()
+            containers = [slapd.people_dn, f"ou=groups,{slapd.suffix}"]
+            res.directory_differences, shown = await asyncio.to_thread(
+                directory_differences, slapd, entries, containers
+            )
+            res.notes.append(
+                f"{res.exports:,} entries in ou=people after the load (the warm-up's included), "
+                f"{res.exports_expected:,} by its pending exports; error records: "
+                + (", ".join(f"{kind} {n:,}" for kind, n in sorted(res.export_errors.items())) or "none")
+            )
+            res.notes += [f"first {kind} error: {message}" for kind, message in sorted(first.items())]
+            res.notes.append(
+                f"the directory differs from what the pending exports say in {res.directory_differences:,} "
+                "places" + "".join(f"; {d}" for d in shown)
+                if res.directory_differences
+                else "the directory holds what the pending exports say (people and groups)"
+            )
     return res
 
 
