@@ -168,10 +168,18 @@ def _provision(
             )
         ]
     attrs = {k: AttrChange(op="replace", values=v) for k, v in sorted(want.attributes.items()) if v}
+    if any(not _carried(attrs, name) for name in rule.requires):
+        return []  # not yet (``OutboundRuleConfig.requires``): still "none", planned again at every change
     target.status = "pending-add"
     target.dn = want.dn
     target.disabled = False
     return [_emit(mv, rule, target, "add", want.dn, attrs, {}, ts_ms)]
+
+
+def _carried(attrs: dict[str, AttrChange], name: str) -> bool:
+    """Whether an add's attributes give target attribute ``name`` a value (names compare as LDAP's do)."""
+    lowered = name.lower()
+    return any(k.lower() == lowered and change.values for k, change in attrs.items())
 
 
 def _update(

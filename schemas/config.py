@@ -474,6 +474,11 @@ class OutboundRuleConfig(_Config):
     #: DN template over metaverse attributes: "uid={uid},ou=people,dc=example,dc=org".
     dn: str
     flows: list[ExportFlowConfig] = Field(default_factory=list)
+    #: Target attributes the object's add must carry: provisioning waits until the flows give each of them
+    #: a value (an LDAP ``groupOfNames`` must have a ``member``: a group provisioned before any member
+    #: exists in the target would fail its add). Meanwhile the object is not provisioned there and nothing
+    #: is exported; every later change of the object plans it again.
+    requires: list[str] = Field(default_factory=list)
     deprovision: DeprovisionConfig = Field(default_factory=DeprovisionConfig)
 
     @field_validator("dn")
@@ -482,6 +487,17 @@ class OutboundRuleConfig(_Config):
         if not _TEMPLATE_FIELD.search(v):
             raise ValueError("DN template names no metaverse attribute, every object would get one DN")
         return v
+
+    @model_validator(mode="after")
+    def _required_flows(self) -> OutboundRuleConfig:
+        targets = {f.target.lower() for f in self.flows}
+        missing = [a for a in self.requires if a.lower() not in targets]
+        if missing:
+            names = ", ".join(missing)
+            raise ValueError(
+                f"requires {names}, which no flow of the rule exports: it would never be provisioned"
+            )
+        return self
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -138,6 +138,8 @@ def bench_config(
                     {"target": "cn", "source": "name"},
                     {"target": "member", "source": "member"},
                 ],
+                # A groupOfNames must have a member: added once one exists in the directory.
+                "requires": ["member"],
                 "deprovision": {"action": "delete"},
             },
         ],

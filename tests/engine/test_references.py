@@ -1036,3 +1036,59 @@ def test_settling_a_deleted_object_with_answers_pending_ends() -> None:
     answer = RefResolved(mv_id=ann.mv_id, direction="out", connector="ldap", key="x", value="uid=x", ts_ms=9)
     after, _outputs = metaverse_steps(RULES_T, ann, [answer], settle=True, lookup=sim.table.get)
     assert after is not None and after.deleted and after.ref_sync == "ad"
+
+
+def requiring_member() -> Sim:
+    """The reference pipeline with the target's groups requiring a member to be added (as an LDAP
+    groupOfNames does: ``requires: [member]``)."""
+    cfg = ref_config_dict(targets=True)
+    [groups] = [r for r in cfg["outbound"] if r["mv_type"] == "group"]
+    groups["requires"] = ["member"]
+    return Sim(compile_rules(IdsyncConfig.model_validate(cfg)))
+
+
+def test_a_group_that_requires_a_member_is_added_once_a_member_exists_in_the_target() -> None:
+    sim = requiring_member()
+    for uid in ("a", "b"):
+        user(sim, uid)
+    group(sim, "staff", [user_dn("a"), user_dn("b")])
+    sim.run(shuffle=False)
+    staff = sim.mv_of("staff").mv_id
+    # No member exists in the target yet: the people are provisioned, the group is not (an add without
+    # member would fail) and waits, unprovisioned.
+    assert {e.mv_id for e in sim.exports if e.op == "add"} == {sim.mv_of("a").mv_id, sim.mv_of("b").mv_id}
+    assert sim.mv[staff].targets["ldap"].status == "none"
+    seen: set[str] = set()
+    apply_all(sim, seen)
+    sim.run()
+    # Once a member's add is applied, the group is added with the members known by then (the others follow
+    # value by value as their answers arrive): never an add without member.
+    exports = [e for e in apply_all(sim, seen) if e.mv_id == staff]
+    assert exports[0].op == "add" and exports[0].attributes["member"].values
+    assert all(e.op == "update" and e.attributes["member"].op == "add" for e in exports[1:])
+    exported = {v for e in exports for v in e.attributes["member"].values}
+    assert exported == {f"uid={u},ou=people,dc=target,dc=org" for u in ("a", "b")}
+    assert sim.mv[staff].targets["ldap"].status == "pending-add"
+    sim.run()
+    assert apply_all(sim, seen) == []
+
+
+def test_a_group_that_requires_a_member_and_has_none_is_never_added() -> None:
+    sim = requiring_member()
+    group(sim, "empty", [])
+    user(sim, "a")
+    group(sim, "ghosts", [user_dn("nobody")])  # a member not in the source: never in the target either
+    seen: set[str] = set()
+    for _ in range(3):
+        sim.run()
+        apply_all(sim, seen)
+    added = {e.mv_id for e in sim.exports if e.op == "add"}
+    assert added == {sim.mv_of("a").mv_id}
+    assert sim.mv[sim.mv_of("empty").mv_id].targets["ldap"].status == "none"
+
+
+def test_requiring_an_attribute_no_flow_exports_fails_at_load_naming_it() -> None:
+    cfg = ref_config_dict(targets=True)
+    cfg["outbound"][1]["requires"] = ["uniqueMember"]
+    with pytest.raises(ValidationError, match="requires uniqueMember, which no flow of the rule exports"):
+        IdsyncConfig.model_validate(cfg)

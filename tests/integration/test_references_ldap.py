@@ -78,6 +78,7 @@ outbound:
       - {{target: objectClass, constant: [top, groupOfNames]}}
       - {{target: cn, source: name}}
       - {{target: member, source: member}}
+    requires: [member]
 pipeline: {{partitions: 4}}
 """
     )
@@ -146,6 +147,9 @@ def test_one_member_added_to_a_group_is_one_ldap_modify_of_one_value(tmp_path: P
 
         first = sync(tmp_path, cfg, 1)
         assert first["metaverse"]["mv_objects"] == MEMBERS + 2, first
+        # The group waited for its first member to exist in the target (requires: [member]) instead of
+        # failing an add without one (1 + 98 errors before the thirty-third session).
+        assert first["dst"]["export_errors"] == 0, first
         want = sorted(f"uid=u{i},ou=people,{DST}".lower() for i in range(MEMBERS))
         assert members(slapd, group) == want
 
