@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.structs import ConsumerRecord
 
 from connectors.kafka.client import exact_ends
@@ -48,7 +48,8 @@ async def flush(out: Outputs, deadline_s: float = RETRY_S) -> None:
     """``out.flush()``, retried as the pipeline's stages retry theirs (``streams.stages.base.flush``): the
     records stay pending and are all sent again. Under overload aiokafka times a queued batch out early
     (``add_batch`` takes the time already waited off its timeout at every pass), which is no reason to fail
-    a run whose broker is up; a broker that acknowledges nothing for ``deadline_s`` still fails it."""
+    a run whose broker is up; a broker that acknowledges nothing for ``deadline_s`` still fails it, and so
+    does at once an error that is neither that nor retriable (a record over the broker's limit)."""
     loop = asyncio.get_running_loop()
     give_up = loop.time() + deadline_s
     delay = 0.2
@@ -57,7 +58,9 @@ async def flush(out: Outputs, deadline_s: float = RETRY_S) -> None:
             await out.flush()
             return
         except KafkaError as exc:
-            if loop.time() + delay > give_up:
+            # A batch timed out in the accumulator, or an error the broker says may pass: retried. Anything
+            # else (a record too large) fails at once.
+            if not (exc.retriable or isinstance(exc, KafkaTimeoutError)) or loop.time() + delay > give_up:
                 raise
             log.warning("bench generator: producing failed (%s), retrying in %.1fs", exc, delay)
             STATS.retries += 1

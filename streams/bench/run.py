@@ -878,12 +878,14 @@ def target_state(org: Org, exports: list[PendingExport]) -> dict[str, dict[str, 
 
 def naive_work_line(work: dict[str, Any], people: int) -> str:
     """The naive baseline's work report in a line: its large writes, and when its groups arrived."""
+    from streams.bench.naive import LARGE
+
     writes = work.get("writes", {})
     total = sum(t["bytes"] for t in writes.values())
     large = sum(t["large"] for t in writes.values())
     large_bytes = sum(t["large_bytes"] for t in writes.values())
-    line = f"{large:,} writes of values over 64 KiB: {large_bytes / 1e6:,.0f} of the {total / 1e6:,.0f} MB"
-    line += " it wrote"
+    line = f"{large:,} writes of values over {LARGE >> 10} KiB: "
+    line += f"{large_bytes / 1e6:,.0f} of the {total / 1e6:,.0f} MB it wrote"
     before = work.get("people_before_groups", [])
     if before:
         line += (

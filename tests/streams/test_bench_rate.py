@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from streams.bench import kafka
 from streams.broker import EmbeddedBroker
@@ -132,24 +132,26 @@ def test_a_drain_check_the_broker_leaves_unanswered_is_asked_again(
 
 
 class Flaky(Outputs):
-    """Outputs whose first ``failures`` flushes fail as aiokafka's accumulator fails a batch it queued too
-    long (``KafkaTimeoutError``), before anything is sent; later ones go to the real broker."""
+    """Outputs whose first ``failures`` flushes fail with ``error`` — by default as aiokafka's accumulator
+    fails a batch it queued too long (``KafkaTimeoutError``) — before anything is sent; later ones go to
+    the real broker."""
 
-    def __init__(self, *args: object, failures: int) -> None:
+    def __init__(self, *args: object, failures: int, error: type[Exception] = KafkaTimeoutError) -> None:
         super().__init__(*args)  # type: ignore[arg-type]
         self.failures = failures
+        self.error = error
         self.attempts = 0
 
     async def flush(self) -> dict[tuple[str, int], int]:
         self.attempts += 1
         if self.attempts <= self.failures:
-            raise KafkaTimeoutError()
+            raise self.error()
         return await super().flush()
 
 
 def test_the_generator_retries_a_flush_the_broker_did_not_acknowledge(tmp_path: Path) -> None:
     """A queued batch timed out under overload is sent again, not a failed run; a flush that keeps failing
-    past the deadline still fails it."""
+    past the deadline still fails it, and one that cannot succeed fails at once."""
 
     async def scenario() -> tuple[int, int, int]:
         with EmbeddedBroker(tmp_path) as broker:
@@ -164,6 +166,14 @@ def test_the_generator_retries_a_flush_the_broker_did_not_acknowledge(tmp_path: 
                 stuck.add("retried", b"k", b"never")
                 with pytest.raises(KafkaTimeoutError):
                     await kafka.flush(stuck, deadline_s=1.0)
+                # A record the broker will never take is not retried.
+                too_large = Flaky(
+                    producer, {"retried": 1}, Counter(), failures=1, error=MessageSizeTooLargeError
+                )
+                too_large.add("retried", b"k", b"never")
+                with pytest.raises(MessageSizeTooLargeError):
+                    await kafka.flush(too_large)
+                assert too_large.attempts == 1
             finally:
                 await producer.stop()
             on_topic = (await kafka.topic_sizes(broker.bootstrap, ["retried"]))["retried"]
