@@ -16,7 +16,7 @@ from typing import Any, get_args
 from schemas.codec import as_dict
 from schemas.config import Compression
 from schemas.errors import ConfigError, FatalError, IdsyncError
-from streams.config import load_config
+from streams.config import advice, load_config
 from streams.runtime import Settings
 
 log = logging.getLogger("idsync")
@@ -231,6 +231,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"{args.config}: ok ({len(config.connectors)} connectors, {len(config.inbound)} inbound rules, "
         f"{len(config.outbound)} outbound rules)"
     )
+    for line in advice(config):
+        print(f"{args.config}: advice: {line}")
     return 0
 
 

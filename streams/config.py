@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,11 @@ from pydantic import ValidationError
 from connectors import registry
 from schemas.config import IdsyncConfig
 from schemas.errors import ConfigError
+
+log = logging.getLogger("idsync.config")
+
+#: LDAP object classes whose entries must hold a member attribute (RFC 4519): an add without it fails.
+MEMBER_REQUIRED = {"groupofnames": "member", "groupofuniquenames": "uniqueMember"}
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -78,4 +84,35 @@ def load_config(path: Path) -> IdsyncConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, path.resolve().parent)
+    config = parse_config(data, path.resolve().parent)
+    for line in advice(config):
+        log.warning("%s: %s", path, line)
+    return config
+
+
+def advice(config: IdsyncConfig) -> list[str]:
+    """What a valid configuration probably gets wrong, one line each (``idsync check-config`` prints them;
+    loading the configuration logs them as warnings): an outbound rule adding entries of a class that must
+    hold a member (``groupOfNames``, ``groupOfUniqueNames``) whose add does not wait for one
+    (``requires``), or that no flow gives one at all."""
+    lines = []
+    for i, rule in enumerate(config.outbound):
+        classes = {
+            str(v).lower()
+            for f in rule.flows
+            if f.target.lower() == "objectclass" and f.constant is not None
+            for v in ([f.constant] if isinstance(f.constant, str) else f.constant)
+        }
+        for cls in sorted(classes & MEMBER_REQUIRED.keys()):
+            attr = MEMBER_REQUIRED[cls]
+            where = f"outbound[{i}] ({rule.connector}, {rule.object_type})"
+            if not any(f.target.lower() == attr.lower() for f in rule.flows):
+                lines.append(
+                    f"{where}: no flow exports {attr}, which {cls} entries must hold: every add will fail"
+                )
+            elif not any(a.lower() == attr.lower() for a in rule.requires):
+                lines.append(
+                    f"{where}: {cls} entries must hold {attr}; without requires: [{attr}] an entry "
+                    f"provisioned before any {attr} exists in the target fails its add (schema-violation)"
+                )
+    return lines

@@ -78,3 +78,36 @@ def test_bench_pipeline_settings_are_checked_before_the_run(capsys: pytest.Captu
     with pytest.raises(SystemExit):
         main(["bench", "--pipeline", "partitions=8"])
     assert "use --partitions" in capsys.readouterr().err
+
+
+def test_check_config_advises_a_group_rule_whose_add_does_not_wait_for_a_member(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An LDAP groupOfNames must hold a member: a valid configuration whose group rule neither waits for one
+    (``requires``) nor exports one is accepted, with advice; one that waits gets none."""
+    write_csv(generate(3, 1), tmp_path / "hr.csv")
+
+    def config(group_rule: str) -> Path:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            "connectors:\n"
+            "  hr: {kind: csv, path: hr.csv, anchor: employee_id}\n"
+            "  dir: {kind: ldap, uri: 'ldap://127.0.0.1:1', base_dn: 'dc=x'}\n"
+            "metaverse: {group: {attributes: {member: {reference: true, multi_valued: true}}}}\n"
+            "outbound:\n"
+            "  - {connector: dir, mv_type: group, object_type: group, dn: 'cn={name},dc=x',\n"
+            f"     {group_rule}}}\n"
+        )
+        return cfg
+
+    def check(group_rule: str) -> str:
+        assert main(["check-config", "-c", str(config(group_rule))]) == 0
+        return capsys.readouterr().out
+
+    flows = "flows: [{target: objectClass, constant: [top, groupOfNames]}, {target: cn, source: name}"
+    member = ", {target: member, source: member}]"
+    out = check(flows + member)
+    assert "advice: outbound[0] (dir, group): groupofnames entries must hold member; without requires" in out
+    out = check(flows + "]")
+    assert "no flow exports member, which groupofnames entries must hold: every add will fail" in out
+    assert "advice" not in check(flows + member + ", requires: [member]")
