@@ -17,8 +17,12 @@ from schemas.errors import ConfigError
 
 log = logging.getLogger("idsync.config")
 
-#: LDAP object classes whose entries must hold a member attribute (RFC 4519): an add without it fails.
-MEMBER_REQUIRED = {"groupofnames": "member", "groupofuniquenames": "uniqueMember"}
+#: LDAP object classes (lower case -> name, member attribute) whose entries must hold a member (RFC 4519):
+#: an add without one fails.
+MEMBER_REQUIRED = {
+    "groupofnames": ("groupOfNames", "member"),
+    "groupofuniquenames": ("groupOfUniqueNames", "uniqueMember"),
+}
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -103,8 +107,8 @@ def advice(config: IdsyncConfig) -> list[str]:
             if f.target.lower() == "objectclass" and f.constant is not None
             for v in ([f.constant] if isinstance(f.constant, str) else f.constant)
         }
-        for cls in sorted(classes & MEMBER_REQUIRED.keys()):
-            attr = MEMBER_REQUIRED[cls]
+        for key in sorted(classes & MEMBER_REQUIRED.keys()):
+            cls, attr = MEMBER_REQUIRED[key]
             where = f"outbound[{i}] ({rule.connector}, {rule.object_type})"
             if not any(f.target.lower() == attr.lower() for f in rule.flows):
                 lines.append(

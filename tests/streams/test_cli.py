@@ -107,7 +107,7 @@ def test_check_config_advises_a_group_rule_whose_add_does_not_wait_for_a_member(
     flows = "flows: [{target: objectClass, constant: [top, groupOfNames]}, {target: cn, source: name}"
     member = ", {target: member, source: member}]"
     out = check(flows + member)
-    assert "advice: outbound[0] (dir, group): groupofnames entries must hold member; without requires" in out
+    assert "advice: outbound[0] (dir, group): groupOfNames entries must hold member; without requires" in out
     out = check(flows + "]")
-    assert "no flow exports member, which groupofnames entries must hold: every add will fail" in out
+    assert "no flow exports member, which groupOfNames entries must hold: every add will fail" in out
     assert "advice" not in check(flows + member + ", requires: [member]")
