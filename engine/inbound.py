@@ -238,6 +238,13 @@ def _evaluate(
 GONE_VERSION = 2**62
 
 
+def answers_later_life(link: CSLink, tomb: CSObject) -> bool:
+    """Whether a join answer is for a version of the object newer than its delete (``tomb``, its
+    tombstone, keeps the delete's version): the object was created again after the delete and its record
+    is not staged (again) yet. A link without ``cs_version`` (an earlier release's) is taken as older."""
+    return link.cs_version is not None and link.cs_version > tomb.version
+
+
 def on_link_gone(link: CSLink, tomb: CSObject | None) -> list[InboundOutput | RefRegister]:
     """The join answered for an object staging does not hold.
 
@@ -247,8 +254,12 @@ def on_link_gone(link: CSLink, tomb: CSObject | None) -> list[InboundOutput | Re
     tombstone): nothing. That happens after a crash — a stage's input is delivered again from its last
     saved state, and the links topic can deliver the answer before the import record that caused it; that
     record is staged again, joins again and gets its answer again. Leaving would delete the metaverse
-    object of a live person (deletion rule) and deprovision its accounts."""
+    object of a live person (deletion rule) and deprovision its accounts. The same holds for an answer to
+    a later life of a deleted object (``answers_later_life``): deleted before the last saved state, created
+    again and joined after it, its new record is still to be staged again."""
     if tomb is None or link.outcome not in ("joined", "projected") or link.mv_id is None:
+        return []
+    if answers_later_life(link, tomb):
         return []
     out: list[InboundOutput | RefRegister] = [
         MVDisconnect(

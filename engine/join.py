@@ -279,6 +279,7 @@ def _connect(
             outcome="projected" if projected else "joined",
             ts_ms=req.ts_ms,
             ref_keys=req.ref_keys,
+            cs_version=req.cs_version,
         ),
     ]
 

@@ -127,6 +127,12 @@ class CSLink(_Message, frozen=True, kw_only=True, tag_field="kind", tag="link"):
     #: joined / projected: the ``ref_keys`` its contribution carried (what the metaverse registered for
     #: it): staging registers the difference to the object's current references.
     ref_keys: dict[str, list[str]] | None = None
+    #: joined / projected: the connector-space version of the object the join answered (its request's).
+    #: After a crash staging may meet the answer before the record that caused it is staged again; where
+    #: the object's tombstone is older than this version, the answer is for a later life of the object
+    #: (deleted and created again) whose record is still to come — not one deleted while its join was
+    #: in flight (``engine.inbound.on_link_gone``). None: unknown (a link written by an earlier release).
+    cs_version: int | None = None
 
 
 class OperatorLink(_Message, frozen=True, kw_only=True, tag_field="kind", tag="operator-link"):

@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-from engine.inbound import InboundOutput, on_link, on_link_gone, on_operator, route, routes_by_value
+from engine.inbound import (
+    InboundOutput,
+    answers_later_life,
+    on_link,
+    on_link_gone,
+    on_operator,
+    route,
+    routes_by_value,
+)
 from engine.references import staging_updates
 from engine.staging import (
     HeldAttrs,
@@ -226,9 +234,11 @@ class StagingStage(Stage[CSObject]):
             key = cs_key(msg.connector, msg.anchor)
             cs, held = self._whole(batch.get(key))
             if cs is None:
-                # Deleted meanwhile: leave what it joined; not staged yet (a replay): wait for its record.
+                # Deleted meanwhile: leave what it joined; not staged yet, or a later life of a deleted
+                # object not staged again yet (a replay): wait for its record.
                 tomb = batch.get(tombstone_key(msg.connector, msg.anchor))
-                c.count(f"link-{'gone' if tomb is not None else 'early'}:{msg.connector}")
+                gone = tomb is not None and not answers_later_life(msg, tomb)
+                c.count(f"link-{'gone' if gone else 'early'}:{msg.connector}")
                 self._emit(on_link_gone(msg, tomb), out)
                 return
             new, outputs = on_link(self.rt.rules, cs, msg)

@@ -67,7 +67,7 @@ def test_projection_allocates_deterministic_mv_id() -> None:
     assert contrib.flows == {"employeeId": ["E1"], "source": ["hr"]}
     assert contrib.joining == []
     assert links(outputs) == [
-        CSLink(connector="hr", anchor="E1", mv_id=expected, outcome="projected", ts_ms=42)
+        CSLink(connector="hr", anchor="E1", mv_id=expected, outcome="projected", ts_ms=42, cs_version=3)
     ]
     # a replay of the same imports into a fresh index rebuilds the same id
     again, _ = join_step(None, req("hr", "E1", project=True, version=3, ts_ms=99))

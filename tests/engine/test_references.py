@@ -324,6 +324,46 @@ def test_a_join_answer_for_an_object_staging_never_held_leaves_nothing() -> None
     [leave] = on_link_gone(link, deleted)
     assert isinstance(leave, MVDisconnect)
     assert (leave.mv_id, leave.connector, leave.anchor, leave.reason) == ("M1", "hr", "E1", "deleted")
+    # Answering the version the delete came after (or a link that does not say): it leaves too.
+    assert on_link_gone(replace(link, cs_version=2), deleted) == [leave]
+    # Answering a version newer than the delete: a later life, whose record is still to come.
+    assert on_link_gone(replace(link, cs_version=4), deleted) == []
+
+
+def test_a_replayed_answer_for_a_later_life_of_a_deleted_object_waits_for_its_record() -> None:
+    """A crash delivers staging's input again from its last saved state. There the object is deleted (its
+    tombstone); created again and projected after it, the new life's answer can arrive before its import
+    record is staged again. Staging must wait for that record, not take the answer for one given while a
+    delete was in flight: disconnecting would leave the new metaverse object without its source, and the
+    deletion rule would delete it (and deprovision a live person's accounts)."""
+    sim = Sim(RULES)
+    user(sim, "ann")
+    sim.run(shuffle=False)
+    first = sim.mv_of("ann").mv_id
+    sim.delete("ann", "user")
+    sim.run(shuffle=False)
+    assert sim.live() == [] and "ad|ann" in sim.tombs
+    checkpoint = (dict(sim.cs), dict(sim.tombs), dict(sim.held))  # staging's last saved state
+    user(sim, "ann")  # created again
+    record = sim.queues[("import", "ann")][0]
+    sim.step(("import", "ann"))
+    route = sim.cs["ad|ann"].join_route
+    assert route is not None
+    sim.step(("join", route))
+    link = sim.queues[("links", "ann")][0]
+    assert isinstance(link, CSLink) and link.outcome == "projected" and link.cs_version == 3
+    sim.run(shuffle=False)
+    again = sim.mv_of("ann").mv_id
+    assert again != first
+    # The crash: staging's state as saved; its input since then delivered again, the answer first.
+    sim.cs, sim.tombs, sim.held = checkpoint
+    sim.put("links", "ann", link)
+    sim.put("import", "ann", record)
+    sim.step(("links", "ann"))
+    sim.run(shuffle=False)
+    assert [mv.mv_id for mv in sim.live()] == [again]
+    assert sim.mv_of("ann").mv_id == again and set(sim.mv[again].links) == {"ad"}
+    assert not sim.errors, sim.errors
 
 
 # --------------------------------------------------------------------------- the pieces
