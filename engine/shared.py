@@ -116,7 +116,7 @@ def _put_back(entries: dict[str, str], key: str, before: str | None) -> None:
         entries[key] = before
 
 
-class UnjournaledChange(AssertionError):
+class UnjournaledChange(Exception):
     """A shared map was changed in place without ``set_entry``/``pop_entry`` (``SharedMaps.check``)."""
 
 

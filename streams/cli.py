@@ -17,6 +17,7 @@ from schemas.codec import as_dict
 from schemas.config import Compression
 from schemas.errors import ConfigError, FatalError, IdsyncError
 from streams.config import advice, load_config
+from streams.native import StaleEngine, check_engine_fresh
 from streams.runtime import Settings
 
 log = logging.getLogger("idsync")
@@ -433,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        check_engine_fresh()
         code = int(args.func(args))
     except ConfigError as exc:
         print("idsync: configuration error:\n  " + str(exc).replace("\n", "\n  "), file=sys.stderr)
@@ -443,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     except IdsyncError as exc:
         print(f"idsync: {exc}", file=sys.stderr)
         code = 1
+    except StaleEngine as exc:
+        print(f"idsync: {exc}", file=sys.stderr)
+        code = 2
     except KeyboardInterrupt:
         code = 130
     return code

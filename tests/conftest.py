@@ -3,6 +3,7 @@ from hypothesis import settings
 
 from connectors.ldap import slapd
 from engine import shared
+from streams.native import StaleEngine, check_engine_fresh, engine_build
 
 pytest_plugins = ["tests.fixtures.slapd", "tests.fixtures.scim"]
 
@@ -14,6 +15,23 @@ settings.load_profile("idsync")
 # The tests' throwaway slapd servers write without syncing each transaction to disk (``dbnosync``): ~1.7x
 # as fast; a killed or restarted slapd still reads them back (connectors.ldap.slapd.SYNC_WRITES).
 slapd.SYNC_WRITES = False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # An engine module changed after it was compiled (scripts/compile_engine.py) would run stale.
+    try:
+        check_engine_fresh()
+    except StaleEngine as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if engine_build() != "compiled":
+        return
+    skip = pytest.mark.skip(reason="replaces engine functions; the engine is compiled (mypyc)")
+    for item in items:
+        if "interpreted" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -57,6 +57,7 @@ from streams.bench.records import (
 from streams.bench.topic_bytes import topic_bytes
 from streams.broker import EmbeddedBroker, cpu_seconds, peak_rss_mb, stat_cpu_seconds
 from streams.config import load_config
+from streams.native import engine_build
 from streams.output import Outputs
 from streams.pending import fold
 from streams.runtime import Runtime, Settings
@@ -961,7 +962,11 @@ async def _bench(args: argparse.Namespace, work: Path, imports: list[ImportResul
     worker_counts = [int(w) for w in str(args.workers).split(",") if w]
     results: list[PhaseResult] = []
     for size in sizes:
-        print(f"generating the organisation: {size:,} people (seed {args.seed})", file=sys.stderr, flush=True)
+        print(
+            f"generating the organisation: {size:,} people (seed {args.seed}); engine {engine_build()}",
+            file=sys.stderr,
+            flush=True,
+        )
         org = generate(size, args.seed)
         write_hr_file(org, work / "hr.csv")
         if getattr(args, "imports", False):
@@ -1077,8 +1082,12 @@ def run_bench(args: argparse.Namespace) -> int:
         if r.kind == "batched" and base is not None and base.rate:
             print(f"N={r.size:,} workers={r.workers}: {r.rate / base.rate:.1f}x the naive per-event baseline")
             print(f"N={r.size:,} workers={r.workers}: {same_work(r, base)}")
+    print(f"engine: {engine_build()} (scripts/compile_engine.py compiles it with mypyc)")
     doc = {
         "command": " ".join(["idsync", *sys.argv[1:]]) if sys.argv else "idsync bench",
+        #: Whether the workers ran the engine compiled with mypyc or interpreted (since the thirty-fourth
+        #: session; before it, always interpreted).
+        "engine": engine_build(),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),

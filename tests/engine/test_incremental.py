@@ -156,6 +156,7 @@ def test_incremental_step_equals_full_recomputation(steps: list[tuple[str, Any]]
     assert fast == full
 
 
+@pytest.mark.interpreted
 def test_a_contribution_that_no_outbound_rule_reads_plans_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The skip is real (the test above would pass were it never taken): a badge location change the
     directory's rule does not read... is read (``l``); a badge contribution of nothing new is not."""

@@ -361,6 +361,7 @@ def test_the_stores_above_were_told_what_changed() -> None:
     assert sum(1 for looked in LOOKED if looked) >= 20
 
 
+@pytest.mark.interpreted
 def test_the_churn_above_exercised_member_sync() -> None:
     """The property above compares something: across its examples, member_sync synced often."""
     if not TAKEN:
@@ -427,6 +428,7 @@ def _exports(outputs: list[list[Any]]) -> list[tuple[str, dict[str, tuple[str, l
     ]
 
 
+@pytest.mark.interpreted
 def test_while_a_member_is_not_in_the_target_removals_are_held_back_member_by_member() -> None:
     """A member without a DN in the target waits; meanwhile the general plan adds but removes nothing. So
     does member_sync, counting what it holds back, until the last waiting member goes: that change is
@@ -461,6 +463,7 @@ def test_while_a_member_is_not_in_the_target_removals_are_held_back_member_by_me
     assert (mv.targets[TARGET].waiting, mv.targets[TARGET].held_back) == ({}, {})
 
 
+@pytest.mark.interpreted
 def test_a_failed_export_unsettles_the_target_until_a_whole_plan() -> None:
     mv, world = _settled_group(20)
     mv, outputs = metaverse.metaverse_steps(RULES, mv, [_answer(20, 20)], settle=True, lookup=world.lookup)
@@ -493,6 +496,7 @@ def _feed_records(outputs: list[list[Any]]) -> list[MVChange]:
     return [o for o in outputs[-1] if isinstance(o, MVChange)]
 
 
+@pytest.mark.interpreted
 def test_a_member_change_goes_on_the_feed_by_value_from_the_threshold_where_the_stage_allows() -> None:
     """From ``mv_changes_by_value_from`` values, a version 2 record: the members added and removed, how
     many there are now, the other attributes whole; below it, refused by the stage (``by_value``) or
@@ -527,6 +531,7 @@ def test_a_member_change_goes_on_the_feed_by_value_from_the_threshold_where_the_
         assert change.attributes == {"name": ["staff"], "member": whole}, name
 
 
+@pytest.mark.interpreted
 def test_steps_that_raise_leave_the_maps_they_shared_as_they_were() -> None:
     """With shared maps (``engine.shared``) a step changes the group's references and member DNs in
     place; one that raises afterwards has them put back: the object given is as it was, and applying the

@@ -1,0 +1,69 @@
+"""Compile ``engine/`` with mypyc: the same modules as C extensions next to their sources.
+
+    python scripts/compile_engine.py           # build (needs mypy, from the dev extra, and a C compiler)
+    python scripts/compile_engine.py --clean   # remove the extensions: the engine is interpreted again
+
+The engine's steps are about a third of a worker's CPU during a load; compiled they take about half as
+long (docs/benchmarks.md, thirty-fourth session). Python imports an extension before a source of the same
+name, so a module changed after the build would run stale: ``streams.native.check_engine_fresh`` (called
+by every ``idsync`` command and the tests) refuses that. ``engine/__init__.py`` stays interpreted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import sysconfig
+import tempfile
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / "engine"
+#: The name of the extension that holds mypyc's shared runtime for the engine's modules (inside the package).
+GROUP = "engine.native"
+
+
+def extensions() -> list[Path]:
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    return sorted(ENGINE.glob(f"*{suffix}"))
+
+
+def clean() -> None:
+    for path in extensions():
+        path.unlink()
+
+
+def build() -> None:
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    clean()
+    warnings.simplefilter("ignore")  # setuptools reads pyproject.toml's [tool.setuptools] (beta)
+    sources = sorted(str(p.relative_to(ROOT)) for p in ENGINE.glob("*.py") if p.name != "__init__.py")
+    with tempfile.TemporaryDirectory(prefix="idsync-mypyc-") as tmp:
+        setup(
+            name="idsync-engine",
+            packages=[],
+            ext_modules=mypycify(sources, group_name=GROUP, opt_level="3", target_dir=tmp),
+            script_args=["-q", "build_ext", "--inplace", "--build-temp", tmp, "--build-lib", tmp],
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clean", action="store_true", help="remove the compiled modules")
+    args = parser.parse_args()
+    os.chdir(ROOT)  # mypycify takes paths relative to the project
+    if args.clean:
+        clean()
+        print("engine: interpreted (compiled modules removed)")
+        return 0
+    build()
+    print(f"engine: compiled with mypyc ({len(extensions())} extensions in engine/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
