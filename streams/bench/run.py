@@ -326,7 +326,8 @@ class Phase:
             # py-spy samples the worker for the whole phase (collapsed stacks, one line per stack).
             Path(profile).mkdir(parents=True, exist_ok=True)
             out = Path(profile) / f"{self.name}-worker{w}.txt"
-            cmd = ["py-spy", "record", "-r", "250", "-f", "raw", "-o", str(out), "--", *cmd]
+            native = ["--native"] if os.environ.get("IDSYNC_BENCH_PROFILE_NATIVE") else []
+            cmd = ["py-spy", "record", "-r", "250", "-f", "raw", *native, "-o", str(out), "--", *cmd]
         log = (self.work / f"worker{w}.log").open("ab")
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
 
@@ -624,7 +625,10 @@ class Phase:
         if not where:
             return []
         Path(where).mkdir(parents=True, exist_ok=True)
-        spy = ["py-spy", "record", "-r", "500", "-f", "raw", "--nonblocking"]
+        spy = ["py-spy", "record", "-r", "500", "-f", "raw"]
+        # --native: a compiled engine's functions (scripts/compile_engine.py) show as C frames, not as
+        # their Python callers' own time; py-spy then pauses the worker for each sample (no --nonblocking).
+        spy += ["--native"] if os.environ.get("IDSYNC_BENCH_PROFILE_NATIVE") else ["--nonblocking"]
         return [
             subprocess.Popen(
                 [*spy, "-o", f"{where}/{self.name}-{what}-worker{w}.txt", "--pid", str(p.pid)],
