@@ -5,13 +5,15 @@
 
 The engine's steps are about a third of a worker's CPU during a load; compiled they take about half as
 long (docs/benchmarks.md, thirty-fourth session). Python imports an extension before a source of the same
-name, so a module changed after the build would run stale: ``streams.native.check_engine_fresh`` (called
-by every ``idsync`` command and the tests) refuses that. ``engine/__init__.py`` stays interpreted.
+name, so a module changed after the build would run stale: the build records each source's digest
+(``engine/.compiled.json``) and ``streams.native.check_engine_fresh`` (called by every ``idsync`` command
+and the tests) refuses to run when a source no longer matches. ``engine/__init__.py`` stays interpreted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import sysconfig
@@ -33,6 +35,7 @@ def extensions() -> list[Path]:
 def clean() -> None:
     for path in extensions():
         path.unlink()
+    (ENGINE / ".compiled.json").unlink(missing_ok=True)
 
 
 def build() -> None:
@@ -40,6 +43,10 @@ def build() -> None:
     from setuptools import setup
 
     clean()
+    sys.path.insert(0, str(ROOT))
+    from streams.native import MANIFEST, sources
+
+    digests = sources()  # what is compiled: ``streams.native.check_engine_fresh`` compares with it
     warnings.simplefilter("ignore")  # setuptools reads pyproject.toml's [tool.setuptools] (beta)
     sources = sorted(str(p.relative_to(ROOT)) for p in ENGINE.glob("*.py") if p.name != "__init__.py")
     with tempfile.TemporaryDirectory(prefix="idsync-mypyc-") as tmp:
@@ -49,6 +56,7 @@ def build() -> None:
             ext_modules=mypycify(sources, group_name=GROUP, opt_level="3", target_dir=tmp),
             script_args=["-q", "build_ext", "--inplace", "--build-temp", tmp, "--build-lib", tmp],
         )
+    MANIFEST.write_text(json.dumps(digests, indent=1) + "\n")
 
 
 def main() -> int:

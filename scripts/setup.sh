@@ -11,6 +11,12 @@ if [ ! -x /usr/sbin/slapd ] || ! command -v ldapsearch >/dev/null; then
   echo "slapd slapd/no_configuration boolean true" | $SUDO debconf-set-selections
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq slapd ldap-utils >/dev/null
 fi
+# A C compiler builds the optional compiled engine (make native) and its test (tests/engine/test_native.py).
+if ! command -v gcc >/dev/null; then
+  echo "setup: installing gcc (Debian package)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq gcc >/dev/null
+fi
 PY=${PYTHON:-python3}
 echo "setup: installing idsync and its development dependencies (pip)"
 $PY -m pip install -q --disable-pip-version-check -e '.[dev]'

@@ -1,14 +1,19 @@
 """Whether the engine runs compiled (``scripts/compile_engine.py``, mypyc) or interpreted, and a guard
-against a compiled module older than its source (Python would import the extension and run stale code)."""
+against a compiled module that no longer matches its source (Python imports an extension before a source
+of the same name, so an edited, checked-out or added module would run stale or half compiled)."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
+import json
 from pathlib import Path
 
 import engine
 
 ENGINE_DIR = Path(engine.__file__).resolve().parent
+#: Written by the build: each compiled module's source digest (``sources``).
+MANIFEST = ENGINE_DIR / ".compiled.json"
 
 
 class StaleEngine(RuntimeError):
@@ -24,6 +29,15 @@ def _extensions() -> dict[str, Path]:
     return found
 
 
+def sources() -> dict[str, str]:
+    """The SHA-256 of every engine module's source but ``__init__`` (which stays interpreted), by name."""
+    return {
+        p.stem: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(ENGINE_DIR.glob("*.py"))
+        if p.name != "__init__.py"
+    }
+
+
 def engine_build() -> str:
     """``compiled`` when the engine's modules are mypyc extensions, else ``interpreted``."""
     names = _extensions()
@@ -31,18 +45,16 @@ def engine_build() -> str:
 
 
 def check_engine_fresh() -> None:
-    """Raise ``StaleEngine`` naming the modules whose source is newer than their compiled extension, or
-    that have no extension while others do (added after the build)."""
-    built = _extensions()
-    modules = {p.stem: p for p in ENGINE_DIR.glob("*.py") if p.name != "__init__.py"}
-    compiled = {name for name in built if name in modules}
-    if not compiled:
+    """Raise ``StaleEngine`` naming the engine modules whose source is not the one compiled (changed,
+    added or removed since the build), when any module is compiled."""
+    if engine_build() != "compiled":
         return
-    stale = sorted(
-        name
-        for name, source in modules.items()
-        if name not in compiled or source.stat().st_mtime > built[name].stat().st_mtime
-    )
+    try:
+        built: dict[str, str] = json.loads(MANIFEST.read_text())
+    except (OSError, ValueError):
+        built = {}
+    now = sources()
+    stale = sorted(name for name in now.keys() | built.keys() if now.get(name) != built.get(name))
     if stale:
         raise StaleEngine(
             f"engine modules changed after they were compiled: {', '.join(stale)} — run "
@@ -50,4 +62,4 @@ def check_engine_fresh() -> None:
         )
 
 
-__all__ = ["StaleEngine", "check_engine_fresh", "engine_build"]
+__all__ = ["MANIFEST", "StaleEngine", "check_engine_fresh", "engine_build", "sources"]
