@@ -48,12 +48,12 @@ def build() -> None:
 
     digests = sources()  # what is compiled: ``streams.native.check_engine_fresh`` compares with it
     warnings.simplefilter("ignore")  # setuptools reads pyproject.toml's [tool.setuptools] (beta)
-    sources = sorted(str(p.relative_to(ROOT)) for p in ENGINE.glob("*.py") if p.name != "__init__.py")
+    paths = sorted(str(p.relative_to(ROOT)) for p in ENGINE.glob("*.py") if p.name != "__init__.py")
     with tempfile.TemporaryDirectory(prefix="idsync-mypyc-") as tmp:
         setup(
             name="idsync-engine",
             packages=[],
-            ext_modules=mypycify(sources, group_name=GROUP, opt_level="3", target_dir=tmp),
+            ext_modules=mypycify(paths, group_name=GROUP, opt_level="3", target_dir=tmp),
             script_args=["-q", "build_ext", "--inplace", "--build-temp", tmp, "--build-lib", tmp],
         )
     MANIFEST.write_text(json.dumps(digests, indent=1) + "\n")
