@@ -16,26 +16,23 @@ import argparse
 import json
 import os
 import sys
-import sysconfig
 import tempfile
 import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ENGINE = ROOT / "engine"
+sys.path.insert(0, str(ROOT))
+
+from streams.native import ENGINE_DIR, MANIFEST, extension_files, sources  # noqa: E402
+
 #: The name of the extension that holds mypyc's shared runtime for the engine's modules (inside the package).
 GROUP = "engine.native"
 
 
-def extensions() -> list[Path]:
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
-    return sorted(ENGINE.glob(f"*{suffix}"))
-
-
 def clean() -> None:
-    for path in extensions():
+    for path in extension_files():
         path.unlink()
-    (ENGINE / ".compiled.json").unlink(missing_ok=True)
+    MANIFEST.unlink(missing_ok=True)
 
 
 def build() -> None:
@@ -43,12 +40,9 @@ def build() -> None:
     from setuptools import setup
 
     clean()
-    sys.path.insert(0, str(ROOT))
-    from streams.native import MANIFEST, sources
-
     digests = sources()  # what is compiled: ``streams.native.check_engine_fresh`` compares with it
     warnings.simplefilter("ignore")  # setuptools reads pyproject.toml's [tool.setuptools] (beta)
-    paths = sorted(str(p.relative_to(ROOT)) for p in ENGINE.glob("*.py") if p.name != "__init__.py")
+    paths = sorted(str(p.relative_to(ROOT)) for p in ENGINE_DIR.glob("*.py") if p.name != "__init__.py")
     with tempfile.TemporaryDirectory(prefix="idsync-mypyc-") as tmp:
         setup(
             name="idsync-engine",
@@ -69,7 +63,7 @@ def main() -> int:
         print("engine: interpreted (compiled modules removed)")
         return 0
     build()
-    print(f"engine: compiled with mypyc ({len(extensions())} extensions in engine/)")
+    print(f"engine: compiled with mypyc ({len(extension_files())} extensions in engine/)")
     return 0
 
 

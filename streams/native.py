@@ -21,12 +21,18 @@ class StaleEngine(RuntimeError):
 
 
 def _extensions() -> dict[str, Path]:
-    """The engine's compiled modules by name."""
+    """The engine's compiled modules (and mypyc's shared runtime beside them) by module name."""
     found: dict[str, Path] = {}
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for path in ENGINE_DIR.glob(f"*{suffix}"):
+    for path in sorted(ENGINE_DIR.iterdir()):
+        suffix = next((s for s in importlib.machinery.EXTENSION_SUFFIXES if path.name.endswith(s)), None)
+        if suffix is not None:  # the longest suffix first: ``x.cpython-311-….so`` is module ``x``
             found[path.name[: -len(suffix)]] = path
     return found
+
+
+def extension_files() -> list[Path]:
+    """The files a build put in ``engine/`` (``scripts/compile_engine.py --clean`` removes them)."""
+    return sorted(_extensions().values())
 
 
 def sources() -> dict[str, str]:
@@ -62,4 +68,4 @@ def check_engine_fresh() -> None:
         )
 
 
-__all__ = ["MANIFEST", "StaleEngine", "check_engine_fresh", "engine_build", "sources"]
+__all__ = ["MANIFEST", "StaleEngine", "check_engine_fresh", "engine_build", "extension_files", "sources"]
