@@ -161,7 +161,13 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
             pipeline.export_workers.append(worker)
             pipeline.consumers.append(
                 StageConsumer(
-                    rt, f"export-{target}", [n.export_topic(target)], worker.process, [worker.ledger], 200
+                    rt,
+                    f"export-{target}",
+                    [n.export_topic(target)],
+                    worker.process,
+                    [worker.ledger],
+                    worker.batch_max,
+                    spread=True,
                 )
             )
     for consumer in pipeline.consumers:

@@ -72,6 +72,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         assigned: Callable[[list[int], list[int]], Awaitable[None]] | None = None,
         lock: asyncio.Lock | None = None,
         idle: Callable[[float], bool] | None = None,
+        spread: bool = False,
     ) -> None:
         self.rt = rt
         self.stage = stage
@@ -80,6 +81,11 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.process = process
         self.stores = list(stores)
         self.batch_size = batch_size
+        #: Up to ``batch_size`` records from *each* partition with records fetched, not ``batch_size`` in
+        #: all: for a stage that works on its partitions at once (the export lanes). aiokafka hands a batch
+        #: out of one partition's fetched records before the next one's, so with a backlog a batch of
+        #: ``batch_size`` in all would hold one partition, and one lane would work while the others wait.
+        self.spread = spread
         #: Saves the state of the batches processed since the last call (None: ``process`` saves its own,
         #: every batch is committed as it ends); ``unsaved`` tells how many keys wait and how many attribute
         #: values they hold (``schemas.state.values_held``).
@@ -140,6 +146,8 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         try:
             while True:
                 data = await consumer.getmany(timeout_ms=window_ms, max_records=self.batch_size)
+                if self.spread and data:
+                    data = await self._spread(consumer, data)
                 async with self._lock:
                     # Records fetched before a revocation belong to another worker now: leave them.
                     owned = {tp: recs for tp, recs in data.items() if tp in self.assigned and recs}
@@ -178,6 +186,17 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
                 await self._committed(quiet=True)
                 await consumer.stop()
                 self.stopped.set()
+
+    async def _spread(
+        self, consumer: AIOKafkaConsumer, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+    ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
+        """``data`` with what the other partitions have fetched already, up to ``batch_size`` records
+        each (no wait: records not fetched yet go in a later batch). Each partition's records stay in
+        order; a partition in ``data`` gets nothing more (a later batch takes its next records)."""
+        for tp in sorted(consumer.assignment() - data.keys()):
+            more = await consumer.getmany(tp, timeout_ms=0, max_records=self.batch_size)
+            data.update((k, v) for k, v in more.items() if v)
+        return data
 
     def _record_lag(self, consumer: AIOKafkaConsumer) -> None:
         """Tell the runtime how many records wait on this stage's partitions after the batch just processed

@@ -35,6 +35,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -61,6 +62,17 @@ WINDOW_KEY = b"\x00threshold-window"
 #: Crash-safety tests only: ``after-apply:N`` / ``after-flush:N`` kills this process (SIGKILL) after the
 #: N-th applied export, before its result is produced / before the ledger records it.
 KILL_POINT_ENV = "IDSYNC_TEST_EXPORT_KILL_POINT"
+
+
+def _in_turn(events: list[Any]) -> list[Any]:
+    """Events with the partitions taken in turn (one of each, then the next of each...), each partition's
+    in order: Kafka orders records within a partition only, and the lanes go by partition."""
+    by_partition: dict[int, list[Any]] = defaultdict(list)
+    for ev in events:
+        by_partition[ev.message.partition].append(ev)
+    if len(by_partition) < 2:
+        return events
+    return [ev for turn in zip_longest(*by_partition.values()) for ev in turn if ev is not None]
 
 
 def export_consumer_group(rt: Runtime, connector: str) -> str:
@@ -140,22 +152,31 @@ class ExportWorker:
 
     # ------------------------------------------------------------------ batch
     async def process(self, events: list[Any]) -> None:
+        """Apply a batch: the partitions' exports taken in turn, so that each run gives every lane its
+        share at once (the consumer takes up to a batch from each partition: ``StageConsumer.spread``);
+        a run ends when one lane has ``batch_max`` exports to apply."""
         out = await self.rt.outputs()
         work = _Work()
-        for ev in events:
+        lanes = len(self._lanes)
+        shares = [0] * lanes
+        for ev in _in_turn(events):
             msg = ev.message
             if msg.key == APPROVE_DELETES_KEY:
                 # Everything before the approval is settled first: it releases what is held *now*.
                 await self._run(work, out)
-                work = _Work()
+                work, shares = _Work(), [0] * lanes
                 await self._approve(ev, out)
                 continue
             export = self._decode(ev, out)
-            if export is not None:
-                self._admit(export, msg.partition, work, out)
-            if len(work.todo) >= self.batch_max:
+            if export is None:
+                continue
+            before = len(work.todo)
+            self._admit(export, msg.partition, work, out)
+            lane = msg.partition % lanes
+            shares[lane] += len(work.todo) - before
+            if shares[lane] >= self.batch_max:
                 await self._run(work, out)
-                work = _Work()
+                work, shares = _Work(), [0] * lanes
         await self._run(work, out)
         for ev in events:
             self.rt.counters.consumed[ev.message.topic] += 1

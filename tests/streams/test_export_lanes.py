@@ -9,6 +9,7 @@ directory's default of 4 lanes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ from streams.bench import kafka
 from streams.bench.records import bench_config
 from streams.broker import EmbeddedBroker
 from streams.config import load_config
-from streams.consumer import Event
+from streams.consumer import Event, StageConsumer
 from streams.output import partition_for
 from streams.runtime import Runtime, Settings
 from streams.stages.export import ExportWorker
@@ -77,8 +78,9 @@ def _export(mv_id: str, seq: int) -> PendingExport:
     )
 
 
-def _events(topic: str, objects: int, seqs: int) -> list[Event]:
-    """``seqs`` exports per object, interleaved across objects as a topic would hold them."""
+def _events(topic: str, objects: int, seqs: int, grouped: bool = False) -> list[Event]:
+    """``seqs`` exports per object, interleaved across objects as a topic would hold them; ``grouped``: one
+    partition's after the other's, as a batch of the consumer holds them."""
     out = []
     offsets = dict.fromkeys(range(PARTITIONS), 0)
     for seq in range(1, seqs + 1):
@@ -89,11 +91,11 @@ def _events(topic: str, objects: int, seqs: int) -> list[Event]:
             rec = ConsumerRecord(topic, p, offsets[p], 0, 0, mv_id.encode(), value, None, 0, len(value), ())
             offsets[p] += 1
             out.append(Event(rec))
-    return out
+    return sorted(out, key=lambda ev: ev.message.partition) if grouped else out
 
 
 def _run(
-    tmp: Path, lanes: int
+    tmp: Path, lanes: int, seqs: int = 3, grouped: bool = False
 ) -> tuple[list[tuple[int, str, int]], dict[str, int], list[Recorder], list[str]]:
     hr = tmp / "hr.csv"
     hr.write_text("employee_id\n")
@@ -109,7 +111,7 @@ def _run(
             await ensure_topics(rt)
             worker = ExportWorker(rt, "dir", recorders[0], recorders[1:])  # type: ignore[arg-type]
             try:
-                await worker.process(_events(rt.names.export_topic("dir"), objects=24, seqs=3))
+                await worker.process(_events(rt.names.export_topic("dir"), 24, seqs, grouped))
                 decode = unpacker(ExportResult)
                 watcher = await kafka.Watcher(
                     broker.bootstrap,
@@ -117,7 +119,7 @@ def _run(
                     lambda r: results.append(f"{decode.decode(r.value).mv_id}:{decode.decode(r.value).seq}"),
                     from_start=True,
                 ).start()
-                await kafka.wait_for(lambda: len(results) >= 24 * 3, 30, "the export results")
+                await kafka.wait_for(lambda: len(results) >= 24 * seqs, 30, "the export results")
                 await watcher.stop()
                 # The ledger recorded the last sequence of every object.
                 ledger = {
@@ -125,7 +127,7 @@ def _run(
                     for p in range(PARTITIONS)
                     for k, v in worker.ledger.partition(p).scan(b"mv")
                 }
-                assert ledger == {f"mv{o:03d}": 3 for o in range(24)}
+                assert ledger == {f"mv{o:03d}": seqs for o in range(24)}
             finally:
                 worker.close()
                 await rt.stop()
@@ -156,10 +158,73 @@ def test_lanes_apply_at_once_and_keep_each_objects_exports_in_order(tmp_path: Pa
     assert [r.closed for r in recorders] == [False, True, True, True]
 
 
+def test_a_batch_one_partition_after_the_other_gives_every_lane_its_share_at_once(tmp_path: Path) -> None:
+    """480 exports (100, 80, 120 and 180 on partitions 0-3) in one batch as the consumer hands it over,
+    partition by partition: were they applied 200 at a time in that order, no run would hold all four
+    partitions (the first: 0, 1 and a little of 2; the last: 3 alone)."""
+    log, gauge, _recorders, _results = _run(tmp_path, lanes=4, seqs=20, grouped=True)
+    assert len(log) == 24 * 20
+    assert gauge["max"] == 4
+    for mv_id in {mv for _lane, mv, _seq in log}:
+        assert [seq for _lane, mv, seq in log if mv == mv_id] == list(range(1, 21)), mv_id
+
+
 def test_one_lane_applies_one_export_at_a_time(tmp_path: Path) -> None:
     log, gauge, _recorders, _results = _run(tmp_path, lanes=1)
     assert len(log) == 24 * 3
     assert gauge["max"] == 1
+
+
+def test_a_backlog_on_every_partition_keeps_every_lane_working(tmp_path: Path) -> None:
+    """Through the pipeline's own consumer: 250 exports wait on each partition before it starts (an initial
+    load's backlog). aiokafka hands a batch out of one partition's fetched records before the next one's;
+    were a batch 200 records in all, it would hold one partition, and one lane would work while the other
+    three waited (at most two at once, where a batch straddles two partitions)."""
+    hr = tmp_path / "hr.csv"
+    hr.write_text("employee_id\n")
+    config = load_config(bench_config("lanes", tmp_path, PARTITIONS, hr))
+    log: list[tuple[int, str, int]] = []
+    gauge = {"now": 0, "max": 0}
+    recorders = [Recorder(i, log, gauge) for i in range(4)]
+    per_partition = 250
+    sent: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
+
+    async def scenario() -> None:
+        with EmbeddedBroker(tmp_path / "broker") as broker:
+            rt = Runtime(Settings(bootstrap_servers=broker.bootstrap, data_dir=tmp_path / "w"), config)
+            await ensure_topics(rt)
+            topic = rt.names.export_topic("dir")
+            out = await rt.outputs()
+            o = 0
+            while min(len(ids) for ids in sent.values()) < per_partition:
+                mv_id = f"mv{o:05d}"
+                o += 1
+                p = partition_for(mv_id.encode(), PARTITIONS)
+                if len(sent[p]) < per_partition:
+                    sent[p].append(mv_id)
+                    out.add(topic, mv_id.encode(), _export(mv_id, 1).model_dump_json().encode())
+            await out.flush()
+            worker = ExportWorker(rt, "dir", recorders[0], recorders[1:])  # type: ignore[arg-type]
+            consumer = StageConsumer(
+                rt, "export-dir", [topic], worker.process, [worker.ledger], worker.batch_max, spread=True
+            )
+            task = asyncio.create_task(consumer.run())
+            try:
+                await kafka.wait_for(
+                    lambda: len(log) >= PARTITIONS * per_partition, 60, "the exports applied"
+                )
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                worker.close()
+                await rt.stop()
+
+    asyncio.run(scenario())
+    assert gauge["max"] == 4  # all four lanes at once
+    # Each partition's exports applied in the order they wait on it, on its lane.
+    for p, ids in sent.items():
+        assert [mv for lane, mv, _seq in log if lane == p % 4] == ids
 
 
 def test_export_connections_is_checked_where_instances_cannot_write_at_once(tmp_path: Path) -> None:
