@@ -166,8 +166,9 @@ def create_app(settings: Settings, config: IdsyncConfig, exports: bool = True) -
                     [n.export_topic(target)],
                     worker.process,
                     [worker.ledger],
-                    worker.batch_max,
-                    spread=True,
+                    # Each lane its share of a batch, at most a run of ``batch_max`` per lane.
+                    worker.batch_max * worker.lanes,
+                    per_partition=worker.batch_max,
                 )
             )
     for consumer in pipeline.consumers:

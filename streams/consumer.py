@@ -23,6 +23,7 @@ the whole changelog; one that held it before reads only what others wrote meanwh
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 import uuid
@@ -72,7 +73,7 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         assigned: Callable[[list[int], list[int]], Awaitable[None]] | None = None,
         lock: asyncio.Lock | None = None,
         idle: Callable[[float], bool] | None = None,
-        spread: bool = False,
+        per_partition: int = 0,
     ) -> None:
         self.rt = rt
         self.stage = stage
@@ -81,11 +82,12 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         self.process = process
         self.stores = list(stores)
         self.batch_size = batch_size
-        #: Up to ``batch_size`` records from *each* partition with records fetched, not ``batch_size`` in
-        #: all: for a stage that works on its partitions at once (the export lanes). aiokafka hands a batch
-        #: out of one partition's fetched records before the next one's, so with a backlog a batch of
-        #: ``batch_size`` in all would hold one partition, and one lane would work while the others wait.
-        self.spread = spread
+        #: Up to this many records from each partition with records fetched, ``batch_size`` in all (0: a
+        #: batch as aiokafka hands it out): for a stage that works on its partitions at once (the export
+        #: lanes). aiokafka hands a batch out of one partition's fetched records before the next one's, so
+        #: with a backlog a batch of ``batch_size`` would hold one partition, and one lane would work while
+        #: the others waited.
+        self.per_partition = per_partition
         #: Saves the state of the batches processed since the last call (None: ``process`` saves its own,
         #: every batch is committed as it ends); ``unsaved`` tells how many keys wait and how many attribute
         #: values they hold (``schemas.state.values_held``).
@@ -145,8 +147,10 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
         stopping = False
         try:
             while True:
-                data = await consumer.getmany(timeout_ms=window_ms, max_records=self.batch_size)
-                if self.spread and data:
+                data = await consumer.getmany(
+                    timeout_ms=window_ms, max_records=self.per_partition or self.batch_size
+                )
+                if self.per_partition and data:
                     data = await self._spread(consumer, data)
                 async with self._lock:
                     # Records fetched before a revocation belong to another worker now: leave them.
@@ -190,12 +194,24 @@ class StageConsumer(ConsumerRebalanceListener):  # type: ignore[misc]
     async def _spread(
         self, consumer: AIOKafkaConsumer, data: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
     ) -> dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]:
-        """``data`` with what the other partitions have fetched already, up to ``batch_size`` records
-        each (no wait: records not fetched yet go in a later batch). Each partition's records stay in
-        order; a partition in ``data`` gets nothing more (a later batch takes its next records)."""
-        for tp in sorted(consumer.assignment() - data.keys()):
-            more = await consumer.getmany(tp, timeout_ms=0, max_records=self.batch_size)
-            data.update((k, v) for k, v in more.items() if v)
+        """``data`` with what the next partitions have fetched already (no wait: records not fetched yet go
+        in a later batch), up to ``per_partition`` records each and ``batch_size`` in all. The partitions
+        are taken in turn from the one after the last in ``data``, so that successive batches share the
+        room among all of them (and partition p, p+1, ... go to different lanes); each partition's records
+        stay in order, and one in ``data`` gets nothing more (a later batch takes its next records)."""
+        room = self.batch_size - sum(map(len, data.values()))
+        tps = sorted(consumer.assignment())
+        start = bisect.bisect_right(tps, max(data))
+        for tp in tps[start:] + tps[:start]:
+            if room <= 0:
+                break
+            if tp in data:
+                continue
+            more = await consumer.getmany(tp, timeout_ms=0, max_records=min(self.per_partition, room))
+            for k, recs in more.items():
+                if recs:
+                    data[k] = recs
+                    room -= len(recs)
         return data
 
     def _record_lag(self, consumer: AIOKafkaConsumer) -> None:

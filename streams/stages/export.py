@@ -150,11 +150,17 @@ class ExportWorker:
         self._applied = 0
         self._kill_point = os.environ.get(KILL_POINT_ENV, "")
 
+    @property
+    def lanes(self) -> int:
+        """How many connector instances apply exports at once."""
+        return len(self._lanes)
+
     # ------------------------------------------------------------------ batch
     async def process(self, events: list[Any]) -> None:
         """Apply a batch: the partitions' exports taken in turn, so that each run gives every lane its
-        share at once (the consumer takes up to a batch from each partition: ``StageConsumer.spread``);
-        a run ends when one lane has ``batch_max`` exports to apply."""
+        share at once (the consumer takes up to ``batch_max`` from each partition, ``batch_max`` per lane
+        in all: ``StageConsumer.per_partition``); a run ends when one lane has ``batch_max`` exports to
+        apply."""
         out = await self.rt.outputs()
         work = _Work()
         lanes = len(self._lanes)

@@ -176,17 +176,17 @@ def test_one_lane_applies_one_export_at_a_time(tmp_path: Path) -> None:
 
 
 def test_a_backlog_on_every_partition_keeps_every_lane_working(tmp_path: Path) -> None:
-    """Through the pipeline's own consumer: 250 exports wait on each partition before it starts (an initial
-    load's backlog). aiokafka hands a batch out of one partition's fetched records before the next one's;
-    were a batch 200 records in all, it would hold one partition, and one lane would work while the other
-    three waited (at most two at once, where a batch straddles two partitions)."""
+    """Through the pipeline's own consumer: 1,000 exports wait on each partition before it starts (an
+    initial load's backlog). aiokafka hands a batch out of one partition's fetched records before the next
+    one's; were a batch 800 records (200 per lane) in all, in that order, it would hold one partition, and
+    one lane would work while the other three waited (two at once where a batch straddles two)."""
     hr = tmp_path / "hr.csv"
     hr.write_text("employee_id\n")
     config = load_config(bench_config("lanes", tmp_path, PARTITIONS, hr))
     log: list[tuple[int, str, int]] = []
     gauge = {"now": 0, "max": 0}
     recorders = [Recorder(i, log, gauge) for i in range(4)]
-    per_partition = 250
+    waiting = 1000
     sent: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
 
     async def scenario() -> None:
@@ -196,23 +196,27 @@ def test_a_backlog_on_every_partition_keeps_every_lane_working(tmp_path: Path) -
             topic = rt.names.export_topic("dir")
             out = await rt.outputs()
             o = 0
-            while min(len(ids) for ids in sent.values()) < per_partition:
+            while min(len(ids) for ids in sent.values()) < waiting:
                 mv_id = f"mv{o:05d}"
                 o += 1
                 p = partition_for(mv_id.encode(), PARTITIONS)
-                if len(sent[p]) < per_partition:
+                if len(sent[p]) < waiting:
                     sent[p].append(mv_id)
                     out.add(topic, mv_id.encode(), _export(mv_id, 1).model_dump_json().encode())
             await out.flush()
             worker = ExportWorker(rt, "dir", recorders[0], recorders[1:])  # type: ignore[arg-type]
             consumer = StageConsumer(
-                rt, "export-dir", [topic], worker.process, [worker.ledger], worker.batch_max, spread=True
+                rt,
+                "export-dir",
+                [topic],
+                worker.process,
+                [worker.ledger],
+                worker.batch_max * worker.lanes,
+                per_partition=worker.batch_max,
             )
             task = asyncio.create_task(consumer.run())
             try:
-                await kafka.wait_for(
-                    lambda: len(log) >= PARTITIONS * per_partition, 60, "the exports applied"
-                )
+                await kafka.wait_for(lambda: len(log) >= PARTITIONS * waiting, 60, "the exports applied")
             finally:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
