@@ -195,6 +195,12 @@ def _rocksdb_cpu_s(pid: int) -> float:
     return sum(stat_cpu_seconds(task / "stat") for task in _threads(pid, "rocksdb"))
 
 
+def _native_frames() -> bool:
+    """Whether py-spy samples C frames too (``IDSYNC_BENCH_PROFILE_NATIVE``: a compiled engine's functions
+    show as themselves, not as their Python callers' own time)."""
+    return bool(os.environ.get("IDSYNC_BENCH_PROFILE_NATIVE"))
+
+
 def _du_mb(path: Path) -> float:
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -326,7 +332,7 @@ class Phase:
             # py-spy samples the worker for the whole phase (collapsed stacks, one line per stack).
             Path(profile).mkdir(parents=True, exist_ok=True)
             out = Path(profile) / f"{self.name}-worker{w}.txt"
-            native = ["--native"] if os.environ.get("IDSYNC_BENCH_PROFILE_NATIVE") else []
+            native = ["--native"] if _native_frames() else []
             cmd = ["py-spy", "record", "-r", "250", "-f", "raw", *native, "-o", str(out), "--", *cmd]
         log = (self.work / f"worker{w}.log").open("ab")
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
@@ -628,7 +634,7 @@ class Phase:
         spy = ["py-spy", "record", "-r", "500", "-f", "raw"]
         # --native: a compiled engine's functions (scripts/compile_engine.py) show as C frames, not as
         # their Python callers' own time; py-spy then pauses the worker for each sample (no --nonblocking).
-        spy += ["--native"] if os.environ.get("IDSYNC_BENCH_PROFILE_NATIVE") else ["--nonblocking"]
+        spy += ["--native"] if _native_frames() else ["--nonblocking"]
         return [
             subprocess.Popen(
                 [*spy, "-o", f"{where}/{self.name}-{what}-worker{w}.txt", "--pid", str(p.pid)],
