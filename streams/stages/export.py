@@ -155,6 +155,10 @@ class ExportWorker:
         """How many connector instances apply exports at once."""
         return len(self._lanes)
 
+    def _lane(self, partition: int) -> int:
+        """The lane that applies a partition's exports (all of them, in order)."""
+        return partition % len(self._lanes)
+
     # ------------------------------------------------------------------ batch
     async def process(self, events: list[Any]) -> None:
         """Apply a batch: the partitions' exports taken in turn, so that each run gives every lane its
@@ -163,7 +167,7 @@ class ExportWorker:
         apply."""
         out = await self.rt.outputs()
         work = _Work()
-        lanes = len(self._lanes)
+        lanes = self.lanes
         shares = [0] * lanes
         for ev in _in_turn(events):
             msg = ev.message
@@ -178,7 +182,7 @@ class ExportWorker:
                 continue
             before = len(work.todo)
             self._admit(export, msg.partition, work, out)
-            lane = msg.partition % lanes
+            lane = self._lane(msg.partition)
             shares[lane] += len(work.todo) - before
             if shares[lane] >= self.batch_max:
                 await self._run(work, out)
@@ -338,10 +342,9 @@ class ExportWorker:
         """Apply ``(partition, export)`` pairs: each lane its partitions' exports in order, the lanes at
         once. Results come back in the order given. An error that stops the worker (FatalError) is raised
         once every lane has finished what it had started."""
-        n = len(self._lanes)
         by_lane: dict[int, list[int]] = defaultdict(list)
         for i, (p, _export) in enumerate(todo):
-            by_lane[p % n].append(i)
+            by_lane[self._lane(p)].append(i)
         results: list[ExportOutcome | IdsyncError | None] = [None] * len(todo)
 
         async def run(lane: _Lane, indexes: list[int]) -> None:
