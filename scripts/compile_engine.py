@@ -40,9 +40,10 @@ def build() -> None:
     from setuptools import setup
 
     clean()
-    digests = sources()  # what is compiled: ``streams.native.check_engine_fresh`` compares with it
+    # The modules compiled are the ones recorded: ``streams.native.check_engine_fresh`` compares with it.
+    digests = sources()
     warnings.simplefilter("ignore")  # setuptools reads pyproject.toml's [tool.setuptools] (beta)
-    paths = sorted(str(p.relative_to(ROOT)) for p in ENGINE_DIR.glob("*.py") if p.name != "__init__.py")
+    paths = [str((ENGINE_DIR / f"{name}.py").relative_to(ROOT)) for name in digests]
     with tempfile.TemporaryDirectory(prefix="idsync-mypyc-") as tmp:
         setup(
             name="idsync-engine",
