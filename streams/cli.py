@@ -334,6 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--latency-seconds", type=float, default=10.0, help="length of the latency run")
     p.add_argument(
+        "--sustained",
+        type=int,
+        default=20_000,
+        help="title changes of people already synced, published at once after the delta round: the rate "
+        "the loaded pipeline sustains for changes (staging, flow, export planning; no join); 0: skip",
+    )
+    p.add_argument(
         "--naive",
         action=argparse.BooleanOptionalAction,
         default=True,

@@ -75,6 +75,17 @@ class PhaseResult:
     delta_records: int = 0
     delta_seconds: float = 0.0
     delta_rate: float = 0.0
+    #: ``--sustained``: title changes of people the load synced, all published at once on the loaded
+    #: state (each person in turn: at 10k, each about twice), timed as the load is; and the CPU per change
+    #: of the workers (their RocksDB threads') and the broker. What a steady stream of changes to joined
+    #: objects costs — staging, flow, export planning, no join search — where the load's records/s is
+    #: first-time work (join, projection, provisioning, references).
+    sustained_records: int = 0
+    sustained_seconds: float = 0.0
+    sustained_rate: float = 0.0
+    sustained_cpu_us: float = 0.0
+    sustained_rocksdb_cpu_us: float = 0.0
+    sustained_broker_cpu_us: float = 0.0
     #: The latency run's offered rate as reached (changes sent / seconds; ``--rate`` is what it aims at),
     #: the changes sent, and how many of them a pending export carried (the percentiles are over those).
     latency_rate: int = 0
@@ -488,6 +499,26 @@ class Phase:
         res.rocksdb_cpu_us_per_record = round(1e6 * (self.rocksdb_cpu_s() - rocksdb) / res.records, 1)
         res.broker_cpu_us_per_record = round(1e6 * (self.broker.cpu_s() - broker) / res.records, 1)
 
+    async def sustained(self, res: PhaseResult, count: int) -> None:
+        """``count`` title changes of active people (in turn), published at once and timed through the
+        pipeline as the load is (``timed``), with the CPU per change."""
+        active = [p for p in self.org.people if p.status == "active"]
+        start = kafka.now_ms()
+        # The factory gives each change a newer source version: a person's later change supersedes the
+        # earlier, as the latency run's, sent later, supersede these.
+        changes = (
+            title_change(self.factory, active[i % len(active)], f"sustained-{i}", start) for i in range(count)
+        )
+        async with self.spying("sustained", "IDSYNC_BENCH_PROFILE_SUSTAINED"):
+            cpu, broker, rocksdb = self.cpu_s(), self.broker.cpu_s(), self.rocksdb_cpu_s()
+            res.sustained_records, res.sustained_seconds = await self.timed(changes, count)
+            spent = (self.cpu_s() - cpu, self.rocksdb_cpu_s() - rocksdb, self.broker.cpu_s() - broker)
+        n = max(res.sustained_records, 1)
+        res.sustained_rate = round(res.sustained_records / res.sustained_seconds)
+        res.sustained_cpu_us, res.sustained_rocksdb_cpu_us, res.sustained_broker_cpu_us = (
+            round(1e6 * s / n, 1) for s in spent
+        )
+
     async def latency(self, res: PhaseResult, rate: int, seconds: float) -> None:
         """Steady offered load of title changes; latency = pending export timestamp - send time. Records
         the changes sent, the rate reached (per second), how many pending exports carried one of them,
@@ -786,6 +817,13 @@ async def batched_phase(args: argparse.Namespace, work: Path, org: Org, workers:
             await ph.group_change(res, by_value=True, name=small)
         res.peak_rss_by_step["group change"] = ph.rss()
         res.broker_rss_by_step["group change"] = ph.broker_rss()
+        if args.sustained:
+            # Last: its records fill the embedded broker's partitions, whose fetches get dearer with every
+            # record batch they hold (docs/benchmarks.md, eleventh session) — the latency run before it
+            # would measure that.
+            await ph.sustained(res, args.sustained)
+            res.peak_rss_by_step["sustained"] = ph.rss()
+            res.broker_rss_by_step["sustained"] = ph.broker_rss()
         res.peak_rss_mb = ph.rss()
         res.broker_rss_mb = ph.broker_rss()
         res.state_mb = ph.state_mb()
@@ -1011,12 +1049,14 @@ async def _counted(phase: Awaitable[PhaseResult]) -> PhaseResult:
 
 #: Environment variables that run py-spy on the workers (``IDSYNC_BENCH_PROFILE``: the whole phase;
 #: ``IDSYNC_BENCH_PROFILE_GROUP``: each group change measurement; ``IDSYNC_BENCH_PROFILE_DELTA``: the
-#: delta round and the latency run; ``IDSYNC_BENCH_PROFILE_LOAD``: the initial load).
+#: delta round and the latency run; ``IDSYNC_BENCH_PROFILE_LOAD``: the initial load;
+#: ``IDSYNC_BENCH_PROFILE_SUSTAINED``: the sustained changes).
 PROFILE_VARIABLES = (
     "IDSYNC_BENCH_PROFILE",
     "IDSYNC_BENCH_PROFILE_GROUP",
     "IDSYNC_BENCH_PROFILE_DELTA",
     "IDSYNC_BENCH_PROFILE_LOAD",
+    "IDSYNC_BENCH_PROFILE_SUSTAINED",
 )
 
 
@@ -1046,6 +1086,13 @@ def run_bench(args: argparse.Namespace) -> int:
         print()
         print(imports_table(imports))
     for r in results:
+        if r.sustained_records:
+            print(
+                f"N={r.size:,} workers={r.workers}: sustained title changes of synced people: "
+                f"{r.sustained_records:,} in {r.sustained_seconds:.2f} s, {r.sustained_rate:,.0f} records/s; "
+                f"CPU µs per change w (rocksdb) + b: {r.sustained_cpu_us:,.0f} "
+                f"({r.sustained_rocksdb_cpu_us:,.0f}) + {r.sustained_broker_cpu_us:,.0f}"
+            )
         if r.latency_windows:
             p99s = ", ".join(f"{w['p99']:.0f}" for w in r.latency_windows)
             window = f"{LATENCY_WINDOW_S:.0f} s"

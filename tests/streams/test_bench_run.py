@@ -21,11 +21,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def bench(tmp_path: Path, size: int, *flags: str, env: dict[str, str] | None = None) -> tuple[str, list[Any]]:
-    """``idsync bench`` at ``size`` people, one worker, no slapd or connector phases, a one-second latency run
-    at 100 changes/s: its standard output and its JSON results."""
+    """``idsync bench`` at ``size`` people, one worker, no slapd or connector phases, 600 sustained changes, a
+    one-second latency run at 100 changes/s: its standard output and its JSON results."""
     out = tmp_path / "bench.json"
     cmd = [sys.executable, "-m", "streams.cli", "bench", "--sizes", str(size), "--workers", "1"]
     cmd += ["--no-ldap", "--no-imports", "--no-kinds", "--latency-seconds", "1", "--rate", "100"]
+    cmd += ["--sustained", "600"]
     done = subprocess.run(
         [*cmd, *flags, "--json", str(out)],
         cwd=ROOT,
@@ -71,8 +72,13 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert "one member change by value, workers' CPU less idle (median per change): all-staff" in stdout
     # the load's CPU per record, and the part of it in the workers' RocksDB flush and compaction threads
     assert 0 <= result["rocksdb_cpu_us_per_record"] < result["cpu_us_per_record"]
+    # the sustained changes: every one published, timed and costed, and said under the table
+    assert result["sustained_records"] == 600 and result["sustained_rate"] > 0
+    assert result["sustained_cpu_us"] > result["sustained_rocksdb_cpu_us"] >= 0
+    assert result["sustained_broker_cpu_us"] > 0
+    assert f"sustained title changes of synced people: 600 in {result['sustained_seconds']:.2f} s" in stdout
     steps = result["peak_rss_by_step"]
-    assert list(steps) == ["load", "delta", "latency", "group change"]
+    assert list(steps) == ["load", "delta", "latency", "group change", "sustained"]
     # peaks only grow, and the phase's peak is the last one
     peaks = [s[0] for s in steps.values()]
     assert peaks == sorted(peaks) and peaks[-1] == result["peak_rss_mb"][0] > 0
