@@ -337,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--sustained",
         type=int,
         default=20_000,
-        help="title changes of people already synced, published at once after the delta round: the rate "
-        "the loaded pipeline sustains for changes (staging, flow, export planning; no join); 0: skip",
+        help="title changes of people already synced, published at once at the end of each pipeline "
+        "phase: the rate the loaded pipeline sustains for changes (staging, flow, export planning; no join); "
+        "0: skip",
     )
     p.add_argument(
         "--naive",

@@ -86,6 +86,10 @@ class PhaseResult:
     sustained_cpu_us: float = 0.0
     sustained_rocksdb_cpu_us: float = 0.0
     sustained_broker_cpu_us: float = 0.0
+    #: The people the sustained changes changed, and how many of them a pending export carries the last
+    #: change of (read after the timing): equal when the pipeline did the work it was timed for.
+    sustained_people: int = 0
+    sustained_exported: int = 0
     #: The latency run's offered rate as reached (changes sent / seconds; ``--rate`` is what it aims at),
     #: the changes sent, and how many of them a pending export carried (the percentiles are over those).
     latency_rate: int = 0
@@ -518,6 +522,19 @@ class Phase:
         res.sustained_cpu_us, res.sustained_rocksdb_cpu_us, res.sustained_broker_cpu_us = (
             round(1e6 * s / n, 1) for s in spent
         )
+        # Each person's last change (the largest i of its turn) must have reached a pending export. They
+        # are the export topic's newest records: no partition holds more of them than ``count``.
+        last = {f"sustained-{i}" for i in range(max(0, count - len(active)), count)}
+        res.sustained_people = len(last)
+        seen: set[str] = set()
+        async for _topic, records in kafka.read_all(self.broker.bootstrap, [self.export_topic()], 300, count):
+            for r in records:
+                if r.value is None or b"sustained-" not in r.value:
+                    continue
+                title = PendingExport.model_validate_json(r.value).attributes.get("title")
+                if title and title.values and title.values[0] in last:
+                    seen.add(title.values[0])
+        res.sustained_exported = len(seen)
 
     async def latency(self, res: PhaseResult, rate: int, seconds: float) -> None:
         """Steady offered load of title changes; latency = pending export timestamp - send time. Records
@@ -1091,7 +1108,9 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"N={r.size:,} workers={r.workers}: sustained title changes of synced people: "
                 f"{r.sustained_records:,} in {r.sustained_seconds:.2f} s, {r.sustained_rate:,.0f} records/s; "
                 f"CPU µs per change w (rocksdb) + b: {r.sustained_cpu_us:,.0f} "
-                f"({r.sustained_rocksdb_cpu_us:,.0f}) + {r.sustained_broker_cpu_us:,.0f}"
+                f"({r.sustained_rocksdb_cpu_us:,.0f}) + {r.sustained_broker_cpu_us:,.0f}; "
+                f"a pending export carries the last change of {r.sustained_exported:,} of the "
+                f"{r.sustained_people:,} people changed"
             )
         if r.latency_windows:
             p99s = ", ".join(f"{w['p99']:.0f}" for w in r.latency_windows)

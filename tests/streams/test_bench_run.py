@@ -76,6 +76,9 @@ def test_the_bench_writes_its_figures_and_the_workers_log_their_memory(tmp_path:
     assert result["sustained_records"] == 600 and result["sustained_rate"] > 0
     assert result["sustained_cpu_us"] > result["sustained_rocksdb_cpu_us"] >= 0
     assert result["sustained_broker_cpu_us"] > 0
+    # ... and the work was done: each changed person's last title reached a pending export (at 300 people,
+    # 600 changes are two turns of the active ones)
+    assert 0 < result["sustained_people"] == result["sustained_exported"] <= 300
     assert f"sustained title changes of synced people: 600 in {result['sustained_seconds']:.2f} s" in stdout
     steps = result["peak_rss_by_step"]
     assert list(steps) == ["load", "delta", "latency", "group change", "sustained"]
