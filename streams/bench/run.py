@@ -42,7 +42,7 @@ from streams.bench.imports import (
     imports_table,
     load_directory,
 )
-from streams.bench.org import Org, generate
+from streams.bench.org import Org, Person, generate
 from streams.bench.records import (
     RecordFactory,
     bench_config,
@@ -214,6 +214,13 @@ def _native_frames() -> bool:
     """Whether py-spy samples C frames too (``IDSYNC_BENCH_PROFILE_NATIVE``: a compiled engine's functions
     show as themselves, not as their Python callers' own time)."""
     return bool(os.environ.get("IDSYNC_BENCH_PROFILE_NATIVE"))
+
+
+def exported_title(raw: bytes) -> str | None:
+    """The title a pending export sets (its first value; None: it sets none): the bench's title changes
+    name themselves by it."""
+    title = PendingExport.model_validate_json(raw).attributes.get("title")
+    return title.values[0] if title and title.values else None
 
 
 def _du_mb(path: Path) -> float:
@@ -494,19 +501,31 @@ class Phase:
         (``dir_anchors``: ``records.initial_load``'s)."""
         expected = initial_count(self.org) + 6 * self.args.partitions  # + run markers
         async with self.spying("load", "IDSYNC_BENCH_PROFILE_LOAD"):
-            cpu, broker, rocksdb = self.cpu_s(), self.broker.cpu_s(), self.rocksdb_cpu_s()
-            res.records, res.seconds = await self.timed(
+            res.records, res.seconds, costs = await self.costed(
                 initial_load(self.org, self.factory, kafka.now_ms(), dir_anchors), expected
             )
         res.rate = round(res.records / res.seconds)
-        res.cpu_us_per_record = round(1e6 * (self.cpu_s() - cpu) / res.records, 1)
-        res.rocksdb_cpu_us_per_record = round(1e6 * (self.rocksdb_cpu_s() - rocksdb) / res.records, 1)
-        res.broker_cpu_us_per_record = round(1e6 * (self.broker.cpu_s() - broker) / res.records, 1)
+        res.cpu_us_per_record, res.rocksdb_cpu_us_per_record, res.broker_cpu_us_per_record = costs
+
+    async def costed(self, messages: Any, expected: int) -> tuple[int, float, tuple[float, float, float]]:
+        """``timed``, and the CPU it took per record (µs) of the workers, their RocksDB threads and the
+        broker."""
+        before = (self.cpu_s(), self.rocksdb_cpu_s(), self.broker.cpu_s())
+        n, seconds = await self.timed(messages, expected)
+        after = (self.cpu_s(), self.rocksdb_cpu_s(), self.broker.cpu_s())
+        workers, rocksdb, broker = (
+            round(1e6 * (a - b) / max(n, 1), 1) for a, b in zip(after, before, strict=True)
+        )
+        return n, seconds, (workers, rocksdb, broker)
+
+    def active_people(self) -> list[Person]:
+        """The organisation's active people: those a title change reaches a pending export for."""
+        return [p for p in self.org.people if p.status == "active"]
 
     async def sustained(self, res: PhaseResult, count: int) -> None:
         """``count`` title changes of active people (in turn), published at once and timed through the
-        pipeline as the load is (``timed``), with the CPU per change."""
-        active = [p for p in self.org.people if p.status == "active"]
+        pipeline as the load is (``costed``), with the CPU per change."""
+        active = self.active_people()
         start = kafka.now_ms()
         # The factory gives each change a newer source version: a person's later change supersedes the
         # earlier, as the latency run's, sent later, supersede these.
@@ -514,14 +533,9 @@ class Phase:
             title_change(self.factory, active[i % len(active)], f"sustained-{i}", start) for i in range(count)
         )
         async with self.spying("sustained", "IDSYNC_BENCH_PROFILE_SUSTAINED"):
-            cpu, broker, rocksdb = self.cpu_s(), self.broker.cpu_s(), self.rocksdb_cpu_s()
-            res.sustained_records, res.sustained_seconds = await self.timed(changes, count)
-            spent = (self.cpu_s() - cpu, self.rocksdb_cpu_s() - rocksdb, self.broker.cpu_s() - broker)
-        n = max(res.sustained_records, 1)
+            res.sustained_records, res.sustained_seconds, costs = await self.costed(changes, count)
         res.sustained_rate = round(res.sustained_records / res.sustained_seconds)
-        res.sustained_cpu_us, res.sustained_rocksdb_cpu_us, res.sustained_broker_cpu_us = (
-            round(1e6 * s / n, 1) for s in spent
-        )
+        res.sustained_cpu_us, res.sustained_rocksdb_cpu_us, res.sustained_broker_cpu_us = costs
         # Each person's last change (the largest i of its turn) must have reached a pending export. They
         # are the export topic's newest records: no partition holds more of them than ``count``.
         last = {f"sustained-{i}" for i in range(max(0, count - len(active)), count)}
@@ -529,11 +543,10 @@ class Phase:
         seen: set[str] = set()
         async for _topic, records in kafka.read_all(self.broker.bootstrap, [self.export_topic()], 300, count):
             for r in records:
-                if r.value is None or b"sustained-" not in r.value:
-                    continue
-                title = PendingExport.model_validate_json(r.value).attributes.get("title")
-                if title and title.values and title.values[0] in last:
-                    seen.add(title.values[0])
+                if r.value is not None and b"sustained-" in r.value:
+                    title = exported_title(r.value)
+                    if title in last:
+                        seen.add(title)
         res.sustained_exported = len(seen)
 
     async def latency(self, res: PhaseResult, rate: int, seconds: float) -> None:
@@ -543,15 +556,14 @@ class Phase:
         sent: dict[int, int] = {}
         #: (send time s, latency ms) of each change a pending export carried.
         timed: list[tuple[float, float]] = []
-        active = [p for p in self.org.people if p.status == "active"]
+        active = self.active_people()
 
         def on_export(r: Any) -> None:
             if self.naive:
                 return
-            pe = PendingExport.model_validate_json(r.value)
-            title = pe.attributes.get("title")
-            if title and title.values and title.values[0].startswith("lat-"):
-                i = int(title.values[0][4:])
+            title = exported_title(r.value)
+            if title is not None and title.startswith("lat-"):
+                i = int(title[4:])
                 if i in sent:
                     timed.append((sent[i] / 1000, r.timestamp - sent[i]))
 
